@@ -1,0 +1,13 @@
+"""Reference implementations of the NTIRE 2024 efficient x4 SR models, and their loader.
+
+Every model takes float RGB NCHW in [0, 1] and returns (N, 3, 4H, 4W) in [0, 1] units,
+unclamped.
+"""
+from __future__ import annotations
+
+from .loading import MODEL_NAMES, load, load_state_dict_file, min_input_size
+from .registry import UnknownArchitectureError, detect
+from .weights import WeightsError
+
+__all__ = ["MODEL_NAMES", "load", "load_state_dict_file", "detect", "min_input_size",
+           "UnknownArchitectureError", "WeightsError"]

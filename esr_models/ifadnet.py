@@ -1,0 +1,68 @@
+"""IFADNet (NTIRE 2024 ESR, team ECNU_MViC), deploy form."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import check_input, ESA, BlueprintConv, conv1x1, conv3x3, gelu
+
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class BFEB(nn.Module):
+    """Three blueprint shallow blocks, GELU after each, plus the block residual."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(BlueprintConv(channels) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for conv in self.convs:
+            out = gelu(conv(out))
+        return out + x
+
+
+class RFMB(nn.Module):
+    """Three dense 3x3 convs with GELU, ESA, plus the block residual."""
+
+    def __init__(self, channels: int, esa_channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(conv3x3(channels, channels) for _ in range(3))
+        self.esa = ESA(channels, esa_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for conv in self.convs:
+            out = gelu(conv(out))
+        return self.esa(out) + x
+
+
+class IFADNet(nn.Module):
+    """Input (N, 3, H, W) float in [0, 1]; output (N, 3, 4H, 4W) in [0, 1] units, unclamped.
+    H, W >= 15 (ESA pooling)."""
+
+    min_size = 15
+
+    def __init__(self, channels: int = 36, num_blocks: int = 6, esa_channels: int = 16,
+                 scale: int = 4, in_channels: int = 3):
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.head = conv3x3(in_channels, channels)
+        self.blocks = nn.ModuleList(
+            BFEB(channels) if i % 2 == 0 else RFMB(channels, esa_channels) for i in range(num_blocks))
+        self.fuse = conv1x1(channels * num_blocks, channels)
+        self.tail = conv3x3(channels, in_channels * scale * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.min_size, "IFADNet")
+        mean = self.mean.to(x.dtype)
+        head = self.head(x - mean)
+        outs, out = [], head
+        for block in self.blocks:
+            out = block(out)
+            outs.append(out)
+        body = gelu(self.fuse(torch.cat(outs, dim=1))) + head
+        return F.pixel_shuffle(self.tail(body), self.scale) + mean

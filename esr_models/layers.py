@@ -1,0 +1,103 @@
+"""Building blocks shared by the reference models (plain PyTorch, deploy form).
+
+All tensors are float NCHW. Every block here is the *reference*: the fused path in
+``esr_kernels`` must reproduce these to float32 rounding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Pooling geometry shared by ESA and LocalAttention (the models' published configuration).
+POOL_KERNEL = 7
+POOL_STRIDE = 3
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1, padding: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=padding)
+
+
+def conv1x1(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1, bias=bias)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    # The upstream models use nn.GELU() defaults: the exact erf form, not the tanh one.
+    return F.gelu(x)
+
+
+class BlueprintConv(nn.Module):
+    """Blueprint separable conv: 1x1 pointwise (no bias) then 3x3 depthwise with bias and
+    reflect padding. Input and output (N, C, H, W); needs H, W >= 2 for reflect padding."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.pointwise = conv1x1(channels, channels, bias=False)
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels,
+                                   padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.depthwise(self.pointwise(x))
+
+
+class ESA(nn.Module):
+    """Enhanced Spatial Attention (RFDN/RLFN form).
+
+    x (N, C, H, W) -> x * sigmoid(expand(up(conv3(maxpool(conv2(reduce(x))))) + skip(reduce(x))))
+    conv2 is 3x3 stride 2 without padding, the max-pool 7/3 has no padding, so H, W >= 15.
+    """
+
+    def __init__(self, channels: int, esa_channels: int = 16):
+        super().__init__()
+        self.reduce = conv1x1(channels, esa_channels)
+        self.skip = conv1x1(esa_channels, esa_channels)
+        self.down = conv3x3(esa_channels, esa_channels, stride=2, padding=0)
+        self.low = conv3x3(esa_channels, esa_channels)
+        self.expand = conv1x1(esa_channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.reduce(x)
+        low = F.max_pool2d(self.down(r), POOL_KERNEL, POOL_STRIDE)
+        low = F.interpolate(self.low(low), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        gate = torch.sigmoid(self.expand(low + self.skip(r)))
+        return x * gate
+
+
+class LocalAttention(nn.Module):
+    """PFDNLite's max-pool attention gate.
+
+    x (N, C, H, W) -> up(sigmoid(conv(conv_s2(maxpool(reduce(x)))))) * sigmoid(x[:, :1]) * x.
+    The max-pool 7/3 has no padding, so H, W >= 7.
+    """
+
+    def __init__(self, channels: int, attn_channels: int = 16):
+        super().__init__()
+        self.reduce = conv1x1(channels, attn_channels)
+        self.down = conv3x3(attn_channels, attn_channels, stride=2, padding=1)
+        self.expand = conv3x3(attn_channels, channels)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Low-resolution sigmoid map (N, C, h, w) before the bilinear upsample."""
+        low = F.max_pool2d(self.reduce(x), POOL_KERNEL, POOL_STRIDE)
+        return torch.sigmoid(self.expand(self.down(low)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.attention_map(x), size=x.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        return x * up * torch.sigmoid(x[:, :1])
+
+
+class InputTooSmallError(ValueError):
+    """The input is smaller than a model's attention pooling window allows."""
+
+
+def check_input(x: torch.Tensor, min_size: int, model_name: str) -> None:
+    """Raise a clear error, instead of a pooling traceback, for malformed or too-small input."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{model_name} expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h < min_size or w < min_size:
+        raise InputTooSmallError(
+            f"{model_name} needs inputs of at least {min_size}x{min_size} pixels "
+            f"(its attention pooling uses a 7x7 window); got {h}x{w}")

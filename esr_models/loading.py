@@ -1,0 +1,40 @@
+"""``esr_models.load``: name or file -> ready-to-run model in eval mode."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import weights
+from .registry import detect
+
+MODEL_NAMES = tuple(weights.CHECKPOINTS)
+
+
+def load_state_dict_file(path: str | Path) -> nn.Module:
+    """Load a checkpoint file of any supported architecture (detected from its keys)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    _, model = detect(state)
+    return model
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu",
+         dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Build a model by name (``ifadnet``, ``pfdnlite``, ``rlfn``) or checkpoint path, load its
+    weights (see ``esr_models.weights`` for where they are found) and return it in eval mode."""
+    key = str(name_or_path).lower()
+    if key in weights.CHECKPOINTS:
+        path = weights.resolve(key)
+    elif Path(name_or_path).is_file():
+        path = Path(name_or_path)
+    else:
+        raise ValueError(f"unknown model {name_or_path!r}: expected one of {list(MODEL_NAMES)} "
+                         "or the path of a checkpoint file")
+    model = load_state_dict_file(path)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def min_input_size(model: nn.Module) -> int:
+    """Smallest H and W the model accepts (its attention pooling needs a 7x7 window)."""
+    return int(getattr(model, "min_size", 1))

@@ -1,0 +1,57 @@
+"""PFDNLite (NTIRE 2024 ESR, team BSR), deploy form."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import check_input, LocalAttention, conv3x3
+
+
+class PartialBlock(nn.Module):
+    """One PFDN block. ``full=True``: conv1 48->48 + SiLU, then channels [0, split) are replaced
+    by SiLU(conv2 of those channels). ``full=False`` (pruned): channels [0, split) of the
+    attention output are replaced by SiLU(conv1 48->split of all of it). Then conv3 + SiLU and
+    the attention output as residual."""
+
+    def __init__(self, channels: int, split: int, full: bool, attn_channels: int = 16):
+        super().__init__()
+        self.split, self.full = split, full
+        self.attn = LocalAttention(channels, attn_channels)
+        self.conv1 = conv3x3(channels, channels if full else split)
+        self.conv2 = conv3x3(split, split) if full else None
+        self.conv3 = conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attn(x)
+        s = self.split
+        if self.full:
+            t = F.silu(self.conv1(a))
+            t = torch.cat([F.silu(self.conv2(t[:, :s])), t[:, s:]], dim=1)
+        else:
+            t = torch.cat([F.silu(self.conv1(a)), a[:, s:]], dim=1)
+        return F.silu(self.conv3(t)) + a
+
+
+class PFDNLite(nn.Module):
+    """Input (N, 3, H, W) float in [0, 1]; output (N, 3, 4H, 4W) in [0, 1] units, unclamped.
+    H, W >= 7 (LocalAttention pooling)."""
+
+    min_size = 7
+
+    def __init__(self, channels: int = 48, block_kinds: tuple[bool, ...] = (True, False, False, True),
+                 split: int = 24, attn_channels: int = 16, scale: int = 4, in_channels: int = 3):
+        super().__init__()
+        self.scale = scale
+        self.head = conv3x3(in_channels, channels)
+        self.blocks = nn.ModuleList(
+            PartialBlock(channels, split, full, attn_channels) for full in block_kinds)
+        self.tail = conv3x3(channels, in_channels * scale * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.min_size, "PFDNLite")
+        out = self.head(x)
+        for block in self.blocks:
+            out = block(out)
+        shortcut = torch.repeat_interleave(x, self.scale * self.scale, dim=1)
+        return F.pixel_shuffle(self.tail(out) + shortcut, self.scale)

@@ -1,0 +1,56 @@
+"""RLFN_Prune, the NTIRE 2024 ESR challenge baseline, deploy form."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import check_input, ESA, conv1x1, conv3x3
+
+# RLFN was trained on [0, 255] inputs; the model scales internally so that its public
+# contract is the same [0, 1] as the others.
+PIXEL_RANGE = 255.0
+LEAKY_SLOPE = 0.05
+
+
+class RLFB(nn.Module):
+    """Three 3x3 convs with LeakyReLU(0.05), residual, 1x1 conv, ESA."""
+
+    def __init__(self, channels: int, mid_channels: int, esa_channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList([conv3x3(channels, mid_channels), conv3x3(mid_channels, mid_channels),
+                                    conv3x3(mid_channels, channels)])
+        self.mix = conv1x1(channels, channels)
+        self.esa = ESA(channels, esa_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for conv in self.convs:
+            out = F.leaky_relu(conv(out), LEAKY_SLOPE)
+        return self.esa(self.mix(out + x))
+
+
+class RLFN(nn.Module):
+    """Input (N, 3, H, W) float in [0, 1]; output (N, 3, 4H, 4W) in [0, 1] units, unclamped.
+    H, W >= 15 (ESA pooling)."""
+
+    min_size = 15
+
+    def __init__(self, channels: int = 46, mid_channels: int = 48, num_blocks: int = 4,
+                 esa_channels: int = 16, scale: int = 4, in_channels: int = 3):
+        super().__init__()
+        self.scale = scale
+        self.head = conv3x3(in_channels, channels)
+        self.blocks = nn.ModuleList(
+            RLFB(channels, mid_channels, esa_channels) for _ in range(num_blocks))
+        self.body_tail = conv3x3(channels, channels)
+        self.tail = conv3x3(channels, in_channels * scale * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.min_size, "RLFN")
+        head = self.head(x * PIXEL_RANGE)
+        out = head
+        for block in self.blocks:
+            out = block(out)
+        out = self.body_tail(out) + head
+        return F.pixel_shuffle(self.tail(out), self.scale) / PIXEL_RANGE

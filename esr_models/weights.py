@@ -1,0 +1,124 @@
+"""Finding and verifying the upstream checkpoints.
+
+Lookup order for a model's checkpoint file:
+1. ``$ESR_WEIGHTS_DIR/<file>``
+2. ``../shared/weights/<file>`` next to a source checkout (the project's test data)
+3. the user cache, ``$ESR_CACHE_DIR`` or ``~/.cache/esr-kernels/<file>``
+4. download from the upstream address into the user cache.
+Every file is checked against its sha256 before use.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint could not be found, downloaded or verified."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    filename: str
+    sha256: str
+    url: str
+    # Key under which the deploy weights sit inside the file, if not at top level.
+    subkey: str | None = None
+
+
+CHECKPOINTS: dict[str, Checkpoint] = {
+    "ifadnet": Checkpoint(
+        "team33_IFADNet.pth",
+        "fd653ab692a479f81893fcf6324edb228ab7dc313a5146ba6886999a024ea3cb",
+        "https://github.com/BhJia/NTIRE2024_ESR/raw/main/model_zoo/team33_IFADNet.pth",
+        subkey="params_ema"),
+    "pfdnlite": Checkpoint(
+        "team01_pfdnlite.pth",
+        "7823f76309249154ff5909ef99cf8601c3e768d80515a21624a9d9539984c4ee",
+        "https://github.com/icandle/BSR/raw/main/model_zoo/team01_pfdnlite.pth"),
+    "rlfn": Checkpoint(
+        "team00_rlfn.pth",
+        "3c9be7b9d7a4bece9b68c83a56a1ffb38010f76413d5f215be6b4be842e18fb2",
+        "https://github.com/icandle/BSR/raw/main/model_zoo/team00_rlfn.pth"),
+}
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shared_dir() -> Path | None:
+    """The project's ``../shared`` test-data folder, if this is a source checkout that has one."""
+    env = os.environ.get("ESR_SHARED_DIR")
+    candidate = Path(env) if env else PROJECT_ROOT.parent / "shared"
+    return candidate if candidate.is_dir() else None
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("ESR_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "esr-kernels"
+
+
+def candidate_paths(ckpt: Checkpoint) -> list[Path]:
+    paths = []
+    if os.environ.get("ESR_WEIGHTS_DIR"):
+        paths.append(Path(os.environ["ESR_WEIGHTS_DIR"]) / ckpt.filename)
+    shared = shared_dir()
+    if shared is not None:
+        paths.append(shared / "weights" / ckpt.filename)
+    paths.append(cache_dir() / ckpt.filename)
+    return paths
+
+
+def verify(path: Path, ckpt: Checkpoint) -> None:
+    actual = sha256_of(path)
+    if actual != ckpt.sha256:
+        raise WeightsError(
+            f"checksum mismatch for {path}: expected sha256 {ckpt.sha256}, got {actual}. "
+            "The file is corrupt or not the upstream checkpoint; delete it and retry.")
+
+
+def download(ckpt: Checkpoint, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(ckpt.url, timeout=60) as resp:
+            shutil.copyfileobj(resp, tmp)
+        verify(Path(tmp_name), ckpt)
+        os.replace(tmp_name, dest)
+    except WeightsError:
+        os.unlink(tmp_name)
+        raise
+    except Exception as exc:  # network errors of every kind
+        os.unlink(tmp_name)
+        raise WeightsError(f"could not download {ckpt.filename} from {ckpt.url}: {exc}. "
+                           f"Put the file in $ESR_WEIGHTS_DIR or {dest.parent} by hand.") from exc
+    return dest
+
+
+def resolve(name: str, allow_download: bool = True) -> Path:
+    """Path to the verified checkpoint of model ``name``."""
+    if name not in CHECKPOINTS:
+        raise WeightsError(f"no checkpoint known for model {name!r}; known: {sorted(CHECKPOINTS)}")
+    ckpt = CHECKPOINTS[name]
+    for path in candidate_paths(ckpt):
+        if path.is_file():
+            verify(path, ckpt)
+            return path
+    if not allow_download:
+        raise WeightsError(f"{ckpt.filename} not found in: " + ", ".join(map(str, candidate_paths(ckpt))))
+    return download(ckpt, cache_dir() / ckpt.filename)

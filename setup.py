@@ -1,0 +1,98 @@
+"""esr-kernels build.
+
+Native kernels (csrc/) are built with torch's cpp_extension when torch is importable in the
+build environment, so install with ``pip install --no-build-isolation -e .`` after installing
+torch (an isolated build environment would have to download torch, which on a CPU machine
+means the multi-GB CUDA wheel: this script never asks for torch at build time, and without
+torch it installs the pure-Python package and says so).
+
+Environment:
+  ESR_SKIP_CUDA_BUILD=1     do not build the CUDA extension
+  ESR_SKIP_CPU_BUILD=1      do not build the CPU extension
+  TORCH_CUDA_ARCH_LIST      CUDA archs (default "8.0;9.0+PTX")
+  MAX_JOBS                  parallel compile jobs (ninja)
+The CUDA extension is built when nvcc is found and torch is a CUDA build; a visible GPU is
+not needed. A missing nvcc is a warning, not an error.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import warnings
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def native_extensions():
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        warnings.warn("torch is not importable in the build environment: installing without "
+                      "native kernels. Install torch first and use `pip install "
+                      "--no-build-isolation -e .` to build them.")
+        return [], {}
+    exts = []
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if cpu_sources and not _truthy("ESR_SKIP_CPU_BUILD"):
+        exts.append(CppExtension(
+            "esr_kernels._C_cpu", cpu_sources,
+            extra_compile_args={"cxx": ["-O3", "-fopenmp", "-march=x86-64-v3" if _x86() else "-O3",
+                                        "-DTORCH_EXTENSION_NAME=_C_cpu"]},
+            extra_link_args=["-fopenmp"]))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
+                          glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    if cuda_sources and not _truthy("ESR_SKIP_CUDA_BUILD"):
+        nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+                                         if os.environ.get("CUDA_HOME") else None)
+        if torch.version.cuda is None:
+            print("esr-kernels: torch is a CPU build; skipping the CUDA extension", file=sys.stderr)
+        elif not nvcc or not os.path.exists(nvcc):
+            warnings.warn("nvcc not found: skipping the CUDA extension (Triton kernels still work)")
+        else:
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+            exts.append(CUDAExtension(
+                "esr_kernels._C_cuda", cuda_sources,
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]}))
+    if not exts:
+        return [], {}
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+def _x86() -> bool:
+    import platform
+
+    return platform.machine() in ("x86_64", "AMD64")
+
+
+ext_modules, cmdclass = native_extensions()
+
+setup(
+    name="esr-kernels",
+    version="0.1.0",
+    description="Fused GPU/CPU kernels and reference models for NTIRE 2024 efficient x4 super-resolution",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["esr_models", "esr_models.*", "esr_kernels", "esr_kernels.*"]),
+    # A range that an installed torch satisfies installs nothing more: on a CPU machine install
+    # torch==2.13.0 (the CPU wheel) first; on a CUDA machine the torch already there is used.
+    install_requires=["torch>=2.4", "numpy", "pillow", "pypng", "tqdm"],
+    extras_require={
+        "triton": ["triton>=3.1"],
+        "test": ["pytest", "pytest-benchmark", "triton>=3.1"],
+        "cpu-providers": ["onnx", "onnxruntime", "openvino"],
+    },
+    entry_points={"console_scripts": ["esr=esr_models.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
