@@ -1,0 +1,106 @@
+"""The esr command, through subprocess, as users run it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+pytestmark = pytest.mark.shared
+
+
+def esr(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"esr {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def inputs(tmp_path, shared):
+    d = tmp_path / "in"
+    d.mkdir()
+    src = np.asarray(PILImage.open(shared / "data" / "Set5" / "bird.png").convert("RGB"))[:40, :48]
+    PILImage.fromarray(src).save(d / "rgb.png")
+    rgba = np.dstack([src, np.full(src.shape[:2], 128, np.uint8)])
+    PILImage.fromarray(rgba, "RGBA").save(d / "alpha.png")
+    PILImage.fromarray(src[..., 0], "L").save(d / "gray.jpg")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return d
+
+
+def test_upscale_folder_reports_bad_file_and_does_the_rest(inputs, tmp_path):
+    out = tmp_path / "out"
+    proc = esr("upscale", inputs, "-o", out, "--model", "pfdnlite", "-q", check=False)
+    assert proc.returncode == 1
+    assert "corrupt.png" in proc.stderr and "3 upscaled, 1 failed" in proc.stderr
+    rgb = PILImage.open(out / "rgb_x4.png")
+    assert rgb.size == (192, 160) and rgb.mode == "RGB"
+    alpha = PILImage.open(out / "alpha_x4.png")
+    assert alpha.mode == "RGBA" and abs(np.asarray(alpha)[..., 3].astype(int) - 128).max() <= 1
+    assert PILImage.open(out / "gray_x4.png").mode == "L"
+
+
+def test_upscale_matches_python_api_and_glob(inputs, tmp_path, models):
+    import torch
+
+    out = tmp_path / "out"
+    esr("upscale", str(inputs / "rgb.*"), "-o", out, "--model", "rlfn", "-q")
+    x = torch.from_numpy(np.array(PILImage.open(inputs / "rgb.png"))).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref = (models["rlfn"](x)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(PILImage.open(out / "rgb_x4.png")), ref)
+
+
+def test_never_overwrites_inputs(inputs):
+    before = (inputs / "rgb.png").read_bytes()
+    proc = esr("upscale", inputs / "rgb.png", "-o", inputs, "--suffix", "", "-q", check=False)
+    assert proc.returncode == 1 and "overwrite an input" in proc.stderr
+    assert (inputs / "rgb.png").read_bytes() == before
+
+
+def test_16bit_in_16bit_out_and_tiling(tmp_path, shared):
+    import png
+
+    arr = (np.random.default_rng(0).random((24, 30, 3)) * 65535).astype(np.uint16)
+    png.from_array(arr.reshape(24, 90), mode="RGB;16").save(str(tmp_path / "deep.png"))
+    esr("upscale", tmp_path / "deep.png", "-o", tmp_path / "o", "--tile", "16", "--tile-overlap", "4", "-q")
+    _, _, _, info = png.Reader(filename=str(tmp_path / "o" / "deep_x4.png")).read()
+    assert info["bitdepth"] == 16 and info["size"] == (120, 96)
+
+
+def test_too_small_input_is_a_clear_error(tmp_path):
+    PILImage.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "tiny.png")
+    proc = esr("upscale", tmp_path / "tiny.png", "-o", tmp_path / "o", "--model", "ifadnet", "-q", check=False)
+    assert proc.returncode == 1 and "at least 15x15" in proc.stderr and "tiny.png" in proc.stderr
+
+
+def test_missing_input_and_float16(tmp_path, inputs):
+    proc = esr("upscale", tmp_path / "nope.png", inputs / "rgb.png", "-o", tmp_path / "o",
+               "--dtype", "bfloat16", "-q", check=False)
+    assert proc.returncode == 1 and "nope.png: no such file" in proc.stderr
+    assert (tmp_path / "o" / "rgb_x4.png").exists()
+
+
+def test_eval_json_reports_published_psnr(shared, tmp_path):
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for name in ("baby", "bird"):
+        shutil.copy(shared / "data" / "Set5" / f"{name}.png", hr)
+    data = json.loads(esr("eval", "--model", "ifadnet", "--hr", hr, "--json").stdout)
+    assert len(data["per_image"]) == 2
+    assert data["psnr"] == pytest.approx(sum(r["psnr"] for r in data["per_image"]) / 2)
+    assert 25 < data["psnr"] < 40 and 0 < data["ssim"] < 1
+
+
+def test_eval_text_and_info(shared):
+    full = esr("eval", "--model", "pfdnlite", "--hr", shared / "data" / "Set5", "--no-ssim").stdout
+    assert "mean" in full and "30.12" in full.splitlines()[-1]
+    info = json.loads(esr("info", "--model", "rlfn", "--json").stdout)
+    assert info["min_input_size"] == 15 and abs(info["parameters"] - 317e3) < 0.01 * 317e3
