@@ -1,0 +1,36 @@
+"""Weight layouts the kernels take, made once at model load (never per call)."""
+from __future__ import annotations
+
+import torch
+
+from .reference import next_pow2_16, pack_conv_weight
+
+
+def pack_bias(bias: torch.Tensor | None, channels: int, device, dtype=torch.float32) -> torch.Tensor:
+    out = torch.zeros(next_pow2_16(channels), dtype=dtype, device=device)
+    if bias is not None:
+        out[: bias.shape[0]] = bias.to(dtype)
+    return out
+
+
+def pack_esa(reduce, down, low, skip, expand, dtype) -> dict[str, torch.Tensor]:
+    """nn.Conv2d modules of an ESA -> the esr::esa weight arguments. The linear 1x1 branch
+    skip(reduce(x)) is folded into one 1x1 conv (in float64, then rounded once)."""
+    wr = reduce.weight.detach()
+    ws = skip.weight.detach()
+    folded_w = (ws[:, :, 0, 0].double() @ wr[:, :, 0, 0].double())[:, :, None, None]
+    folded_b = ws[:, :, 0, 0].double() @ reduce.bias.detach().double() + skip.bias.detach().double()
+    dev = wr.device
+    return {
+        "reduce_w": pack_conv_weight(wr).to(dtype), "reduce_b": pack_bias(reduce.bias.detach(), wr.shape[0], dev),
+        "down_w": pack_conv_weight(down.weight.detach()).to(dtype),
+        "down_b": pack_bias(down.bias.detach(), wr.shape[0], dev),
+        "low_w": pack_conv_weight(low.weight.detach()).to(dtype),
+        "low_b": pack_bias(low.bias.detach(), wr.shape[0], dev),
+        "skip_w": pack_conv_weight(folded_w.float()).to(dtype),
+        "skip_b": pack_bias(folded_b.float(), wr.shape[0], dev),
+        # (C, C_r, 1, 1) -> (1, C_r, CP): the (pixels x C_r) @ (C_r x CP) expansion.
+        "expand_w": pack_conv_weight(expand.weight.detach()).to(dtype),
+        "expand_b": pack_bias(expand.bias.detach(), expand.weight.shape[0], dev),
+    }
+

@@ -1,0 +1,132 @@
+"""PyTorch references of every esr:: op, in the ops' own argument conventions.
+
+Tests and benchmarks both import these (one copy, so they cannot drift). Weights are in the
+packed layouts the ops take (see ``pack_conv_weight``); references unpack them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
+                   POOL_STRIDE, RES_GATED_INPUT, RES_NONE, RES_TENSOR, SHORTCUT_NONE,
+                   SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
+
+
+def next_pow2_16(n: int) -> int:
+    """Smallest power of two >= max(n, 16): tl.dot's minimum tile edge."""
+    p = 16
+    while p < n:
+        p *= 2
+    return p
+
+
+def pack_conv_weight(weight: torch.Tensor, op_channels: int | None = None) -> torch.Tensor:
+    """(C_conv, C_in, K, K) -> (K*K, C_in, CO_pad) contiguous, zero-padded output channels,
+    so that a kernel loads one (C_in block, CO_pad) tile per tap. ``op_channels``: the op's
+    total output channels when larger than C_conv (partial convs)."""
+    c_out, c_in, kh, kw = weight.shape
+    packed = weight.new_zeros(kh * kw, c_in, next_pow2_16(max(c_out, op_channels or 0)))
+    packed[:, :, :c_out] = weight.permute(2, 3, 1, 0).reshape(kh * kw, c_in, c_out)
+    return packed.contiguous()
+
+
+def unpack_conv_weight(packed: torch.Tensor, c_out: int) -> torch.Tensor:
+    taps, c_in, _ = packed.shape
+    k = int(round(taps ** 0.5))
+    return packed[:, :, :c_out].reshape(k, k, c_in, c_out).permute(3, 2, 0, 1).contiguous()
+
+
+def activation(x: torch.Tensor, act: int) -> torch.Tensor:
+    if act == ACT_NONE:
+        return x
+    if act == ACT_GELU:
+        return F.gelu(x)
+    if act == ACT_SILU:
+        return F.silu(x)
+    if act == ACT_LEAKY:
+        return F.leaky_relu(x, LEAKY_SLOPE)
+    if act == ACT_SIGMOID:
+        return torch.sigmoid(x)
+    raise ValueError(f"unknown activation code {act}")
+
+
+def gate(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    """LocalAttention output: bilinear-up(att) * sigmoid(x[:, :1]) * x, same order as the model."""
+    up = F.interpolate(att, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return x * up * torch.sigmoid(x[:, :1])
+
+
+def conv(x, w_packed, bias, c_conv: int, c_out: int, ksize: int, stride: int, padding: int, act: int,
+         residual=None, residual_mode: int = RES_NONE, att=None, shift=None,
+         shortcut=None, shortcut_mode: int = SHORTCUT_NONE, shuffle: int = 0):
+    """Reference of esr::conv.
+
+    x (N, C_in, H, W). Prologue: ``x - shift`` (per channel, before zero padding) or
+    ``gate(x, att)``. Conv (weights packed, ``c_conv`` output channels), bias, activation. If
+    ``c_out > c_conv`` (partial mode: stride 1, same size, c_out = C_in), channels
+    [c_conv, c_out) pass the (prologued) input through. Then ``+ residual`` (a tensor, or the
+    gated input), then ``+ shortcut`` (the input image repeated r^2 times per channel, or a
+    vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
+    """
+    dtype = x.dtype
+    xin = x.float()
+    if shift is not None:
+        xin = xin - shift.float().view(1, -1, 1, 1)
+    if att is not None:
+        xin = gate(xin, att.float())
+    w = unpack_conv_weight(w_packed.float(), c_conv)
+    y = activation(F.conv2d(xin, w, bias.float(), stride=stride, padding=padding), act)
+    if c_out > c_conv:
+        y = torch.cat([y, xin[:, c_conv:c_out]], dim=1)
+    if residual_mode == RES_TENSOR:
+        y = y + residual.float()
+    elif residual_mode == RES_GATED_INPUT:
+        y = y + gate(x.float(), att.float())
+    if shuffle:
+        r2 = shuffle * shuffle
+        if shortcut_mode == SHORTCUT_REPEAT_INPUT:
+            y = y + torch.repeat_interleave(shortcut.float(), r2, dim=1)
+        y = F.pixel_shuffle(y, shuffle)
+        if shortcut_mode == SHORTCUT_VECTOR:
+            y = y + shortcut.float().view(1, -1, 1, 1)
+    return y.to(dtype)
+
+
+def bsb(x, pw_packed, dw_weight, dw_bias, residual=None):
+    """Reference of esr::bsb: GELU(depthwise3x3_reflect(pointwise1x1(x)) + bias) [+ residual].
+    pw_packed (1, C, CO_pad); dw_weight (C, 1, 3, 3); dw_bias (C,)."""
+    c = x.shape[1]
+    xf = x.float()
+    p = F.conv2d(xf, unpack_conv_weight(pw_packed.float(), c))
+    p = F.pad(p, (1, 1, 1, 1), mode="reflect")
+    y = F.gelu(F.conv2d(p, dw_weight.float(), dw_bias.float(), groups=c))
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(x.dtype)
+
+
+def esa(x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w, skip_b, expand_w, expand_b,
+        residual=None):
+    """Reference of esr::esa, in the op's packed arguments (``packing.pack_esa``):
+    x * sigmoid(expand(up(low(maxpool(down(reduce(x))))) + skip(x))) [+ residual], where
+    ``skip`` is the 1x1 branch already folded with the reduction."""
+    c, cr = x.shape[1], reduce_b.shape[0]
+    xf = x.float()
+    r = F.conv2d(xf, unpack_conv_weight(reduce_w.float(), cr), reduce_b.float())
+    d = F.conv2d(r, unpack_conv_weight(down_w.float(), cr), down_b.float(), stride=2)
+    low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), unpack_conv_weight(low_w.float(), cr),
+                   low_b.float(), padding=1)
+    up = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    skip = F.conv2d(xf, unpack_conv_weight(skip_w.float(), cr), skip_b.float())
+    y = xf * torch.sigmoid(F.conv2d(up + skip, unpack_conv_weight(expand_w.float(), c), expand_b[:c].float()))
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(x.dtype)
+
+
+def la_reduce(x, reduce_w, reduce_b):
+    """Reference of esr::la_reduce: max_pool 7/3 (no padding) of a 1x1 conv; reduce_w packed
+    (1, C, CR_pad), reduce_b (C_r,)."""
+    w = unpack_conv_weight(reduce_w.float(), reduce_b.shape[0])
+    return F.max_pool2d(F.conv2d(x.float(), w, reduce_b.float()), POOL_KERNEL, POOL_STRIDE).to(x.dtype)

@@ -1,0 +1,13 @@
+"""Constants shared by the kernels, their registrations and their references."""
+
+# Activation codes (conv / BSB epilogues).
+ACT_NONE, ACT_GELU, ACT_SILU, ACT_LEAKY, ACT_SIGMOID = 0, 1, 2, 3, 4
+LEAKY_SLOPE = 0.05
+
+# What is added after the activation.
+RES_NONE, RES_TENSOR, RES_GATED_INPUT = 0, 1, 2
+
+# Shortcut added to the conv output before pixel shuffle, indexed by output channel // r^2.
+SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR = 0, 1, 2
+
+POOL_KERNEL, POOL_STRIDE = 7, 3

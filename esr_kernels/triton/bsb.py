@@ -1,0 +1,85 @@
+"""BSB: 1x1 pointwise (no bias) -> 3x3 depthwise with bias and reflect padding -> GELU (erf),
+optionally + residual, in one kernel: the pointwise output never goes to memory.
+
+Each program owns BLOCK_P output pixels x all channels; for each of the 9 taps it recomputes
+the pointwise conv at the reflected neighbour ((BLOCK_P x C) @ (C x C)) and accumulates the
+depthwise product. Reflect padding as PyTorch's: index -1 -> 1 and H -> H - 2 (the edge pixel
+itself is not repeated), so H, W >= 2.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import next_pow2_16
+from ..spec import ACT_GELU
+from .common import apply_act, pixel_block
+
+
+@triton.jit
+def _reflect(i, n):
+    i = tl.where(i < 0, -i, i)
+    return tl.where(i >= n, 2 * n - 2 - i, i)
+
+
+@triton.jit
+def _bsb_kernel(
+    x_ptr, pw_ptr, dw_ptr, b_ptr, res_ptr, out_ptr, C, H, W,
+    sx_n, sx_c, sx_h, sx_w, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
+    HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr,
+    IEEE: tl.constexpr, ACT: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H * W
+    oy = p // W
+    ox = p % W
+    co = tl.arange(0, CO_PAD)
+    acc = tl.zeros((BLOCK_P, CO_PAD), dtype=tl.float32)
+    for tap in tl.static_range(9):
+        iy = _reflect(oy + tap // 3 - 1, H)
+        ix = _reflect(ox + tap % 3 - 1, W)
+        pix = n * sx_n + iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w
+        pw = tl.zeros((BLOCK_P, CO_PAD), dtype=tl.float32)
+        for ci0 in range(0, C, CI_BLOCK):
+            ci = ci0 + tl.arange(0, CI_BLOCK)
+            m = p_mask[:, None] & (ci < C)[None, :]
+            xv = tl.load(x_ptr + pix[:, None] + ci[None, :].to(tl.int64) * sx_c, mask=m, other=0.0)
+            w = tl.load(pw_ptr + ci[:, None] * CO_PAD + co[None, :], mask=(ci < C)[:, None], other=0.0)
+            if IEEE:
+                pw += tl.dot(xv.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            else:
+                pw += tl.dot(xv.to(w.dtype), w)
+        dw = tl.load(dw_ptr + tap * CO_PAD + co).to(tl.float32)
+        acc += pw * dw[None, :]
+    bias = tl.load(b_ptr + co, mask=co < C, other=0.0).to(tl.float32)
+    y = apply_act(acc + bias[None, :], ACT)
+    out_mask = p_mask[:, None] & (co < C)[None, :]
+    if HAS_RES:
+        r = tl.load(res_ptr + n * sr_n + co[None, :].to(tl.int64) * sr_c + oy[:, None].to(tl.int64) * sr_h
+                    + ox[:, None].to(tl.int64) * sr_w, mask=out_mask, other=0.0)
+        y = y + r.to(tl.float32)
+    dst = n * so_n + co[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
+        + ox[:, None].to(tl.int64) * so_w
+    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+def pack_depthwise(dw_weight: torch.Tensor, co_pad: int) -> torch.Tensor:
+    """(C, 1, 3, 3) -> (9, CO_pad) float32, zero-padded."""
+    c = dw_weight.shape[0]
+    packed = torch.zeros(9, co_pad, dtype=torch.float32, device=dw_weight.device)
+    packed[:, :c] = dw_weight.reshape(c, 9).t().float()
+    return packed.contiguous()
+
+
+def bsb_launch(kernel_wrapper, x, pw_packed, dw_packed, dw_bias, residual, out):
+    n, c, h, w = x.shape
+    block_p = pixel_block()
+    res = residual if residual is not None else x
+    kernel_wrapper[(triton.cdiv(h * w, block_p), n)](
+        x, pw_packed, dw_packed, dw_bias, res, out, c, h, w,
+        *x.stride(), *res.stride(), *out.stride(),
+        HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c), 64),
+        CO_PAD=pw_packed.shape[-1], IEEE=pw_packed.dtype == torch.float32, ACT=ACT_GELU,
+    )
+    return out

@@ -1,0 +1,169 @@
+"""Dense KxK convolution (K = 1 or 3, C_out <= 64) with fused prologue and epilogue.
+
+Prologue, applied to every input value as it is loaded (zero padding applies after it):
+  - ``shift``: x - shift[c] (IFADNet's mean subtraction),
+  - ``att``: the LocalAttention gate x * up(att) * sigmoid(x[:, 0]), up = bilinear
+    (align_corners=False) from att's (h, w) to (H, W): the gated tensor never hits memory.
+Epilogue: bias, activation, partial-channel passthrough (channels >= c_conv copy the
+prologued input: PFDNLite's partial convs), residual (a tensor, or the gated input recomputed
+from x and att), shortcut + pixel shuffle (the tail writes the final image).
+
+One program computes all output channels of BLOCK_P output pixels of one image, as a sum over
+taps and input-channel blocks of (BLOCK_P x CI) @ (CI x CO) products, accumulated in float32.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import next_pow2_16
+from ..spec import RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
+from .common import apply_act, bilinear_coords, bilinear_sample, pixel_block, sigmoid
+
+_RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
+_RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
+_SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
+_SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
+
+
+@triton.jit
+def _gated(x, x0, att_ptr, att_base, c, oy, ox, att_h, att_w, scale_h, scale_w,
+           sa_c, sa_h, sa_w, mask):
+    """gate(x) at pixels (oy, ox) [P] for channels c [C]: x [P, C], x0 = x[:, 0] at those pixels."""
+    y0, y1, ly = bilinear_coords(oy, scale_h, att_h)
+    xa, xb, lx = bilinear_coords(ox, scale_w, att_w)
+    up = bilinear_sample(att_ptr + att_base, c[None, :].to(tl.int64) * sa_c,
+                         y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
+                         sa_h, sa_w, mask)
+    return x * up * sigmoid(x0)[:, None]
+
+
+@triton.jit
+def _conv_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, att_ptr, shift_ptr, sc_ptr,
+    C_in, H, W, C_conv, C_out, H_out, W_out, att_h, att_w, scale_h, scale_w,
+    sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+    sa_n, sa_c, sa_h, sa_w, ss_n, ss_c, ss_h, ss_w,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr,
+    HAS_SHIFT: tl.constexpr, HAS_GATE: tl.constexpr, RES_MODE: tl.constexpr,
+    SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H_out * W_out
+    oy = p // W_out
+    ox = p % W_out
+    co = tl.arange(0, CO_PAD)
+    x_base = n * sx_n
+    att_base = n * sa_n
+
+    acc = tl.zeros((BLOCK_P, CO_PAD), dtype=tl.float32)
+    for tap in tl.static_range(KSIZE * KSIZE):
+        iy = oy * STRIDE - PAD + tap // KSIZE
+        ix = ox * STRIDE - PAD + tap % KSIZE
+        valid = p_mask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        pix = iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w
+        if HAS_GATE:
+            x0 = tl.load(x_ptr + x_base + pix, mask=valid, other=0.0).to(tl.float32)
+        for ci0 in range(0, C_in, CI_BLOCK):
+            ci = ci0 + tl.arange(0, CI_BLOCK)
+            m = valid[:, None] & (ci < C_in)[None, :]
+            xv = tl.load(x_ptr + x_base + pix[:, None] + ci[None, :].to(tl.int64) * sx_c,
+                         mask=m, other=0.0).to(tl.float32)
+            if HAS_SHIFT:
+                sh = tl.load(shift_ptr + ci, mask=ci < C_in, other=0.0).to(tl.float32)
+                xv = tl.where(m, xv - sh[None, :], 0.0)
+            if HAS_GATE:
+                xv = _gated(xv, x0, att_ptr, att_base, ci, iy, ix, att_h, att_w, scale_h, scale_w,
+                            sa_c, sa_h, sa_w, m)
+            w = tl.load(w_ptr + (tap * C_in + ci[:, None]) * CO_PAD + co[None, :],
+                        mask=(ci < C_in)[:, None], other=0.0)
+            if IEEE:
+                acc += tl.dot(xv, w.to(tl.float32), input_precision="ieee")
+            else:
+                acc += tl.dot(xv.to(w.dtype), w)
+
+    bias = tl.load(b_ptr + co, mask=co < C_conv, other=0.0).to(tl.float32)
+    y = apply_act(acc + bias[None, :], ACT)
+
+    out_mask = p_mask[:, None] & (co < C_out)[None, :]
+    if PARTIAL or (RES_MODE == _RES_GATED):
+        # Same-size ops only (partial convs, gated residual): the input at the output pixel.
+        centre = oy.to(tl.int64) * sx_h + ox.to(tl.int64) * sx_w
+        xc = tl.load(x_ptr + x_base + centre[:, None] + co[None, :].to(tl.int64) * sx_c,
+                     mask=out_mask, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            sh = tl.load(shift_ptr + co, mask=co < C_out, other=0.0).to(tl.float32)
+            xc = xc - sh[None, :]
+        if HAS_GATE:
+            x0c = tl.load(x_ptr + x_base + centre, mask=p_mask, other=0.0).to(tl.float32)
+            xc = _gated(xc, x0c, att_ptr, att_base, co, oy, ox, att_h, att_w, scale_h, scale_w,
+                        sa_c, sa_h, sa_w, out_mask)
+        y = tl.where((co >= C_conv)[None, :], xc, y)
+        if RES_MODE == _RES_GATED:
+            y = y + xc
+    if RES_MODE == _RES_TENSOR:
+        r = tl.load(res_ptr + n * sr_n + oy[:, None].to(tl.int64) * sr_h + ox[:, None].to(tl.int64) * sr_w
+                    + co[None, :].to(tl.int64) * sr_c, mask=out_mask, other=0.0).to(tl.float32)
+        y = y + r
+
+    if SHUFFLE > 0:
+        img_c = co // (SHUFFLE * SHUFFLE)
+        if SC_MODE == _SC_REPEAT:
+            s = tl.load(sc_ptr + n * ss_n + img_c[None, :].to(tl.int64) * ss_c
+                        + oy[:, None].to(tl.int64) * ss_h + ox[:, None].to(tl.int64) * ss_w,
+                        mask=out_mask, other=0.0).to(tl.float32)
+            y = y + s
+        elif SC_MODE == _SC_VECTOR:
+            s = tl.load(sc_ptr + img_c, mask=co < C_out, other=0.0).to(tl.float32)
+            y = y + s[None, :]
+        sub = co % (SHUFFLE * SHUFFLE)
+        out_y = oy[:, None] * SHUFFLE + (sub // SHUFFLE)[None, :]
+        out_x = ox[:, None] * SHUFFLE + (sub % SHUFFLE)[None, :]
+        dst = n * so_n + img_c[None, :].to(tl.int64) * so_c + out_y.to(tl.int64) * so_h + out_x.to(tl.int64) * so_w
+    else:
+        dst = n * so_n + co[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
+            + ox[:, None].to(tl.int64) * so_w
+    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+def conv_out_shape(x_shape, c_out, ksize, stride, padding, shuffle):
+    n, _, h, w = x_shape
+    ho = (h + 2 * padding - ksize) // stride + 1
+    wo = (w + 2 * padding - ksize) // stride + 1
+    if shuffle:
+        return (n, c_out // (shuffle * shuffle), ho * shuffle, wo * shuffle)
+    return (n, c_out, ho, wo)
+
+
+def _strides(t, ndim=4):
+    return tuple(t.stride()) if t is not None else (0,) * ndim
+
+
+def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride, padding, act,
+                residual, residual_mode, att, shift, shortcut, shortcut_mode, shuffle, out):
+    """Launch _conv_kernel (through ``kernel_wrapper``: wrap_triton's or the plain kernel)."""
+    n, c_in, h, w = x.shape
+    if w_packed.shape[-1] < c_out:
+        raise ValueError(f"packed weight covers {w_packed.shape[-1]} output channels, op has {c_out}")
+    ho = (h + 2 * padding - ksize) // stride + 1
+    wo = (w + 2 * padding - ksize) // stride + 1
+    block_p = pixel_block()
+    att_h, att_w = (att.shape[-2], att.shape[-1]) if att is not None else (1, 1)
+    dummy = x
+    grid = (triton.cdiv(ho * wo, block_p), n)
+    kernel_wrapper[grid](
+        x, w_packed, bias, out,
+        residual if residual is not None else dummy, att if att is not None else dummy,
+        shift if shift is not None else dummy, shortcut if shortcut is not None else dummy,
+        c_in, h, w, c_conv, c_out, ho, wo, att_h, att_w, float(att_h) / h, float(att_w) / w,
+        *x.stride(), *out.stride(), *_strides(residual), *_strides(att),
+        *(_strides(shortcut) if shortcut is not None and shortcut.dim() == 4 else (0, 0, 0, 0)),
+        KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, HAS_SHIFT=shift is not None,
+        HAS_GATE=att is not None, RES_MODE=residual_mode, SHUFFLE=shuffle, SC_MODE=shortcut_mode,
+        PARTIAL=c_out > c_conv,
+        BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c_in), 64), CO_PAD=w_packed.shape[-1],
+        IEEE=w_packed.dtype == torch.float32,
+    )
+    return out

@@ -1,0 +1,58 @@
+"""LocalAttention reduction: 1x1 conv (C -> 16) and max-pool 7/3 (no padding) fused; the
+reduced full-resolution map never goes to memory. Each program owns BLOCK_P pooled pixels and
+takes the max over its 49 window positions of the 1x1 conv evaluated there."""
+import torch
+import triton
+import triton.language as tl
+
+from ..spec import POOL_KERNEL, POOL_STRIDE
+from .common import pixel_block
+
+
+
+@triton.jit
+def _la_reduce_kernel(
+    x_ptr, wr_ptr, br_ptr, out_ptr, C, H, W, Hp, Wp,
+    sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w,
+    BLOCK_P: tl.constexpr, CP: tl.constexpr, CR: tl.constexpr, C_RED: tl.constexpr, IEEE: tl.constexpr,
+    POOL_K: tl.constexpr, POOL_S: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < Hp * Wp
+    oy = p // Wp
+    ox = p % Wp
+    c = tl.arange(0, CP)
+    cr = tl.arange(0, CR)
+    w = tl.load(wr_ptr + c[:, None] * CR + cr[None, :], mask=(c < C)[:, None], other=0.0)
+    m = p_mask[:, None] & (c < C)[None, :]
+    best = tl.full((BLOCK_P, CR), float("-inf"), tl.float32)
+    for k in range(POOL_K * POOL_K):
+        iy = oy * POOL_S + k // POOL_K
+        ix = ox * POOL_S + k % POOL_K
+        xv = tl.load(x_ptr + n * sx_n + c[None, :].to(tl.int64) * sx_c + iy[:, None].to(tl.int64) * sx_h
+                     + ix[:, None].to(tl.int64) * sx_w, mask=m, other=0.0)
+        if IEEE:
+            r = tl.dot(xv.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            r = tl.dot(xv.to(w.dtype), w)
+        best = tl.maximum(best, r)
+    y = best + tl.load(br_ptr + cr, mask=cr < C_RED, other=0.0).to(tl.float32)[None, :]
+    dst = n * so_n + cr[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
+        + ox[:, None].to(tl.int64) * so_w
+    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & (cr < C_RED)[None, :])
+
+
+def la_reduce_launch(kernel_wrapper, x, wr, br, c_red, out):
+    n, c, h, w = x.shape
+    hp, wp = out.shape[-2:]
+    block_p = pixel_block()
+    cp = 16
+    while cp < c:
+        cp *= 2
+    kernel_wrapper[(triton.cdiv(hp * wp, block_p), n)](
+        x, wr, br, out, c, h, w, hp, wp, *x.stride(), *out.stride(),
+        BLOCK_P=block_p, CP=cp, CR=wr.shape[-1], C_RED=c_red, IEEE=wr.dtype == torch.float32,
+        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE)
+    return out
