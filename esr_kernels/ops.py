@@ -31,7 +31,7 @@ def _like(x: torch.Tensor, shape) -> torch.Tensor:
 @triton_op("esr::conv", mutates_args=())
 def conv(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, c_conv: int, c_out: int,
          ksize: int, stride: int, padding: int, act: int, residual: Optional[torch.Tensor],
-         residual_mode: int, att: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+         residual_mode: int, att: Optional[torch.Tensor], gate_input: bool, shift: Optional[torch.Tensor],
          shortcut: Optional[torch.Tensor], shortcut_mode: int, shuffle: int) -> torch.Tensor:
     """Fused dense conv; semantics in ``esr_kernels.reference.conv``. x (N, C_in, H, W) any
     layout; output (N, c_out, H', W') in x's layout, or (N, c_out / r^2, r H', r W') NCHW when
@@ -39,7 +39,7 @@ def conv(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, c_conv: in
     shape = conv_out_shape(x.shape, c_out, ksize, stride, padding, shuffle)
     out = torch.empty(shape, dtype=x.dtype, device=x.device) if shuffle else _like(x, shape)
     return conv_launch(wrap_triton(_conv_kernel), x, w_packed, bias, c_conv, c_out, ksize, stride,
-                       padding, act, residual, residual_mode, att, shift, shortcut, shortcut_mode,
+                       padding, act, residual, residual_mode, att, gate_input, shift, shortcut, shortcut_mode,
                        shuffle, out)
 
 

@@ -58,31 +58,32 @@ def gate(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
 
 
 def conv(x, w_packed, bias, c_conv: int, c_out: int, ksize: int, stride: int, padding: int, act: int,
-         residual=None, residual_mode: int = RES_NONE, att=None, shift=None,
+         residual=None, residual_mode: int = RES_NONE, att=None, gate_input: bool = False, shift=None,
          shortcut=None, shortcut_mode: int = SHORTCUT_NONE, shuffle: int = 0):
     """Reference of esr::conv.
 
-    x (N, C_in, H, W). Prologue: ``x - shift`` (per channel, before zero padding) or
-    ``gate(x, att)``. Conv (weights packed, ``c_conv`` output channels), bias, activation. If
+    x (N, C_in, H, W). Prologue: ``x - shift`` (per channel, before zero padding) and, if
+    ``gate_input``, ``gate(x, att)``. Conv (weights packed, ``c_conv`` output channels), bias, activation. If
     ``c_out > c_conv`` (partial mode: stride 1, same size, c_out = C_in), channels
-    [c_conv, c_out) pass the (prologued) input through. Then ``+ residual`` (a tensor, or the
-    gated input), then ``+ shortcut`` (the input image repeated r^2 times per channel, or a
+    [c_conv, c_out) pass the (prologued) input through. The conv reads input channels
+    [0, C_in of the packed weight). Then ``+ residual`` (``residual_mode`` RES_TENSOR), or
+    ``+ gate(residual, att)`` (RES_GATED_INPUT), then ``+ shortcut`` (the input image repeated r^2 times per channel, or a
     vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
     """
     dtype = x.dtype
     xin = x.float()
     if shift is not None:
         xin = xin - shift.float().view(1, -1, 1, 1)
-    if att is not None:
+    if gate_input:
         xin = gate(xin, att.float())
     w = unpack_conv_weight(w_packed.float(), c_conv)
-    y = activation(F.conv2d(xin, w, bias.float(), stride=stride, padding=padding), act)
+    y = activation(F.conv2d(xin[:, :w.shape[1]], w, bias[:c_conv].float(), stride=stride, padding=padding), act)
     if c_out > c_conv:
         y = torch.cat([y, xin[:, c_conv:c_out]], dim=1)
     if residual_mode == RES_TENSOR:
         y = y + residual.float()
     elif residual_mode == RES_GATED_INPUT:
-        y = y + gate(x.float(), att.float())
+        y = y + gate(residual.float(), att.float())
     if shuffle:
         r2 = shuffle * shuffle
         if shortcut_mode == SHORTCUT_REPEAT_INPUT:

@@ -6,8 +6,9 @@ unclamped.
 from __future__ import annotations
 
 from .loading import MODEL_NAMES, load, load_state_dict_file, min_input_size
+from .fusion import fuse_
 from .registry import UnknownArchitectureError, detect
 from .weights import WeightsError
 
-__all__ = ["MODEL_NAMES", "load", "load_state_dict_file", "detect", "min_input_size",
+__all__ = ["MODEL_NAMES", "load", "fuse_", "load_state_dict_file", "detect", "min_input_size",
            "UnknownArchitectureError", "WeightsError"]

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_input, ESA, BlueprintConv, conv1x1, conv3x3, gelu
+from .layers import (ESA, AffineInputConv2d, BlueprintConv, ConcatFuse, PixelShuffleTail, check_input,
+                     conv3x3, gelu)
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -49,20 +50,17 @@ class IFADNet(nn.Module):
                  scale: int = 4, in_channels: int = 3):
         super().__init__()
         self.scale = scale
-        self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.head = conv3x3(in_channels, channels)
+        self.head = AffineInputConv2d(in_channels, channels, in_shift=DIV2K_MEAN)
         self.blocks = nn.ModuleList(
             BFEB(channels) if i % 2 == 0 else RFMB(channels, esa_channels) for i in range(num_blocks))
-        self.fuse = conv1x1(channels * num_blocks, channels)
-        self.tail = conv3x3(channels, in_channels * scale * scale)
+        self.fuse = ConcatFuse(channels * num_blocks, channels)
+        self.tail = PixelShuffleTail(channels, scale, in_channels, out_shift=DIV2K_MEAN)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.min_size, "IFADNet")
-        mean = self.mean.to(x.dtype)
-        head = self.head(x - mean)
+        head = self.head(x)
         outs, out = [], head
         for block in self.blocks:
             out = block(out)
             outs.append(out)
-        body = gelu(self.fuse(torch.cat(outs, dim=1))) + head
-        return F.pixel_shuffle(self.tail(body), self.scale) + mean
+        return self.tail(self.fuse(outs, head), x)

@@ -101,3 +101,66 @@ def check_input(x: torch.Tensor, min_size: int, model_name: str) -> None:
         raise InputTooSmallError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} pixels "
             f"(its attention pooling uses a 7x7 window); got {h}x{w}")
+
+
+class AffineInputConv2d(nn.Conv2d):
+    """Head conv of ``x * in_scale - in_shift`` (zero padding applies after the transform).
+    IFADNet subtracts the DIV2K mean; RLFN scales [0, 1] to its [0, 255] training range."""
+
+    def __init__(self, c_in: int, c_out: int, in_scale: float = 1.0, in_shift=None):
+        super().__init__(c_in, c_out, 3, padding=1)
+        self.in_scale = in_scale
+        shift = torch.zeros(c_in) if in_shift is None else torch.tensor(in_shift, dtype=torch.float32)
+        self.register_buffer("in_shift", shift.view(1, -1, 1, 1), persistent=False)
+        self.has_shift = in_shift is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_scale != 1.0:
+            x = x * self.in_scale
+        if self.has_shift:
+            x = x - self.in_shift.to(x.dtype)
+        return super().forward(x)
+
+
+class PixelShuffleTail(nn.Conv2d):
+    """Final 3x3 conv to 3 r^2 channels, then pixel shuffle, writing the image:
+    shuffle(conv(x) [+ image repeated r^2 times per channel]) / out_divisor [+ out_shift]."""
+
+    def __init__(self, c_in: int, scale: int, image_channels: int = 3, repeat_image: bool = False,
+                 out_divisor: float = 1.0, out_shift=None):
+        super().__init__(c_in, image_channels * scale * scale, 3, padding=1)
+        self.scale, self.repeat_image, self.out_divisor = scale, repeat_image, out_divisor
+        shift = torch.zeros(image_channels) if out_shift is None else torch.tensor(out_shift, dtype=torch.float32)
+        self.register_buffer("out_shift", shift.view(1, -1, 1, 1), persistent=False)
+        self.has_shift = out_shift is not None
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.repeat_image:
+            y = y + torch.repeat_interleave(image, self.scale * self.scale, dim=1)
+        y = F.pixel_shuffle(y, self.scale)
+        if self.out_divisor != 1.0:
+            y = y / self.out_divisor
+        if self.has_shift:
+            y = y + self.out_shift.to(y.dtype)
+        return y
+
+
+class ConvAdd(nn.Conv2d):
+    """3x3 conv plus a residual: conv(x) + residual."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + residual
+
+
+class ConcatFuse(nn.Conv2d):
+    """IFADNet's feature fusion: GELU(1x1 conv of the concatenated block outputs) + residual."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 1)
+
+    def forward(self, features: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
+        return gelu(super().forward(torch.cat(features, dim=1))) + residual

@@ -20,9 +20,16 @@ def load_state_dict_file(path: str | Path) -> nn.Module:
 
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32) -> nn.Module:
+         dtype: torch.dtype = torch.float32, fused: bool = False, backend: str = "auto") -> nn.Module:
     """Build a model by name (``ifadnet``, ``pfdnlite``, ``rlfn``) or checkpoint path, load its
-    weights (see ``esr_models.weights`` for where they are found) and return it in eval mode."""
+    weights (see ``esr_models.weights`` for where they are found) and return it in eval mode.
+
+    ``fused=True`` swaps in the fused kernels (``esr_models.fusion``); ``backend`` is "auto",
+    "triton", "cuda" or "cpu" and ``model.backend`` tells what runs."""
+    if fused:
+        from .fusion import load_fused
+
+        return load_fused(name_or_path, device=device, dtype=dtype, backend=backend)
     key = str(name_or_path).lower()
     if key in weights.CHECKPOINTS:
         path = weights.resolve(key)

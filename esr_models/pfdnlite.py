@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_input, LocalAttention, conv3x3
+from .layers import LocalAttention, PixelShuffleTail, check_input, conv3x3
 
 
 class PartialBlock(nn.Module):
@@ -46,12 +46,11 @@ class PFDNLite(nn.Module):
         self.head = conv3x3(in_channels, channels)
         self.blocks = nn.ModuleList(
             PartialBlock(channels, split, full, attn_channels) for full in block_kinds)
-        self.tail = conv3x3(channels, in_channels * scale * scale)
+        self.tail = PixelShuffleTail(channels, scale, in_channels, repeat_image=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.min_size, "PFDNLite")
         out = self.head(x)
         for block in self.blocks:
             out = block(out)
-        shortcut = torch.repeat_interleave(x, self.scale * self.scale, dim=1)
-        return F.pixel_shuffle(self.tail(out) + shortcut, self.scale)
+        return self.tail(out, x)

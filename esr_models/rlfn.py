@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_input, ESA, conv1x1, conv3x3
+from .layers import ESA, AffineInputConv2d, ConvAdd, PixelShuffleTail, check_input, conv1x1, conv3x3
 
 # RLFN was trained on [0, 255] inputs; the model scales internally so that its public
 # contract is the same [0, 1] as the others.
@@ -40,17 +40,16 @@ class RLFN(nn.Module):
                  esa_channels: int = 16, scale: int = 4, in_channels: int = 3):
         super().__init__()
         self.scale = scale
-        self.head = conv3x3(in_channels, channels)
+        self.head = AffineInputConv2d(in_channels, channels, in_scale=PIXEL_RANGE)
         self.blocks = nn.ModuleList(
             RLFB(channels, mid_channels, esa_channels) for _ in range(num_blocks))
-        self.body_tail = conv3x3(channels, channels)
-        self.tail = conv3x3(channels, in_channels * scale * scale)
+        self.body_tail = ConvAdd(channels, channels)
+        self.tail = PixelShuffleTail(channels, scale, in_channels, out_divisor=PIXEL_RANGE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.min_size, "RLFN")
-        head = self.head(x * PIXEL_RANGE)
+        head = self.head(x)
         out = head
         for block in self.blocks:
             out = block(out)
-        out = self.body_tail(out) + head
-        return F.pixel_shuffle(self.tail(out), self.scale) / PIXEL_RANGE
+        return self.tail(self.body_tail(out, head), x)

@@ -88,8 +88,8 @@ def _conv_kernel(
     y = apply_act(acc + bias[None, :], ACT)
 
     out_mask = p_mask[:, None] & (co < C_out)[None, :]
-    if PARTIAL or (RES_MODE == _RES_GATED):
-        # Same-size ops only (partial convs, gated residual): the input at the output pixel.
+    if PARTIAL:
+        # Same-size partial convs: channels >= C_conv pass the (prologued) input through.
         centre = oy.to(tl.int64) * sx_h + ox.to(tl.int64) * sx_w
         xc = tl.load(x_ptr + x_base + centre[:, None] + co[None, :].to(tl.int64) * sx_c,
                      mask=out_mask, other=0.0).to(tl.float32)
@@ -101,11 +101,15 @@ def _conv_kernel(
             xc = _gated(xc, x0c, att_ptr, att_base, co, oy, ox, att_h, att_w, scale_h, scale_w,
                         sa_c, sa_h, sa_w, out_mask)
         y = tl.where((co >= C_conv)[None, :], xc, y)
+    if RES_MODE != 0:
+        r_pix = n * sr_n + oy.to(tl.int64) * sr_h + ox.to(tl.int64) * sr_w
+        r = tl.load(res_ptr + r_pix[:, None] + co[None, :].to(tl.int64) * sr_c,
+                    mask=out_mask, other=0.0).to(tl.float32)
         if RES_MODE == _RES_GATED:
-            y = y + xc
-    if RES_MODE == _RES_TENSOR:
-        r = tl.load(res_ptr + n * sr_n + oy[:, None].to(tl.int64) * sr_h + ox[:, None].to(tl.int64) * sr_w
-                    + co[None, :].to(tl.int64) * sr_c, mask=out_mask, other=0.0).to(tl.float32)
+            # The residual is the LocalAttention output, recomputed from its input and att.
+            r0 = tl.load(res_ptr + r_pix, mask=p_mask, other=0.0).to(tl.float32)
+            r = _gated(r, r0, att_ptr, att_base, co, oy, ox, att_h, att_w, scale_h, scale_w,
+                       sa_c, sa_h, sa_w, out_mask)
         y = y + r
 
     if SHUFFLE > 0:
@@ -142,9 +146,12 @@ def _strides(t, ndim=4):
 
 
 def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride, padding, act,
-                residual, residual_mode, att, shift, shortcut, shortcut_mode, shuffle, out):
+                residual, residual_mode, att, gate_input, shift, shortcut, shortcut_mode, shuffle, out):
     """Launch _conv_kernel (through ``kernel_wrapper``: wrap_triton's or the plain kernel)."""
-    n, c_in, h, w = x.shape
+    n, _, h, w = x.shape
+    c_in = w_packed.shape[1]  # may be fewer than x's channels: the conv reads channels [0, c_in)
+    if c_in > x.shape[1]:
+        raise ValueError(f"packed weight expects {c_in} input channels, x has {x.shape[1]}")
     if w_packed.shape[-1] < c_out:
         raise ValueError(f"packed weight covers {w_packed.shape[-1]} output channels, op has {c_out}")
     ho = (h + 2 * padding - ksize) // stride + 1
@@ -161,7 +168,7 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride,
         *x.stride(), *out.stride(), *_strides(residual), *_strides(att),
         *(_strides(shortcut) if shortcut is not None and shortcut.dim() == 4 else (0, 0, 0, 0)),
         KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, HAS_SHIFT=shift is not None,
-        HAS_GATE=att is not None, RES_MODE=residual_mode, SHUFFLE=shuffle, SC_MODE=shortcut_mode,
+        HAS_GATE=gate_input, RES_MODE=residual_mode, SHUFFLE=shuffle, SC_MODE=shortcut_mode,
         PARTIAL=c_out > c_conv,
         BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c_in), 64), CO_PAD=w_packed.shape[-1],
         IEEE=w_packed.dtype == torch.float32,
