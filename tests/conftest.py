@@ -1,6 +1,7 @@
 """Shared fixtures and device/data gating (never at import time: through markers)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -8,6 +9,11 @@ import pytest
 import torch
 
 from esr_models.weights import shared_dir
+
+# Triton reads this once, at its first import: without a GPU, its kernels can only run on CPU
+# tensors through the interpreter. Setting it selects nothing and skips nothing by itself.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = shared_dir()
 
@@ -21,6 +27,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_shared)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if "triton" in item.keywords and importlib.util.find_spec("triton") is None:
+            item.add_marker(pytest.mark.skip(reason="triton is not installed (pip install -e '.[triton]')"))
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +51,14 @@ def models():
     if SHARED is None and not os.environ.get("ESR_WEIGHTS_DIR"):
         pytest.skip("no weights: ../shared absent and ESR_WEIGHTS_DIR unset")
     return {name: esr_models.load(name) for name in esr_models.MODEL_NAMES}
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where kernel tests run: the GPU when there is one, else CPU under Triton's interpreter."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def on_gpu(device) -> bool:
+    return device.type == "cuda"

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, pixel_block
+from .common import apply_act, exact_dot, mma, pixel_block
 
 
 @triton.jit
@@ -46,10 +46,7 @@ def _bsb_kernel(
             m = p_mask[:, None] & (ci < C)[None, :]
             xv = tl.load(x_ptr + pix[:, None] + ci[None, :].to(tl.int64) * sx_c, mask=m, other=0.0)
             w = tl.load(pw_ptr + ci[:, None] * CO_PAD + co[None, :], mask=(ci < C)[:, None], other=0.0)
-            if IEEE:
-                pw += tl.dot(xv.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            else:
-                pw += tl.dot(xv.to(w.dtype), w)
+            pw += mma(xv.to(tl.float32), w, IEEE)
         dw = tl.load(dw_ptr + tap * CO_PAD + co).to(tl.float32)
         acc += pw * dw[None, :]
     bias = tl.load(b_ptr + co, mask=co < C, other=0.0).to(tl.float32)
@@ -80,6 +77,6 @@ def bsb_launch(kernel_wrapper, x, pw_packed, dw_packed, dw_bias, residual, out):
         x, pw_packed, dw_packed, dw_bias, res, out, c, h, w,
         *x.stride(), *res.stride(), *out.stride(),
         HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c), 64),
-        CO_PAD=pw_packed.shape[-1], IEEE=pw_packed.dtype == torch.float32, ACT=ACT_GELU,
+        CO_PAD=pw_packed.shape[-1], IEEE=exact_dot(pw_packed.dtype), ACT=ACT_GELU,
     )
     return out

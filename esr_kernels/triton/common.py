@@ -60,4 +60,22 @@ def interpreting() -> bool:
 
 def pixel_block() -> int:
     """Pixels per program: large under the interpreter (fewer, numpy-vectorised programs)."""
-    return 256 if interpreting() else 64
+    return 4096 if interpreting() else 64
+
+
+@triton.jit
+def mma(a, b, EXACT: tl.constexpr):
+    """a @ b with float32 accumulation; ``a`` is float32, ``b`` holds the weights' dtype.
+    EXACT: operands rounded to b's dtype, then multiplied exactly in float32 (IEEE, no tf32):
+    float32 models, and bfloat16 under the interpreter, whose bf16 dot is broken. bf16 x bf16
+    products are exact in float32, so this is the tensor cores' arithmetic.
+    Otherwise fp16/bf16 operands on the tensor cores."""
+    if EXACT:
+        return tl.dot(a.to(b.dtype).to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a.to(b.dtype), b)
+
+
+def exact_dot(dtype) -> bool:
+    import torch
+
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import apply_act, bilinear_coords, bilinear_sample, pixel_block, sigmoid
+from .common import apply_act, bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block, sigmoid
 
 _RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
@@ -79,10 +79,7 @@ def _conv_kernel(
                             sa_c, sa_h, sa_w, m)
             w = tl.load(w_ptr + (tap * C_in + ci[:, None]) * CO_PAD + co[None, :],
                         mask=(ci < C_in)[:, None], other=0.0)
-            if IEEE:
-                acc += tl.dot(xv, w.to(tl.float32), input_precision="ieee")
-            else:
-                acc += tl.dot(xv.to(w.dtype), w)
+            acc += mma(xv, w, IEEE)
 
     bias = tl.load(b_ptr + co, mask=co < C_conv, other=0.0).to(tl.float32)
     y = apply_act(acc + bias[None, :], ACT)
@@ -171,6 +168,6 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride,
         HAS_GATE=gate_input, RES_MODE=residual_mode, SHUFFLE=shuffle, SC_MODE=shortcut_mode,
         PARTIAL=c_out > c_conv,
         BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c_in), 64), CO_PAD=w_packed.shape[-1],
-        IEEE=w_packed.dtype == torch.float32,
+        IEEE=exact_dot(w_packed.dtype),
     )
     return out

@@ -14,15 +14,8 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import bilinear_coords, bilinear_sample, pixel_block, sigmoid
+from .common import bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block, sigmoid
 
-
-
-@triton.jit
-def _mm(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a.to(b.dtype), b)
 
 
 @triton.jit
@@ -50,10 +43,10 @@ def _esa_down_kernel(
             m = p_mask[:, None] & (ci < C)[None, :]
             xv = tl.load(x_ptr + pix[:, None] + ci[None, :].to(tl.int64) * sx_c, mask=m, other=0.0)
             w = tl.load(wr_ptr + ci[:, None] * CR + cr[None, :], mask=(ci < C)[:, None], other=0.0)
-            r += _mm(xv.to(tl.float32), w, IEEE)
+            r += mma(xv.to(tl.float32), w, IEEE)
         r = r + br[None, :]
         wd = tl.load(wd_ptr + (tap * CR + cr[:, None]) * CR + cr[None, :])
-        acc += _mm(r, wd, IEEE)
+        acc += mma(r, wd, IEEE)
     bd = tl.load(bd_ptr + cr).to(tl.float32)
     d = acc + bd[None, :]
     dst = n * CR * H2 * W2 + cr[None, :].to(tl.int64) * (H2 * W2) + p[:, None]
@@ -87,7 +80,7 @@ def _esa_low_kernel(
             pooled = tl.maximum(pooled, v)
         pooled = tl.where(valid[:, None], pooled, 0.0)
         wl = tl.load(wl_ptr + (tap * CR + cr[:, None]) * CR + cr[None, :])
-        acc += _mm(pooled, wl, IEEE)
+        acc += mma(pooled, wl, IEEE)
     bl = tl.load(bl_ptr + cr).to(tl.float32)
     dst = n * CR * Hp * Wp + cr[None, :].to(tl.int64) * (Hp * Wp) + p[:, None]
     tl.store(low_ptr + dst, acc + bl[None, :], mask=p_mask[:, None])
@@ -113,14 +106,14 @@ def _esa_out_kernel(
     x = tl.load(x_ptr + n * sx_n + c[None, :].to(tl.int64) * sx_c + oy[:, None].to(tl.int64) * sx_h
                 + ox[:, None].to(tl.int64) * sx_w, mask=m, other=0.0).to(tl.float32)
     wsr = tl.load(wsr_ptr + c[:, None] * CR + cr[None, :], mask=(c < C)[:, None], other=0.0)
-    t = _mm(x, wsr, IEEE) + tl.load(bsr_ptr + cr).to(tl.float32)[None, :]
+    t = mma(x, wsr, IEEE) + tl.load(bsr_ptr + cr).to(tl.float32)[None, :]
     y0, y1, ly = bilinear_coords(oy, scale_h, Hp)
     xa, xb, lx = bilinear_coords(ox, scale_w, Wp)
     up = bilinear_sample(low_ptr + n * CR * Hp * Wp, cr[None, :].to(tl.int64) * (Hp * Wp),
                          y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
                          Wp, 1, p_mask[:, None])
     we = tl.load(we_ptr + cr[:, None] * CP + c[None, :])
-    s = _mm(up + t, we, IEEE) + tl.load(be_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
+    s = mma(up + t, we, IEEE) + tl.load(be_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
     y = x * sigmoid(s)
     if HAS_RES:
         r = tl.load(res_ptr + n * sr_n + c[None, :].to(tl.int64) * sr_c + oy[:, None].to(tl.int64) * sr_h
@@ -143,7 +136,7 @@ def esa_launch(wrap, x, wr, br, wd, bd, wl, bl, wsr, bsr, we, be, residual, out,
     n, c, h, w = x.shape
     (h2, w2), (hp, wp) = d.shape[-2:], low.shape[-2:]
     cr = wr.shape[-1]
-    ieee = wr.dtype == torch.float32
+    ieee = exact_dot(wr.dtype)
     block_p = pixel_block()
     wrap(_esa_down_kernel)[(triton.cdiv(h2 * w2, block_p), n)](
         x, wr, br, wd, bd, d, c, h, w, h2, w2, *x.stride(),

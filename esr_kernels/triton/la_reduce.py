@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import pixel_block
+from .common import exact_dot, mma, pixel_block
 
 
 
@@ -33,10 +33,7 @@ def _la_reduce_kernel(
         ix = ox * POOL_S + k % POOL_K
         xv = tl.load(x_ptr + n * sx_n + c[None, :].to(tl.int64) * sx_c + iy[:, None].to(tl.int64) * sx_h
                      + ix[:, None].to(tl.int64) * sx_w, mask=m, other=0.0)
-        if IEEE:
-            r = tl.dot(xv.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            r = tl.dot(xv.to(w.dtype), w)
+        r = mma(xv.to(tl.float32), w, IEEE)
         best = tl.maximum(best, r)
     y = best + tl.load(br_ptr + cr, mask=cr < C_RED, other=0.0).to(tl.float32)[None, :]
     dst = n * so_n + cr[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
@@ -53,6 +50,6 @@ def la_reduce_launch(kernel_wrapper, x, wr, br, c_red, out):
         cp *= 2
     kernel_wrapper[(triton.cdiv(hp * wp, block_p), n)](
         x, wr, br, out, c, h, w, hp, wp, *x.stride(), *out.stride(),
-        BLOCK_P=block_p, CP=cp, CR=wr.shape[-1], C_RED=c_red, IEEE=wr.dtype == torch.float32,
+        BLOCK_P=block_p, CP=cp, CR=wr.shape[-1], C_RED=c_red, IEEE=exact_dot(wr.dtype),
         POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE)
     return out

@@ -1,0 +1,221 @@
+"""Each esr:: op against its PyTorch reference (esr_kernels.reference), over dtypes, layouts,
+odd and minimum sizes, batch 2, and torch.library.opcheck. On CPU these run under Triton's
+interpreter at small shapes; on a GPU the same tests use larger ones."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esr_kernels import reference as R
+from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, RES_GATED_INPUT,
+                              RES_NONE, RES_TENSOR, SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT,
+                              SHORTCUT_VECTOR)
+
+pytestmark = pytest.mark.triton
+
+# Relative-error bound (||out - ref|| / ||ref||, ref computed in float32 from the same
+# low-precision inputs and weights). float32: both sides accumulate in float32, so only the
+# summation order differs. float16/bfloat16: the kernels round the prologued input and the
+# weights to the dtype once (<= eps/2 each) and the output once (eps/2), so a few eps at most.
+REL_TOL = {torch.float32: 1e-6, torch.float16: 4 * 2.0 ** -11, torch.bfloat16: 4 * 2.0 ** -8}
+DTYPES = list(REL_TOL)
+LAYOUTS = ["nchw", "channels_last", "strided"]
+
+
+@pytest.fixture(autouse=True)
+def _ops():
+    import esr_kernels.ops  # noqa: F401  registers torch.ops.esr
+
+
+def ops():
+    return torch.ops.esr
+
+
+def make_input(shape, dtype, layout, device):
+    n, c, h, w = shape
+    if layout == "strided":  # a non-contiguous view: channel and column slices
+        return torch.randn(n, c + 3, h, w + 5, device=device).to(dtype)[:, 1:c + 1, :, 2:w + 2]
+    x = torch.randn(shape, device=device).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def size(on_gpu, cpu_hw, gpu_hw):
+    return gpu_hw if on_gpu else cpu_hw
+
+
+def upcast(*ts):
+    return [t.float() if isinstance(t, torch.Tensor) else t for t in ts]
+
+
+# ---------------------------------------------------------------- esr::conv
+CONV_CASES = {
+    # name: (c_in, c_conv, c_out, ksize, stride, act, residual_mode, gate_input, att, shift, shortcut_mode, shuffle)
+    "3x3_gelu": (36, 36, 36, 3, 1, ACT_GELU, RES_NONE, False, False, False, SHORTCUT_NONE, 0),
+    "head_shift": (3, 36, 36, 3, 1, ACT_NONE, RES_NONE, False, False, True, SHORTCUT_NONE, 0),
+    "1x1_wide_residual": (216, 36, 36, 1, 1, ACT_GELU, RES_TENSOR, False, False, False, SHORTCUT_NONE, 0),
+    "leaky_residual": (46, 46, 46, 3, 1, ACT_LEAKY, RES_TENSOR, False, False, False, SHORTCUT_NONE, 0),
+    "stride2_small": (16, 16, 16, 3, 2, ACT_NONE, RES_NONE, False, False, False, SHORTCUT_NONE, 0),
+    "sigmoid_expand": (16, 48, 48, 3, 1, ACT_SIGMOID, RES_NONE, False, False, False, SHORTCUT_NONE, 0),
+    "gated_input": (48, 48, 48, 3, 1, ACT_SILU, RES_NONE, True, True, False, SHORTCUT_NONE, 0),
+    "gated_partial": (48, 24, 48, 3, 1, ACT_SILU, RES_NONE, True, True, False, SHORTCUT_NONE, 0),
+    "partial_24in": (24, 24, 48, 3, 1, ACT_SILU, RES_NONE, False, False, False, SHORTCUT_NONE, 0),
+    "gated_residual": (48, 48, 48, 3, 1, ACT_SILU, RES_GATED_INPUT, False, True, False, SHORTCUT_NONE, 0),
+    "tail_repeat_shuffle": (48, 48, 48, 3, 1, ACT_NONE, RES_NONE, False, False, False, SHORTCUT_REPEAT_INPUT, 4),
+    "tail_vector_shuffle": (36, 48, 48, 3, 1, ACT_NONE, RES_NONE, False, False, False, SHORTCUT_VECTOR, 4),
+}
+
+
+def conv_args(case, n, h, w, dtype, layout, device):
+    c_in, c_conv, c_out, k, stride, act, rmode, gate_in, has_att, has_shift, smode, shuffle = CONV_CASES[case]
+    x_channels = 48 if case == "partial_24in" else c_in
+    x = make_input((n, x_channels, h, w), dtype, layout, device)
+    weight = torch.randn(c_conv, c_in, k, k, device=device) / (c_in * k * k) ** 0.5
+    w_packed = R.pack_conv_weight(weight, c_out).to(dtype)
+    bias = torch.zeros(w_packed.shape[-1], device=device)
+    bias[:c_conv] = torch.randn(c_conv, device=device) * 0.1
+    ho = (h + 2 * (k // 2) - k) // stride + 1
+    wo = (w + 2 * (k // 2) - k) // stride + 1
+    residual = make_input((n, c_out, ho, wo), dtype, layout, device) if rmode != RES_NONE else None
+    att = torch.rand(n, x_channels, max(h // 6, 1), max(w // 6, 1), device=device).to(dtype) if has_att else None
+    shift = torch.rand(c_in, device=device) if has_shift else None
+    shortcut = None
+    if smode == SHORTCUT_REPEAT_INPUT:
+        shortcut = torch.rand(n, 3, h, w, device=device).to(dtype)
+    elif smode == SHORTCUT_VECTOR:
+        shortcut = torch.rand(3, device=device)
+    return (x, w_packed, bias, c_conv, c_out, k, stride, k // 2, act, residual, rmode, att, gate_in,
+            shift, shortcut, smode, shuffle)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_matches_reference(case, layout, dtype, device, on_gpu):
+    h, w = size(on_gpu, (13, 17), (67, 131))
+    args = conv_args(case, 2, h, w, dtype, layout, device)
+    out = ops().conv(*args)
+    ref = R.conv(*upcast(*args))
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= REL_TOL[dtype]
+    if layout == "channels_last" and CONV_CASES[case][-1] == 0:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("case", ["3x3_gelu", "gated_partial", "gated_residual", "tail_repeat_shuffle"])
+def test_conv_opcheck(case, device):
+    args = conv_args(case, 2, 9, 11, torch.float32, "nchw", device)
+    torch.library.opcheck(torch.ops.esr.conv.default, args)
+
+
+# ---------------------------------------------------------------- esr::bsb
+def bsb_args(n, c, h, w, dtype, layout, device, residual=True):
+    from esr_kernels.packing import pack_bias
+    from esr_kernels.triton.bsb import pack_depthwise
+
+    x = make_input((n, c, h, w), dtype, layout, device)
+    pw = R.pack_conv_weight(torch.randn(c, c, 1, 1, device=device) / c ** 0.5).to(dtype)
+    dw = torch.randn(c, 1, 3, 3, device=device) / 3
+    bias = pack_bias(torch.randn(c, device=device) * 0.1, c, device)
+    res = make_input((n, c, h, w), dtype, layout, device) if residual else None
+    return (x, pw, pack_depthwise(dw, pw.shape[-1]), bias, res), dw
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("hw", [(2, 2), (13, 17)], ids=["minimum", "odd"])
+def test_bsb_matches_reference(hw, layout, dtype, device):
+    args, dw = bsb_args(2, 36, *hw, dtype, layout, device)
+    x, pw, _, bias, res = args
+    out = ops().bsb(*args)
+    ref = R.bsb(x.float(), pw.float(), dw, bias[:36], res.float())
+    assert out.shape == x.shape and rel_err(out, ref) <= REL_TOL[dtype]
+
+
+def test_bsb_reflect_excludes_the_edge(device):
+    # One bright pixel in the first row: with PyTorch's reflect padding, row -1 mirrors row 1,
+    # so the output of row 0 must not see row 0 twice. Compare against F.pad(mode='reflect').
+    args, dw = bsb_args(1, 16, 5, 6, torch.float32, "nchw", device, residual=False)
+    x = torch.zeros_like(args[0])
+    x[:, :, 0, 3] = 1.0
+    args = (x,) + args[1:]
+    assert rel_err(ops().bsb(*args), R.bsb(x, args[1], dw, args[3][:16])) <= 1e-6
+
+
+def test_bsb_opcheck(device):
+    args, _ = bsb_args(2, 36, 7, 9, torch.float32, "nchw", device)
+    torch.library.opcheck(torch.ops.esr.bsb.default, args)
+
+
+# ---------------------------------------------------------------- esr::esa
+def esa_args(n, c, h, w, dtype, layout, device, residual=True):
+    from esr_kernels.packing import pack_esa
+    from esr_models.layers import ESA
+
+    m = ESA(c, 16).to(device)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, 0, 0.3)
+    packed = pack_esa(m.reduce, m.down, m.low, m.skip, m.expand, dtype)
+    x = make_input((n, c, h, w), dtype, layout, device)
+    res = make_input((n, c, h, w), dtype, layout, device) if residual else None
+    names = ("reduce_w", "reduce_b", "down_w", "down_b", "low_w", "low_b", "skip_w", "skip_b",
+             "expand_w", "expand_b")
+    return (x, *(packed[k] for k in names), res), m
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("hw", [(15, 15), (47, 59)], ids=["minimum", "odd"])
+def test_esa_matches_reference_and_module(hw, layout, dtype, device):
+    args, module = esa_args(2, 36, *hw, dtype, layout, device)
+    out = ops().esa(*args)
+    ref = R.esa(*upcast(*args))
+    assert rel_err(out, ref) <= REL_TOL[dtype]
+    if dtype == torch.float32:  # the folded 1x1 branch changes nothing beyond rounding
+        with torch.no_grad():
+            module_ref = module(args[0].float()) + args[-1].float()
+        assert (out - module_ref).abs().max() <= 1e-5
+
+
+def test_esa_without_residual_and_opcheck(device):
+    args, _ = esa_args(1, 46, 20, 23, torch.float32, "nchw", device, residual=False)
+    assert rel_err(ops().esa(*args), R.esa(*args)) <= 1e-6
+    torch.library.opcheck(torch.ops.esr.esa.default, args)
+
+
+# ---------------------------------------------------------------- esr::la_reduce
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("hw", [(7, 7), (23, 40)], ids=["minimum", "odd"])
+def test_la_reduce_matches_reference(hw, layout, dtype, device):
+    x = make_input((2, 48, *hw), dtype, layout, device)
+    w = R.pack_conv_weight(torch.randn(16, 48, 1, 1, device=device) / 7).to(dtype)
+    b = torch.randn(16, device=device)
+    out = ops().la_reduce(x, w, b)
+    ref = R.la_reduce(x.float(), w.float(), b)
+    assert out.shape == ref.shape and rel_err(out, ref) <= REL_TOL[dtype]
+
+
+def test_la_reduce_opcheck(device):
+    x = torch.randn(2, 48, 10, 13, device=device)
+    w = R.pack_conv_weight(torch.randn(16, 48, 1, 1, device=device))
+    torch.library.opcheck(torch.ops.esr.la_reduce.default, (x, w, torch.randn(16, device=device)))
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_int64_offsets_past_2_31(device):
+    """A tensor of more than 2^31 elements: offsets must not wrap."""
+    n, c, h, w = 1, 36, 7000, 9000  # 2.27e9 elements, fp16: 4.5 GB
+    x = torch.randn(n, c, h, w, device=device, dtype=torch.float16)
+    args, dw = bsb_args(1, 36, 4, 4, torch.float16, "nchw", device, residual=False)
+    out = ops().bsb(x, *args[1:])
+    tail = x[..., -4:, -4:].contiguous()
+    ref = R.bsb(tail.float(), args[1].float(), dw, args[3][:36])
+    # Interior of the bottom-right corner (the last row/col see reflected neighbours only).
+    assert rel_err(out[..., -3:-1, -3:-1], ref[..., 1:3, 1:3]) <= REL_TOL[torch.float16] * 2
