@@ -65,7 +65,15 @@ def _conv(x, w, b, c_conv, *, c_out=None, ksize=3, stride=1, padding=None, act=0
 
 
 class FusedConv2d(nn.Conv2d):
-    """Plain KxK conv (K in {1, 3}, groups 1) through esr::conv."""
+    """Plain KxK conv (K in {1, 3}, groups 1, zero padding K // 2) through esr::conv."""
+
+    @staticmethod
+    def can_fuse(ref: nn.Conv2d) -> bool:
+        k = ref.kernel_size
+        return (k[0] == k[1] and k[0] in (1, 3) and ref.groups == 1 and ref.dilation == (1, 1)
+                and ref.padding_mode == "zeros" and ref.padding == (k[0] // 2, k[0] // 2)
+                and ref.stride[0] == ref.stride[1] and ref.bias is not None
+                and ref.out_channels <= 64)
 
     @classmethod
     def from_reference(cls, ref: nn.Conv2d):
@@ -276,15 +284,19 @@ FUSED_TYPES: dict[type, type] = {
 
 
 def fuse_(model: nn.Module) -> dict[str, nn.Module]:
-    """Swap, in place, every module of a type in FUSED_TYPES (exact type, outermost first) for
-    its fused counterpart. Returns {qualified name: replaced reference module}."""
+    """Swap, in place, every module of a type in FUSED_TYPES (exact type, outermost first, and
+    for plain convs only those the kernel supports) for its fused counterpart. Idempotent.
+    Returns {qualified name: replaced reference module}."""
     replaced: dict[str, nn.Module] = {}
+    fused_types = set(FUSED_TYPES.values())
 
     def walk(parent: nn.Module, prefix: str) -> None:
         for name, child in list(parent.named_children()):
             qual = f"{prefix}{name}"
+            if type(child) in fused_types:
+                continue  # already fused: its submodules only hold the adopted parameters
             fused_cls = FUSED_TYPES.get(type(child))
-            if fused_cls is not None:
+            if fused_cls is not None and getattr(fused_cls, "can_fuse", lambda m: True)(child):
                 setattr(parent, name, fused_cls.from_reference(child))
                 replaced[qual] = child
             else:
