@@ -25,6 +25,7 @@ class Provider:
     needs_cuda: bool = False
     cpu_only: bool = False
     needs_module: str | None = None
+    fused_backend: str | None = None
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         if self.needs_cuda and device.type != "cuda":
@@ -33,6 +34,10 @@ class Provider:
             return f"{self.name} is a CPU provider"
         if self.needs_module and importlib.util.find_spec(self.needs_module) is None:
             return f"{self.needs_module} is not installed (pip install -e '.[cpu-providers]')"
+        if self.fused_backend:
+            from esr_models.fusion import backend_unavailable_reason
+
+            return backend_unavailable_reason(self.fused_backend, device)
         return None
 
 
@@ -41,6 +46,9 @@ PROVIDERS = [
     Provider("eager_fp32_channels_last", torch.float32, True),
     Provider("eager_fp16_channels_last", torch.float16, True, needs_cuda=True),
     Provider("compile_fp16", torch.float16, True, needs_cuda=True),
+    Provider("fused_fp32", torch.float32, False, fused_backend="auto"),
+    Provider("fused_fp16", torch.float16, False, needs_cuda=True, fused_backend="auto"),
+    Provider("fused_fp16_cuda_graph", torch.float16, False, needs_cuda=True, fused_backend="auto"),
     Provider("onnxruntime_fp32", torch.float32, False, cpu_only=True, needs_module="onnxruntime"),
     Provider("openvino_fp32", torch.float32, False, cpu_only=True, needs_module="openvino"),
 ]
@@ -58,13 +66,30 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
 
 def build_runner(provider: Provider, model_name: str, shape: tuple[int, ...],
                  device: torch.device) -> Callable[[], object]:
-    model = esr_models.load(model_name, device=device, dtype=provider.dtype)
+    model = esr_models.load(model_name, device=device, dtype=provider.dtype,
+                            fused=provider.fused_backend is not None,
+                            backend=provider.fused_backend or "auto")
     x = torch.rand(shape, device=device, dtype=provider.dtype)
     if provider.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
 
-    if provider.name.startswith("eager"):
+    if provider.name.endswith("cuda_graph"):
+        static_x = x.clone()
+        with torch.inference_mode():
+            for _ in range(2):  # warm up outside the graph (allocations, autotuning)
+                model(static_x)
+            torch.cuda.synchronize(device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                model(static_x)
+
+        def run():
+            graph.replay()
+            _sync(device)
+        return run
+
+    if provider.name.startswith(("eager", "fused")):
         def run():
             with torch.inference_mode():
                 model(x)

@@ -318,6 +318,20 @@ def _prepare_triton(device: torch.device) -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # asked for explicitly: slow, but runs
 
 
+def backend_unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run fused kernels on ``device`` (None if it can). 'auto' counts as
+    unavailable when it would fall back to the reference: a benchmark must not call that fused."""
+    try:
+        chosen = resolve_backend(backend, device)
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    if chosen == "reference":
+        return f"no fused kernels for {device.type} in this build"
+    if chosen == "triton" and device.type == "cpu":
+        return "Triton on CPU is the interpreter: correctness only, not timed"
+    return None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend that will run: 'triton' or 'reference' (no fused kernels for this device)."""
     if backend not in BACKENDS:

@@ -104,3 +104,19 @@ def test_eval_text_and_info(shared):
     assert "mean" in full and "30.12" in full.splitlines()[-1]
     info = json.loads(esr("info", "--model", "rlfn", "--json").stdout)
     assert info["min_input_size"] == 15 and abs(info["parameters"] - 317e3) < 0.01 * 317e3
+
+
+@pytest.mark.triton
+def test_upscale_fused_triton_matches_reference(inputs, tmp_path):
+    esr("upscale", inputs / "rgb.png", "-o", tmp_path / "ref", "--model", "pfdnlite", "-q")
+    proc = esr("upscale", inputs / "rgb.png", "-o", tmp_path / "fused", "--model", "pfdnlite",
+               "--fused", "--backend", "triton", "-q")
+    assert "fused backend: triton" in proc.stderr
+    a = np.asarray(PILImage.open(tmp_path / "ref" / "rgb_x4.png")).astype(int)
+    b = np.asarray(PILImage.open(tmp_path / "fused" / "rgb_x4.png")).astype(int)
+    assert np.abs(a - b).max() <= 1  # 1e-5 agreement can flip a uint8 rounding at most
+
+
+def test_eval_fused_auto_on_cpu_reports_reference(shared):
+    proc = esr("eval", "--model", "rlfn", "--hr", shared / "data" / "Set5", "--no-ssim", "--fused")
+    assert "fused backend: reference" in proc.stderr
