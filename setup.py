@@ -43,10 +43,12 @@ def native_extensions():
     exts = []
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if cpu_sources and not _truthy("ESR_SKIP_CPU_BUILD"):
+        # Built from source on the machine that runs it: tune for it (ESR_CPU_ARCH overrides).
+        arch = os.environ.get("ESR_CPU_ARCH", "native")
         exts.append(CppExtension(
             "esr_kernels._C_cpu", cpu_sources,
-            extra_compile_args={"cxx": ["-O3", "-fopenmp", "-march=x86-64-v3" if _x86() else "-O3",
-                                        "-DTORCH_EXTENSION_NAME=_C_cpu"]},
+            extra_compile_args={"cxx": ["-O3", "-fopenmp", f"-march={arch}", "-fno-math-errno",
+                                        "-fno-trapping-math"]},
             extra_link_args=["-fopenmp"]))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                           glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
@@ -65,12 +67,6 @@ def native_extensions():
     if not exts:
         return [], {}
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
-
-
-def _x86() -> bool:
-    import platform
-
-    return platform.machine() in ("x86_64", "AMD64")
 
 
 ext_modules, cmdclass = native_extensions()

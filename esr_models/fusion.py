@@ -1,13 +1,19 @@
-"""The fused inference path: ``fuse_(model)`` swaps a reference model's modules for fused ones
-in place, and ``load_fused`` loads a model by name and fuses it for a backend.
+"""The fused inference path: ``fuse_(model, backend)`` swaps a reference model's modules for
+fused ones in place, and ``load_fused`` loads a model by name and fuses it.
 
-Each fused module *adopts* the reference module it replaces (same parameters, same state-dict
-keys) and packs its weights once, here, into non-persistent buffers in the kernels' layouts;
-``forward`` then only launches ``esr::`` ops. Swapping is one generic walk over a table of
-reference type -> fused type (no per-architecture patching).
+A fused module *adopts* the reference module it replaces (same parameters, same state-dict
+keys), asks its kernel backend to pack the weights once, here, into non-persistent buffers,
+and in ``forward`` only calls the backend's four ops (conv, bsb, esa, la_reduce). Swapping is
+one generic walk over a table of reference type -> fused type, not per-architecture patching.
+
+Backends (``esr_kernels``): "triton" (TritonBackend: torch.ops.esr.*, Triton kernels; on CPU
+tensors only under the interpreter) and "cpu" (CpuBackend: oneDNN convolutions + the C++
+kernels of the native extension).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
 import warnings
@@ -23,49 +29,37 @@ from .rlfn import RLFB
 BACKENDS = ("auto", "triton", "cuda", "cpu")
 
 
-def _ops():
-    import esr_kernels.ops  # noqa: F401  (registers torch.ops.esr.*; imports triton)
-
-    return torch.ops.esr
-
-
 def _spec():
     from esr_kernels import spec
 
     return spec
 
 
-def _adopt(cls, ref: nn.Module) -> nn.Module:
+def _adopt(cls, ref: nn.Module, kernels) -> nn.Module:
     """A ``cls`` instance sharing ``ref``'s parameters and submodules (so the state dict is
     unchanged), with fresh containers so that adding buffers does not touch ``ref``."""
     obj = cls.__new__(cls)
     state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in ref.__dict__.items()}
     state["_non_persistent_buffers_set"] = set(ref._non_persistent_buffers_set)
     obj.__dict__.update(state)
+    obj.kernels = kernels
+    obj._packs = {}
     return obj
 
 
-def _pack_conv(conv: nn.Conv2d, op_channels: int | None = None, weight_scale: float = 1.0):
-    """(packed weight in the module's dtype, float32 bias padded to the packed width)."""
-    from esr_kernels.packing import pack_bias
-    from esr_kernels.reference import pack_conv_weight
-
-    w = conv.weight.detach()
-    packed = pack_conv_weight(w.double() * weight_scale if weight_scale != 1.0 else w, op_channels)
-    b = conv.bias.detach().double() * weight_scale if conv.bias is not None else None
-    return packed.to(w.dtype), pack_bias(b, packed.shape[-1], w.device)
+def _store(module: nn.Module, prefix: str, packed: dict) -> None:
+    """Register a backend's packed tensors as non-persistent buffers (they follow .to())."""
+    module._packs[prefix] = list(packed)
+    for key, t in packed.items():
+        module.register_buffer(f"{prefix}_{key}", t, persistent=False)
 
 
-def _conv(x, w, b, c_conv, *, c_out=None, ksize=3, stride=1, padding=None, act=0, residual=None,
-          residual_mode=0, att=None, gate_input=False, shift=None, shortcut=None, shortcut_mode=0,
-          shuffle=0):
-    padding = ksize // 2 if padding is None else padding
-    return _ops().conv(x, w, b, c_conv, c_out or c_conv, ksize, stride, padding, act, residual,
-                       residual_mode, att, gate_input, shift, shortcut, shortcut_mode, shuffle)
+def _packed(module: nn.Module, prefix: str) -> dict:
+    return {key: getattr(module, f"{prefix}_{key}") for key in module._packs[prefix]}
 
 
 class FusedConv2d(nn.Conv2d):
-    """Plain KxK conv (K in {1, 3}, groups 1, zero padding K // 2) through esr::conv."""
+    """Plain KxK conv (K in {1, 3}, groups 1, zero padding K // 2, bias) through the backend."""
 
     @staticmethod
     def can_fuse(ref: nn.Conv2d) -> bool:
@@ -76,35 +70,30 @@ class FusedConv2d(nn.Conv2d):
                 and ref.out_channels <= 64)
 
     @classmethod
-    def from_reference(cls, ref: nn.Conv2d):
-        obj = _adopt(cls, ref)
-        w, b = _pack_conv(ref)
-        obj.register_buffer("w_packed", w, persistent=False)
-        obj.register_buffer("b_packed", b, persistent=False)
+    def from_reference(cls, ref: nn.Conv2d, kernels):
+        obj = _adopt(cls, ref, kernels)
+        _store(obj, "conv", kernels.pack_conv(ref.weight, ref.bias))
         return obj
 
     def forward(self, x):
-        return _conv(x, self.w_packed, self.b_packed, self.out_channels, ksize=self.kernel_size[0],
-                     stride=self.stride[0], padding=self.padding[0])
+        return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, ksize=self.kernel_size[0],
+                                 stride=self.stride[0])
 
 
 class FusedAffineInputConv2d(AffineInputConv2d):
-    """Head conv; the input scale is folded into the weights, the shift is the prologue."""
+    """Head conv: the input scale is folded into the weight, the shift is the prologue."""
 
     @classmethod
-    def from_reference(cls, ref: AffineInputConv2d):
-        obj = _adopt(cls, ref)
-        w, b = _pack_conv(ref)
-        if ref.in_scale != 1.0:  # conv(s x) = (s W) x: fold into the weight only
-            w = (w.double() * ref.in_scale).to(w.dtype)
-        obj.register_buffer("w_packed", w, persistent=False)
-        obj.register_buffer("b_packed", b, persistent=False)
-        obj.register_buffer("shift_flat", ref.in_shift.detach().flatten().float() * ref.in_scale
-                            if ref.has_shift else None, persistent=False)
+    def from_reference(cls, ref: AffineInputConv2d, kernels):
+        obj = _adopt(cls, ref, kernels)
+        packed = kernels.pack_conv(ref.weight * ref.in_scale, ref.bias)  # conv(s x) = (s W) x
+        _store(obj, "conv", packed)
+        shift = ref.in_shift.detach().flatten().float() * ref.in_scale if ref.has_shift else None
+        obj.register_buffer("shift_flat", shift, persistent=False)
         return obj
 
     def forward(self, x):
-        return _conv(x, self.w_packed, self.b_packed, self.out_channels, shift=self.shift_flat)
+        return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, shift=self.shift_flat)
 
 
 class FusedPixelShuffleTail(PixelShuffleTail):
@@ -112,13 +101,11 @@ class FusedPixelShuffleTail(PixelShuffleTail):
     output divisor is folded into weight and bias."""
 
     @classmethod
-    def from_reference(cls, ref: PixelShuffleTail):
-        obj = _adopt(cls, ref)
-        w, b = _pack_conv(ref, weight_scale=1.0 / ref.out_divisor)
-        obj.register_buffer("w_packed", w, persistent=False)
-        obj.register_buffer("b_packed", b, persistent=False)
-        obj.register_buffer("shift_flat", ref.out_shift.detach().flatten().float() if ref.has_shift else None,
-                            persistent=False)
+    def from_reference(cls, ref: PixelShuffleTail, kernels):
+        obj = _adopt(cls, ref, kernels)
+        _store(obj, "conv", kernels.pack_conv(ref.weight, ref.bias, weight_scale=1.0 / ref.out_divisor))
+        shift = ref.out_shift.detach().flatten().float() if ref.has_shift else None
+        obj.register_buffer("shift_flat", shift, persistent=False)
         return obj
 
     def forward(self, x, image):
@@ -129,16 +116,16 @@ class FusedPixelShuffleTail(PixelShuffleTail):
             sc, mode = self.shift_flat, s.SHORTCUT_VECTOR
         else:
             sc, mode = None, s.SHORTCUT_NONE
-        return _conv(x, self.w_packed, self.b_packed, self.out_channels, shortcut=sc,
-                     shortcut_mode=mode, shuffle=self.scale)
+        return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, shortcut=sc,
+                                 shortcut_mode=mode, shuffle=self.scale)
 
 
 class FusedConvAdd(ConvAdd):
     from_reference = classmethod(FusedConv2d.from_reference.__func__)
 
     def forward(self, x, residual):
-        return _conv(x, self.w_packed, self.b_packed, self.out_channels, residual=residual,
-                     residual_mode=_spec().RES_TENSOR)
+        return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, residual=residual,
+                                 residual_mode=_spec().RES_TENSOR)
 
 
 class FusedConcatFuse(ConcatFuse):
@@ -146,55 +133,24 @@ class FusedConcatFuse(ConcatFuse):
 
     def forward(self, features, residual):
         s = _spec()
-        return _conv(torch.cat(features, dim=1), self.w_packed, self.b_packed, self.out_channels,
-                     ksize=1, act=s.ACT_GELU, residual=residual, residual_mode=s.RES_TENSOR)
-
-
-def _register_convs(obj: nn.Module, convs, prefix: str, **kw) -> None:
-    for i, conv in enumerate(convs):
-        w, b = _pack_conv(conv, **kw)
-        obj.register_buffer(f"{prefix}{i}_w", w, persistent=False)
-        obj.register_buffer(f"{prefix}{i}_b", b, persistent=False)
-
-
-def _register_esa(obj: nn.Module, esa) -> None:
-    from esr_kernels.packing import pack_esa
-
-    for name, t in pack_esa(esa.reduce, esa.down, esa.low, esa.skip, esa.expand,
-                            esa.reduce.weight.dtype).items():
-        obj.register_buffer(f"esa_{name}", t, persistent=False)
-
-
-def _esa(obj, x, residual=None):
-    names = ("reduce_w", "reduce_b", "down_w", "down_b", "low_w", "low_b", "skip_w", "skip_b",
-             "expand_w", "expand_b")
-    return _ops().esa(x, *(getattr(obj, f"esa_{n}") for n in names), residual)
+        return self.kernels.conv(torch.cat(features, dim=1), _packed(self, "conv"), self.out_channels,
+                                 ksize=1, act=s.ACT_GELU, residual=residual, residual_mode=s.RES_TENSOR)
 
 
 class FusedBFEB(BFEB):
-    """Three esr::bsb launches; the last adds the block residual."""
+    """Three BSB launches; the last adds the block residual."""
 
     @classmethod
-    def from_reference(cls, ref: BFEB):
-        from esr_kernels.reference import next_pow2_16
-        from esr_kernels.triton.bsb import pack_depthwise
-
-        obj = _adopt(cls, ref)
+    def from_reference(cls, ref: BFEB, kernels):
+        obj = _adopt(cls, ref, kernels)
         for i, bc in enumerate(ref.convs):
-            w, _ = _pack_conv(bc.pointwise)
-            dw, b = _pack_conv(bc.depthwise)  # bias padded; the weight is repacked below
-            obj.register_buffer(f"pw{i}", w, persistent=False)
-            obj.register_buffer(f"dw{i}", pack_depthwise(bc.depthwise.weight.detach(),
-                                                         next_pow2_16(bc.depthwise.out_channels)), persistent=False)
-            obj.register_buffer(f"db{i}", b, persistent=False)
+            _store(obj, f"bsb{i}", kernels.pack_bsb(bc.pointwise, bc.depthwise))
         return obj
 
     def forward(self, x):
-        ops = _ops()
         out = x
-        for i in range(3):
-            out = ops.bsb(out, getattr(self, f"pw{i}"), getattr(self, f"dw{i}"), getattr(self, f"db{i}"),
-                          x if i == 2 else None)
+        for i in range(len(self.convs)):
+            out = self.kernels.bsb(out, _packed(self, f"bsb{i}"), x if i == len(self.convs) - 1 else None)
         return out
 
 
@@ -202,28 +158,30 @@ class FusedRFMB(RFMB):
     """Three 3x3 conv+GELU launches, then ESA with the block residual in its last pass."""
 
     @classmethod
-    def from_reference(cls, ref: RFMB):
-        obj = _adopt(cls, ref)
-        _register_convs(obj, ref.convs, "c")
-        _register_esa(obj, ref.esa)
+    def from_reference(cls, ref: RFMB, kernels):
+        obj = _adopt(cls, ref, kernels)
+        for i, conv in enumerate(ref.convs):
+            _store(obj, f"c{i}", kernels.pack_conv(conv.weight, conv.bias))
+        _store(obj, "esa", kernels.pack_esa(ref.esa))
         return obj
 
     def forward(self, x):
         act = _spec().ACT_GELU
         out = x
         for i, conv in enumerate(self.convs):
-            out = _conv(out, getattr(self, f"c{i}_w"), getattr(self, f"c{i}_b"), conv.out_channels, act=act)
-        return _esa(self, out, residual=x)
+            out = self.kernels.conv(out, _packed(self, f"c{i}"), conv.out_channels, act=act)
+        return self.kernels.esa(out, _packed(self, "esa"), residual=x)
 
 
 class FusedRLFB(RLFB):
     """Three 3x3 conv+LeakyReLU launches (the last adds the block input), the 1x1, then ESA."""
 
     @classmethod
-    def from_reference(cls, ref: RLFB):
-        obj = _adopt(cls, ref)
-        _register_convs(obj, list(ref.convs) + [ref.mix], "c")
-        _register_esa(obj, ref.esa)
+    def from_reference(cls, ref: RLFB, kernels):
+        obj = _adopt(cls, ref, kernels)
+        for i, conv in enumerate(list(ref.convs) + [ref.mix]):
+            _store(obj, f"c{i}", kernels.pack_conv(conv.weight, conv.bias))
+        _store(obj, "esa", kernels.pack_esa(ref.esa))
         return obj
 
     def forward(self, x):
@@ -231,49 +189,48 @@ class FusedRLFB(RLFB):
         out = x
         for i, conv in enumerate(self.convs):
             last = i == len(self.convs) - 1
-            out = _conv(out, getattr(self, f"c{i}_w"), getattr(self, f"c{i}_b"), conv.out_channels,
-                        act=s.ACT_LEAKY, residual=x if last else None,
-                        residual_mode=s.RES_TENSOR if last else s.RES_NONE)
-        n = len(self.convs)
-        out = _conv(out, getattr(self, f"c{n}_w"), getattr(self, f"c{n}_b"), self.mix.out_channels, ksize=1)
-        return _esa(self, out)
+            out = self.kernels.conv(out, _packed(self, f"c{i}"), conv.out_channels, act=s.ACT_LEAKY,
+                                    residual=x if last else None,
+                                    residual_mode=s.RES_TENSOR if last else s.RES_NONE)
+        out = self.kernels.conv(out, _packed(self, f"c{len(self.convs)}"), self.mix.out_channels, ksize=1)
+        return self.kernels.esa(out, _packed(self, "esa"))
 
 
 class FusedPartialBlock(PartialBlock):
     """PFDN block. The attention map is computed at low resolution (la_reduce, then two small
-    convs); the gated tensor is never written: the first conv gates its input on load (and
-    passes gated channels through in the pruned form), the last recomputes it as residual."""
+    convs); the gated tensor is never materialised by the Triton backend: the first conv gates
+    its input on load (and passes gated channels through in the pruned form), the last
+    recomputes it as its residual."""
 
     @classmethod
-    def from_reference(cls, ref: PartialBlock):
-        obj = _adopt(cls, ref)
-        from esr_kernels.packing import pack_bias
-        from esr_kernels.reference import pack_conv_weight
-
+    def from_reference(cls, ref: PartialBlock, kernels):
+        obj = _adopt(cls, ref, kernels)
         a = ref.attn
-        obj.register_buffer("la_w", pack_conv_weight(a.reduce.weight.detach()), persistent=False)
-        obj.register_buffer("la_b", a.reduce.bias.detach().float().clone(), persistent=False)
-        _register_convs(obj, [a.down, a.expand], "a")
         channels = ref.conv3.out_channels
-        _register_convs(obj, [ref.conv1], "c", op_channels=channels)
+        _store(obj, "la", kernels.pack_la(a.reduce))
+        _store(obj, "down", kernels.pack_conv(a.down.weight, a.down.bias))
+        _store(obj, "expand", kernels.pack_conv(a.expand.weight, a.expand.bias))
+        _store(obj, "conv1", kernels.pack_conv(ref.conv1.weight, ref.conv1.bias, op_channels=channels))
         if ref.full:
-            _register_convs(obj, [ref.conv2], "p", op_channels=channels)
-        _register_convs(obj, [ref.conv3], "o")
+            _store(obj, "conv2", kernels.pack_conv(ref.conv2.weight, ref.conv2.bias, op_channels=channels))
+        _store(obj, "conv3", kernels.pack_conv(ref.conv3.weight, ref.conv3.bias))
         return obj
 
     def forward(self, x):
-        s, ops = _spec(), _ops()
+        s, k = _spec(), self.kernels
         c = x.shape[1]
-        low = ops.la_reduce(x, self.la_w, self.la_b)
-        low = _conv(low, self.a0_w, self.a0_b, self.attn.down.out_channels, stride=2)
-        att = _conv(low, self.a1_w, self.a1_b, self.attn.expand.out_channels, act=s.ACT_SIGMOID)
+        low = k.la_reduce(x, _packed(self, "la"))
+        low = k.conv(low, _packed(self, "down"), self.attn.down.out_channels, stride=2)
+        att = k.conv(low, _packed(self, "expand"), self.attn.expand.out_channels, act=s.ACT_SIGMOID)
         if self.full:
-            t = _conv(x, self.c0_w, self.c0_b, self.conv1.out_channels, act=s.ACT_SILU, att=att, gate_input=True)
-            t = _conv(t, self.p0_w, self.p0_b, self.split, c_out=c, act=s.ACT_SILU)
+            t = k.conv(x, _packed(self, "conv1"), self.conv1.out_channels, act=s.ACT_SILU, att=att,
+                       gate_input=True)
+            t = k.conv(t, _packed(self, "conv2"), self.split, c_out=c, act=s.ACT_SILU)
         else:
-            t = _conv(x, self.c0_w, self.c0_b, self.split, c_out=c, act=s.ACT_SILU, att=att, gate_input=True)
-        return _conv(t, self.o0_w, self.o0_b, self.conv3.out_channels, act=s.ACT_SILU, residual=x,
-                     residual_mode=s.RES_GATED_INPUT, att=att)
+            t = k.conv(x, _packed(self, "conv1"), self.split, c_out=c, act=s.ACT_SILU, att=att,
+                       gate_input=True)
+        return k.conv(t, _packed(self, "conv3"), self.conv3.out_channels, act=s.ACT_SILU, residual=x,
+                      residual_mode=s.RES_GATED_INPUT, att=att)
 
 
 FUSED_TYPES: dict[type, type] = {
@@ -283,10 +240,11 @@ FUSED_TYPES: dict[type, type] = {
 }
 
 
-def fuse_(model: nn.Module) -> dict[str, nn.Module]:
+def fuse_(model: nn.Module, backend: str = "triton") -> dict[str, nn.Module]:
     """Swap, in place, every module of a type in FUSED_TYPES (exact type, outermost first, and
-    for plain convs only those the kernel supports) for its fused counterpart. Idempotent.
-    Returns {qualified name: replaced reference module}."""
+    for plain convs only those the kernels support) for its fused counterpart running on
+    ``backend`` ("triton" or "cpu"). Idempotent. Returns {qualified name: replaced module}."""
+    kernels = make_backend(backend)
     replaced: dict[str, nn.Module] = {}
     fused_types = set(FUSED_TYPES.values())
 
@@ -297,18 +255,29 @@ def fuse_(model: nn.Module) -> dict[str, nn.Module]:
                 continue  # already fused: its submodules only hold the adopted parameters
             fused_cls = FUSED_TYPES.get(type(child))
             if fused_cls is not None and getattr(fused_cls, "can_fuse", lambda m: True)(child):
-                setattr(parent, name, fused_cls.from_reference(child))
+                setattr(parent, name, fused_cls.from_reference(child, kernels))
                 replaced[qual] = child
             else:
                 walk(child, qual + ".")
 
-    walk(model, "")
+    with torch.no_grad():
+        walk(model, "")
     return replaced
 
 
-def _prepare_triton(device: torch.device) -> None:
-    import importlib.util
+def make_backend(name: str):
+    if name == "triton":
+        from esr_kernels.triton_backend import TritonBackend
 
+        return TritonBackend()
+    if name == "cpu":
+        from esr_kernels.cpu_backend import CpuBackend
+
+        return CpuBackend()
+    raise ValueError(f"no kernel backend {name!r} to fuse with")
+
+
+def _prepare_triton(device: torch.device) -> None:
     if importlib.util.find_spec("triton") is None:
         raise RuntimeError("backend 'triton' needs triton: pip install -e '.[triton]'")
     if device.type == "cpu":
@@ -316,6 +285,42 @@ def _prepare_triton(device: torch.device) -> None:
             raise RuntimeError("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1, "
                                "which must be set before triton is first imported")
         os.environ["TRITON_INTERPRET"] = "1"  # asked for explicitly: slow, but runs
+
+
+def _has_extension(name: str) -> bool:
+    try:
+        importlib.import_module(f"esr_kernels.{name}")
+    except ImportError:
+        return False
+    return True
+
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The backend that will run: 'triton', 'cpu', or 'reference' (no fused kernels for this
+    device in this build)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "cuda":
+        raise RuntimeError("backend 'cuda' needs the native esr_kernels CUDA extension, which this "
+                           "build does not have (see `esr backends`)")
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend 'cpu' runs on CPU tensors, not {device.type}")
+        if not _has_extension("_C_cpu"):
+            raise RuntimeError("backend 'cpu' needs the native esr_kernels extension, which this build "
+                               "does not have: install with `pip install --no-build-isolation -e .` "
+                               "(see `esr backends`)")
+        if dtype != torch.float32:
+            raise RuntimeError(f"backend 'cpu' runs float32 only, not {dtype}")
+        return "cpu"
+    if backend == "auto":
+        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            return "triton"
+        if device.type == "cpu" and dtype == torch.float32 and _has_extension("_C_cpu"):
+            return "cpu"
+        return "reference"
+    return backend
 
 
 def backend_unavailable_reason(backend: str, device: torch.device) -> str | None:
@@ -332,37 +337,23 @@ def backend_unavailable_reason(backend: str, device: torch.device) -> str | None
     return None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that will run: 'triton' or 'reference' (no fused kernels for this device)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend in ("cuda", "cpu"):
-        raise RuntimeError(f"backend {backend!r} needs the native esr_kernels extension, which this "
-                           "build does not have (see `esr backends`)")
-    if backend == "auto":
-        import importlib.util
-
-        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-            return "triton"
-        return "reference"
-    return backend
-
-
 def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "auto") -> nn.Module:
     """Load a model and swap in the fused kernels for ``backend``. ``model.backend`` says what
-    runs: 'triton', or 'reference' when 'auto' finds no fused kernels for the device (CPU in
-    this build); then a warning says so and the unfused reference runs."""
+    runs: 'triton', 'cpu', or 'reference' when 'auto' finds no fused kernels for the device and
+    dtype; then a warning says so and the unfused reference runs."""
     from .loading import load
 
     device = torch.device(device)
-    chosen = resolve_backend(backend, device)
+    chosen = resolve_backend(backend, device, dtype)
     model = load(name_or_path, device=device, dtype=dtype)
     if chosen == "reference":
-        warnings.warn(f"fused=True: no fused kernels for device '{device.type}' in this build "
-                      "(Triton needs CUDA, or backend='triton' to use its slow CPU interpreter); "
-                      "running the PyTorch reference", stacklevel=2)
+        warnings.warn(f"fused=True: no fused kernels for {device.type}/{dtype} in this build "
+                      "(the native CPU extension runs float32; Triton needs CUDA, or "
+                      "backend='triton' for its slow CPU interpreter); running the PyTorch reference",
+                      stacklevel=2)
     else:
-        _prepare_triton(device)
-        fuse_(model)
+        if chosen == "triton":
+            _prepare_triton(device)
+        fuse_(model, chosen)
     model.backend = chosen
     return model

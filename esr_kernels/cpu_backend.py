@@ -1,0 +1,106 @@
+"""The native CPU backend: dense convolutions through oneDNN (PyTorch's mkldnn, activation
+fused as a post-op where that is the only epilogue), everything around them in the C++
+kernels of ``esr_kernels._C_cpu`` (torch.ops.esr_native.*): the LocalAttention gate, the
+reflect-padded depthwise + GELU of BSB, the conv epilogues (partial channels, gated residual,
+shortcut + pixel shuffle) and the ESA tail. float32, channels_last throughout.
+
+ESA is folded at load: the gate logits are expand(up(low) + skip(reduce(x))) and every map in
+it is linear, so they become one full-resolution 1x1 conv of x plus the bilinear upsample of the
+low-resolution branch already expanded to C channels (bilinear interpolation commutes with a
+1x1 conv): two full-resolution passes (a 1x1 conv, the tail) instead of five.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL, POOL_STRIDE
+
+# oneDNN post-op names for the activations it can fuse into a convolution.
+_ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
+               ACT_SILU: ("swish", [], ""), ACT_LEAKY: ("leaky_relu", [LEAKY_SLOPE], ""),
+               ACT_SIGMOID: ("sigmoid", [], "")}
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self):
+        import esr_kernels._C_cpu  # noqa: F401  registers torch.ops.esr_native
+
+        from . import native  # noqa: F401  fake implementations
+
+        self.native = torch.ops.esr_native
+        self._pointwise = torch.ops.mkldnn._convolution_pointwise
+
+    def _conv2d(self, x, w, b, stride, padding, act=ACT_NONE):
+        attr, scalars, algorithm = _ONEDNN_ACT[act]
+        return self._pointwise(_cl(x), w, b, [padding, padding], [stride, stride], [1, 1], 1,
+                               attr, scalars, algorithm)
+
+    # ---- packing (once, at load)
+    def pack_conv(self, weight, bias, op_channels=None, weight_scale=1.0) -> dict:
+        w = weight.detach().double() * weight_scale
+        b = bias.detach().double() * weight_scale if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        return {"w": _cl(w.float()), "b": b.float().to(w.device)}
+
+    def pack_bsb(self, pointwise: nn.Conv2d, depthwise: nn.Conv2d) -> dict:
+        return {"pw": _cl(pointwise.weight.detach().float()), "dw": depthwise.weight.detach().float().clone(),
+                "b": depthwise.bias.detach().float().clone()}
+
+    def pack_esa(self, esa) -> dict:
+        f64 = lambda t: t.detach().double()  # noqa: E731
+        wr, br = f64(esa.reduce.weight)[:, :, 0, 0], f64(esa.reduce.bias)
+        ws, bs = f64(esa.skip.weight)[:, :, 0, 0], f64(esa.skip.bias)
+        we, be = f64(esa.expand.weight)[:, :, 0, 0], f64(esa.expand.bias)
+        return {
+            "reduce_w": _cl(wr[:, :, None, None].float()), "reduce_b": br.float(),
+            "down_w": _cl(esa.down.weight.detach().float()), "down_b": esa.down.bias.detach().float().clone(),
+            "low_w": _cl(esa.low.weight.detach().float()), "low_b": esa.low.bias.detach().float().clone(),
+            # gate logits = full(x) + up(expand_low(low)):
+            "full_w": _cl((we @ ws @ wr)[:, :, None, None].float()), "full_b": (we @ (ws @ br + bs) + be).float(),
+            "expand_w": _cl(we[:, :, None, None].float()),
+        }
+
+    def pack_la(self, reduce: nn.Conv2d) -> dict:
+        return {"w": _cl(reduce.weight.detach().float()), "b": reduce.bias.detach().float().clone()}
+
+    # ---- ops
+    def conv(self, x, p, c_conv, *, c_out=None, ksize=3, stride=1, padding=None, act=0, residual=None,
+             residual_mode=0, att=None, gate_input=False, shift=None, shortcut=None, shortcut_mode=0,
+             shuffle=0):
+        padding = ksize // 2 if padding is None else padding
+        c_out = c_out or c_conv
+        xin = x
+        if shift is not None:
+            xin = x - shift.view(1, -1, 1, 1)
+        if gate_input:
+            xin = self.native.gate(xin, att)
+        c_in = p["w"].shape[1]
+        conv_in = xin if c_in == xin.shape[1] else xin[:, :c_in]
+        simple = c_out == c_conv and residual_mode == 0 and shuffle == 0
+        y = self._conv2d(conv_in, p["w"], p["b"], stride, padding, act if simple else ACT_NONE)
+        if simple:
+            return y
+        return self.native.conv_epilogue(y, xin if c_out > c_conv else None, c_out, act, residual,
+                                         residual_mode, att, shortcut, shortcut_mode, shuffle)
+
+    def bsb(self, x, p, residual=None):
+        pw = self._pointwise(_cl(x), p["pw"], None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+        return self.native.bsb_dw(pw, p["dw"], p["b"], residual)
+
+    def esa(self, x, p, residual=None):
+        r = self._conv2d(x, p["reduce_w"], p["reduce_b"], 1, 0)
+        d = self._conv2d(r, p["down_w"], p["down_b"], 2, 0)
+        low = self._conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), p["low_w"], p["low_b"], 1, 1)
+        low = self._pointwise(_cl(low), p["expand_w"], None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+        s = self._conv2d(x, p["full_w"], p["full_b"], 1, 0)
+        return self.native.esa_tail(x, s, low, residual)
+
+    def la_reduce(self, x, p):
+        return F.max_pool2d(self._conv2d(x, p["w"], p["b"], 1, 0), POOL_KERNEL, POOL_STRIDE)
