@@ -53,6 +53,9 @@ class TritonBackend:
                  "expand_w", "expand_b")
         return self.ops.esa(x, *(p[n] for n in names), residual)
 
+    def concat(self, features):
+        return torch.cat(features, dim=1)
+
     def la_reduce(self, x, p):
         return self.ops.la_reduce(x, p["w"], p["b"])
 

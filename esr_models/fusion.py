@@ -133,7 +133,7 @@ class FusedConcatFuse(ConcatFuse):
 
     def forward(self, features, residual):
         s = _spec()
-        return self.kernels.conv(torch.cat(features, dim=1), _packed(self, "conv"), self.out_channels,
+        return self.kernels.conv(self.kernels.concat(features), _packed(self, "conv"), self.out_channels,
                                  ksize=1, act=s.ACT_GELU, residual=residual, residual_mode=s.RES_TENSOR)
 
 
