@@ -29,8 +29,12 @@ constexpr float kLeakySlope = 0.05f;
 // exp: Cody-Waite reduction x = n ln2 + r, degree-6 Taylor polynomial on |r| <= ln2/2
 // (relative error ~2e-7), scaled by 2^n through the exponent bits.
 ESR_INLINE float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // round(x / ln2) through a float->int conversion (x / ln2 is within +-127: no overflow).
+  const float t = x * 1.44269504088896341f;
+  const int32_t ni = static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f));
+  const float n = static_cast<float>(ni);
   const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -39,7 +43,7 @@ ESR_INLINE float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const int32_t bits = (ni + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
