@@ -16,7 +16,7 @@ def _bsb_dw(p, dw_weight, dw_bias, residual):
 
 @torch.library.register_fake("esr_native::gate")
 def _gate(x, att):
-    return _nhwc(x.shape, x)
+    return torch.empty_like(x) if x.device.type == "cuda" else _nhwc(x.shape, x)
 
 
 @torch.library.register_fake("esr_native::conv_epilogue")
@@ -31,3 +31,24 @@ def _conv_epilogue(y, passthrough, c_out, act, residual, residual_mode, att, sho
 @torch.library.register_fake("esr_native::esa_tail")
 def _esa_tail(x, s, low, residual):
     return _nhwc(x.shape, x)
+
+
+def _same_or_nhwc(x):
+    """CUDA kernels write in x's layout and dtype; the CPU versions float32 channels_last."""
+    return torch.empty_like(x) if x.device.type == "cuda" else _nhwc(x.shape, x)
+
+
+@torch.library.register_fake("esr_native::bsb")
+def _bsb(x, pw_weight, dw_weight, dw_bias, residual):
+    return _same_or_nhwc(x)
+
+
+@torch.library.register_fake("esr_native::esa_out")
+def _esa_out(x, low, skip_w, skip_b, expand_w, expand_b, residual):
+    return _same_or_nhwc(x)
+
+
+@torch.library.register_fake("esr_native::la_reduce")
+def _la_reduce(x, reduce_w, reduce_b):
+    n, _, h, w = x.shape
+    return x.new_empty((n, reduce_b.shape[0], (h - 7) // 3 + 1, (w - 7) // 3 + 1))

@@ -274,6 +274,10 @@ def make_backend(name: str):
         from esr_kernels.cpu_backend import CpuBackend
 
         return CpuBackend()
+    if name == "cuda":
+        from esr_kernels.cuda_backend import CudaBackend
+
+        return CudaBackend()
     raise ValueError(f"no kernel backend {name!r} to fuse with")
 
 
@@ -302,8 +306,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "cuda":
-        raise RuntimeError("backend 'cuda' needs the native esr_kernels CUDA extension, which this "
-                           "build does not have (see `esr backends`)")
+        if device.type != "cuda":
+            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors, not {device.type}")
+        if not (_has_extension("_C_cpu") and _has_extension("_C_cuda")):
+            raise RuntimeError("backend 'cuda' needs the native esr_kernels CUDA extension, which this "
+                               "build does not have (see `esr backends`)")
+        return "cuda"
     if backend == "cpu":
         if device.type != "cpu":
             raise RuntimeError(f"backend 'cpu' runs on CPU tensors, not {device.type}")
@@ -315,6 +323,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
             raise RuntimeError(f"backend 'cpu' runs float32 only, not {dtype}")
         return "cpu"
     if backend == "auto":
+        # On CUDA: Triton. No GPU measurement of the native CUDA kernels is recorded in this
+        # repository yet (benchmarks/results/), so auto does not choose them.
         if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
             return "triton"
         if device.type == "cpu" and dtype == torch.float32 and _has_extension("_C_cpu"):

@@ -117,6 +117,11 @@ def test_upscale_fused_triton_matches_reference(inputs, tmp_path):
     assert np.abs(a - b).max() <= 1  # 1e-5 agreement can flip a uint8 rounding at most
 
 
-def test_eval_fused_auto_on_cpu_reports_reference(shared):
-    proc = esr("eval", "--model", "rlfn", "--hr", shared / "data" / "Set5", "--no-ssim", "--fused")
-    assert "fused backend: reference" in proc.stderr
+def test_eval_fused_auto_on_cpu_reports_what_runs(shared):
+    import esr_kernels
+
+    proc = esr("eval", "--model", "rlfn", "--hr", shared / "data" / "Set5", "--no-ssim", "--fused",
+               "--device", "cpu")
+    expected = "cpu" if esr_kernels.available_backends()["cpu_extension"] else "reference"
+    assert f"fused backend: {expected}" in proc.stderr
+    assert "30.20" in proc.stdout.splitlines()[-1]  # RLFN's Set5 PSNR, fused

@@ -142,3 +142,29 @@ def test_cpu_fused_traces_with_compile_fullgraph(models, cpu_models):
     compiled = torch.compile(cpu_models["rlfn"], fullgraph=True, backend="aot_eager")
     with torch.inference_mode():
         assert (compiled(x) - models["rlfn"](x)).abs().max() <= FP32_TOL
+
+
+def test_single_kernel_ops_cpu_versions(native):
+    """esr_native::bsb / esa_out / la_reduce: single CUDA kernels on GPUs; on CPU composed of
+    oneDNN + the kernels above. Same semantics, checked here against the references."""
+    from esr_kernels.packing import pack_esa
+    from esr_models.layers import ESA
+
+    x = torch.randn(2, 36, 17, 19)
+    pw, dw, db, res = torch.randn(36, 36) / 6, torch.randn(36, 9) / 3, torch.randn(36), torch.randn(2, 36, 17, 19)
+    ref = F.gelu(F.conv2d(F.pad(F.conv2d(x, pw[:, :, None, None]), (1, 1, 1, 1), mode="reflect"),
+                          dw.reshape(36, 1, 3, 3), db, groups=36)) + res
+    assert (native.bsb(x, pw, dw, db, res) - ref).abs().max() <= 1e-5
+
+    esa = ESA(36, 16)
+    with torch.no_grad():
+        r = esa.reduce(x)
+        low = esa.low(F.max_pool2d(esa.down(r), 7, 3))
+        ws, wr = esa.skip.weight[:, :, 0, 0].double(), esa.reduce.weight[:, :, 0, 0].double()
+        out = native.esa_out(x, low, (ws @ wr).float(), (ws @ esa.reduce.bias.double() + esa.skip.bias.double()).float(),
+                             esa.expand.weight[:, :, 0, 0], esa.expand.bias, res)
+        assert (out - (esa(x) + res)).abs().max() <= 1e-5
+
+    x48 = torch.randn(2, 48, 23, 40)
+    w, b = torch.randn(16, 48) / 7, torch.randn(16)
+    assert (native.la_reduce(x48, w, b) - F.max_pool2d(F.conv2d(x48, w[:, :, None, None], b), 7, 3)).abs().max() <= 1e-5
