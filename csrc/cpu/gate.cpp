@@ -91,14 +91,15 @@ at::Tensor conv_epilogue(const at::Tensor& y_in, const c10::optional<at::Tensor>
   dispatch_act(act, [&](auto act_c) {
     constexpr int64_t ACT = decltype(act_c)::value;
     at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> z(c_out), gated(c_out);
+      // With a shuffle, a whole input row is assembled first, then written as r output rows
+      // per image channel, each contiguous (per-pixel scattered writes ran ~6x slower).
+      std::vector<float> row_buf(shuffle > 0 ? W * c_out : 0), gated(c_out);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / H, yy = row % H;
         for (int64_t xx = 0; xx < W; ++xx) {
           const int64_t pix = (n * H + yy) * W + xx;
           const float* yp = Y + pix * Cc;
-          // Channels-last output without a shuffle: write in place.
-          float* zp = shuffle == 0 ? O + pix * c_out : z.data();
+          float* zp = shuffle == 0 ? O + pix * c_out : row_buf.data() + xx * c_out;
 #pragma omp simd
           for (int64_t c = 0; c < Cc; ++c) zp[c] = activate<ACT>(yp[c]);
           for (int64_t c = Cc; c < c_out; ++c) zp[c] = PT[pix * Cp + c];
@@ -111,14 +112,20 @@ at::Tensor conv_epilogue(const at::Tensor& y_in, const c10::optional<at::Tensor>
 #pragma omp simd
             for (int64_t c = 0; c < c_out; ++c) zp[c] += gated[c];
           }
-          if (shuffle == 0) continue;
-          const int64_t Ho = H * r, Wo = W * r, Co = c_out / r2;
-          for (int64_t c = 0; c < c_out; ++c) {
-            const int64_t ic = c / r2, sub = c % r2;
-            float v = zp[c];
-            if (shortcut_mode == SHORTCUT_REPEAT_INPUT) v += SC[pix * sc_c + ic];
-            else if (shortcut_mode == SHORTCUT_VECTOR) v += SC[ic];
-            O[((n * Co + ic) * Ho + yy * r + sub / r) * Wo + xx * r + sub % r] = v;
+          if (shortcut_mode == SHORTCUT_REPEAT_INPUT) {
+            for (int64_t c = 0; c < c_out; ++c) zp[c] += SC[pix * sc_c + c / r2];
+          } else if (shortcut_mode == SHORTCUT_VECTOR) {
+            for (int64_t c = 0; c < c_out; ++c) zp[c] += SC[c / r2];
+          }
+        }
+        if (shuffle == 0) continue;
+        const int64_t Ho = H * r, Wo = W * r, Co = c_out / r2;
+        for (int64_t ic = 0; ic < Co; ++ic) {
+          for (int64_t i = 0; i < r; ++i) {
+            float* dst = O + ((n * Co + ic) * Ho + yy * r + i) * Wo;
+            const float* src = row_buf.data() + ic * r2 + i * r;
+            for (int64_t xx = 0; xx < W; ++xx)
+              for (int64_t j = 0; j < r; ++j) dst[xx * r + j] = src[xx * c_out + j];
           }
         }
       }
