@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL, POOL_STRIDE
+from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
+                   POOL_STRIDE, RES_NONE, RES_TENSOR)
 
 # oneDNN post-op names for the activations it can fuse into a convolution.
 _ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
@@ -58,6 +59,7 @@ class CpuBackend:
 
         self.native = torch.ops.esr_native
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
+        self._binary = torch.ops.mkldnn._convolution_pointwise.binary
 
     def _conv2d(self, x, w, b, stride, padding, act=ACT_NONE):
         # Measured against F.conv2d + the activation in the C++ epilogue: the fused post-op is
@@ -134,10 +136,26 @@ class CpuBackend:
         s = self._conv2d(x, p["full_w"], p["full_b"], 1, 0)
         return self.native.esa_tail(x, s, low, residual)
 
-    def concat(self, features):
-        """Channel concatenation of channels_last tensors: through NHWC views, where the copy
-        is a run of contiguous per-pixel blocks (aten's channels_last cat is ~4x slower)."""
-        return torch.cat([_cl(f).permute(0, 2, 3, 1) for f in features], dim=3).permute(0, 3, 1, 2)
+    def pack_concat_conv(self, weight, bias, chunks: int) -> dict:
+        """A 1x1 conv over the concatenation of ``chunks`` equal-width features, split into one
+        weight per feature (see concat_conv)."""
+        w = weight.detach().float()
+        step = w.shape[1] // chunks
+        packed = {f"w{i}": _cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks)}
+        packed["b"] = bias.detach().float().clone()
+        return packed
+
+    def concat_conv(self, features, p, c_out, act=ACT_NONE, residual=None):
+        """act(1x1 conv of cat(features) to c_out channels) [+ residual] without the concatenation: a chain of
+        1x1 convs each adding its product to the previous (oneDNN binary post-op). The 216-channel
+        concatenation would be a >32 MB tensor, which glibc maps fresh on every call; its page
+        faults made cat + conv 2.5x slower here."""
+        acc = self._pointwise(_cl(features[0]), p["w0"], p["b"], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+        for i in range(1, len(features)):
+            acc = self._binary(_cl(features[i]), acc, p[f"w{i}"], None, [0, 0], [1, 1], [1, 1], 1, "add",
+                               1.0, None, [], "")
+        return self.native.conv_epilogue(acc, None, acc.shape[1], act, residual,
+                                         RES_TENSOR if residual is not None else RES_NONE, None, None, 0, 0)
 
     def la_reduce(self, x, p):
         return F.max_pool2d(self._conv2d(x, p["w"], p["b"], 1, 0), POOL_KERNEL, POOL_STRIDE)

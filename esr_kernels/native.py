@@ -52,3 +52,4 @@ def _esa_out(x, low, skip_w, skip_b, expand_w, expand_b, residual):
 def _la_reduce(x, reduce_w, reduce_b):
     n, _, h, w = x.shape
     return x.new_empty((n, reduce_b.shape[0], (h - 7) // 3 + 1, (w - 7) // 3 + 1))
+

@@ -53,8 +53,15 @@ class TritonBackend:
                  "expand_w", "expand_b")
         return self.ops.esa(x, *(p[n] for n in names), residual)
 
-    def concat(self, features):
-        return torch.cat(features, dim=1)
+    def pack_concat_conv(self, weight, bias, chunks: int) -> dict:
+        return self.pack_conv(weight, bias)
+
+    def concat_conv(self, features, p, c_out, act=0, residual=None):
+        """act(1x1 conv of cat(features) to c_out channels) [+ residual]."""
+        from .spec import RES_NONE, RES_TENSOR
+
+        return self.conv(torch.cat(features, dim=1), p, c_out, ksize=1, act=act, residual=residual,
+                         residual_mode=RES_TENSOR if residual is not None else RES_NONE)
 
     def la_reduce(self, x, p):
         return self.ops.la_reduce(x, p["w"], p["b"])

@@ -129,12 +129,19 @@ class FusedConvAdd(ConvAdd):
 
 
 class FusedConcatFuse(ConcatFuse):
-    from_reference = classmethod(FusedConv2d.from_reference.__func__)
+    """GELU(1x1 conv of the concatenated block outputs) + residual; how the concatenation is
+    handled is the backend's choice (the CPU backend avoids materialising it)."""
+
+    @classmethod
+    def from_reference(cls, ref: ConcatFuse, kernels):
+        obj = _adopt(cls, ref, kernels)
+        chunks = ref.in_channels // ref.out_channels  # one block output per chunk
+        _store(obj, "conv", kernels.pack_concat_conv(ref.weight, ref.bias, chunks))
+        return obj
 
     def forward(self, features, residual):
-        s = _spec()
-        return self.kernels.conv(self.kernels.concat(features), _packed(self, "conv"), self.out_channels,
-                                 ksize=1, act=s.ACT_GELU, residual=residual, residual_mode=s.RES_TENSOR)
+        return self.kernels.concat_conv(features, _packed(self, "conv"), self.out_channels,
+                                        act=_spec().ACT_GELU, residual=residual)
 
 
 class FusedBFEB(BFEB):
