@@ -34,7 +34,7 @@ def test_model_throughput(benchmark, bench_device, provider, size, model_name):
     run = build_runner(provider, model_name, (1, 3, h, w), bench_device)
     for _ in range(2):  # warm-up: lazy init, autotuning, compilation stay out of the numbers
         run()
-    rounds = 20 if bench_device.type == "cuda" else (5 if full_sweep() else 2)
+    rounds = 20 if bench_device.type == "cuda" else (7 if full_sweep() else 2)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update({
