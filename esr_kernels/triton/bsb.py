@@ -12,7 +12,7 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, exact_dot, mma, pixel_block
+from .common import apply_act, exact_dot, mma, pixel_block, program_pixels
 
 
 @triton.jit
@@ -28,12 +28,8 @@ def _bsb_kernel(
     HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr,
     IEEE: tl.constexpr, ACT: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    _, p_mask, oy, ox = program_pixels(BLOCK_P, H * W, W)
     n = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < H * W
-    oy = p // W
-    ox = p % W
     co = tl.arange(0, CO_PAD)
     acc = tl.zeros((BLOCK_P, CO_PAD), dtype=tl.float32)
     for tap in tl.static_range(9):

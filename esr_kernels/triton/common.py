@@ -12,6 +12,14 @@ _LEAKY_SLOPE: tl.constexpr = tl.constexpr(LEAKY_SLOPE)
 
 
 @triton.jit
+def program_pixels(BLOCK_P: tl.constexpr, total, width):
+    """This program's BLOCK_P flattened pixel indices (axis 0 of the grid), their in-bounds
+    mask, and their (row, column) in an image ``width`` wide."""
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return p, p < total, p // width, p % width
+
+
+@triton.jit
 def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 

@@ -17,7 +17,8 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import apply_act, bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block, sigmoid
+from .common import (apply_act, bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block,
+                     program_pixels, sigmoid)
 
 _RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
@@ -48,12 +49,8 @@ def _conv_kernel(
     SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr, IEEE: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    p, p_mask, oy, ox = program_pixels(BLOCK_P, H_out * W_out, W_out)
     n = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < H_out * W_out
-    oy = p // W_out
-    ox = p % W_out
     co = tl.arange(0, CO_PAD)
     x_base = n * sx_n
     att_base = n * sa_n

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block, sigmoid
+from .common import bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block, program_pixels, sigmoid
 
 
 
@@ -24,12 +24,8 @@ def _esa_down_kernel(
     sx_n, sx_c, sx_h, sx_w,
     BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CR: tl.constexpr, IEEE: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    p, p_mask, oy, ox = program_pixels(BLOCK_P, H2 * W2, W2)
     n = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < H2 * W2
-    oy = p // W2
-    ox = p % W2
     cr = tl.arange(0, CR)
     br = tl.load(br_ptr + cr).to(tl.float32)
     acc = tl.zeros((BLOCK_P, CR), dtype=tl.float32)
@@ -59,12 +55,8 @@ def _esa_low_kernel(
     BLOCK_P: tl.constexpr, CR: tl.constexpr, IEEE: tl.constexpr,
     POOL_K: tl.constexpr, POOL_S: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    p, p_mask, oy, ox = program_pixels(BLOCK_P, Hp * Wp, Wp)
     n = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < Hp * Wp
-    oy = p // Wp
-    ox = p % Wp
     cr = tl.arange(0, CR)
     d_base = d_ptr + n * CR * H2 * W2 + cr[None, :].to(tl.int64) * (H2 * W2)
     acc = tl.zeros((BLOCK_P, CR), dtype=tl.float32)
@@ -94,12 +86,8 @@ def _esa_out_kernel(
     HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, CP: tl.constexpr, CR: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    p, p_mask, oy, ox = program_pixels(BLOCK_P, H * W, W)
     n = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < H * W
-    oy = p // W
-    ox = p % W
     c = tl.arange(0, CP)
     cr = tl.arange(0, CR)
     m = p_mask[:, None] & (c < C)[None, :]

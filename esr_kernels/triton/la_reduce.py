@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import exact_dot, mma, pixel_block
+from .common import exact_dot, mma, pixel_block, program_pixels
 
 
 
@@ -17,12 +17,8 @@ def _la_reduce_kernel(
     BLOCK_P: tl.constexpr, CP: tl.constexpr, CR: tl.constexpr, C_RED: tl.constexpr, IEEE: tl.constexpr,
     POOL_K: tl.constexpr, POOL_S: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    _, p_mask, oy, ox = program_pixels(BLOCK_P, Hp * Wp, Wp)
     n = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < Hp * Wp
-    oy = p // Wp
-    ox = p % Wp
     c = tl.arange(0, CP)
     cr = tl.arange(0, CR)
     w = tl.load(wr_ptr + c[:, None] * CR + cr[None, :], mask=(c < C)[:, None], other=0.0)
