@@ -85,7 +85,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "pillow", "pypng", "tqdm"],
     extras_require={
         "triton": ["triton>=3.1"],
-        "test": ["pytest", "pytest-benchmark", "triton>=3.1"],
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "triton>=3.1"],
         "cpu-providers": ["onnx", "onnxruntime", "openvino"],
     },
     entry_points={"console_scripts": ["esr=esr_models.cli:main"]},

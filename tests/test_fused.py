@@ -59,10 +59,10 @@ def image_crops(shared, device, n, h, w):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fused_batch2_channels_last_noncontiguous(fused, refs, shared, device, name):
+    # (NCHW inputs are covered by the golden tests; each interpreted forward costs ~10 s.)
     x = image_crops(shared, device, 2, 29, 37)
     with torch.inference_mode():
         ref = refs[name](x)
-        assert max_err(fused[name](x), ref) <= FP32_TOL
         assert max_err(fused[name](x.contiguous(memory_format=torch.channels_last)), ref) <= FP32_TOL
         wide = image_crops(shared, device, 2, 29, 45)
         wide[..., 3:40] = x
