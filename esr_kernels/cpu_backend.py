@@ -83,12 +83,13 @@ class CpuBackend:
                 "b": depthwise.bias.detach().float().clone()}
 
     def pack_esa(self, esa) -> dict:
-        f64 = lambda t: t.detach().double()  # noqa: E731
-        wr, br = f64(esa.reduce.weight)[:, :, 0, 0], f64(esa.reduce.bias)
-        ws, bs = f64(esa.skip.weight)[:, :, 0, 0], f64(esa.skip.bias)
-        we, be = f64(esa.expand.weight)[:, :, 0, 0], f64(esa.expand.bias)
-        reduce_w, _ = _pad_conv(wr[:, :, None, None], None)  # only the input side pads (16 stays)
-        full_w, full_b = _pad_conv((we @ ws @ wr)[:, :, None, None], we @ (ws @ br + bs) + be)
+        from .packing import fold_esa_skip
+
+        wr, br = esa.reduce.weight.detach().double(), esa.reduce.bias.detach().double()
+        we, be = esa.expand.weight.detach().double()[:, :, 0, 0], esa.expand.bias.detach().double()
+        skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
+        reduce_w, _ = _pad_conv(wr, None)  # only the input side pads (16 stays)
+        full_w, full_b = _pad_conv((we @ skip_w)[:, :, None, None], we @ skip_b + be)
         expand_w, _ = _pad_conv(we[:, :, None, None], None)
         return {
             "reduce_w": _cl(reduce_w.float()), "reduce_b": br.float(),

@@ -46,14 +46,14 @@ class CudaBackend(TritonBackend):
         return self.native.la_reduce(x, p["w"], p["b"])
 
     def pack_esa(self, esa) -> dict:
-        f64 = lambda t: t.detach().double()  # noqa: E731
-        wr, ws = f64(esa.reduce.weight)[:, :, 0, 0], f64(esa.skip.weight)[:, :, 0, 0]
+        from .packing import fold_esa_skip
+
+        skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
         return {
             "reduce_w": esa.reduce.weight.detach().float(), "reduce_b": esa.reduce.bias.detach().float(),
             "down_w": esa.down.weight.detach().float(), "down_b": esa.down.bias.detach().float(),
             "low_w": esa.low.weight.detach().float(), "low_b": esa.low.bias.detach().float(),
-            "skip_w": (ws @ wr).float().contiguous(),
-            "skip_b": (ws @ f64(esa.reduce.bias) + f64(esa.skip.bias)).float(),
+            "skip_w": skip_w.float().contiguous(), "skip_b": skip_b.float(),
             "expand_w": esa.expand.weight.detach().float()[:, :, 0, 0].contiguous(),
             "expand_b": esa.expand.bias.detach().float(),
         }

@@ -13,13 +13,19 @@ def pack_bias(bias: torch.Tensor | None, channels: int, device, dtype=torch.floa
     return out
 
 
+def fold_esa_skip(reduce, skip) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESA's linear 1x1 branch skip(reduce(x)) as one 1x1 conv: float64 (C_r, C) weight and
+    (C_r,) bias, for each backend to round once into its own layout."""
+    wr, ws = reduce.weight.detach().double()[:, :, 0, 0], skip.weight.detach().double()[:, :, 0, 0]
+    return ws @ wr, ws @ reduce.bias.detach().double() + skip.bias.detach().double()
+
+
 def pack_esa(reduce, down, low, skip, expand, dtype) -> dict[str, torch.Tensor]:
-    """nn.Conv2d modules of an ESA -> the esr::esa weight arguments. The linear 1x1 branch
-    skip(reduce(x)) is folded into one 1x1 conv (in float64, then rounded once)."""
+    """nn.Conv2d modules of an ESA -> the esr::esa (Triton) weight arguments, with the 1x1
+    branch folded (fold_esa_skip)."""
     wr = reduce.weight.detach()
-    ws = skip.weight.detach()
-    folded_w = (ws[:, :, 0, 0].double() @ wr[:, :, 0, 0].double())[:, :, None, None]
-    folded_b = ws[:, :, 0, 0].double() @ reduce.bias.detach().double() + skip.bias.detach().double()
+    folded_w, folded_b = fold_esa_skip(reduce, skip)
+    folded_w = folded_w[:, :, None, None]
     dev = wr.device
     return {
         "reduce_w": pack_conv_weight(wr).to(dtype), "reduce_b": pack_bias(reduce.bias.detach(), wr.shape[0], dev),

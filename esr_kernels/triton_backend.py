@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .packing import pack_bias, pack_esa
-from .reference import next_pow2_16, pack_conv_weight
+from .reference import pack_conv_weight
 
 
 class TritonBackend:
@@ -66,5 +66,3 @@ class TritonBackend:
     def la_reduce(self, x, p):
         return self.ops.la_reduce(x, p["w"], p["b"])
 
-
-__all__ = ["TritonBackend", "next_pow2_16"]
