@@ -1,8 +1,13 @@
-"""The native CPU backend: dense convolutions through oneDNN (PyTorch's mkldnn, activation
-fused as a post-op where that is the only epilogue), everything around them in the C++
-kernels of ``esr_kernels._C_cpu`` (torch.ops.esr_native.*): the LocalAttention gate, the
-reflect-padded depthwise + GELU of BSB, the conv epilogues (partial channels, gated residual,
-shortcut + pixel shuffle) and the ESA tail. float32, channels_last throughout.
+"""The native CPU backend, float32 channels_last throughout, all in the C++ kernels of
+``esr_kernels._C_cpu`` (torch.ops.esr_native.*):
+- dense convolutions: stride-1 3x3 by Winograd F(2x2, 3x3) and 1x1 as register-blocked GEMMs
+  (the AVX-512 conv engine, csrc/cpu/winograd.cpp and conv1x1.cpp) with bias, activation and
+  residual fused; the rest (stride 2, and every conv on a build without AVX-512) through oneDNN
+  (PyTorch's mkldnn, activation fused as a post-op);
+- around them: the LocalAttention gate, the reflect-padded depthwise + GELU of BSB, the conv
+  epilogues (partial channels, gated residual, shortcut + pixel shuffle) and the ESA tail.
+Kernel outputs come from a size-keyed buffer cache (csrc/cpu/buffer_cache.h), which removes
+the page faults of fresh multi-megabyte allocations.
 
 ESA is folded at load: the gate logits are expand(up(low) + skip(reduce(x))) and every map in
 it is linear, so they become one full-resolution 1x1 conv of x plus the bilinear upsample of the
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, RES_TENSOR)
 
@@ -22,6 +28,10 @@ from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_S
 _ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
                ACT_SILU: ("swish", [], ""), ACT_LEAKY: ("leaky_relu", [LEAKY_SLOPE], ""),
                ACT_SIGMOID: ("sigmoid", [], "")}
+
+
+# How the conv engine adds its optional tensor (csrc/cpu/bias_act.h).
+ADD_NONE, ADD_AFTER_ACT = 0, 1
 
 
 def _cl(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +70,28 @@ class CpuBackend:
         self.native = torch.ops.esr_native
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
         self._binary = torch.ops.mkldnn._convolution_pointwise.binary
+        # The Winograd / GEMM conv engine needs an AVX-512 build (setup.py: -march=native).
+        self.engine = bool(self.native.conv_engine_available())
+
+    def _engine_weights(self, w: torch.Tensor, b: torch.Tensor) -> dict:
+        """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's."""
+        if not self.engine or w.shape[-1] not in (1, 3):
+            return {}
+        key = "u" if w.shape[-1] == 3 else "w1"
+        packed = pack_winograd_3x3(w) if key == "u" else pack_gemm_1x1(w)
+        return {key: packed, "bp": pad_vector(b, round_up16(w.shape[0]), w)}
+
+    def _dense(self, x, p, ksize, stride, padding, act=ACT_NONE, add=None):
+        """act(conv(x) + bias) [+ add], by the conv engine where it applies."""
+        c_out = p["w"].shape[0]
+        add_mode = ADD_NONE if add is None else ADD_AFTER_ACT
+        if stride == 1 and padding == ksize // 2:
+            if "u" in p:
+                return self.native.conv3x3_winograd(x, p["u"], p["bp"], c_out, act, add, add_mode)
+            if "w1" in p:
+                return self.native.conv1x1([x], p["w1"], p["bp"], c_out, act, add, add_mode)
+        y = self._conv2d(x, p["w"], p["b"], stride, padding, act)
+        return y if add is None else y + add
 
     def _conv2d(self, x, w, b, stride, padding, act=ACT_NONE):
         # Measured against F.conv2d + the activation in the C++ epilogue: the fused post-op is
@@ -76,11 +108,14 @@ class CpuBackend:
             w, b = _pad_conv(w, b)
         elif b is None:
             b = w.new_zeros(w.shape[0])
-        return {"w": _cl(w.float()), "b": b.float().to(w.device)}
+        w, b = w.float(), b.float().to(w.device)
+        return {"w": _cl(w), "b": b, **self._engine_weights(w, b)}
 
     def pack_bsb(self, pointwise: nn.Conv2d, depthwise: nn.Conv2d) -> dict:
-        return {"pw": _cl(pointwise.weight.detach().float()), "dw": depthwise.weight.detach().float().clone(),
-                "b": depthwise.bias.detach().float().clone()}
+        pw = pointwise.weight.detach().float()
+        return {"pw": _cl(pw), "dw": depthwise.weight.detach().float().clone(),
+                "b": depthwise.bias.detach().float().clone(),
+                **{f"pw_{k}": v for k, v in self._engine_weights(pw, pw.new_zeros(pw.shape[0])).items()}}
 
     def pack_esa(self, esa) -> dict:
         from .packing import fold_esa_skip
@@ -91,17 +126,19 @@ class CpuBackend:
         reduce_w, _ = _pad_conv(wr, None)  # only the input side pads (16 stays)
         full_w, full_b = _pad_conv((we @ skip_w)[:, :, None, None], we @ skip_b + be)
         expand_w, _ = _pad_conv(we[:, :, None, None], None)
-        return {
-            "reduce_w": _cl(reduce_w.float()), "reduce_b": br.float(),
-            "down_w": _cl(esa.down.weight.detach().float()), "down_b": esa.down.bias.detach().float().clone(),
-            "low_w": _cl(esa.low.weight.detach().float()), "low_b": esa.low.bias.detach().float().clone(),
-            # gate logits = full(x) + up(expand_low(low)):
-            "full_w": _cl(full_w.float()), "full_b": full_b.float(),
-            "expand_w": _cl(expand_w.float()),
-        }
+        convs = {"reduce": (reduce_w, br), "down": (esa.down.weight, esa.down.bias),
+                 "low": (esa.low.weight, esa.low.bias),
+                 # gate logits = full(x) + up(expand_low(low)):
+                 "full": (full_w, full_b), "expand": (expand_w, torch.zeros_like(full_b))}
+        # Flat keys "<conv>_<tensor>": packs are stored as module buffers.
+        return {f"{name}_{k}": t for name, (w, b) in convs.items() for k, t in self._pack_dense(w, b).items()}
+
+    def _pack_dense(self, w, b) -> dict:
+        w, b = w.detach().float(), b.detach().float()
+        return {"w": _cl(w), "b": b, **self._engine_weights(w, b)}
 
     def pack_la(self, reduce: nn.Conv2d) -> dict:
-        return {"w": _cl(reduce.weight.detach().float()), "b": reduce.bias.detach().float().clone()}
+        return self._pack_dense(reduce.weight, reduce.bias)
 
     # ---- ops
     def conv(self, x, p, c_conv, *, c_out=None, ksize=3, stride=1, padding=None, act=0, residual=None,
@@ -118,23 +155,32 @@ class CpuBackend:
             xin = self.native.gate(xin, att)
         c_in = p["w"].shape[1]
         conv_in = xin if c_in == xin.shape[1] else xin[:, :c_in]
-        # The activation always runs as oneDNN's post-op; the C++ epilogue does the rest.
-        y = self._conv2d(conv_in, p["w"], p["b"], stride, padding, act)
-        if c_out == c_conv and residual_mode == 0 and shuffle == 0:
-            return y
+        # Bias, activation and a plain residual run in the conv's own epilogue; the C++
+        # conv_epilogue does the rest.
+        plain = c_out == c_conv and shuffle == 0
+        if plain and residual_mode in (RES_NONE, RES_TENSOR):
+            return self._dense(conv_in, p, ksize, stride, padding, act,
+                               residual if residual_mode == RES_TENSOR else None)
+        y = self._dense(conv_in, p, ksize, stride, padding, act)
         return self.native.conv_epilogue(y, xin if c_out > c_conv else None, c_out, ACT_NONE, residual,
                                          residual_mode, att, shortcut, shortcut_mode, shuffle)
 
     def bsb(self, x, p, residual=None):
+        if "pw_w1" in p:
+            pw = self.native.conv1x1([x], p["pw_w1"], p["pw_bp"], p["pw_w1"].shape[0], ACT_NONE, None, ADD_NONE)
+            return self.native.bsb_dw(pw, p["dw"], p["b"], residual)
         pw = self._pointwise(_cl(x), p["pw"], None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
         return self.native.bsb_dw(pw, p["dw"], p["b"], residual)
 
     def esa(self, x, p, residual=None):
-        r = self._conv2d(x, p["reduce_w"], p["reduce_b"], 1, 0)
-        d = self._conv2d(r, p["down_w"], p["down_b"], 2, 0)
-        low = self._conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), p["low_w"], p["low_b"], 1, 1)
-        low = self._pointwise(_cl(low), p["expand_w"], None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
-        s = self._conv2d(x, p["full_w"], p["full_b"], 1, 0)
+        def conv(name):
+            return {k[len(name) + 1:]: t for k, t in p.items() if k.startswith(name + "_")}
+
+        r = self._dense(x, conv("reduce"), 1, 1, 0)
+        d = self._dense(r, conv("down"), 3, 2, 0)
+        low = self._dense(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), conv("low"), 3, 1, 1)
+        low = self._dense(low, conv("expand"), 1, 1, 0)
+        s = self._dense(x, conv("full"), 1, 1, 0)
         return self.native.esa_tail(x, s, low, residual)
 
     def pack_concat_conv(self, weight, bias, chunks: int) -> dict:
@@ -144,13 +190,20 @@ class CpuBackend:
         step = w.shape[1] // chunks
         packed = {f"w{i}": _cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks)}
         packed["b"] = bias.detach().float().clone()
+        if self.engine:
+            packed["w1"] = pack_gemm_1x1(w)
+            packed["bp"] = pad_vector(bias, round_up16(w.shape[0]), w)
         return packed
 
     def concat_conv(self, features, p, c_out, act=ACT_NONE, residual=None):
         """act(1x1 conv of cat(features) to c_out channels) [+ residual] without the concatenation: a chain of
         1x1 convs each adding its product to the previous (oneDNN binary post-op). The 216-channel
         concatenation would be a >32 MB tensor, which glibc maps fresh on every call; its page
-        faults made cat + conv 2.5x slower here."""
+        faults made cat + conv 2.5x slower here. The conv engine reads the features in one GEMM
+        (K spans all of them) with activation and residual in its epilogue."""
+        if "w1" in p:
+            return self.native.conv1x1(list(features), p["w1"], p["bp"], c_out, act, residual,
+                                       ADD_NONE if residual is None else ADD_AFTER_ACT)
         acc = self._pointwise(_cl(features[0]), p["w0"], p["b"], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
         for i in range(1, len(features)):
             acc = self._binary(_cl(features[i]), acc, p[f"w{i}"], None, [0, 0], [1, 1], [1, 1], 1, "add",
@@ -159,4 +212,4 @@ class CpuBackend:
                                          RES_TENSOR if residual is not None else RES_NONE, None, None, 0, 0)
 
     def la_reduce(self, x, p):
-        return F.max_pool2d(self._conv2d(x, p["w"], p["b"], 1, 0), POOL_KERNEL, POOL_STRIDE)
+        return F.max_pool2d(self._dense(x, p, 1, 1, 0), POOL_KERNEL, POOL_STRIDE)

@@ -40,3 +40,38 @@ def pack_esa(reduce, down, low, skip, expand, dtype) -> dict[str, torch.Tensor]:
         "expand_b": pack_bias(expand.bias.detach(), expand.weight.shape[0], dev),
     }
 
+
+
+# Winograd F(2x2, 3x3) weight transform G (4x3); see csrc/cpu/winograd.cpp.
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def round_up16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def pack_winograd_3x3(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> float32 (16, C_in, C_outP): U[4i + j, ci, co] = (G g G^T)[i, j] of
+    g = weight[co, ci], transformed in float64 and rounded once; C_outP = C_out rounded up to 16
+    (zero columns)."""
+    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=weight.device)
+    co, ci = weight.shape[:2]
+    u = torch.einsum("ik,oqkl,jl->ijqo", g, weight.detach().double(), g).reshape(16, ci, co)
+    out = torch.zeros(16, ci, round_up16(co), dtype=torch.float64, device=weight.device)
+    out[:, :, :co] = u
+    return out.float().contiguous()
+
+
+def pack_gemm_1x1(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 1, 1) -> float32 (C_in, C_outP), zero columns past C_out."""
+    co, ci = weight.shape[:2]
+    out = torch.zeros(ci, round_up16(co), dtype=torch.float32, device=weight.device)
+    out[:, :co] = weight.detach().reshape(co, ci).t().float()
+    return out.contiguous()
+
+
+def pad_vector(v: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(n, dtype=torch.float32, device=like.device)
+    if v is not None:
+        out[: v.shape[0]] = v.detach().float()
+    return out

@@ -76,7 +76,7 @@ at::Tensor conv_epilogue(const at::Tensor& y_in, const c10::optional<at::Tensor>
   const int64_t Cp = pt.defined() ? pt.size(1) : 0;
   const int64_t r = shuffle > 0 ? shuffle : 1, r2 = r * r;
   at::Tensor out = shuffle > 0
-      ? at::empty({N, c_out / r2, H * r, W * r}, y.options())
+      ? cached_empty({N, c_out / r2, H * r, W * r}, y)
       : empty_nhwc(N, c_out, H, W, y);
   const float* Y = y.data_ptr<float>();
   const float* PT = pt.defined() ? pt.data_ptr<float>() : nullptr;

@@ -11,6 +11,11 @@ at::Tensor conv_epilogue(const at::Tensor&, const c10::optional<at::Tensor>&, in
                          const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&,
                          const c10::optional<at::Tensor>&, int64_t, int64_t);
 at::Tensor esa_tail(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
+at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                            const c10::optional<at::Tensor>&, int64_t);
+at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                   const c10::optional<at::Tensor>&, int64_t);
+bool conv_engine_available();
 }  // namespace esr_cpu
 
 namespace {
@@ -53,6 +58,12 @@ TORCH_LIBRARY(esr_native, m) {
   m.def("conv_epilogue(Tensor y, Tensor? passthrough, int c_out, int act, Tensor? residual, "
         "int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor");
   m.def("esa_tail(Tensor x, Tensor s, Tensor low, Tensor? residual) -> Tensor");
+  // Dense convolutions of the AVX-512 engine (winograd.cpp, conv1x1.cpp); add_mode: 0 none,
+  // 1 add after the activation (residual), 2 add before it (accumulate).
+  m.def("conv3x3_winograd(Tensor x, Tensor u, Tensor bias, int c_out, int act, Tensor? add, int add_mode) -> Tensor");
+  m.def("conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_out, int act, Tensor? add, int add_mode) -> Tensor");
+  m.def("conv_engine_available() -> bool", &esr_cpu::conv_engine_available);
+  m.def("empty_cache() -> int", &esr_cpu::empty_cache);
   // Single-kernel ops of the CUDA extension (CPU versions composed above).
   m.def("bsb(Tensor x, Tensor pw_weight, Tensor dw_weight, Tensor dw_bias, Tensor? residual) -> Tensor");
   m.def("esa_out(Tensor x, Tensor low, Tensor skip_w, Tensor skip_b, Tensor expand_w, Tensor expand_b, "
@@ -65,6 +76,8 @@ TORCH_LIBRARY_IMPL(esr_native, CPU, m) {
   m.impl("gate", &esr_cpu::gate);
   m.impl("conv_epilogue", &esr_cpu::conv_epilogue);
   m.impl("esa_tail", &esr_cpu::esa_tail);
+  m.impl("conv3x3_winograd", &esr_cpu::conv3x3_winograd);
+  m.impl("conv1x1", &esr_cpu::conv1x1);
   m.impl("bsb", &bsb);
   m.impl("esa_out", &esa_out);
   m.impl("la_reduce", &la_reduce);

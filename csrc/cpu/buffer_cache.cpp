@@ -1,0 +1,97 @@
+#include "buffer_cache.h"
+
+#include <cstdlib>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace esr_cpu {
+
+namespace {
+
+class BufferCache {
+ public:
+  BufferCache() {
+    const char* env = std::getenv("ESR_CPU_CACHE_MB");
+    limit_ = (env ? std::atoll(env) : 1024) * (int64_t{1} << 20);
+  }
+
+  void* take(int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    TORCH_CHECK(posix_memalign(&p, 64, static_cast<size_t>(bytes)) == 0 && p,
+                "esr_native: out of memory allocating ", bytes, " bytes");
+    return p;
+  }
+
+  void give(void* p, int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + bytes <= limit_) {
+        free_[bytes].push_back(p);
+        cached_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+  int64_t clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& kv : free_)
+      for (void* p : kv.second) std::free(p);
+    free_.clear();
+    const int64_t released = cached_;
+    cached_ = 0;
+    return released;
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<int64_t, std::vector<void*>> free_;
+  int64_t cached_ = 0;
+  int64_t limit_;
+};
+
+// Leaked on purpose: tensors may be freed during interpreter shutdown, after static destructors.
+BufferCache& cache() {
+  static BufferCache* instance = new BufferCache();
+  return *instance;
+}
+
+at::Tensor from_cache(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t numel, const at::Tensor& like) {
+  // Rounded up to 64 KB so that sizes differing by a few pixels share blocks.
+  const int64_t bytes = ((std::max<int64_t>(numel, 1) * 4 + 65535) / 65536) * 65536;
+  void* p = cache().take(bytes);
+  return at::from_blob(p, sizes, strides, [bytes](void* q) { cache().give(q, bytes); },
+                       like.options().dtype(at::kFloat));
+}
+
+}  // namespace
+
+at::Tensor cached_empty_nhwc(int64_t n, int64_t c, int64_t h, int64_t w, const at::Tensor& like) {
+  return from_cache({n, c, h, w}, {h * w * c, 1, w * c, c}, n * c * h * w, like);
+}
+
+at::Tensor cached_empty(at::IntArrayRef sizes, const at::Tensor& like) {
+  std::vector<int64_t> strides(sizes.size());
+  int64_t numel = 1;
+  for (int64_t i = static_cast<int64_t>(sizes.size()) - 1; i >= 0; --i) {
+    strides[i] = numel;
+    numel *= sizes[i];
+  }
+  return from_cache(sizes, strides, numel, like);
+}
+
+int64_t empty_cache() { return cache().clear(); }
+
+}  // namespace esr_cpu

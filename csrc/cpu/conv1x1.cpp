@@ -1,0 +1,96 @@
+// 1x1 convolution over the channel concatenation of several inputs, float32 channels_last,
+// with the bias / activation / residual epilogue fused: one pass over each input, and the
+// concatenation (IFADNet's 216-channel fusion input) is never materialised.
+//   y = act(sum_i x_i @ w[rows of x_i] + bias [+ add]) [+ add]
+#include "bias_act.h"
+#include "gemm_avx512.h"
+
+namespace esr_cpu {
+
+#if defined(ESR_HAVE_CONV_ENGINE)
+
+namespace {
+constexpr int64_t kBlockPixels = 8 * kRows;  // pixels per work unit: output block stays in L1/L2
+}
+
+// xs: tensors (N, C_i, H, W); w (sum C_i, CoutP) with CoutP = c_out rounded up to 16 (zeros);
+// bias (CoutP,). Returns float32 channels_last (N, c_out, H, W).
+at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t c_out,
+                   int64_t act, const c10::optional<at::Tensor>& add_in, int64_t add_mode) {
+  TORCH_CHECK(!xs_in.empty(), "conv1x1: no inputs");
+  const int64_t N = xs_in[0].size(0), H = xs_in[0].size(2), W = xs_in[0].size(3);
+  std::vector<at::Tensor> xs;
+  std::vector<int64_t> k_offset;
+  int64_t K = 0;
+  for (const at::Tensor& t : xs_in) {
+    TORCH_CHECK(t.size(0) == N && t.size(2) == H && t.size(3) == W, "conv1x1: inputs differ in N, H or W");
+    xs.push_back(as_nhwc(t));
+    k_offset.push_back(K);
+    K += t.size(1);
+  }
+  const int64_t CoutP = w_in.size(1);
+  TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == K, "conv1x1: w must be (", K, ", CoutP), got ", w_in.sizes());
+  TORCH_CHECK(CoutP % kLanes == 0 && c_out <= CoutP && bias_in.numel() == CoutP, "conv1x1: bad packed output channels");
+  at::Tensor w = w_in.to(at::kFloat).contiguous(), bias = bias_in.to(at::kFloat).contiguous();
+  at::Tensor add;
+  if (add_mode != ADD_NONE) {
+    TORCH_CHECK(add_in.has_value() && add_in->size(1) == c_out && add_in->size(2) == H && add_in->size(3) == W,
+                "conv1x1: add must be (N, c_out, H, W)");
+    add = as_nhwc(*add_in);
+  }
+  at::Tensor out = empty_nhwc(N, c_out, H, W, xs[0]);
+  const int64_t P = N * H * W;
+  const float* Wt = w.data_ptr<float>();
+  const float* B = bias.data_ptr<float>();
+  const float* Add = add.defined() ? add.data_ptr<float>() : nullptr;
+  float* Y = out.data_ptr<float>();
+  const int64_t Kmax = *std::max_element(k_offset.begin(), k_offset.end()) + xs.back().size(1);
+
+  at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
+    // The last partial row block runs through zero-padded copies.
+    std::vector<float> a_tail(kRows * Kmax, 0.0f), y_tail(kRows * CoutP, 0.0f);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
+      for (int64_t r0 = p0; r0 < p1; r0 += kRows) {
+        const int64_t rows = std::min(kRows, p1 - r0);
+        for (size_t i = 0; i < xs.size(); ++i) {
+          const int64_t Ci = xs[i].size(1);
+          const float* A = xs[i].data_ptr<float>() + r0 * Ci;
+          const float* Wi = Wt + k_offset[i] * CoutP;
+          if (rows == kRows) {
+            gemm_8rows(A, Ci, Wi, CoutP, Ci, Y + r0 * c_out, c_out, c_out, i > 0);
+          } else {
+            std::copy(A, A + rows * Ci, a_tail.begin());
+            std::fill(a_tail.begin() + rows * Ci, a_tail.begin() + kRows * Ci, 0.0f);
+            gemm_8rows(a_tail.data(), Ci, Wi, CoutP, Ci, y_tail.data(), c_out, c_out, i > 0);
+          }
+        }
+        if (rows < kRows) std::copy(y_tail.begin(), y_tail.begin() + rows * c_out, Y + r0 * c_out);
+      }
+      dispatch_act(act, [&](auto act_c) {
+        bias_act_pixels<decltype(act_c)::value>(Y + p0 * c_out, Add ? Add + p0 * c_out : nullptr, p1 - p0, c_out,
+                                               B, add_mode);
+      });
+    }
+  });
+  return out;
+}
+
+#else
+
+at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                   const c10::optional<at::Tensor>&, int64_t) {
+  TORCH_CHECK(false, "conv1x1: esr_kernels._C_cpu was built without AVX-512");
+}
+
+#endif
+
+bool conv_engine_available() {
+#if defined(ESR_HAVE_CONV_ENGINE)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace esr_cpu
