@@ -1,0 +1,108 @@
+"""The AVX-512 conv engine of the CPU backend (csrc/cpu/winograd.cpp, conv1x1.cpp) and its
+buffer cache, against float64 F.conv2d."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esr_kernels.packing import pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
+                                reason="native CPU extension not built (pip install --no-build-isolation -e .)")
+FP32_TOL = 1e-5
+ACTS = {0: lambda t: t, 1: F.gelu, 2: F.silu, 3: lambda t: F.leaky_relu(t, 0.05), 4: torch.sigmoid}
+
+
+@pytest.fixture(scope="module")
+def native():
+    import esr_kernels._C_cpu  # noqa: F401
+    import esr_kernels.native  # noqa: F401
+
+    ops = torch.ops.esr_native
+    if not ops.conv_engine_available():
+        pytest.skip("esr_kernels._C_cpu was built without AVX-512: the backend uses oneDNN's convs")
+    return ops
+
+
+def cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def reference(x, w, b, act, add, add_mode, padding):
+    y = ACTS[act](F.conv2d(x.double(), w.double(), b.double(), padding=padding))
+    if add_mode == 1:
+        y = y + add.double()
+    return y
+
+
+# (C_in, C_out, H, W): the models' widths (48, 36, 24, 16, 3), channel tails, odd sizes, 1x1.
+SHAPES = [(48, 48, 61, 67), (36, 36, 47, 59), (36, 48, 9, 5), (3, 48, 8, 11), (16, 48, 1, 1),
+          (24, 24, 2, 3), (48, 24, 17, 1), (46, 46, 7, 7)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("act,add_mode", [(0, 0), (3, 1), (1, 0), (2, 1), (4, 0)])
+def test_winograd_3x3_matches_conv2d(native, shape, act, add_mode):
+    ci, co, h, w_ = shape
+    torch.manual_seed(ci * 1000 + h)
+    x = cl(torch.randn(2, ci, h, w_))
+    w, b = torch.randn(co, ci, 3, 3) / (3 * ci ** 0.5), torch.randn(co)
+    add = cl(torch.randn(2, co, h, w_)) if add_mode else None
+    out = native.conv3x3_winograd(x, pack_winograd_3x3(w), pad_vector(b, round_up16(co), w), co, act, add, add_mode)
+    assert out.shape == (2, co, h, w_) and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.double() - reference(x, w, b, act, add, add_mode, 1)).abs().max() <= FP32_TOL
+
+
+def test_winograd_reads_channel_slices_and_nchw(native):
+    x = cl(torch.randn(1, 48, 13, 10))
+    w, b = torch.randn(24, 24, 3, 3) / 15, torch.randn(24)
+    u, bp = pack_winograd_3x3(w), pad_vector(b, 32, w)
+    for inp in (x[:, :24], x[:, 24:], x[:, :24].contiguous()):  # slices read in place; NCHW converted
+        ref = F.conv2d(inp.double(), w.double(), b.double(), padding=1)
+        assert (native.conv3x3_winograd(inp, u, bp, 24, 0, None, 0).double() - ref).abs().max() <= FP32_TOL
+
+
+@pytest.mark.parametrize("widths,co", [([48], 48), ([36, 36, 36, 36, 36, 36], 36), ([48], 16), ([16], 48),
+                                       ([3], 5)])
+@pytest.mark.parametrize("hw", [(47, 59), (1, 1), (3, 5)], ids=["odd", "minimum", "tail"])
+@pytest.mark.parametrize("act,add_mode", [(0, 0), (1, 1), (4, 0)])
+def test_conv1x1_over_virtual_concatenation(native, widths, co, hw, act, add_mode):
+    torch.manual_seed(len(widths) + co)
+    xs = [cl(torch.randn(2, c, *hw)) for c in widths]
+    w, b = torch.randn(co, sum(widths), 1, 1) / sum(widths) ** 0.5, torch.randn(co)
+    add = cl(torch.randn(2, co, *hw)) if add_mode else None
+    out = native.conv1x1(xs, pack_gemm_1x1(w), pad_vector(b, round_up16(co), w), co, act, add, add_mode)
+    ref = reference(torch.cat(xs, 1), w, b, act, add, add_mode, 0)
+    assert out.shape == ref.shape and (out.double() - ref).abs().max() <= FP32_TOL
+
+
+def test_conv_engine_opcheck(native):
+    x = cl(torch.randn(2, 16, 5, 7))
+    w3, w1, b = torch.randn(24, 16, 3, 3), torch.randn(24, 16, 1, 1), pad_vector(torch.randn(24), 32, x)
+    torch.library.opcheck(native.conv3x3_winograd.default, (x, pack_winograd_3x3(w3), b, 24, 3, None, 0))
+    torch.library.opcheck(native.conv1x1.default, ([x, x], pack_gemm_1x1(torch.cat([w1, w1], 1)), b, 24, 1,
+                                                   cl(torch.randn(2, 24, 5, 7)), 1))
+
+
+def test_conv_engine_rejects_mismatched_weights(native):
+    x = cl(torch.randn(1, 16, 4, 4))
+    with pytest.raises(RuntimeError, match="input channels"):
+        native.conv3x3_winograd(x, pack_winograd_3x3(torch.randn(16, 8, 3, 3)), torch.zeros(16), 16, 0, None, 0)
+    with pytest.raises(RuntimeError, match="w must be"):
+        native.conv1x1([x], pack_gemm_1x1(torch.randn(16, 8, 1, 1)), torch.zeros(16), 16, 0, None, 0)
+
+
+def test_buffer_cache_reuses_freed_outputs_and_empties(native):
+    x = cl(torch.randn(1, 16, 64, 64))
+    w, b = pack_gemm_1x1(torch.randn(16, 16, 1, 1)), torch.zeros(16)
+    ptr = native.conv1x1([x], w, b, 16, 0, None, 0).data_ptr()  # freed at once: back to the cache
+    again = native.conv1x1([x], w, b, 16, 0, None, 0)
+    assert again.data_ptr() == ptr
+    held = native.conv1x1([x], w, b, 16, 0, None, 0)  # while `again` lives, a different block
+    assert held.data_ptr() != again.data_ptr() and torch.equal(held, again)
+    del again, held
+    assert native.empty_cache() >= 2 * 16 * 64 * 64 * 4
+    assert native.empty_cache() == 0
