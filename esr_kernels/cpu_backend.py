@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .packing import pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
+from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, RES_TENSOR)
 
@@ -112,10 +112,11 @@ class CpuBackend:
         return {"w": _cl(w), "b": b, **self._engine_weights(w, b)}
 
     def pack_bsb(self, pointwise: nn.Conv2d, depthwise: nn.Conv2d) -> dict:
-        pw = pointwise.weight.detach().float()
-        return {"pw": _cl(pw), "dw": depthwise.weight.detach().float().clone(),
-                "b": depthwise.bias.detach().float().clone(),
-                **{f"pw_{k}": v for k, v in self._engine_weights(pw, pw.new_zeros(pw.shape[0])).items()}}
+        if self.engine:  # pointwise, depthwise and GELU in one pass (csrc/cpu/bsb_fused.cpp)
+            return {f"fused_{k}": t for k, t in pack_bsb_cpu(pointwise.weight, depthwise.weight,
+                                                              depthwise.bias).items()}
+        return {"pw": _cl(pointwise.weight.detach().float()), "dw": depthwise.weight.detach().float().clone(),
+                "b": depthwise.bias.detach().float().clone()}
 
     def pack_esa(self, esa) -> dict:
         from .packing import fold_esa_skip
@@ -166,9 +167,8 @@ class CpuBackend:
                                          residual_mode, att, shortcut, shortcut_mode, shuffle)
 
     def bsb(self, x, p, residual=None):
-        if "pw_w1" in p:
-            pw = self.native.conv1x1([x], p["pw_w1"], p["pw_bp"], p["pw_w1"].shape[0], ACT_NONE, None, ADD_NONE)
-            return self.native.bsb_dw(pw, p["dw"], p["b"], residual)
+        if "fused_pw" in p:
+            return self.native.bsb_packed(x, p["fused_pw"], p["fused_taps"], p["fused_bias"], residual)
         pw = self._pointwise(_cl(x), p["pw"], None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
         return self.native.bsb_dw(pw, p["dw"], p["b"], residual)
 

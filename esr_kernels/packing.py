@@ -75,3 +75,16 @@ def pad_vector(v: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tens
     if v is not None:
         out[: v.shape[0]] = v.detach().float()
     return out
+
+
+def pack_bsb_cpu(pointwise: torch.Tensor, depthwise: torch.Tensor, bias: torch.Tensor) -> dict:
+    """BSB weights for the CPU engine's esr_native::bsb_packed: the pointwise (C, C, 1, 1) as
+    (C, CP); the depthwise taps (C, 1, 3, 3) as (9, L) and the bias as (L,), repeated with
+    period C over L = lcm(C, 16) (the kernel runs one flat vector loop over pixels x channels)."""
+    c = pointwise.shape[0]
+    period = c
+    while period % 16:
+        period += c
+    taps = depthwise.detach().float().reshape(c, 9).t().repeat(1, period // c).contiguous()
+    return {"pw": pack_gemm_1x1(pointwise), "taps": taps,
+            "bias": bias.detach().float().repeat(period // c).contiguous()}

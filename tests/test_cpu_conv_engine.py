@@ -106,3 +106,33 @@ def test_buffer_cache_reuses_freed_outputs_and_empties(native):
     del again, held
     assert native.empty_cache() >= 2 * 16 * 64 * 64 * 4
     assert native.empty_cache() == 0
+
+
+@pytest.mark.parametrize("c", [36, 48, 24, 5])
+@pytest.mark.parametrize("hw", [(2, 2), (47, 59), (3, 17)], ids=["minimum", "odd", "thin"])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bsb_packed_is_pointwise_reflect_depthwise_gelu(native, c, hw, with_residual):
+    from esr_kernels.packing import pack_bsb_cpu
+
+    torch.manual_seed(c + hw[0])
+    x = cl(torch.randn(2, c, *hw))
+    pw, dw, b = torch.randn(c, c, 1, 1) / c ** 0.5, torch.randn(c, 1, 3, 3) / 3, torch.randn(c)
+    res = cl(torch.randn(2, c, *hw)) if with_residual else None
+    p = pack_bsb_cpu(pw, dw, b)
+    out = native.bsb_packed(x, p["pw"], p["taps"], p["bias"], res)
+    ref = F.gelu(F.conv2d(F.pad(F.conv2d(x.double(), pw.double()), (1, 1, 1, 1), mode="reflect"), dw.double(),
+                          b.double(), groups=c))
+    if res is not None:
+        ref = ref + res.double()
+    assert out.shape == ref.shape and (out.double() - ref).abs().max() <= FP32_TOL
+    torch.library.opcheck(native.bsb_packed.default, (x, p["pw"], p["taps"], p["bias"], res))
+
+
+def test_bsb_packed_rejects_too_small_and_mismatched(native):
+    from esr_kernels.packing import pack_bsb_cpu
+
+    p = pack_bsb_cpu(torch.randn(8, 8, 1, 1), torch.randn(8, 1, 3, 3), torch.randn(8))
+    with pytest.raises(RuntimeError, match="reflect padding needs"):
+        native.bsb_packed(torch.randn(1, 8, 1, 5), p["pw"], p["taps"], p["bias"], None)
+    with pytest.raises(RuntimeError, match="do not match"):
+        native.bsb_packed(torch.randn(1, 16, 4, 4), p["pw"], p["taps"], p["bias"], None)

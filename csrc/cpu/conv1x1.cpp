@@ -44,28 +44,15 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
   const float* B = bias.data_ptr<float>();
   const float* Add = add.defined() ? add.data_ptr<float>() : nullptr;
   float* Y = out.data_ptr<float>();
-  const int64_t Kmax = *std::max_element(k_offset.begin(), k_offset.end()) + xs.back().size(1);
 
   at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
-    // The last partial row block runs through zero-padded copies.
-    std::vector<float> a_tail(kRows * Kmax, 0.0f), y_tail(kRows * CoutP, 0.0f);
+    std::vector<float> scratch;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
-      for (int64_t r0 = p0; r0 < p1; r0 += kRows) {
-        const int64_t rows = std::min(kRows, p1 - r0);
-        for (size_t i = 0; i < xs.size(); ++i) {
-          const int64_t Ci = xs[i].size(1);
-          const float* A = xs[i].data_ptr<float>() + r0 * Ci;
-          const float* Wi = Wt + k_offset[i] * CoutP;
-          if (rows == kRows) {
-            gemm_8rows(A, Ci, Wi, CoutP, Ci, Y + r0 * c_out, c_out, c_out, i > 0);
-          } else {
-            std::copy(A, A + rows * Ci, a_tail.begin());
-            std::fill(a_tail.begin() + rows * Ci, a_tail.begin() + kRows * Ci, 0.0f);
-            gemm_8rows(a_tail.data(), Ci, Wi, CoutP, Ci, y_tail.data(), c_out, c_out, i > 0);
-          }
-        }
-        if (rows < kRows) std::copy(y_tail.begin(), y_tail.begin() + rows * c_out, Y + r0 * c_out);
+      for (size_t i = 0; i < xs.size(); ++i) {
+        const int64_t Ci = xs[i].size(1);
+        gemm_rows(xs[i].data_ptr<float>() + p0 * Ci, Ci, p1 - p0, Wt + k_offset[i] * CoutP, CoutP, Ci,
+                  Y + p0 * c_out, c_out, c_out, i > 0, scratch);
       }
       dispatch_act(act, [&](auto act_c) {
         bias_act_pixels<decltype(act_c)::value>(Y + p0 * c_out, Add ? Add + p0 * c_out : nullptr, p1 - p0, c_out,

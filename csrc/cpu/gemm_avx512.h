@@ -62,5 +62,25 @@ inline void gemm_8rows(const float* A, int64_t lda, const float* B, int64_t ldb,
   }
 }
 
+// C[rows x n_cols] for any number of rows: blocks of 8, the last partial block through
+// zero-padded copies in `scratch`. A rows hold K floats at stride lda.
+inline void gemm_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t ldb, int64_t K, float* C,
+                      int64_t ldc, int64_t n_cols, bool accumulate, std::vector<float>& scratch) {
+  const int64_t full = rows / kRows * kRows;
+  for (int64_t r0 = 0; r0 < full; r0 += kRows)
+    gemm_8rows(A + r0 * lda, lda, B, ldb, K, C + r0 * ldc, ldc, n_cols, accumulate);
+  const int64_t tail = rows - full;
+  if (tail == 0) return;
+  scratch.assign(kRows * (K + n_cols), 0.0f);
+  float* a = scratch.data();
+  float* c = a + kRows * K;
+  for (int64_t r = 0; r < tail; ++r) {
+    std::copy(A + (full + r) * lda, A + (full + r) * lda + K, a + r * K);
+    if (accumulate) std::copy(C + (full + r) * ldc, C + (full + r) * ldc + n_cols, c + r * n_cols);
+  }
+  gemm_8rows(a, K, B, ldb, K, c, n_cols, n_cols, accumulate);
+  for (int64_t r = 0; r < tail; ++r) std::copy(c + r * n_cols, c + (r + 1) * n_cols, C + (full + r) * ldc);
+}
+
 }  // namespace esr_cpu
 #endif  // __AVX512F__

@@ -16,6 +16,12 @@ at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tens
 at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                    const c10::optional<at::Tensor>&, int64_t);
 bool conv_engine_available();
+at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                      const c10::optional<at::Tensor>&);
+#if defined(__AVX512F__)
+at::Tensor bsb_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     const c10::optional<at::Tensor>&);
+#endif
 }  // namespace esr_cpu
 
 namespace {
@@ -25,6 +31,9 @@ namespace {
 // their semantics are tested on every machine.
 at::Tensor bsb(const at::Tensor& x, const at::Tensor& pw_weight, const at::Tensor& dw_weight,
                const at::Tensor& dw_bias, const c10::optional<at::Tensor>& residual) {
+#if defined(__AVX512F__)
+  if (x.size(2) >= 2 && x.size(3) >= 2) return esr_cpu::bsb_fused(x, pw_weight, dw_weight, dw_bias, residual);
+#endif
   const int64_t C = x.size(1);
   at::Tensor p = at::conv2d(esr_cpu::as_nhwc(x), pw_weight.to(at::kFloat).reshape({C, C, 1, 1}));
   return esr_cpu::bsb_dw(p, dw_weight.reshape({C, 1, 3, 3}), dw_bias, residual);
@@ -62,6 +71,7 @@ TORCH_LIBRARY(esr_native, m) {
   // 1 add after the activation (residual), 2 add before it (accumulate).
   m.def("conv3x3_winograd(Tensor x, Tensor u, Tensor bias, int c_out, int act, Tensor? add, int add_mode) -> Tensor");
   m.def("conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_out, int act, Tensor? add, int add_mode) -> Tensor");
+  m.def("bsb_packed(Tensor x, Tensor pw, Tensor taps, Tensor bias, Tensor? residual) -> Tensor");
   m.def("conv_engine_available() -> bool", &esr_cpu::conv_engine_available);
   m.def("empty_cache() -> int", &esr_cpu::empty_cache);
   // Single-kernel ops of the CUDA extension (CPU versions composed above).
@@ -78,6 +88,7 @@ TORCH_LIBRARY_IMPL(esr_native, CPU, m) {
   m.impl("esa_tail", &esr_cpu::esa_tail);
   m.impl("conv3x3_winograd", &esr_cpu::conv3x3_winograd);
   m.impl("conv1x1", &esr_cpu::conv1x1);
+  m.impl("bsb_packed", &esr_cpu::bsb_packed);
   m.impl("bsb", &bsb);
   m.impl("esa_out", &esa_out);
   m.impl("la_reduce", &la_reduce);

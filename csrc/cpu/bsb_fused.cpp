@@ -1,0 +1,154 @@
+// BSB as one pass: 1x1 pointwise (GEMM micro-kernel) + 3x3 depthwise with reflect padding +
+// bias + GELU [+ residual]. The pointwise output never goes to memory: each thread keeps the
+// three pointwise rows the depthwise needs in a small row cache (L2), so the only traffic is
+// reading x once and writing the output once.
+#include "bias_act.h"
+#include "gemm_avx512.h"
+
+namespace esr_cpu {
+
+#if defined(ESR_HAVE_CONV_ENGINE)
+
+namespace {
+
+// Pointwise rows of one image, cached by source row (4 slots: the 3 in use plus the next).
+struct PointwiseRows {
+  const float* X;      // (H, W, C) of the current image
+  const float* Wpw;    // (C, CP) packed pointwise weight
+  int64_t W, C, CP;
+  std::vector<float> rows;
+  int64_t tag[4] = {-1, -1, -1, -1};
+  std::vector<float> scratch;
+
+  PointwiseRows(int64_t w, int64_t c, int64_t cp) : W(w), C(c), CP(cp), rows(4 * w * c) {}
+
+  void reset(const float* x) {
+    X = x;
+    for (auto& t : tag) t = -1;
+  }
+
+  // The pointwise output of source row r; `keep` rows must stay cached.
+  const float* get(int64_t r, const int64_t keep[3]) {
+    for (int s = 0; s < 4; ++s)
+      if (tag[s] == r) return rows.data() + s * W * C;
+    int slot = 0;
+    for (; slot < 4; ++slot)
+      if (tag[slot] != keep[0] && tag[slot] != keep[1] && tag[slot] != keep[2]) break;
+    float* out = rows.data() + slot * W * C;
+    gemm_rows(X + r * W * C, C, W, Wpw, CP, C, out, C, C, false, scratch);
+    tag[slot] = r;
+    return out;
+  }
+};
+
+}  // namespace
+
+// x (N, C, H, W); pw (C, CP): the pointwise weight transposed, CP = C rounded up to 16 (zero
+// columns); taps (9, L) and bias (L,): the depthwise taps and bias repeated with period C over
+// L = lcm(C, 16), so that the interior of a row is one flat vector loop over (x, c)
+// (esr_kernels/packing.py: pack_bsb_cpu). Returns GELU(dw(pw(x)) + bias) [+ residual], float32
+// channels_last.
+at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at::Tensor& taps_in,
+                      const at::Tensor& bias_in, const c10::optional<at::Tensor>& residual_in) {
+  TORCH_CHECK(x_in.dim() == 4, "bsb: expected (N, C, H, W), got ", x_in.sizes());
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  TORCH_CHECK(H >= 2 && W >= 2, "bsb: reflect padding needs H, W >= 2, got ", H, "x", W);
+  const int64_t CP = (C + kLanes - 1) / kLanes * kLanes, L = taps_in.size(-1);
+  TORCH_CHECK(pw_in.dim() == 2 && pw_in.size(0) == C && pw_in.size(1) == CP && taps_in.dim() == 2 &&
+                  taps_in.size(0) == 9 && L % C == 0 && L % kLanes == 0 && bias_in.numel() == L,
+              "bsb_packed: packed weights do not match ", C, " channels");
+  at::Tensor x = as_nhwc(x_in);
+  at::Tensor wpw = pw_in.to(at::kFloat).contiguous(), taps = taps_in.to(at::kFloat).contiguous(),
+             bias = bias_in.to(at::kFloat).contiguous();
+  at::Tensor res;
+  if (residual_in.has_value()) res = as_nhwc(*residual_in);
+  at::Tensor out = empty_nhwc(N, C, H, W, x);
+  const float* X = x.data_ptr<float>();
+  const float* K = taps.data_ptr<float>();
+  const float* B = bias.data_ptr<float>();
+  const float* R = res.defined() ? res.data_ptr<float>() : nullptr;
+  float* O = out.data_ptr<float>();
+  const int64_t row_len = W * C;
+
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    PointwiseRows pw(W, C, CP);
+    pw.Wpw = wpw.data_ptr<float>();
+    int64_t image = -1;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, y = row % H;
+      if (n != image) {
+        pw.reset(X + n * H * row_len);
+        image = n;
+      }
+      const int64_t src[3] = {reflect(y - 1, H), y, reflect(y + 1, H)};
+      const float* rows[3];
+      for (int dy = 0; dy < 3; ++dy) rows[dy] = pw.get(src[dy], src);
+      float* o = O + row * row_len;
+      // Interior pixels 1..W-2: out[i] over the flat row, tap (dy, dx) at rows[dy][i + (dx-1) C].
+      for (int64_t base = C; base < row_len - C; base += L) {
+        const int64_t len = std::min(L, row_len - C - base);
+        const float* r0 = rows[0] + base;
+        const float* r1 = rows[1] + base;
+        const float* r2 = rows[2] + base;
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          float acc = B[j];
+          acc += K[0 * L + j] * r0[j - C] + K[1 * L + j] * r0[j] + K[2 * L + j] * r0[j + C];
+          acc += K[3 * L + j] * r1[j - C] + K[4 * L + j] * r1[j] + K[5 * L + j] * r1[j + C];
+          acc += K[6 * L + j] * r2[j - C] + K[7 * L + j] * r2[j] + K[8 * L + j] * r2[j + C];
+          o[base + j] = acc;
+        }
+      }
+      // Edge pixels: reflect x = -1 -> 1 and x = W -> W - 2.
+      for (const int64_t xx : {int64_t{0}, W - 1}) {
+        const int64_t xs[3] = {reflect(xx - 1, W), xx, reflect(xx + 1, W)};
+        float* op = o + xx * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) op[c] = B[c];
+        for (int dy = 0; dy < 3; ++dy)
+          for (int dx = 0; dx < 3; ++dx) {
+            const float* s = rows[dy] + xs[dx] * C;
+            const float* k = K + (dy * 3 + dx) * L;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) op[c] += k[c] * s[c];
+          }
+      }
+      const float* r = R ? R + row * row_len : nullptr;
+      if (r) {
+#pragma omp simd
+        for (int64_t i = 0; i < row_len; ++i) o[i] = gelu(o[i]) + r[i];
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < row_len; ++i) o[i] = gelu(o[i]);
+      }
+    }
+  });
+  return out;
+}
+
+#else
+
+at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                      const c10::optional<at::Tensor>&) {
+  TORCH_CHECK(false, "bsb_packed: esr_kernels._C_cpu was built without AVX-512");
+}
+
+#endif  // ESR_HAVE_CONV_ENGINE
+
+#if defined(ESR_HAVE_CONV_ENGINE)
+// The same from unpacked weights (the schema of the CUDA single-kernel op): packs per call.
+at::Tensor bsb_fused(const at::Tensor& x, const at::Tensor& pw_weight, const at::Tensor& dw_weight,
+                     const at::Tensor& dw_bias, const c10::optional<at::Tensor>& residual) {
+  const int64_t C = x.size(1), CP = (C + kLanes - 1) / kLanes * kLanes;
+  TORCH_CHECK(pw_weight.numel() == C * C && dw_weight.numel() == 9 * C && dw_bias.numel() == C,
+              "bsb: weights do not match ", C, " channels");
+  at::Tensor pw = at::zeros({C, CP}, x.options().dtype(at::kFloat));
+  pw.narrow(1, 0, C).copy_(pw_weight.to(at::kFloat).reshape({C, C}).t());
+  int64_t L = C;
+  while (L % kLanes) L += C;
+  at::Tensor taps = dw_weight.to(at::kFloat).reshape({C, 9}).t().repeat({1, L / C});
+  return bsb_packed(x, pw, taps, dw_bias.to(at::kFloat).repeat({L / C}), residual);
+}
+#endif
+
+}  // namespace esr_cpu
