@@ -22,16 +22,12 @@ from torch import nn
 
 from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
-                   POOL_STRIDE, RES_NONE, RES_TENSOR)
+                   POOL_STRIDE, RES_NONE, RES_TENSOR, SHORTCUT_NONE)
 
 # oneDNN post-op names for the activations it can fuse into a convolution.
 _ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
                ACT_SILU: ("swish", [], ""), ACT_LEAKY: ("leaky_relu", [LEAKY_SLOPE], ""),
                ACT_SIGMOID: ("sigmoid", [], "")}
-
-
-# How the conv engine adds its optional tensor (csrc/cpu/bias_act.h).
-ADD_NONE, ADD_AFTER_ACT = 0, 1
 
 
 def _cl(x: torch.Tensor) -> torch.Tensor:
@@ -81,17 +77,22 @@ class CpuBackend:
         packed = pack_winograd_3x3(w) if key == "u" else pack_gemm_1x1(w)
         return {key: packed, "bp": pad_vector(b, round_up16(w.shape[0]), w)}
 
-    def _dense(self, x, p, ksize, stride, padding, act=ACT_NONE, add=None):
-        """act(conv(x) + bias) [+ add], by the conv engine where it applies."""
-        c_out = p["w"].shape[0]
-        add_mode = ADD_NONE if add is None else ADD_AFTER_ACT
+    def _dense(self, x, p, ksize, stride, padding, act=ACT_NONE, *, passthrough=None, c_out=None, residual=None,
+               residual_mode=RES_NONE, att=None, shortcut=None, shortcut_mode=SHORTCUT_NONE, shuffle=0):
+        """act(conv(x) + bias) and the conv epilogue (csrc/cpu/epilogue.h: partial channels,
+        residual or gated residual, shortcut + pixel shuffle): fused into the conv engine where
+        it applies, else a oneDNN conv (activation as its post-op) and the conv_epilogue op."""
+        c_conv = p["w"].shape[0]
+        epilogue = (passthrough, c_out or c_conv, residual, residual_mode, att, shortcut, shortcut_mode, shuffle)
         if stride == 1 and padding == ksize // 2:
             if "u" in p:
-                return self.native.conv3x3_winograd(x, p["u"], p["bp"], c_out, act, add, add_mode)
+                return self.native.conv3x3_winograd(x, p["u"], p["bp"], c_conv, act, *epilogue)
             if "w1" in p:
-                return self.native.conv1x1([x], p["w1"], p["bp"], c_out, act, add, add_mode)
+                return self.native.conv1x1([x], p["w1"], p["bp"], c_conv, act, *epilogue)
         y = self._conv2d(x, p["w"], p["b"], stride, padding, act)
-        return y if add is None else y + add
+        if epilogue[1] == c_conv and residual_mode == RES_NONE and shortcut_mode == SHORTCUT_NONE and shuffle == 0:
+            return y
+        return self.native.conv_epilogue(y, passthrough, epilogue[1], ACT_NONE, *epilogue[2:])
 
     def _conv2d(self, x, w, b, stride, padding, act=ACT_NONE):
         # Measured against F.conv2d + the activation in the C++ epilogue: the fused post-op is
@@ -156,15 +157,9 @@ class CpuBackend:
             xin = self.native.gate(xin, att)
         c_in = p["w"].shape[1]
         conv_in = xin if c_in == xin.shape[1] else xin[:, :c_in]
-        # Bias, activation and a plain residual run in the conv's own epilogue; the C++
-        # conv_epilogue does the rest.
-        plain = c_out == c_conv and shuffle == 0
-        if plain and residual_mode in (RES_NONE, RES_TENSOR):
-            return self._dense(conv_in, p, ksize, stride, padding, act,
-                               residual if residual_mode == RES_TENSOR else None)
-        y = self._dense(conv_in, p, ksize, stride, padding, act)
-        return self.native.conv_epilogue(y, xin if c_out > c_conv else None, c_out, ACT_NONE, residual,
-                                         residual_mode, att, shortcut, shortcut_mode, shuffle)
+        return self._dense(conv_in, p, ksize, stride, padding, act, passthrough=xin if c_out > c_conv else None,
+                           c_out=c_out, residual=residual, residual_mode=residual_mode, att=att, shortcut=shortcut,
+                           shortcut_mode=shortcut_mode, shuffle=shuffle)
 
     def bsb(self, x, p, residual=None):
         if "fused_pw" in p:
@@ -202,8 +197,8 @@ class CpuBackend:
         faults made cat + conv 2.5x slower here. The conv engine reads the features in one GEMM
         (K spans all of them) with activation and residual in its epilogue."""
         if "w1" in p:
-            return self.native.conv1x1(list(features), p["w1"], p["bp"], c_out, act, residual,
-                                       ADD_NONE if residual is None else ADD_AFTER_ACT)
+            return self.native.conv1x1(list(features), p["w1"], p["bp"], c_out, act, None, c_out, residual,
+                                       RES_NONE if residual is None else RES_TENSOR, None, None, SHORTCUT_NONE, 0)
         acc = self._pointwise(_cl(features[0]), p["w0"], p["b"], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
         for i in range(1, len(features)):
             acc = self._binary(_cl(features[i]), acc, p[f"w{i}"], None, [0, 0], [1, 1], [1, 1], 1, "add",

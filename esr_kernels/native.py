@@ -56,15 +56,16 @@ def _la_reduce(x, reduce_w, reduce_b):
 
 
 @torch.library.register_fake("esr_native::conv3x3_winograd")
-def _conv3x3_winograd(x, u, bias, c_out, act, add, add_mode):
-    n, _, h, w = x.shape
-    return _nhwc((n, c_out, h, w), x)
+def _conv3x3_winograd(x, u, bias, c_conv, act, passthrough, c_out, residual, residual_mode, att, shortcut,
+                      shortcut_mode, shuffle):
+    return _conv_epilogue(x, passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode, shuffle)
 
 
 @torch.library.register_fake("esr_native::conv1x1")
-def _conv1x1(xs, w, bias, c_out, act, add, add_mode):
-    n, _, h, wd = xs[0].shape
-    return _nhwc((n, c_out, h, wd), xs[0])
+def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, residual, residual_mode, att, shortcut, shortcut_mode,
+             shuffle):
+    return _conv_epilogue(xs[0], passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode,
+                          shuffle)
 
 
 @torch.library.register_fake("esr_native::bsb_packed")

@@ -31,6 +31,11 @@ def cl(t):
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def plain(c_out, add=None):
+    """The conv engine's epilogue arguments for act(conv + bias) [+ add]."""
+    return (None, c_out, add, 0 if add is None else 1, None, None, 0, 0)
+
+
 def reference(x, w, b, act, add, add_mode, padding):
     y = ACTS[act](F.conv2d(x.double(), w.double(), b.double(), padding=padding))
     if add_mode == 1:
@@ -51,7 +56,7 @@ def test_winograd_3x3_matches_conv2d(native, shape, act, add_mode):
     x = cl(torch.randn(2, ci, h, w_))
     w, b = torch.randn(co, ci, 3, 3) / (3 * ci ** 0.5), torch.randn(co)
     add = cl(torch.randn(2, co, h, w_)) if add_mode else None
-    out = native.conv3x3_winograd(x, pack_winograd_3x3(w), pad_vector(b, round_up16(co), w), co, act, add, add_mode)
+    out = native.conv3x3_winograd(x, pack_winograd_3x3(w), pad_vector(b, round_up16(co), w), co, act, *plain(co, add))
     assert out.shape == (2, co, h, w_) and out.is_contiguous(memory_format=torch.channels_last)
     assert (out.double() - reference(x, w, b, act, add, add_mode, 1)).abs().max() <= FP32_TOL
 
@@ -62,7 +67,7 @@ def test_winograd_reads_channel_slices_and_nchw(native):
     u, bp = pack_winograd_3x3(w), pad_vector(b, 32, w)
     for inp in (x[:, :24], x[:, 24:], x[:, :24].contiguous()):  # slices read in place; NCHW converted
         ref = F.conv2d(inp.double(), w.double(), b.double(), padding=1)
-        assert (native.conv3x3_winograd(inp, u, bp, 24, 0, None, 0).double() - ref).abs().max() <= FP32_TOL
+        assert (native.conv3x3_winograd(inp, u, bp, 24, 0, *plain(24)).double() - ref).abs().max() <= FP32_TOL
 
 
 @pytest.mark.parametrize("widths,co", [([48], 48), ([36, 36, 36, 36, 36, 36], 36), ([48], 16), ([16], 48),
@@ -74,34 +79,78 @@ def test_conv1x1_over_virtual_concatenation(native, widths, co, hw, act, add_mod
     xs = [cl(torch.randn(2, c, *hw)) for c in widths]
     w, b = torch.randn(co, sum(widths), 1, 1) / sum(widths) ** 0.5, torch.randn(co)
     add = cl(torch.randn(2, co, *hw)) if add_mode else None
-    out = native.conv1x1(xs, pack_gemm_1x1(w), pad_vector(b, round_up16(co), w), co, act, add, add_mode)
+    out = native.conv1x1(xs, pack_gemm_1x1(w), pad_vector(b, round_up16(co), w), co, act, *plain(co, add))
     ref = reference(torch.cat(xs, 1), w, b, act, add, add_mode, 0)
+    assert out.shape == ref.shape and (out.double() - ref).abs().max() <= FP32_TOL
+
+
+@pytest.mark.parametrize("case", ["partial", "gated_residual", "repeat_shuffle", "vector_shuffle"])
+@pytest.mark.parametrize("ksize", [3, 1])
+def test_conv_engine_fused_epilogues(native, case, ksize):
+    """The epilogues that the models use, fused into both engine convs, against conv2d + the
+    reference epilogue in float64 (odd size, batch 2)."""
+    from esr_kernels import reference as R
+
+    n, h, w_ = 2, 9, 11
+    torch.manual_seed(ksize)
+    c_conv = 24 if case == "partial" else 48
+    x = cl(torch.randn(n, 48, h, w_))
+    conv_in = x[:, :24] if case == "partial" else x
+    wt, b = torch.randn(c_conv, conv_in.shape[1], ksize, ksize) / 20, torch.randn(c_conv)
+    y = F.conv2d(conv_in.double(), wt.double(), b.double(), padding=ksize // 2)
+    att = torch.rand(n, 48, 2, 3)
+    if case == "partial":
+        epi, act = (x, 48, None, 0, None, None, 0, 0), 2
+        ref = torch.cat([F.silu(y), x[:, 24:].double()], 1)
+    elif case == "gated_residual":
+        epi, act = (None, 48, x, 2, att, None, 0, 0), 2
+        ref = F.silu(y) + R.gate(x.double(), att.double())
+    elif case == "repeat_shuffle":
+        img = torch.rand(n, 3, h, w_)
+        epi, act = (None, 48, None, 0, None, img, 1, 4), 0
+        ref = F.pixel_shuffle(y + torch.repeat_interleave(img.double(), 16, 1), 4)
+    else:
+        vec = torch.rand(3)
+        epi, act = (None, 48, None, 0, None, vec, 2, 4), 0
+        ref = F.pixel_shuffle(y, 4) + vec.double().view(1, 3, 1, 1)
+    bp = pad_vector(b, round_up16(c_conv), b)
+    if ksize == 3:
+        out = native.conv3x3_winograd(conv_in, pack_winograd_3x3(wt), bp, c_conv, act, *epi)
+    else:
+        out = native.conv1x1([conv_in], pack_gemm_1x1(wt), bp, c_conv, act, *epi)
     assert out.shape == ref.shape and (out.double() - ref).abs().max() <= FP32_TOL
 
 
 def test_conv_engine_opcheck(native):
     x = cl(torch.randn(2, 16, 5, 7))
     w3, w1, b = torch.randn(24, 16, 3, 3), torch.randn(24, 16, 1, 1), pad_vector(torch.randn(24), 32, x)
-    torch.library.opcheck(native.conv3x3_winograd.default, (x, pack_winograd_3x3(w3), b, 24, 3, None, 0))
+    torch.library.opcheck(native.conv3x3_winograd.default, (x, pack_winograd_3x3(w3), b, 24, 3, *plain(24)))
     torch.library.opcheck(native.conv1x1.default, ([x, x], pack_gemm_1x1(torch.cat([w1, w1], 1)), b, 24, 1,
-                                                   cl(torch.randn(2, 24, 5, 7)), 1))
+                                                   *plain(24, cl(torch.randn(2, 24, 5, 7)))))
+    img = torch.rand(2, 3, 5, 7)
+    w48 = torch.randn(48, 16, 3, 3)
+    torch.library.opcheck(native.conv3x3_winograd.default,
+                          (x, pack_winograd_3x3(w48), torch.zeros(48), 48, 0, None, 48, None, 0, None, img, 1, 4))
 
 
 def test_conv_engine_rejects_mismatched_weights(native):
     x = cl(torch.randn(1, 16, 4, 4))
     with pytest.raises(RuntimeError, match="input channels"):
-        native.conv3x3_winograd(x, pack_winograd_3x3(torch.randn(16, 8, 3, 3)), torch.zeros(16), 16, 0, None, 0)
+        native.conv3x3_winograd(x, pack_winograd_3x3(torch.randn(16, 8, 3, 3)), torch.zeros(16), 16, 0, *plain(16))
     with pytest.raises(RuntimeError, match="w must be"):
-        native.conv1x1([x], pack_gemm_1x1(torch.randn(16, 8, 1, 1)), torch.zeros(16), 16, 0, None, 0)
+        native.conv1x1([x], pack_gemm_1x1(torch.randn(16, 8, 1, 1)), torch.zeros(16), 16, 0, *plain(16))
+    with pytest.raises(RuntimeError, match="residual must be"):
+        native.conv1x1([x], pack_gemm_1x1(torch.randn(16, 16, 1, 1)), torch.zeros(16), 16, 0,
+                       *plain(16, torch.randn(1, 16, 4, 5)))
 
 
 def test_buffer_cache_reuses_freed_outputs_and_empties(native):
     x = cl(torch.randn(1, 16, 64, 64))
     w, b = pack_gemm_1x1(torch.randn(16, 16, 1, 1)), torch.zeros(16)
-    ptr = native.conv1x1([x], w, b, 16, 0, None, 0).data_ptr()  # freed at once: back to the cache
-    again = native.conv1x1([x], w, b, 16, 0, None, 0)
+    ptr = native.conv1x1([x], w, b, 16, 0, *plain(16)).data_ptr()  # freed at once: back to the cache
+    again = native.conv1x1([x], w, b, 16, 0, *plain(16))
     assert again.data_ptr() == ptr
-    held = native.conv1x1([x], w, b, 16, 0, None, 0)  # while `again` lives, a different block
+    held = native.conv1x1([x], w, b, 16, 0, *plain(16))  # while `again` lives, a different block
     assert held.data_ptr() != again.data_ptr() and torch.equal(held, again)
     del again, held
     assert native.empty_cache() >= 2 * 16 * 64 * 64 * 4

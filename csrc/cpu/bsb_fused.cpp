@@ -2,7 +2,6 @@
 // bias + GELU [+ residual]. The pointwise output never goes to memory: each thread keeps the
 // three pointwise rows the depthwise needs in a small row cache (L2), so the only traffic is
 // reading x once and writing the output once.
-#include "bias_act.h"
 #include "gemm_avx512.h"
 
 namespace esr_cpu {

@@ -1,8 +1,7 @@
 // 1x1 convolution over the channel concatenation of several inputs, float32 channels_last,
-// with the bias / activation / residual epilogue fused: one pass over each input, and the
-// concatenation (IFADNet's 216-channel fusion input) is never materialised.
-//   y = act(sum_i x_i @ w[rows of x_i] + bias [+ add]) [+ add]
-#include "bias_act.h"
+// with the conv epilogue (epilogue.h) fused: one pass over each input, and the concatenation
+// (IFADNet's 216-channel fusion input) is never materialised.
+#include "epilogue.h"
 #include "gemm_avx512.h"
 
 namespace esr_cpu {
@@ -13,60 +12,59 @@ namespace {
 constexpr int64_t kBlockPixels = 8 * kRows;  // pixels per work unit: output block stays in L1/L2
 }
 
-// xs: tensors (N, C_i, H, W); w (sum C_i, CoutP) with CoutP = c_out rounded up to 16 (zeros);
-// bias (CoutP,). Returns float32 channels_last (N, c_out, H, W).
-at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t c_out,
-                   int64_t act, const c10::optional<at::Tensor>& add_in, int64_t add_mode) {
+// xs: tensors (N, C_i, H, W); w (sum C_i, CoutP) with CoutP = c_conv rounded up to 16 (zero
+// columns); bias (CoutP,). y = sum_i x_i @ w[rows of x_i] goes through the epilogue with the
+// remaining arguments.
+at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t c_conv,
+                   int64_t act, const c10::optional<at::Tensor>& passthrough, int64_t c_out,
+                   const c10::optional<at::Tensor>& residual, int64_t residual_mode,
+                   const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
+                   int64_t shortcut_mode, int64_t shuffle) {
   TORCH_CHECK(!xs_in.empty(), "conv1x1: no inputs");
   const int64_t N = xs_in[0].size(0), H = xs_in[0].size(2), W = xs_in[0].size(3);
   std::vector<at::Tensor> xs;
   std::vector<int64_t> k_offset;
   int64_t K = 0;
   for (const at::Tensor& t : xs_in) {
-    TORCH_CHECK(t.size(0) == N && t.size(2) == H && t.size(3) == W, "conv1x1: inputs differ in N, H or W");
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == N && t.size(2) == H && t.size(3) == W,
+                "conv1x1: inputs differ in N, H or W");
     xs.push_back(as_nhwc(t));
     k_offset.push_back(K);
     K += t.size(1);
   }
-  const int64_t CoutP = w_in.size(1);
+  const int64_t CoutP = w_in.size(-1);
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == K, "conv1x1: w must be (", K, ", CoutP), got ", w_in.sizes());
-  TORCH_CHECK(CoutP % kLanes == 0 && c_out <= CoutP && bias_in.numel() == CoutP, "conv1x1: bad packed output channels");
+  TORCH_CHECK(CoutP % kLanes == 0 && c_conv <= CoutP && CoutP < c_conv + kLanes && bias_in.numel() == CoutP,
+              "conv1x1: bad packed output channels");
   at::Tensor w = w_in.to(at::kFloat).contiguous(), bias = bias_in.to(at::kFloat).contiguous();
-  at::Tensor add;
-  if (add_mode != ADD_NONE) {
-    TORCH_CHECK(add_in.has_value() && add_in->size(1) == c_out && add_in->size(2) == H && add_in->size(3) == W,
-                "conv1x1: add must be (N, c_out, H, W)");
-    add = as_nhwc(*add_in);
-  }
-  at::Tensor out = empty_nhwc(N, c_out, H, W, xs[0]);
+  const ConvEpilogue epi("conv1x1", N, c_conv, H, W, xs[0], passthrough, c_out, residual, residual_mode, att,
+                         shortcut, shortcut_mode, shuffle);
   const int64_t P = N * H * W;
   const float* Wt = w.data_ptr<float>();
   const float* B = bias.data_ptr<float>();
-  const float* Add = add.defined() ? add.data_ptr<float>() : nullptr;
-  float* Y = out.data_ptr<float>();
 
-  at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch;
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
-      for (size_t i = 0; i < xs.size(); ++i) {
-        const int64_t Ci = xs[i].size(1);
-        gemm_rows(xs[i].data_ptr<float>() + p0 * Ci, Ci, p1 - p0, Wt + k_offset[i] * CoutP, CoutP, Ci,
-                  Y + p0 * c_out, c_out, c_out, i > 0, scratch);
+  dispatch_act(act, [&](auto act_c) {
+    at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> gemm_scratch, ybuf(kBlockPixels * CoutP), scratch(epi.scratch_floats(kBlockPixels));
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
+        for (size_t i = 0; i < xs.size(); ++i) {
+          const int64_t Ci = xs[i].size(1);
+          gemm_rows(xs[i].data_ptr<float>() + p0 * Ci, Ci, p1 - p0, Wt + k_offset[i] * CoutP, CoutP, Ci,
+                    ybuf.data(), CoutP, CoutP, i > 0, gemm_scratch);
+        }
+        epi.pixels<decltype(act_c)::value>(p0, p1, ybuf.data(), CoutP, B, scratch.data());
       }
-      dispatch_act(act, [&](auto act_c) {
-        bias_act_pixels<decltype(act_c)::value>(Y + p0 * c_out, Add ? Add + p0 * c_out : nullptr, p1 - p0, c_out,
-                                               B, add_mode);
-      });
-    }
+    });
   });
-  return out;
+  return epi.out();
 }
 
 #else
 
 at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                   const c10::optional<at::Tensor>&, int64_t) {
+                   const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
+                   const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
   TORCH_CHECK(false, "conv1x1: esr_kernels._C_cpu was built without AVX-512");
 }
 

@@ -11,10 +11,11 @@ at::Tensor conv_epilogue(const at::Tensor&, const c10::optional<at::Tensor>&, in
                          const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&,
                          const c10::optional<at::Tensor>&, int64_t, int64_t);
 at::Tensor esa_tail(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
-at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                            const c10::optional<at::Tensor>&, int64_t);
-at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                   const c10::optional<at::Tensor>&, int64_t);
+using OptTensor = c10::optional<at::Tensor>;
+at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const OptTensor&,
+                            int64_t, const OptTensor&, int64_t, const OptTensor&, const OptTensor&, int64_t, int64_t);
+at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const OptTensor&, int64_t,
+                   const OptTensor&, int64_t, const OptTensor&, const OptTensor&, int64_t, int64_t);
 bool conv_engine_available();
 at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const c10::optional<at::Tensor>&);
@@ -67,10 +68,12 @@ TORCH_LIBRARY(esr_native, m) {
   m.def("conv_epilogue(Tensor y, Tensor? passthrough, int c_out, int act, Tensor? residual, "
         "int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor");
   m.def("esa_tail(Tensor x, Tensor s, Tensor low, Tensor? residual) -> Tensor");
-  // Dense convolutions of the AVX-512 engine (winograd.cpp, conv1x1.cpp); add_mode: 0 none,
-  // 1 add after the activation (residual), 2 add before it (accumulate).
-  m.def("conv3x3_winograd(Tensor x, Tensor u, Tensor bias, int c_out, int act, Tensor? add, int add_mode) -> Tensor");
-  m.def("conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_out, int act, Tensor? add, int add_mode) -> Tensor");
+  // Dense convolutions of the AVX-512 engine (winograd.cpp, conv1x1.cpp), with conv_epilogue's
+  // arguments after the conv's own (the epilogue runs fused).
+  m.def("conv3x3_winograd(Tensor x, Tensor u, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
+        "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor");
+  m.def("conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
+        "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor");
   m.def("bsb_packed(Tensor x, Tensor pw, Tensor taps, Tensor bias, Tensor? residual) -> Tensor");
   m.def("conv_engine_available() -> bool", &esr_cpu::conv_engine_available);
   m.def("empty_cache() -> int", &esr_cpu::empty_cache);

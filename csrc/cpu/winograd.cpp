@@ -11,9 +11,11 @@
 // Per work unit (one image, one row of 2x2 tiles, a strip of up to kStrip tiles):
 //   1. V[pos][tile][ci] = (B^T d B)[pos] for each tile's 4x4 input patch d (all in L1/L2);
 //   2. M[pos] = V[pos] (tiles x Cin) @ U[pos] (Cin x Cout) for the 16 positions (micro-kernel);
-//   3. y = A^T M A per tile, then bias, activation, residual on the strip's output rows.
+//   3. y = A^T M A per tile into a strip buffer, then the conv epilogue (epilogue.h: bias,
+//      activation, partial channels, residual or gated residual, shortcut + pixel shuffle)
+//      from it into the output.
 // U = G g G^T is computed once at load (esr_kernels/cpu_backend.py, in float64).
-#include "bias_act.h"
+#include "epilogue.h"
 #include "gemm_avx512.h"
 
 namespace esr_cpu {
@@ -80,16 +82,19 @@ ESR_INLINE void output_transform(const float* M, int64_t pos_stride, __m512 y[2]
 
 }  // namespace
 
-// x (N, Cin, H, W); u (16, Cin, CoutP) = G g G^T with CoutP = Cout rounded up to 16 (zeros);
-// bias (CoutP,). Returns act(conv(x) + bias) [+ add] as float32 channels_last (N, c_out, H, W).
+// x (N, Cin, H, W) (a channel slice of a channels_last tensor is read in place); u (16, Cin,
+// CoutP) = G g G^T with CoutP = c_conv rounded up to 16 (zero columns); bias (CoutP,). The conv
+// output's c_conv channels go through the epilogue (epilogue.h) with the remaining arguments.
 at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, const at::Tensor& bias_in,
-                            int64_t c_out, int64_t act, const c10::optional<at::Tensor>& add_in,
-                            int64_t add_mode) {
+                            int64_t c_conv, int64_t act, const c10::optional<at::Tensor>& passthrough,
+                            int64_t c_out, const c10::optional<at::Tensor>& residual, int64_t residual_mode,
+                            const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
+                            int64_t shortcut_mode, int64_t shuffle) {
   TORCH_CHECK(u_in.dim() == 3 && u_in.size(0) == 16, "conv3x3_winograd: u must be (16, Cin, CoutP)");
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const int64_t CoutP = u_in.size(2);
   TORCH_CHECK(u_in.size(1) == Cin, "conv3x3_winograd: u has ", u_in.size(1), " input channels, x has ", Cin);
-  TORCH_CHECK(CoutP % kLanes == 0 && c_out <= CoutP && bias_in.numel() == CoutP,
+  TORCH_CHECK(CoutP % kLanes == 0 && c_conv <= CoutP && CoutP < c_conv + kLanes && bias_in.numel() == CoutP,
               "conv3x3_winograd: bad packed output channels");
   // A channel slice of a channels_last tensor (a partial conv's input) is read in place.
   const bool slice_ok = x_in.scalar_type() == at::kFloat && x_in.stride(1) == 1 && x_in.stride(3) >= Cin &&
@@ -98,62 +103,54 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   // (as_nhwc's result may carry arbitrary strides on size-1 dims: its pixel stride is Cin.)
   const int64_t ldx = slice_ok ? x_in.stride(3) : Cin;
   at::Tensor u = u_in.to(at::kFloat).contiguous(), bias = bias_in.to(at::kFloat).contiguous();
-  at::Tensor add;
-  if (add_mode != ADD_NONE) {
-    TORCH_CHECK(add_in.has_value() && add_in->size(1) == c_out && add_in->size(2) == H && add_in->size(3) == W,
-                "conv3x3_winograd: add must be (N, c_out, H, W)");
-    add = as_nhwc(*add_in);
-  }
-  at::Tensor out = empty_nhwc(N, c_out, H, W, x);
+  const ConvEpilogue epi("conv3x3_winograd", N, c_conv, H, W, x, passthrough, c_out, residual, residual_mode, att,
+                         shortcut, shortcut_mode, shuffle);
   const int64_t CinP = (Cin + kLanes - 1) / kLanes * kLanes;
   const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, strips = (TW + kStrip - 1) / kStrip;
   const float* X = x.data_ptr<float>();
   const float* U = u.data_ptr<float>();
   const float* B = bias.data_ptr<float>();
-  const float* Add = add.defined() ? add.data_ptr<float>() : nullptr;
-  float* Y = out.data_ptr<float>();
   const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;  // floats per position
+  const int64_t y_row = 2 * kStrip * CoutP;                       // floats per strip output row
 
-  at::parallel_for(0, N * TH * strips, 1, [&](int64_t begin, int64_t end) {
-    AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t n = unit / (TH * strips), ty = unit / strips % TH, tx0 = unit % strips * kStrip;
-      const int64_t tiles = std::min(kStrip, TW - tx0);
-      const float* Xn = X + n * H * W * ldx;
-      for (int64_t t = 0; t < tiles; ++t)
-        for (int64_t c = 0; c < CinP; c += kLanes)
-          input_transform(Xn, W, H, ldx, 2 * ty - 1, 2 * (tx0 + t) - 1, c, lane_mask(Cin - c),
-                          vbuf.data + t * CinP + c, v_pos);
-      for (int64_t pos = 0; pos < 16; ++pos)
-        for (int64_t r0 = 0; r0 < tiles; r0 += kRows)  // rows past `tiles` hold stale finite values
-          gemm_8rows(vbuf.data + pos * v_pos + r0 * CinP, CinP, U + pos * Cin * CoutP, CoutP, Cin,
-                     mbuf.data + pos * m_pos + r0 * CoutP, CoutP, CoutP, false);
-      const int64_t oy0 = 2 * ty, ox0 = 2 * tx0, ox1 = std::min(W, 2 * (tx0 + tiles));
-      for (int64_t t = 0; t < tiles; ++t)
-        for (int64_t c = 0; c < c_out; c += kLanes) {
-          __m512 yv[2][2];
-          output_transform(mbuf.data + t * CoutP + c, m_pos, yv);
-          const __mmask16 cm = lane_mask(c_out - c);
-          for (int i = 0; i < 2 && oy0 + i < H; ++i)
-            for (int j = 0; j < 2 && ox0 + 2 * t + j < W; ++j)
-              _mm512_mask_storeu_ps(Y + ((n * H + oy0 + i) * W + ox0 + 2 * t + j) * c_out + c, cm, yv[i][j]);
-        }
-      dispatch_act(act, [&](auto act_c) {
-        for (int64_t i = 0; i < 2 && oy0 + i < H; ++i) {
-          const int64_t off = ((n * H + oy0 + i) * W + ox0) * c_out;
-          bias_act_pixels<decltype(act_c)::value>(Y + off, Add ? Add + off : nullptr, ox1 - ox0, c_out, B,
-                                                 add_mode);
-        }
-      });
-    }
+  dispatch_act(act, [&](auto act_c) {
+    constexpr int64_t ACT = decltype(act_c)::value;
+    at::parallel_for(0, N * TH * strips, 1, [&](int64_t begin, int64_t end) {
+      AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos), ybuf(2 * y_row);
+      std::vector<float> scratch(epi.scratch_floats(2 * kStrip));
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t n = unit / (TH * strips), ty = unit / strips % TH, tx0 = unit % strips * kStrip;
+        const int64_t tiles = std::min(kStrip, TW - tx0);
+        const float* Xn = X + n * H * W * ldx;
+        for (int64_t t = 0; t < tiles; ++t)
+          for (int64_t c = 0; c < CinP; c += kLanes)
+            input_transform(Xn, W, H, ldx, 2 * ty - 1, 2 * (tx0 + t) - 1, c, lane_mask(Cin - c),
+                            vbuf.data + t * CinP + c, v_pos);
+        for (int64_t pos = 0; pos < 16; ++pos)
+          for (int64_t r0 = 0; r0 < tiles; r0 += kRows)  // rows past `tiles` hold stale finite values
+            gemm_8rows(vbuf.data + pos * v_pos + r0 * CinP, CinP, U + pos * Cin * CoutP, CoutP, Cin,
+                       mbuf.data + pos * m_pos + r0 * CoutP, CoutP, CoutP, false);
+        for (int64_t t = 0; t < tiles; ++t)
+          for (int64_t c = 0; c < CoutP; c += kLanes) {
+            __m512 yv[2][2];
+            output_transform(mbuf.data + t * CoutP + c, m_pos, yv);
+            for (int i = 0; i < 2; ++i)
+              for (int j = 0; j < 2; ++j) _mm512_store_ps(ybuf.data + i * y_row + (2 * t + j) * CoutP + c, yv[i][j]);
+          }
+        const int64_t oy0 = 2 * ty, ox0 = 2 * tx0, ox1 = std::min(W, 2 * (tx0 + tiles));
+        for (int64_t i = 0; i < 2 && oy0 + i < H; ++i)
+          epi.segment<ACT>(n, oy0 + i, ox0, ox1, ybuf.data + i * y_row, CoutP, B, scratch.data());
+      }
+    });
   });
-  return out;
+  return epi.out();
 }
 
 #else  // no AVX-512: the Python side keeps oneDNN's convolutions (conv_engine_available() is false)
 
 at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                            const c10::optional<at::Tensor>&, int64_t) {
+                            const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
+                            const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
   TORCH_CHECK(false, "conv3x3_winograd: esr_kernels._C_cpu was built without AVX-512");
 }
 

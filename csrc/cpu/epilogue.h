@@ -1,0 +1,142 @@
+// The epilogue of a dense conv, shared by the standalone conv_epilogue op (after a oneDNN
+// conv) and the conv engine (fused: applied to each block of conv output while it is in cache).
+// For the conv output y (bias optional) of c_conv channels at pixel (n, yy, xx):
+//   z = act(y + bias) for channels < c_conv; channels [c_conv, c_out) copy `passthrough`;
+//   z += residual (RES_TENSOR) or gate(residual, att) (RES_GATED_INPUT);
+//   shuffle r > 0: z += shortcut (image repeated r^2 times per channel, or a per-image-channel
+//   vector), pixel shuffle; output NCHW (N, c_out / r^2, r H, r W). Otherwise channels_last.
+#pragma once
+
+#include "common.h"
+
+namespace esr_cpu {
+
+// gate(x)[c] = x[c] * up(att)[c] * sigmoid(x[0]) at pixel (n, y, x), written to out[0..C).
+// att is float32 channels_last (N, C, h, w); same order of operations as the reference.
+inline void gate_pixel(const float* xp, const float* A, int64_t n, int64_t y, int64_t x,
+                       int64_t C, int64_t ah, int64_t aw, float sh, float sw, float* out) {
+  const Taps ty = bilinear_taps(y, sh, ah), tx = bilinear_taps(x, sw, aw);
+  const float* a00 = A + ((n * ah + ty.i0) * aw + tx.i0) * C;
+  const float* a01 = A + ((n * ah + ty.i0) * aw + tx.i1) * C;
+  const float* a10 = A + ((n * ah + ty.i1) * aw + tx.i0) * C;
+  const float* a11 = A + ((n * ah + ty.i1) * aw + tx.i1) * C;
+  const float g = sigmoid(xp[0]);
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const float up = ty.l0 * (tx.l0 * a00[c] + tx.l1 * a01[c]) + ty.l1 * (tx.l0 * a10[c] + tx.l1 * a11[c]);
+    out[c] = xp[c] * up * g;
+  }
+}
+
+class ConvEpilogue {
+ public:
+  // Validates the operands and allocates the output for a conv output of (N, c_conv, H, W).
+  ConvEpilogue(const char* op, int64_t N, int64_t c_conv, int64_t H, int64_t W, const at::Tensor& like,
+               const c10::optional<at::Tensor>& passthrough, int64_t c_out, const c10::optional<at::Tensor>& residual,
+               int64_t residual_mode, const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
+               int64_t shortcut_mode, int64_t shuffle)
+      : N_(N), H_(H), W_(W), Cc_(c_conv), c_out_(c_out), residual_mode_(residual_mode),
+        shortcut_mode_(shortcut_mode), r_(shuffle > 0 ? shuffle : 1), shuffled_(shuffle > 0) {
+    TORCH_CHECK(c_out >= c_conv, op, ": c_out < conv channels");
+    TORCH_CHECK(c_out == c_conv || passthrough.has_value(), op, ": partial output needs passthrough");
+    if (passthrough.has_value()) {
+      pt_ = as_nhwc(*passthrough);
+      TORCH_CHECK(pt_.size(1) >= c_out && pt_.size(2) == H && pt_.size(3) == W, op, ": bad passthrough shape");
+    }
+    if (residual_mode != RES_NONE) {
+      TORCH_CHECK(residual.has_value() && residual->size(1) == c_out && residual->size(2) == H &&
+                      residual->size(3) == W, op, ": residual must be (N, c_out, H, W)");
+      res_ = as_nhwc(*residual);
+    }
+    if (residual_mode == RES_GATED_INPUT) {
+      TORCH_CHECK(att.has_value(), op, ": gated residual needs att");
+      att_ = as_nhwc(*att);
+    }
+    if (shortcut_mode == SHORTCUT_REPEAT_INPUT) sc_ = as_nhwc(*shortcut);
+    if (shortcut_mode == SHORTCUT_VECTOR) sc_ = shortcut->to(at::kFloat).contiguous();
+    TORCH_CHECK(shuffle == 0 || c_out % (r_ * r_) == 0, op, ": c_out not divisible by shuffle^2");
+    out_ = shuffle > 0 ? cached_empty({N, c_out / (r_ * r_), H * r_, W * r_}, like) : empty_nhwc(N, c_out, H, W, like);
+    if (att_.defined()) {
+      ah_ = att_.size(2);
+      aw_ = att_.size(3);
+    }
+    sh_ = static_cast<float>(ah_) / H;
+    sw_ = static_cast<float>(aw_) / W;
+  }
+
+  const at::Tensor& out() const { return out_; }
+  // Floats of scratch that segment() needs for `pixels` pixels.
+  int64_t scratch_floats(int64_t pixels) const { return (pixels + 1) * c_out_; }
+
+  // Pixels [x0, x1) of output row (n, yy); the conv output of pixel xx is at ysrc + (xx - x0) * ldy
+  // (without bias if `bias` is given).
+  template <int64_t ACT>
+  void segment(int64_t n, int64_t yy, int64_t x0, int64_t x1, const float* ysrc, int64_t ldy, const float* bias,
+               float* scratch) const {
+    const int64_t Cc = Cc_, c_out = c_out_, r = r_, r2 = r * r, Cp = pt_.defined() ? pt_.size(1) : 0;
+    const bool shuffle = shuffled_;
+    const float* PT = pt_.defined() ? pt_.data_ptr<float>() : nullptr;
+    const float* RS = res_.defined() ? res_.data_ptr<float>() : nullptr;
+    const float* SC = sc_.defined() ? sc_.data_ptr<float>() : nullptr;
+    const int64_t sc_c = shortcut_mode_ == SHORTCUT_REPEAT_INPUT ? sc_.size(1) : 0;
+    float* O = out_.data_ptr<float>();
+    float* gated = scratch + (x1 - x0) * c_out;
+    for (int64_t xx = x0; xx < x1; ++xx) {
+      const int64_t pix = (n * H_ + yy) * W_ + xx;
+      const float* yp = ysrc + (xx - x0) * ldy;
+      float* zp = shuffle ? scratch + (xx - x0) * c_out : O + pix * c_out;
+      if (bias) {
+#pragma omp simd
+        for (int64_t c = 0; c < Cc; ++c) zp[c] = activate<ACT>(yp[c] + bias[c]);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < Cc; ++c) zp[c] = activate<ACT>(yp[c]);
+      }
+      for (int64_t c = Cc; c < c_out; ++c) zp[c] = PT[pix * Cp + c];
+      if (residual_mode_ == RES_TENSOR) {
+        const float* rp = RS + pix * c_out;
+#pragma omp simd
+        for (int64_t c = 0; c < c_out; ++c) zp[c] += rp[c];
+      } else if (residual_mode_ == RES_GATED_INPUT) {
+        gate_pixel(RS + pix * c_out, att_.data_ptr<float>(), n, yy, xx, c_out, ah_, aw_, sh_, sw_, gated);
+#pragma omp simd
+        for (int64_t c = 0; c < c_out; ++c) zp[c] += gated[c];
+      }
+      if (shortcut_mode_ == SHORTCUT_REPEAT_INPUT) {
+        for (int64_t c = 0; c < c_out; ++c) zp[c] += SC[pix * sc_c + c / r2];
+      } else if (shortcut_mode_ == SHORTCUT_VECTOR) {
+        for (int64_t c = 0; c < c_out; ++c) zp[c] += SC[c / r2];
+      }
+    }
+    if (!shuffle) return;
+    // Each image channel's r output rows are written as contiguous runs (per-pixel scattered
+    // writes measured ~6x slower).
+    const int64_t Ho = H_ * r, Wo = W_ * r, Co = c_out / r2;
+    for (int64_t ic = 0; ic < Co; ++ic)
+      for (int64_t i = 0; i < r; ++i) {
+        float* dst = O + ((n * Co + ic) * Ho + yy * r + i) * Wo + x0 * r;
+        const float* src = scratch + ic * r2 + i * r;
+        for (int64_t xx = 0; xx < x1 - x0; ++xx)
+          for (int64_t j = 0; j < r; ++j) dst[xx * r + j] = src[xx * c_out + j];
+      }
+  }
+
+  // segment() over the flat pixel range [p0, p1), split at row ends; pixel p at ysrc + (p - p0) * ldy.
+  template <int64_t ACT>
+  void pixels(int64_t p0, int64_t p1, const float* ysrc, int64_t ldy, const float* bias, float* scratch) const {
+    for (int64_t p = p0; p < p1;) {
+      const int64_t row = p / W_, xx = p % W_, x1 = std::min(W_, xx + (p1 - p));
+      segment<ACT>(row / H_, row % H_, xx, x1, ysrc + (p - p0) * ldy, ldy, bias, scratch);
+      p += x1 - xx;
+    }
+  }
+
+ private:
+  int64_t N_, H_, W_, Cc_, c_out_, residual_mode_, shortcut_mode_, r_;
+  bool shuffled_;
+  int64_t ah_ = 1, aw_ = 1;
+  float sh_ = 1.0f, sw_ = 1.0f;
+  at::Tensor pt_, res_, att_, sc_, out_;
+};
+
+}  // namespace esr_cpu
