@@ -25,11 +25,25 @@ def _extension(name: str):
 def available_backends() -> dict:
     import torch
 
+    cpu = _extension("_C_cpu") is not None
     return {
         "triton": triton_available(),
         "triton_interpreter": triton_runnable_on_cpu(),
         "cuda_extension": _extension("_C_cuda") is not None,
-        "cpu_extension": _extension("_C_cpu") is not None,
+        "cpu_extension": cpu,
+        # Winograd / GEMM convolutions of the CPU extension (built only with AVX-512).
+        "cpu_conv_engine": cpu and bool(torch.ops.esr_native.conv_engine_available()),
         "cuda_device": torch.cuda.is_available(),
     }
+
+
+def empty_cache() -> int:
+    """Release the CPU extension's cached output buffers (kept for reuse, up to
+    ESR_CPU_CACHE_MB, default 1024, like PyTorch's CUDA caching allocator); returns the bytes
+    released. A no-op without the extension."""
+    if _extension("_C_cpu") is None:
+        return 0
+    import torch
+
+    return int(torch.ops.esr_native.empty_cache())
 
