@@ -16,6 +16,8 @@ low-resolution branch already expanded to C channels (bilinear interpolation com
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,8 +68,10 @@ class CpuBackend:
         self.native = torch.ops.esr_native
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
         self._binary = torch.ops.mkldnn._convolution_pointwise.binary
-        # The Winograd / GEMM conv engine needs an AVX-512 build (setup.py: -march=native).
-        self.engine = bool(self.native.conv_engine_available())
+        # The Winograd / GEMM conv engine needs an AVX-512 build (setup.py: -march=native);
+        # ESR_CPU_CONV_ENGINE=0 keeps oneDNN's convolutions (for comparison).
+        self.engine = (bool(self.native.conv_engine_available())
+                       and os.environ.get("ESR_CPU_CONV_ENGINE", "1") != "0")
 
     def _engine_weights(self, w: torch.Tensor, b: torch.Tensor) -> dict:
         """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's."""
@@ -95,8 +99,8 @@ class CpuBackend:
         return self.native.conv_epilogue(y, passthrough, epilogue[1], ACT_NONE, *epilogue[2:])
 
     def _conv2d(self, x, w, b, stride, padding, act=ACT_NONE):
-        # Measured against F.conv2d + the activation in the C++ epilogue: the fused post-op is
-        # faster for every model here (e.g. PFDNLite 1.37x vs 1.14x over eager channels_last).
+        # The oneDNN path (stride 2, builds without AVX-512). Measured against F.conv2d + the
+        # activation in the C++ epilogue: the fused post-op was faster for every model.
         attr, scalars, algorithm = _ONEDNN_ACT[act]
         return self._pointwise(_cl(x), w, b, [padding, padding], [stride, stride], [1, 1], 1,
                                attr, scalars, algorithm)

@@ -7,8 +7,8 @@ and in ``forward`` only calls the backend's four ops (conv, bsb, esa, la_reduce)
 one generic walk over a table of reference type -> fused type, not per-architecture patching.
 
 Backends (``esr_kernels``): "triton" (TritonBackend: torch.ops.esr.*, Triton kernels; on CPU
-tensors only under the interpreter) and "cpu" (CpuBackend: oneDNN convolutions + the C++
-kernels of the native extension).
+tensors only under the interpreter) and "cpu" (CpuBackend: the C++ kernels of the native
+extension, with oneDNN for the convolutions its conv engine does not cover).
 """
 from __future__ import annotations
 

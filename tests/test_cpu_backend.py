@@ -120,6 +120,19 @@ def test_cpu_fused_batch2_channels_last_noncontiguous_minimum(models, cpu_models
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
+def test_cpu_fused_onednn_convolutions_without_the_conv_engine(models, shared, name, monkeypatch):
+    """ESR_CPU_CONV_ENGINE=0 (and builds without AVX-512) run every conv through oneDNN."""
+    monkeypatch.setenv("ESR_CPU_CONV_ENGINE", "0")
+    fused = esr_models.load(name, fused=True, backend="cpu")
+    assert {m.kernels.engine for m in fused.modules() if hasattr(m, "kernels")} == {False}
+    g = np.load(shared / "golden" / f"{name}_comic_odd.npz")
+    x = torch.from_numpy(g["lr"]).permute(2, 0, 1)[None].float() / 255.0
+    with torch.inference_mode():
+        assert (fused(x) - models[name](x)).abs().max() <= FP32_TOL
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
 def test_cpu_fused_set5_psnr_within_0_005_db(models, cpu_models, shared, name):
     from esr_models.evaluation import evaluate_folder
 
