@@ -71,3 +71,9 @@ def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, residual, residual_mo
 @torch.library.register_fake("esr_native::bsb_packed")
 def _bsb_packed(x, pw, taps, bias, residual):
     return _nhwc(x.shape, x)
+
+
+@torch.library.register_fake("esr_native::max_pool_7s3")
+def _max_pool_7s3(x):
+    n, c, h, w = x.shape
+    return _nhwc((n, c, (h - 7) // 3 + 1, (w - 7) // 3 + 1), x)

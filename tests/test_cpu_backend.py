@@ -72,6 +72,16 @@ def test_esa_tail(native):
     assert (native.esa_tail(x, s, low, res) - (x * torch.sigmoid(s + up) + res)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("hw", [(7, 7), (9, 8), (127, 127), (84, 85)])
+def test_max_pool_7s3_is_floor_mode_max_pool(native, hw):
+    x = torch.randn(2, 16, *hw)
+    out = native.max_pool_7s3(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, F.max_pool2d(x, 7, 3))
+    with pytest.raises(RuntimeError, match="smaller than the 7x7 window"):
+        native.max_pool_7s3(torch.randn(1, 16, 6, 9))
+
+
 def test_native_ops_opcheck(native):
     x = torch.randn(2, 16, 7, 9)
     cases = [
@@ -79,6 +89,7 @@ def test_native_ops_opcheck(native):
         (native.gate.default, (x, torch.rand(2, 16, 2, 3))),
         (native.conv_epilogue.default, (torch.randn(2, 48, 5, 6), None, 48, 1, None, 0, None, torch.rand(2, 3, 5, 6), 1, 4)),
         (native.esa_tail.default, (x, torch.randn_like(x), torch.randn(2, 16, 2, 2), None)),
+        (native.max_pool_7s3.default, (x,)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

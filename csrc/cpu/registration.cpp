@@ -17,6 +17,7 @@ at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tens
 at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const OptTensor&, int64_t,
                    const OptTensor&, int64_t, const OptTensor&, const OptTensor&, int64_t, int64_t);
 bool conv_engine_available();
+at::Tensor max_pool_7s3(const at::Tensor&);
 at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const c10::optional<at::Tensor>&);
 #if defined(__AVX512F__)
@@ -74,6 +75,7 @@ TORCH_LIBRARY(esr_native, m) {
         "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor");
   m.def("conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
         "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor");
+  m.def("max_pool_7s3(Tensor x) -> Tensor");
   m.def("bsb_packed(Tensor x, Tensor pw, Tensor taps, Tensor bias, Tensor? residual) -> Tensor");
   m.def("conv_engine_available() -> bool", &esr_cpu::conv_engine_available);
   m.def("empty_cache() -> int", &esr_cpu::empty_cache);
@@ -92,6 +94,7 @@ TORCH_LIBRARY_IMPL(esr_native, CPU, m) {
   m.impl("conv3x3_winograd", &esr_cpu::conv3x3_winograd);
   m.impl("conv1x1", &esr_cpu::conv1x1);
   m.impl("bsb_packed", &esr_cpu::bsb_packed);
+  m.impl("max_pool_7s3", &esr_cpu::max_pool_7s3);
   m.impl("bsb", &bsb);
   m.impl("esa_out", &esa_out);
   m.impl("la_reduce", &la_reduce);
