@@ -80,6 +80,25 @@ class ConvEpilogue {
     const float* SC = sc_.defined() ? sc_.data_ptr<float>() : nullptr;
     const int64_t sc_c = shortcut_mode_ == SHORTCUT_REPEAT_INPUT ? sc_.size(1) : 0;
     float* O = out_.data_ptr<float>();
+    if (bias && !shuffle && Cc == c_out && residual_mode_ != RES_GATED_INPUT) {
+      // The common case (the conv engine's plain convs): act(y + bias) [+ residual], without
+      // the per-pixel mode branches of the general loop below.
+      float* zrow = O + ((n * H_ + yy) * W_ + x0) * c_out;
+      const float* rrow = RS ? RS + ((n * H_ + yy) * W_ + x0) * c_out : nullptr;
+      for (int64_t i = 0; i < x1 - x0; ++i) {
+        const float* yp = ysrc + i * ldy;
+        float* zp = zrow + i * c_out;
+        if (rrow) {
+          const float* rp = rrow + i * c_out;
+#pragma omp simd
+          for (int64_t c = 0; c < c_out; ++c) zp[c] = activate<ACT>(yp[c] + bias[c]) + rp[c];
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < c_out; ++c) zp[c] = activate<ACT>(yp[c] + bias[c]);
+        }
+      }
+      return;
+    }
     float* gated = scratch + (x1 - x0) * c_out;
     for (int64_t xx = x0; xx < x1; ++xx) {
       const int64_t pix = (n * H_ + yy) * W_ + xx;

@@ -9,7 +9,8 @@
 // would not hold the 1e-5 end-to-end bar, so it is not used.
 //
 // Per work unit (one image, one row of 2x2 tiles, a strip of up to kStrip tiles):
-//   1. V[pos][tile][ci] = (B^T d B)[pos] for each tile's 4x4 input patch d (all in L1/L2);
+//   1. V[pos][tile][ci] = (B^T d B)[pos] for each tile's 4x4 input patch d (all in L1/L2; the
+//      row pass shared by neighbouring tiles);
 //   2. M[pos] = V[pos] (tiles x Cin) @ U[pos] (Cin x Cout) for the 16 positions (micro-kernel);
 //   3. y = A^T M A per tile into a strip buffer, then the conv epilogue (epilogue.h: bias,
 //      activation, partial channels, residual or gated residual, shortcut + pixel shuffle)
@@ -36,32 +37,45 @@ struct AlignedBuffer {
   ~AlignedBuffer() { std::free(data); }
 };
 
-// B^T d B for one 16-channel slice of a 4x4 input patch (pixel stride ldx floats); rows/cols
-// outside the image are zero.
-ESR_INLINE void input_transform(const float* X, int64_t W, int64_t H, int64_t ldx, int64_t y0, int64_t x0,
-                                int64_t c, __mmask16 cmask, float* V, int64_t pos_stride) {
-  __m512 d[4][4];
+// B^T d B, split into its two passes so that neighbouring tiles (which share two input
+// columns) share the first: the row pass runs once per input column of the strip, the column
+// pass once per tile (half the loads and adds of transforming each 4x4 patch on its own).
+//
+// Row pass, for one 16-channel slice c: input columns xs .. xs + ncols - 1 of rows y0 .. y0 + 3
+// (pixel stride ldx floats; outside the image: zero) -> T[col][i] = (B^T d)[i] for each column.
+ESR_INLINE void row_pass(const float* Xn, int64_t W, int64_t H, int64_t ldx, int64_t y0, int64_t xs, int64_t ncols,
+                         int64_t c, __mmask16 cmask, float* T) {
+  __mmask16 row_mask[4];
+  const float* row[4];
   for (int i = 0; i < 4; ++i) {
     const int64_t yy = y0 + i;
-    const bool row_ok = yy >= 0 && yy < H;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t xx = x0 + j;
-      const __mmask16 m = (row_ok && xx >= 0 && xx < W) ? cmask : 0;
-      d[i][j] = _mm512_maskz_loadu_ps(m, X + (yy * W + xx) * ldx + c);
-    }
+    const bool ok = yy >= 0 && yy < H;
+    row_mask[i] = ok ? cmask : 0;
+    row[i] = Xn + (ok ? yy : 0) * W * ldx + c;
   }
-  __m512 t[4][4];
-  for (int j = 0; j < 4; ++j) {
-    t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-    t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-    t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-    t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+  for (int64_t col = 0; col < ncols; ++col) {
+    const int64_t xx = xs + col;
+    const bool ok = xx >= 0 && xx < W;
+    const int64_t off = (ok ? xx : 0) * ldx;
+    __m512 d[4];
+    for (int i = 0; i < 4; ++i) d[i] = _mm512_maskz_loadu_ps(ok ? row_mask[i] : 0, row[i] + off);
+    float* t = T + col * 4 * kLanes;
+    _mm512_store_ps(t + 0 * kLanes, _mm512_sub_ps(d[0], d[2]));
+    _mm512_store_ps(t + 1 * kLanes, _mm512_add_ps(d[1], d[2]));
+    _mm512_store_ps(t + 2 * kLanes, _mm512_sub_ps(d[2], d[1]));
+    _mm512_store_ps(t + 3 * kLanes, _mm512_sub_ps(d[1], d[3]));
   }
+}
+
+// Column pass for one tile: T at the tile's first column -> V[4 i + j] = (B^T d B)[i][j].
+ESR_INLINE void column_pass(const float* T, float* V, int64_t pos_stride) {
   for (int i = 0; i < 4; ++i) {
-    _mm512_store_ps(V + (i * 4 + 0) * pos_stride, _mm512_sub_ps(t[i][0], t[i][2]));
-    _mm512_store_ps(V + (i * 4 + 1) * pos_stride, _mm512_add_ps(t[i][1], t[i][2]));
-    _mm512_store_ps(V + (i * 4 + 2) * pos_stride, _mm512_sub_ps(t[i][2], t[i][1]));
-    _mm512_store_ps(V + (i * 4 + 3) * pos_stride, _mm512_sub_ps(t[i][1], t[i][3]));
+    const __m512 a = _mm512_load_ps(T + (0 * 4 + i) * kLanes), b = _mm512_load_ps(T + (1 * 4 + i) * kLanes),
+                 c = _mm512_load_ps(T + (2 * 4 + i) * kLanes), d = _mm512_load_ps(T + (3 * 4 + i) * kLanes);
+    _mm512_store_ps(V + (i * 4 + 0) * pos_stride, _mm512_sub_ps(a, c));
+    _mm512_store_ps(V + (i * 4 + 1) * pos_stride, _mm512_add_ps(b, c));
+    _mm512_store_ps(V + (i * 4 + 2) * pos_stride, _mm512_sub_ps(c, b));
+    _mm512_store_ps(V + (i * 4 + 3) * pos_stride, _mm512_sub_ps(b, d));
   }
 }
 
@@ -116,16 +130,17 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   dispatch_act(act, [&](auto act_c) {
     constexpr int64_t ACT = decltype(act_c)::value;
     at::parallel_for(0, N * TH * strips, 1, [&](int64_t begin, int64_t end) {
-      AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos), ybuf(2 * y_row);
+      AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos), ybuf(2 * y_row), tbuf((2 * kStrip + 2) * 4 * kLanes);
       std::vector<float> scratch(epi.scratch_floats(2 * kStrip));
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t n = unit / (TH * strips), ty = unit / strips % TH, tx0 = unit % strips * kStrip;
         const int64_t tiles = std::min(kStrip, TW - tx0);
         const float* Xn = X + n * H * W * ldx;
-        for (int64_t t = 0; t < tiles; ++t)
-          for (int64_t c = 0; c < CinP; c += kLanes)
-            input_transform(Xn, W, H, ldx, 2 * ty - 1, 2 * (tx0 + t) - 1, c, lane_mask(Cin - c),
-                            vbuf.data + t * CinP + c, v_pos);
+        for (int64_t c = 0; c < CinP; c += kLanes) {
+          row_pass(Xn, W, H, ldx, 2 * ty - 1, 2 * tx0 - 1, 2 * tiles + 2, c, lane_mask(Cin - c), tbuf.data);
+          for (int64_t t = 0; t < tiles; ++t)
+            column_pass(tbuf.data + 2 * t * 4 * kLanes, vbuf.data + t * CinP + c, v_pos);
+        }
         for (int64_t pos = 0; pos < 16; ++pos)
           for (int64_t r0 = 0; r0 < tiles; r0 += kRows)  // rows past `tiles` hold stale finite values
             gemm_8rows(vbuf.data + pos * v_pos + r0 * CinP, CinP, U + pos * Cin * CoutP, CoutP, Cin,
