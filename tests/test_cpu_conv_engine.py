@@ -187,3 +187,26 @@ def test_bsb_packed_rejects_too_small_and_mismatched(native):
         native.bsb_packed(torch.randn(1, 8, 1, 5), p["pw"], p["taps"], p["bias"], None)
     with pytest.raises(RuntimeError, match="do not match"):
         native.bsb_packed(torch.randn(1, 16, 4, 4), p["pw"], p["taps"], p["bias"], None)
+
+
+def test_buffer_cache_evicts_least_recently_freed_over_its_limit(native):
+    """Blocks of sizes no longer asked for must not hold the budget (ESR_CPU_CACHE_MB=1 here)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch, esr_kernels._C_cpu
+        ops = torch.ops.esr_native
+        a = ops.conv1x1([torch.randn(1, 16, 64, 128)], torch.zeros(16, 16), torch.zeros(16), 16, 0,
+                        None, 16, None, 0, None, None, 0, 0)   # 512 KB
+        del a                                                  # cached: 512 KB
+        b = ops.conv1x1([torch.randn(1, 16, 64, 128)], torch.zeros(16, 32), torch.zeros(32), 24, 0,
+                        None, 24, None, 0, None, None, 0, 0)   # 768 KB
+        del b                                                  # 1280 KB > 1 MB: the 512 KB block goes
+        print(ops.empty_cache())
+    """)
+    env = {**__import__("os").environ, "ESR_CPU_CACHE_MB": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip().splitlines()[-1]) == 24 * 64 * 128 * 4

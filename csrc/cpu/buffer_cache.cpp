@@ -1,6 +1,8 @@
 #include "buffer_cache.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <list>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -9,6 +11,9 @@ namespace esr_cpu {
 
 namespace {
 
+// Freed blocks by size; over the byte limit, the least recently freed go back to the OS (so
+// that blocks of sizes no longer asked for, e.g. from an earlier image size, do not hold the
+// budget while the current sizes fault on every call).
 class BufferCache {
  public:
   BufferCache() {
@@ -19,10 +24,12 @@ class BufferCache {
   void* take(int64_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(bytes);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
+      auto it = by_size_.find(bytes);
+      if (it != by_size_.end() && !it->second.empty()) {
+        auto entry = it->second.back();
         it->second.pop_back();
+        void* p = entry->ptr;
+        lru_.erase(entry);
         cached_ -= bytes;
         return p;
       }
@@ -34,30 +41,46 @@ class BufferCache {
   }
 
   void give(void* p, int64_t bytes) {
+    std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (cached_ + bytes <= limit_) {
-        free_[bytes].push_back(p);
+      if (bytes > limit_) {
+        evicted.push_back(p);
+      } else {
+        lru_.push_back({p, bytes});
+        by_size_[bytes].push_back(std::prev(lru_.end()));
         cached_ += bytes;
-        return;
+        while (cached_ > limit_) {
+          const Entry oldest = lru_.front();
+          auto& same = by_size_[oldest.bytes];
+          same.erase(std::find(same.begin(), same.end(), lru_.begin()));
+          lru_.pop_front();
+          cached_ -= oldest.bytes;
+          evicted.push_back(oldest.ptr);
+        }
       }
     }
-    std::free(p);
+    for (void* q : evicted) std::free(q);  // outside the lock
   }
 
   int64_t clear() {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& kv : free_)
-      for (void* p : kv.second) std::free(p);
-    free_.clear();
+    for (const Entry& e : lru_) std::free(e.ptr);
+    lru_.clear();
+    by_size_.clear();
     const int64_t released = cached_;
     cached_ = 0;
     return released;
   }
 
  private:
+  struct Entry {
+    void* ptr;
+    int64_t bytes;
+  };
   std::mutex mu_;
-  std::unordered_map<int64_t, std::vector<void*>> free_;
+  std::list<Entry> lru_;  // least recently freed first
+  std::unordered_map<int64_t, std::vector<std::list<Entry>::iterator>> by_size_;
   int64_t cached_ = 0;
   int64_t limit_;
 };
