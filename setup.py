@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import shutil
 import sys
 import warnings
@@ -45,10 +46,15 @@ def native_extensions():
     if cpu_sources and not _truthy("ESR_SKIP_CPU_BUILD"):
         # Built from source on the machine that runs it: tune for it (ESR_CPU_ARCH overrides).
         arch = os.environ.get("ESR_CPU_ARCH", "native")
+        flags = ["-O3", "-fopenmp", f"-march={arch}", "-fno-math-errno", "-fno-trapping-math"]
+        if platform.machine() in ("x86_64", "AMD64"):
+            # GCC auto-vectorises with 256-bit vectors on AVX-512 machines unless told otherwise;
+            # at 512 the elementwise epilogues (SiLU, GELU) made PFDNLite ~5% faster here
+            # (alternating builds, 256x256: 77-85 vs 85-89 ms; IFADNet and RLFN within noise).
+            flags.append("-mprefer-vector-width=512")
         exts.append(CppExtension(
             "esr_kernels._C_cpu", cpu_sources,
-            extra_compile_args={"cxx": ["-O3", "-fopenmp", f"-march={arch}", "-fno-math-errno",
-                                        "-fno-trapping-math"]},
+            extra_compile_args={"cxx": flags},
             extra_link_args=["-fopenmp"]))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                           glob.glob(os.path.join("csrc", "cuda", "*.cpp")))

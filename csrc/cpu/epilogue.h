@@ -121,10 +121,14 @@ class ConvEpilogue {
 #pragma omp simd
         for (int64_t c = 0; c < c_out; ++c) zp[c] += gated[c];
       }
-      if (shortcut_mode_ == SHORTCUT_REPEAT_INPUT) {
-        for (int64_t c = 0; c < c_out; ++c) zp[c] += SC[pix * sc_c + c / r2];
-      } else if (shortcut_mode_ == SHORTCUT_VECTOR) {
-        for (int64_t c = 0; c < c_out; ++c) zp[c] += SC[c / r2];
+      if (shortcut_mode_ != SHORTCUT_NONE) {
+        // Output channel c belongs to image channel c / r^2 (looped that way: no division).
+        const float* sp = shortcut_mode_ == SHORTCUT_REPEAT_INPUT ? SC + pix * sc_c : SC;
+        for (int64_t ic = 0; ic < c_out / r2; ++ic) {
+          const float v = sp[ic];
+#pragma omp simd
+          for (int64_t k = 0; k < r2; ++k) zp[ic * r2 + k] += v;
+        }
       }
     }
     if (!shuffle) return;
