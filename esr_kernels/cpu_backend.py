@@ -193,9 +193,7 @@ class CpuBackend:
         step = w.shape[1] // chunks
         packed = {f"w{i}": _cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks)}
         packed["b"] = bias.detach().float().clone()
-        if self.engine:
-            packed["gemm_w"] = pack_gemm_1x1(w)
-            packed["gemm_b"] = pad_vector(bias, round_up16(w.shape[0]), w)
+        packed.update({f"gemm_{k}": t for k, t in self._engine_weights(w, bias.detach().float()).items()})
         return packed
 
     def concat_conv(self, features, p, c_out, act=ACT_NONE, residual=None):
@@ -204,8 +202,8 @@ class CpuBackend:
         concatenation would be a >32 MB tensor, which glibc maps fresh on every call; its page
         faults made cat + conv 2.5x slower here. The conv engine reads the features in one GEMM
         (K spans all of them) with activation and residual in its epilogue."""
-        if "gemm_w" in p:
-            return self.native.conv1x1(list(features), p["gemm_w"], p["gemm_b"], c_out, act, None, c_out, residual,
+        if "gemm_w1" in p:
+            return self.native.conv1x1(list(features), p["gemm_w1"], p["gemm_bp"], c_out, act, None, c_out, residual,
                                        RES_NONE if residual is None else RES_TENSOR, None, None, SHORTCUT_NONE, 0)
         acc = self._pointwise(_cl(features[0]), p["w0"], p["b"], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
         for i in range(1, len(features)):

@@ -134,20 +134,4 @@ at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, c
 
 #endif  // ESR_HAVE_CONV_ENGINE
 
-#if defined(ESR_HAVE_CONV_ENGINE)
-// The same from unpacked weights (the schema of the CUDA single-kernel op): packs per call.
-at::Tensor bsb_fused(const at::Tensor& x, const at::Tensor& pw_weight, const at::Tensor& dw_weight,
-                     const at::Tensor& dw_bias, const c10::optional<at::Tensor>& residual) {
-  const int64_t C = x.size(1), CP = (C + kLanes - 1) / kLanes * kLanes;
-  TORCH_CHECK(pw_weight.numel() == C * C && dw_weight.numel() == 9 * C && dw_bias.numel() == C,
-              "bsb: weights do not match ", C, " channels");
-  at::Tensor pw = at::zeros({C, CP}, x.options().dtype(at::kFloat));
-  pw.narrow(1, 0, C).copy_(pw_weight.to(at::kFloat).reshape({C, C}).t());
-  int64_t L = C;
-  while (L % kLanes) L += C;
-  at::Tensor taps = dw_weight.to(at::kFloat).reshape({C, 9}).t().repeat({1, L / C});
-  return bsb_packed(x, pw, taps, dw_bias.to(at::kFloat).repeat({L / C}), residual);
-}
-#endif
-
 }  // namespace esr_cpu

@@ -20,10 +20,6 @@ bool conv_engine_available();
 at::Tensor max_pool_7s3(const at::Tensor&);
 at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const c10::optional<at::Tensor>&);
-#if defined(__AVX512F__)
-at::Tensor bsb_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                     const c10::optional<at::Tensor>&);
-#endif
 }  // namespace esr_cpu
 
 namespace {
@@ -33,9 +29,6 @@ namespace {
 // their semantics are tested on every machine.
 at::Tensor bsb(const at::Tensor& x, const at::Tensor& pw_weight, const at::Tensor& dw_weight,
                const at::Tensor& dw_bias, const c10::optional<at::Tensor>& residual) {
-#if defined(__AVX512F__)
-  if (x.size(2) >= 2 && x.size(3) >= 2) return esr_cpu::bsb_fused(x, pw_weight, dw_weight, dw_bias, residual);
-#endif
   const int64_t C = x.size(1);
   at::Tensor p = at::conv2d(esr_cpu::as_nhwc(x), pw_weight.to(at::kFloat).reshape({C, C, 1, 1}));
   return esr_cpu::bsb_dw(p, dw_weight.reshape({C, 1, 3, 3}), dw_bias, residual);
