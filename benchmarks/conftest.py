@@ -6,9 +6,15 @@ and more rounds; on a CUDA device both sizes always run.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+# This repository's test data (../shared beside the checkout), handed over as a user would.
+_SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+if _SHARED_WEIGHTS.is_dir():
+    os.environ.setdefault("ESR_WEIGHTS_DIR", str(_SHARED_WEIGHTS))
 
 
 def full_sweep() -> bool:
@@ -29,9 +35,12 @@ def device_name(device: torch.device) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    from esr_models.weights import shared_dir
+    from esr_models import weights
 
-    if shared_dir() is None and not os.environ.get("ESR_WEIGHTS_DIR"):
-        skip = pytest.mark.skip(reason="no weights: ../shared absent and ESR_WEIGHTS_DIR unset")
+    try:
+        for name in weights.CHECKPOINTS:
+            weights.resolve(name, allow_download=False)
+    except weights.WeightsError as exc:
+        skip = pytest.mark.skip(reason=f"no weights (set ESR_WEIGHTS_DIR): {exc}")
         for item in items:
             item.add_marker(skip)

@@ -1,96 +1,182 @@
-"""The ``esr`` command: ``eval``, ``upscale``, ``info``, ``backends``."""
+"""The ``esr`` command: ``eval``, ``upscale``, ``info``, ``backends``.
+
+Exit codes: 0 everything done (files skipped because their output exists count as done);
+1 some inputs failed (each reported by name, the rest still ran); 2 a usage or setup error
+found before any file was touched (bad options, no model, no device)."""
 from __future__ import annotations
 
 import argparse
 import glob
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import MODEL_NAMES
-from .images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, write_image
+from .outputs import OutputExistsError, check_suffix, file_identity, is_temp_file, plan_outputs, write_atomically
 from .upscaler import DTYPES, Upscaler
 
 
+class UsageError(ValueError):
+    """An option or setup problem: reported in one line before anything is written."""
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r} is not a device name ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
+        raise UsageError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
 def _load_model(args) -> torch.nn.Module:
+    """The model the options ask for, on its device and dtype; for --fused, through the same
+    backend resolution as ``esr_models.load(fused=True)``, and says which backend runs."""
     from .loading import load
 
-    if getattr(args, "fused", False):
-        from .fusion import load_fused
+    device, dtype = check_device(args.device), DTYPES[args.dtype]
+    if not getattr(args, "fused", False):
+        return load(args.model, device=device, dtype=dtype)
+    from .fusion import load_fused, resolve_backend
 
-        model = load_fused(args.model, device=args.device, backend=args.backend)
-        print(f"fused backend: {model.backend}", file=sys.stderr)
-        return model
-    return load(args.model, device=args.device)
+    try:
+        resolve_backend(args.backend, device, dtype)
+    except RuntimeError as exc:
+        raise UsageError(f"--fused --backend {args.backend}: {exc}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_fused(args.model, device=device, dtype=dtype, backend=args.backend)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(f"fused backend: {model.backend}", file=sys.stderr)
+    return model
 
 
-def expand_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, not recursive) and glob patterns -> (files, errors)."""
-    files, errors = [], []
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[str], list[str]]:
+    """Files, folders (their images, not recursive) and glob patterns -> (files, errors, notes).
+    A folder's files with other extensions are counted in a note, never silently dropped."""
+    files, errors, notes = [], [], []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(q for q in p.iterdir() if q.is_file() and not is_temp_file(q))
+            found = [q for q in entries if q.suffix.lower() in IMAGE_SUFFIXES]
+            others = len(entries) - len(found)
+            if others:
+                notes.append(f"{item}: {others} file(s) without an image extension "
+                             f"({', '.join(sorted(IMAGE_SUFFIXES))}) left out")
             if not found:
                 errors.append(f"{item}: folder has no images")
             files.extend(found)
         elif p.is_file():
             files.append(p)
         elif glob.has_magic(item):
-            found = sorted(Path(q) for q in glob.glob(item) if Path(q).is_file())
+            found = sorted(Path(q) for q in glob.glob(item) if Path(q).is_file() and not is_temp_file(Path(q)))
             if not found:
                 errors.append(f"{item}: pattern matched no files")
             files.extend(found)
         else:
             errors.append(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(files))
-    return unique, errors
+    return files, errors, notes
 
 
-def output_path(src: Path, outdir: Path, suffix: str, taken: set[Path]) -> Path:
-    """``<outdir>/<stem><suffix>.png``; a name already used in this run gets the source
-    extension added so that a.jpg and a.png do not overwrite each other."""
-    out = outdir / f"{src.stem}{suffix}.png"
-    if out.resolve() in taken:
-        out = outdir / f"{src.stem}_{src.suffix.lstrip('.')}{suffix}.png"
-    return out
+def _check_upscale_options(args) -> None:
+    check_suffix(args.suffix)
+    if args.tile is not None and args.tile < 1:
+        raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
+    if args.tile_overlap < 0 or (args.tile is not None and args.tile_overlap >= args.tile):
+        raise UsageError(f"--tile-overlap must be in [0, tile size), got {args.tile_overlap}")
+    if args.max_pixels < 0:
+        raise UsageError(f"--max-pixels must be positive (0: no limit), got {args.max_pixels}")
+    out = Path(args.output)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"output folder {out}: {parent} exists and is not a folder")
+            break
+
+
+def _fmt_error(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or isinstance(exc, torch.OutOfMemoryError):
+        return "out of memory (try --tile 256, or a smaller tile)"
+    msg = str(exc) or type(exc).__name__
+    return msg if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {msg}"
+
+
+def upscale_one(upscaler: Upscaler, src: Path, dst: Path, overwrite: bool, max_pixels) -> list[str]:
+    """Upscale ``src`` into ``dst``; returns notes to print. Raises on failure."""
+    img = read_image(src, max_pixels=max_pixels or None)
+    notes = list(img.notes)
+    out = upscaler.upscale_image(img)
+    write_atomically(dst, lambda tmp: write_image(tmp, out), overwrite)
+    return notes
 
 
 def cmd_upscale(args) -> int:
-    files, errors = expand_inputs(args.inputs)
+    _check_upscale_options(args)
+    files, errors, notes = expand_inputs(args.inputs)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if not files:
         print("error: nothing to upscale", file=sys.stderr)
-        return 1
+        return 2
     outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
-    inputs = {f.resolve() for f in files}
     upscaler = Upscaler(_load_model(args), device=args.device, dtype=DTYPES[args.dtype],
-                        tile=args.tile, tile_overlap=args.tile_overlap)
-    taken: set[Path] = set()
-    failures = len(errors)
+                        tile=args.tile, tile_overlap=args.tile_overlap, auto_tile=args.tile is None)
+    outdir.mkdir(parents=True, exist_ok=True)
+    jobs, earlier = plan_outputs(files, outdir, args.suffix)
+    input_ids = {file_identity(job.src) for job in jobs}  # earlier outputs are not inputs
+    failures: list[tuple[str, str]] = [(e.split(":")[0], e) for e in errors]
+    skipped, done = [], 0
+    for src in earlier:
+        print(f"skipped: {src}: an output of an earlier run (its input is in this batch)", file=sys.stderr)
+        skipped.append(src)
     from tqdm import tqdm
 
-    bar = tqdm(files, desc="upscaling", unit="img", disable=args.quiet or None, file=sys.stderr)
-    for src in bar:
-        dst = output_path(src, outdir, args.suffix, taken)
-        if dst.resolve() in inputs:
-            print(f"error: {src}: output {dst} would overwrite an input; skipped", file=sys.stderr)
-            failures += 1
+    bar = tqdm(jobs, desc="upscaling", unit="img", disable=args.quiet or None, file=sys.stderr)
+    for job in bar:
+        src, dst = job.src, job.dst
+        if dst.exists() and file_identity(dst) in input_ids:
+            failures.append((str(src), f"{src}: its output {dst} would overwrite an input; "
+                                       "choose another --output or --suffix"))
+            tqdm.write(f"error: {failures[-1][1]}", file=sys.stderr)
             continue
-        taken.add(dst.resolve())
+        if dst.exists() and not args.overwrite:
+            tqdm.write(f"skipped: {src}: {dst} exists (--overwrite to replace it)", file=sys.stderr)
+            skipped.append(src)
+            continue
+        upscaler.notify = lambda msg, src=src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
         try:
-            img = read_image(src)
-            write_image(dst, upscaler.upscale_image(img))
-        except (ImageReadError, ValueError) as exc:
-            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-    done = len(files) - (failures - len(errors))
-    print(f"{done} upscaled, {failures} failed", file=sys.stderr)
+            for note in upscale_one(upscaler, src, dst, args.overwrite, args.max_pixels):
+                tqdm.write(f"note: {note}", file=sys.stderr)  # notes name their file
+            done += 1
+        except OutputExistsError as exc:  # made by a concurrent run meanwhile
+            tqdm.write(f"skipped: {src}: {exc}", file=sys.stderr)
+            skipped.append(src)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one file's failure never stops the batch
+            msg = _fmt_error(exc)
+            failures.append((str(src), msg if str(src) in msg else f"{src}: {msg}"))
+            tqdm.write(f"error: {failures[-1][1]}", file=sys.stderr)
+    bar.close()
+    print(f"{done} upscaled, {len(skipped)} skipped, {len(failures)} failed", file=sys.stderr)
+    if failures:
+        print("failed:", file=sys.stderr)
+        for _, msg in failures:
+            print(f"  {msg}", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -98,20 +184,31 @@ def cmd_eval(args) -> int:
     from .evaluation.protocol import evaluate_images, list_images, summarise
 
     upscaler = Upscaler(_load_model(args), device=args.device, dtype=DTYPES[args.dtype])
-    records = []
-    for rec in evaluate_images(list_images(args.hr), upscaler, with_ssim=not args.no_ssim):
+    files, skipped = list_images(args.hr)
+    for s in skipped:
+        print(f"note: {s}", file=sys.stderr)
+    records, failures = [], []
+    for rec in evaluate_images(files, upscaler, with_ssim=not args.no_ssim, min_size=upscaler.min_size):
+        if "error" in rec:
+            failures.append(rec)
+            print(f"error: {rec['image']}: {rec['error']}", file=sys.stderr)
+            continue
         records.append(rec)
         if not args.json:
             extra = f"  SSIM {rec['ssim']:.4f}" if "ssim" in rec else ""
             print(f"{rec['image']:<24} PSNR {rec['psnr']:.3f} dB  PSNR-Y {rec['psnr_y']:.3f} dB{extra}")
+    if not records:
+        print(f"error: no image of {args.hr} could be evaluated", file=sys.stderr)
+        return 1
     summary = summarise(records)
     if args.json:
         print(json.dumps({"model": args.model, "hr": str(args.hr), "fused": bool(args.fused),
-                          **summary, "per_image": records}))
+                          **summary, "images": len(records), "failed": failures, "per_image": records}))
     else:
         extra = f"  SSIM {summary['ssim']:.4f}" if "ssim" in summary else ""
-        print(f"{'mean':<24} PSNR {summary['psnr']:.3f} dB  PSNR-Y {summary['psnr_y']:.3f} dB{extra}")
-    return 0
+        print(f"{'mean':<24} PSNR {summary['psnr']:.3f} dB  PSNR-Y {summary['psnr_y']:.3f} dB{extra}"
+              f"  (over {len(records)} of {len(records) + len(failures)} images)")
+    return 1 if failures else 0
 
 
 def cmd_info(args) -> int:
@@ -141,7 +238,8 @@ def cmd_backends(args) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="ifadnet", choices=MODEL_NAMES, help="model name (default: ifadnet)")
+    p.add_argument("--model", default="ifadnet", help=f"model name ({', '.join(MODEL_NAMES)}; default: "
+                   "ifadnet) or the path of a checkpoint file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--fused", action="store_true", help="run the fused esr_kernels path")
@@ -157,9 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     up.add_argument("-o", "--output", required=True, help="output folder")
     _add_model_args(up)
-    up.add_argument("--tile", type=int, default=None, help="tile size in input pixels (default: whole image)")
+    up.add_argument("--tile", type=int, default=None,
+                    help="tile size in input pixels (default: whole image, tiled automatically when "
+                         "it would not fit in memory)")
     up.add_argument("--tile-overlap", type=int, default=16, help="overlap between tiles in input pixels")
     up.add_argument("--suffix", default="_x4", help="added to output file names (default: _x4)")
+    up.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files (default: skip them; inputs are never replaced)")
+    up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help=f"refuse input images with more pixels (default {DEFAULT_MAX_PIXELS:,}, "
+                         "Pillow's decompression-bomb limit; 0: no limit)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     up.set_defaults(func=cmd_upscale)
 
@@ -184,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

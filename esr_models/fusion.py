@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .ifadnet import BFEB, RFMB
-from .layers import AffineInputConv2d, ConcatFuse, ConvAdd, PixelShuffleTail
+from .layers import AffineInputConv2d, ConcatFuse, ConvAdd, InputError, PixelShuffleTail
 from .pfdnlite import PartialBlock
 from .rlfn import RLFB
 
@@ -247,10 +247,23 @@ FUSED_TYPES: dict[type, type] = {
 }
 
 
+# What each backend's kernels run: device types and input dtypes.
+BACKEND_RUNS = {
+    "cpu": (("cpu",), (torch.float32,)),
+    "triton": (("cuda", "cpu"), (torch.float32, torch.float16, torch.bfloat16)),  # cpu: interpreter
+    "cuda": (("cuda",), (torch.float32, torch.float16, torch.bfloat16)),
+}
+
+
 def fuse_(model: nn.Module, backend: str = "triton") -> dict[str, nn.Module]:
     """Swap, in place, every module of a type in FUSED_TYPES (exact type, outermost first, and
     for plain convs only those the kernels support) for its fused counterpart running on
-    ``backend`` ("triton" or "cpu"). Idempotent. Returns {qualified name: replaced module}."""
+    ``backend`` ("triton", "cpu" or "cuda"). Idempotent. Returns {qualified name: replaced module}.
+
+    The fused forward is inference-only (the kernels have no backward): the model's parameters
+    stop requiring grad, and a call that would need a gradient raises instead of returning an
+    output that claims ``requires_grad`` but never gets one. Inputs are checked as the
+    reference checks them, plus the dtypes and devices the backend runs."""
     kernels = make_backend(backend)
     replaced: dict[str, nn.Module] = {}
     fused_types = set(FUSED_TYPES.values())
@@ -269,7 +282,33 @@ def fuse_(model: nn.Module, backend: str = "triton") -> dict[str, nn.Module]:
 
     with torch.no_grad():
         walk(model, "")
+    if replaced or getattr(model, "_esr_fused_backend", None) is not None:
+        model.requires_grad_(False)
+        if getattr(model, "_esr_fused_backend", None) is None:
+            model.register_forward_pre_hook(_check_fused_input)
+        model._esr_fused_backend = backend
     return replaced
+
+
+def _check_fused_input(model: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of a fused model: the reference's input checks, then the backend's."""
+    from .layers import check_input
+
+    x = args[0] if args else None
+    name = type(model).__name__
+    weight = model.head.weight
+    check_input(x, getattr(model, "min_size", 1), name, weight)
+    backend = model._esr_fused_backend
+    devices, dtypes = BACKEND_RUNS[backend]
+    if x.dtype not in dtypes:
+        raise InputError(f"fused {name} (backend {backend!r}) runs {', '.join(map(str, dtypes))}, not "
+                         f"{x.dtype}; use the reference model (esr_models.load(..., fused=False)) for it")
+    if x.device.type not in devices:
+        raise InputError(f"fused {name} (backend {backend!r}) runs on {' or '.join(devices)}, not {x.device}")
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters())):
+        raise RuntimeError(f"fused {name} is inference-only (its kernels have no backward): call it under "
+                           "torch.no_grad() or torch.inference_mode() with inputs and parameters that do "
+                           "not require grad, or train the reference model (esr_models.load(name))")
 
 
 def make_backend(name: str):

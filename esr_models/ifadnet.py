@@ -57,7 +57,7 @@ class IFADNet(nn.Module):
         self.tail = PixelShuffleTail(channels, scale, in_channels, out_shift=DIV2K_MEAN)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.min_size, "IFADNet")
+        check_input(x, self.min_size, "IFADNet", self.head.weight)
         head = self.head(x)
         outs, out = [], head
         for block in self.blocks:

@@ -92,10 +92,29 @@ class InputTooSmallError(ValueError):
     """The input is smaller than a model's attention pooling window allows."""
 
 
-def check_input(x: torch.Tensor, min_size: int, model_name: str) -> None:
-    """Raise a clear error, instead of a pooling traceback, for malformed or too-small input."""
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"{model_name} expects (N, 3, H, W) RGB input, got shape {tuple(x.shape)}")
+class InputError(ValueError):
+    """The input is not what the models take: (N, C, H, W) float in [0, 1] on the weights'
+    device and in their dtype."""
+
+
+def check_input(x: torch.Tensor, min_size: int, model_name: str, weight: torch.Tensor) -> None:
+    """The models' input contract, checked the same way by reference and fused models:
+    a 4-D (N, C, H, W) tensor with C = the head conv's input channels, a floating dtype equal
+    to the weights', on the weights' device, at least ``min_size`` pixels each way. Raises a
+    clear error instead of a kernel's or oneDNN's message (or, for uint8, silent garbage)."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{model_name} takes a torch.Tensor, got {type(x).__name__}")
+    channels = weight.shape[1]
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise InputError(f"{model_name} expects (N, {channels}, H, W) RGB input, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"{model_name} expects floating-point input with values in [0, 1], got {x.dtype}"
+                         + (" (convert with x.float() / 255)" if x.dtype == torch.uint8 else ""))
+    if x.dtype != weight.dtype:
+        raise InputError(f"{model_name}: input is {x.dtype} but the weights are {weight.dtype}; convert "
+                         f"the input (x.to({weight.dtype})) or the model (model.to({x.dtype}))")
+    if x.device != weight.device:
+        raise InputError(f"{model_name}: input is on {x.device} but the weights are on {weight.device}")
     h, w = x.shape[-2:]
     if h < min_size or w < min_size:
         raise InputTooSmallError(

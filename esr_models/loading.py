@@ -12,10 +12,26 @@ from .registry import detect
 MODEL_NAMES = tuple(weights.CHECKPOINTS)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not a usable state dict."""
+
+
 def load_state_dict_file(path: str | Path) -> nn.Module:
-    """Load a checkpoint file of any supported architecture (detected from its keys)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint file of any supported architecture (detected from its keys).
+    Refuses files that are not state dicts and weights that are not finite: a NaN weight
+    would make every output NaN without a word."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state dict (the file holds a {type(state).__name__}); "
+                              "expected a dict of parameter tensors, as torch.save(model.state_dict()) writes")
     _, model = detect(state)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: weight {key!r} has NaN or Inf values; refusing to load it")
     return model
 
 

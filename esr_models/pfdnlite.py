@@ -49,7 +49,7 @@ class PFDNLite(nn.Module):
         self.tail = PixelShuffleTail(channels, scale, in_channels, repeat_image=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.min_size, "PFDNLite")
+        check_input(x, self.min_size, "PFDNLite", self.head.weight)
         out = self.head(x)
         for block in self.blocks:
             out = block(out)

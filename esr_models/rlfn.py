@@ -47,7 +47,7 @@ class RLFN(nn.Module):
         self.tail = PixelShuffleTail(channels, scale, in_channels, out_divisor=PIXEL_RANGE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.min_size, "RLFN")
+        check_input(x, self.min_size, "RLFN", self.head.weight)
         head = self.head(x)
         out = head
         for block in self.blocks:

@@ -2,17 +2,17 @@
 
 Lookup order for a model's checkpoint file:
 1. ``$ESR_WEIGHTS_DIR/<file>``
-2. ``../shared/weights/<file>`` next to a source checkout (the project's test data)
-3. the user cache, ``$ESR_CACHE_DIR`` or ``~/.cache/esr-kernels/<file>``
-4. download from the upstream address into the user cache.
+2. the user cache, ``$ESR_CACHE_DIR`` or ``~/.cache/esr-kernels/<file>``
+3. download from the upstream address into the user cache, giving up after
+   ``DOWNLOAD_TIMEOUT_S`` seconds (a hanging server must not hang the user).
 Every file is checked against its sha256 before use.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         "https://github.com/icandle/BSR/raw/main/model_zoo/team00_rlfn.pth"),
 }
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Whole download, connection included; each socket operation waits at most SOCKET_TIMEOUT_S.
+DOWNLOAD_TIMEOUT_S = 15.0
+SOCKET_TIMEOUT_S = 5.0
 
 
 def sha256_of(path: Path) -> str:
@@ -56,13 +58,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def shared_dir() -> Path | None:
-    """The project's ``../shared`` test-data folder, if this is a source checkout that has one."""
-    env = os.environ.get("ESR_SHARED_DIR")
-    candidate = Path(env) if env else PROJECT_ROOT.parent / "shared"
-    return candidate if candidate.is_dir() else None
 
 
 def cache_dir() -> Path:
@@ -77,9 +72,6 @@ def candidate_paths(ckpt: Checkpoint) -> list[Path]:
     paths = []
     if os.environ.get("ESR_WEIGHTS_DIR"):
         paths.append(Path(os.environ["ESR_WEIGHTS_DIR"]) / ckpt.filename)
-    shared = shared_dir()
-    if shared is not None:
-        paths.append(shared / "weights" / ckpt.filename)
     paths.append(cache_dir() / ckpt.filename)
     return paths
 
@@ -95,9 +87,15 @@ def verify(path: Path, ckpt: Checkpoint) -> None:
 def download(ckpt: Checkpoint, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    deadline = time.monotonic() + DOWNLOAD_TIMEOUT_S
     try:
-        with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(ckpt.url, timeout=60) as resp:
-            shutil.copyfileobj(resp, tmp)
+        with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(ckpt.url, timeout=SOCKET_TIMEOUT_S) as resp:
+            # read1: whatever has arrived (read(n) would wait for n bytes, so a server that
+            # trickles a byte at a time would never reach the deadline check).
+            while chunk := resp.read1(1 << 16):
+                tmp.write(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not finished after {DOWNLOAD_TIMEOUT_S:.0f} s")
         verify(Path(tmp_name), ckpt)
         os.replace(tmp_name, dest)
     except WeightsError:
@@ -106,7 +104,8 @@ def download(ckpt: Checkpoint, dest: Path) -> Path:
     except Exception as exc:  # network errors of every kind
         os.unlink(tmp_name)
         raise WeightsError(f"could not download {ckpt.filename} from {ckpt.url}: {exc}. "
-                           f"Put the file in $ESR_WEIGHTS_DIR or {dest.parent} by hand.") from exc
+                           f"Put the file (sha256 {ckpt.sha256}) in $ESR_WEIGHTS_DIR or {dest.parent} "
+                           "by hand.") from exc
     return dest
 
 

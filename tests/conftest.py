@@ -8,14 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from esr_models.weights import shared_dir
-
 # Triton reads this once, at its first import: without a GPU, its kernels can only run on CPU
 # tensors through the interpreter. Setting it selects nothing and skips nothing by itself.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-SHARED = shared_dir()
+
+
+def _shared_dir() -> Path | None:
+    """This repository's test data, ``../shared`` beside the checkout (or $ESR_SHARED_DIR).
+    Product code never looks for it: the tests hand its weights over through ESR_WEIGHTS_DIR,
+    as a user would, which subprocesses (the CLI tests) inherit."""
+    env = os.environ.get("ESR_SHARED_DIR")
+    candidate = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return candidate if candidate.is_dir() else None
+
+
+SHARED = _shared_dir()
+if SHARED is not None and (SHARED / "weights").is_dir():
+    os.environ.setdefault("ESR_WEIGHTS_DIR", str(SHARED / "weights"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -39,7 +39,7 @@ def test_upscale_folder_reports_bad_file_and_does_the_rest(inputs, tmp_path):
     out = tmp_path / "out"
     proc = esr("upscale", inputs, "-o", out, "--model", "pfdnlite", "-q", check=False)
     assert proc.returncode == 1
-    assert "corrupt.png" in proc.stderr and "3 upscaled, 1 failed" in proc.stderr
+    assert "corrupt.png" in proc.stderr and "3 upscaled, 0 skipped, 1 failed" in proc.stderr
     rgb = PILImage.open(out / "rgb_x4.png")
     assert rgb.size == (192, 160) and rgb.mode == "RGB"
     alpha = PILImage.open(out / "alpha_x4.png")
@@ -125,3 +125,40 @@ def test_eval_fused_auto_on_cpu_reports_what_runs(shared):
     expected = "cpu" if esr_kernels.available_backends()["cpu_extension"] else "reference"
     assert f"fused backend: {expected}" in proc.stderr
     assert "30.20" in proc.stdout.splitlines()[-1]  # RLFN's Set5 PSNR, fused
+
+
+def test_eval_reports_bad_images_and_says_what_the_mean_is_over(shared, tmp_path):
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for name in ("baby", "bird"):
+        shutil.copy(shared / "data" / "Set5" / f"{name}.png", hr)
+    (hr / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (hr / "folder.png").mkdir()                                        # a folder named like an image
+    PILImage.fromarray(np.zeros((40, 40, 3), np.uint8)).save(hr / "small.png")  # LR 10x10 < 15
+    proc = esr("eval", "--model", "rlfn", "--hr", hr, "--no-ssim", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "corrupt.png" in proc.stderr and "folder.png" in proc.stderr
+    assert "small.png" in proc.stderr and "10x10 LR" in proc.stderr
+    assert "(over 2 of 4 images)" in proc.stdout
+    data = json.loads(esr("eval", "--model", "rlfn", "--hr", hr, "--no-ssim", "--json", check=False).stdout)
+    assert data["images"] == 2 and {f["image"] for f in data["failed"]} == {"corrupt.png", "small.png"}
+    assert data["psnr"] == pytest.approx(sum(r["psnr"] for r in data["per_image"]) / 2)
+
+
+def test_upscale_tiles_automatically_when_memory_is_short(tmp_path, models, shared):
+    import torch
+
+    arr = np.asarray(PILImage.open(shared / "data" / "Set14" / "baboon.png").convert("RGB"))[:96, :80].copy()
+    PILImage.fromarray(arr).save(tmp_path / "a.png")
+    # RLFN's estimate is 2000 B per LR pixel: 96x80 needs ~15 MB; 8 MB of which half is usable
+    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", "upscale", str(tmp_path / "a.png"),
+                           "-o", str(tmp_path / "o"), "--model", "rlfn", "-q"], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "ESR_MAX_MEMORY_MB": "8"})
+    assert proc.returncode == 0, proc.stderr
+    assert "tiling automatically with --tile 32" in proc.stderr
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        whole = (models["rlfn"](x)[0].clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+    tiled = np.asarray(PILImage.open(tmp_path / "o" / "a_x4.png")).astype(float)
+    mse = ((tiled - whole) ** 2).mean()
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 35  # tiled, close to the whole image

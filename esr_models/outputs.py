@@ -1,0 +1,119 @@
+"""Where each input's output goes, and writing it without ever losing a file.
+
+The rules (README, "What happens to your files"):
+- Every input maps to its own output ``<outdir>/<stem><suffix>.png``, deterministically: the
+  inputs are taken in sorted order of their real paths, and a name already given to another
+  input becomes ``<stem>_<ext><suffix>.png``, then ``<stem>_<ext>_2<suffix>.png``, ... One file
+  reached twice (two spellings, a symlink, a hard link) is one input.
+- With a non-empty suffix, an input that is the planned output of another input is an
+  earlier run's output (re-running
+  into the input folder would otherwise make ``*_x4_x4.png``): it is skipped, not upscaled.
+- An existing file is never replaced unless ``overwrite``; without it the input is reported as
+  skipped, so re-running a batch resumes it. An input is never replaced, even with
+  ``overwrite``.
+- A file is written under a temporary name in the output folder and then moved to its final
+  name in one step, so an interrupted or concurrent run never leaves a truncated file under
+  the final name.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+TEMP_PREFIX = ".esr-tmp-"
+
+
+class OutputExistsError(FileExistsError):
+    """The output file exists and overwriting was not asked for."""
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+
+
+def file_identity(path: Path) -> tuple:
+    """Identity of a file whatever path reaches it (symlinks, ``..``, hard links)."""
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
+
+
+def check_suffix(suffix: str) -> None:
+    """``--suffix`` becomes part of a file name: no folder separators, no NUL."""
+    bad = [c for c in ("/", os.sep, os.altsep or "/", "\0") if c in suffix]
+    if bad:
+        raise ValueError(f"--suffix {suffix!r} must not contain {bad[0]!r}: it is part of a file name, "
+                         "not a folder")
+
+
+def plan_outputs(files: list[Path], outdir: Path, suffix: str) -> tuple[list[Job], list[Path]]:
+    """(jobs, earlier outputs among the inputs) for ``files``, in the order of ``files``.
+
+    Names are given in sorted order of the inputs' real paths, so the same set of inputs gets
+    the same names whatever order they were listed in."""
+    unique: dict[tuple, Path] = {}
+    for f in files:
+        unique.setdefault(file_identity(f), f)
+    inputs = list(unique.values())
+    taken: set[str] = set()
+    dst_of: dict[Path, Path] = {}
+    for src in sorted(inputs, key=lambda p: str(p.resolve())):
+        ext = src.suffix.lstrip(".").lower()
+        # Compared case-insensitively: on macOS/Windows a.png and A.png are one file.
+        name = next(c for c in _candidates(src.stem, ext, suffix) if c.lower() not in taken)
+        taken.add(name.lower())
+        dst_of[src] = outdir / name
+    # An input sitting where another input's output goes was written by an earlier run.
+    # With an empty suffix an output's name is its input's, so this tells nothing.
+    input_ids = {file_identity(f): f for f in inputs}
+    earlier = set()
+    for src, dst in dst_of.items() if suffix else ():
+        if dst.exists() and file_identity(dst) in input_ids and input_ids[file_identity(dst)] != src:
+            earlier.add(input_ids[file_identity(dst)])
+    jobs = [Job(src, dst_of[src]) for src in inputs if src not in earlier]
+    return jobs, sorted(earlier)
+
+
+def _candidates(stem: str, ext: str, suffix: str):
+    yield f"{stem}{suffix}.png"
+    yield f"{stem}_{ext}{suffix}.png"
+    k = 2
+    while True:
+        yield f"{stem}_{ext}_{k}{suffix}.png"
+        k += 1
+
+
+def is_temp_file(path: Path) -> bool:
+    return path.name.startswith(TEMP_PREFIX)
+
+
+def write_atomically(dst: Path, write: Callable[[Path], None], overwrite: bool) -> None:
+    """Call ``write(tmp)`` on a temporary path in ``dst``'s folder (same extension, so writers
+    that pick the format from it still work), then move it to ``dst`` in one step.
+
+    Without ``overwrite`` the move is a hard link, which fails if ``dst`` exists (also when a
+    concurrent run made it meanwhile): OutputExistsError, and nothing is replaced. The
+    temporary file is removed on every path out, including KeyboardInterrupt."""
+    tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{dst.name}")
+    try:
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, dst)
+            return
+        try:
+            os.link(tmp, dst)
+        except FileExistsError:
+            raise OutputExistsError(f"{dst} exists (use --overwrite to replace it)") from None
+        except OSError:
+            # Filesystems without hard links (FAT, some network mounts): check, then rename.
+            # A concurrent run could slip in between; nothing better exists there.
+            if dst.exists():
+                raise OutputExistsError(f"{dst} exists (use --overwrite to replace it)") from None
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

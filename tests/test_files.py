@@ -1,0 +1,242 @@
+"""What happens to the user's files: output naming, the overwrite rule, temporary files,
+per-file failures and option errors (issue #8). The CLI through subprocess, as users meet it;
+failures that cannot be provoked from outside (a full disk) through ``cli.main``."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from esr_models import cli
+from esr_models.outputs import TEMP_PREFIX, OutputExistsError, plan_outputs, write_atomically
+
+pytestmark = pytest.mark.shared  # the CLI loads the upstream weights
+
+
+def esr(*args):
+    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ})
+
+
+def image(path: Path, seed: int = 0, size=(20, 18)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    PILImage.fromarray(arr).save(path)
+    return path
+
+
+def upscaled_from(out: Path, src: Path) -> bool:
+    """Is ``out`` the x4 output of ``src``? (its 4x4 block means reproduce src closely)"""
+    a = np.asarray(PILImage.open(out).convert("RGB")).astype(float)
+    b = np.asarray(PILImage.open(src).convert("RGB")).astype(float)
+    h, w = b.shape[:2]
+    return a.shape[:2] == (4 * h, 4 * w) and \
+        np.abs(a.reshape(h, 4, w, 4, 3).mean(axis=(1, 3)) - b).mean() < 12
+
+
+# ---------------------------------------------------------------- naming
+
+@pytest.mark.parametrize("names", [
+    ["d1/a.png", "d2/a.png", "d3/a.png"],   # one stem in three folders
+    ["a_png.png", "a.jpg", "a.png"],        # the disambiguated name of one is another's stem
+    ["x/a.PNG", "y/a.png", "a.png.png"],     # case and double extensions
+])
+def test_every_input_gets_its_own_output(tmp_path, names):
+    srcs = [image(tmp_path / "in" / n, seed=i) for i, n in enumerate(names)]
+    out = tmp_path / "out"
+    proc = esr("upscale", *srcs, "-o", out, "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(srcs)} upscaled, 0 skipped, 0 failed" in proc.stderr
+    outputs = sorted(out.iterdir())
+    assert len(outputs) == len(srcs)
+    # each output comes from a different input: match them up by content
+    matched = {src: [o for o in outputs if upscaled_from(o, src)] for src in srcs}
+    assert all(len(m) == 1 for m in matched.values()), matched
+    assert len({m[0] for m in matched.values()}) == len(srcs)
+
+
+def test_naming_is_deterministic_whatever_the_order(tmp_path):
+    srcs = [image(tmp_path / d / "a.png", seed=i) for i, d in enumerate(("p", "q", "r"))]
+    jobs1, _ = plan_outputs(srcs, tmp_path / "o", "_x4")
+    jobs2, _ = plan_outputs(list(reversed(srcs)), tmp_path / "o", "_x4")
+    assert {j.src: j.dst for j in jobs1} == {j.src: j.dst for j in jobs2}
+    assert len({j.dst for j in jobs1}) == 3
+
+
+def test_one_file_through_two_paths_is_one_input(tmp_path):
+    src = image(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "link.png").symlink_to(src)
+    os.link(src, tmp_path / "in" / "hard.png")
+    proc = esr("upscale", src, tmp_path / "in" / ".." / "in" / "a.png", tmp_path / "in" / "link.png",
+               tmp_path / "in" / "hard.png", "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0 and "1 upscaled" in proc.stderr, proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_x4.png"]
+
+
+# ---------------------------------------------------------------- the overwrite rule
+
+def test_existing_files_are_skipped_unless_overwrite(tmp_path):
+    src = image(tmp_path / "in" / "photo.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = image(out / "photo.png", seed=9)           # the user's own file
+    before = mine.read_bytes()
+    proc = esr("upscale", src, "-o", out, "--suffix", "", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0 and "0 upscaled, 1 skipped, 0 failed" in proc.stderr
+    assert "--overwrite" in proc.stderr and mine.read_bytes() == before
+    proc = esr("upscale", src, "-o", out, "--suffix", "", "--model", "pfdnlite", "-q", "--overwrite")
+    assert proc.returncode == 0 and "1 upscaled" in proc.stderr
+    assert upscaled_from(mine, src)
+
+
+def test_rerun_resumes_and_never_upscales_its_own_outputs(tmp_path):
+    folder = tmp_path / "photos"
+    srcs = [image(folder / f"{n}.png", seed=i) for i, n in enumerate("abc")]
+    first = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    assert first.returncode == 0 and "3 upscaled" in first.stderr
+    (folder / "b_x4.png").unlink()                    # as if the first run was interrupted
+    again = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    assert again.returncode == 0, again.stderr
+    assert "1 upscaled, 4 skipped, 0 failed" in again.stderr  # a, c done; a_x4, c_x4 are outputs
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["a.png", "a_x4.png", "b.png", "b_x4.png", "c.png", "c_x4.png"]
+    assert upscaled_from(folder / "b_x4.png", srcs[1])
+
+
+def test_inputs_are_never_overwritten_even_with_overwrite(tmp_path):
+    src = image(tmp_path / "a.png")
+    before = src.read_bytes()
+    proc = esr("upscale", src, "-o", tmp_path, "--suffix", "", "--overwrite", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 1 and "would overwrite an input" in proc.stderr
+    assert src.read_bytes() == before
+
+
+def test_interrupted_write_leaves_no_file_under_the_final_name(tmp_path):
+    dst = tmp_path / "a_x4.png"
+
+    def half_then_fail(tmp: Path):
+        tmp.write_bytes(b"\x89PNG half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(dst, half_then_fail, overwrite=False)
+    assert list(tmp_path.iterdir()) == []             # neither the final name nor the temp file
+
+
+def test_concurrent_writer_is_not_overwritten(tmp_path):
+    dst = tmp_path / "a_x4.png"
+
+    def other_run_finishes_first(tmp: Path):
+        tmp.write_bytes(b"mine")
+        dst.write_bytes(b"theirs")
+
+    with pytest.raises(OutputExistsError):
+        write_atomically(dst, other_run_finishes_first, overwrite=False)
+    assert dst.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["a_x4.png"]
+
+
+def test_leftover_temp_files_are_not_inputs(tmp_path):
+    folder = tmp_path / "in"
+    image(folder / "a.png")
+    (folder / f"{TEMP_PREFIX}dead-a_x4.png").write_bytes(b"truncated")
+    files, errors, _ = cli.expand_inputs([str(folder)])
+    assert [f.name for f in files] == ["a.png"] and not errors
+
+
+# ---------------------------------------------------------------- one failure does not stop the batch
+
+def test_bad_files_are_reported_and_the_rest_run(tmp_path):
+    d = tmp_path / "in"
+    image(d / "a.png")
+    image(d / "tiny.png", size=(5, 5))                       # below the minimum size
+    image(d / "big.png", size=(40, 40))                      # over --max-pixels
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    image(d / "z.png", seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "z_x4.png").mkdir()                               # output path blocked by a folder
+    proc = esr("upscale", d, "-o", out, "--model", "pfdnlite", "--max-pixels", "1000", "--overwrite", "-q")
+    assert proc.returncode == 1
+    assert "1 upscaled, 0 skipped, 4 failed" in proc.stderr
+    summary = proc.stderr.split("failed:")[-1]
+    for name in ("tiny.png", "big.png", "corrupt.png", "z.png"):
+        assert name in summary
+    assert "Traceback" not in proc.stderr
+    assert (out / "a_x4.png").is_file()
+    assert not any(p.name.startswith(TEMP_PREFIX) for p in out.iterdir())
+
+
+@pytest.mark.parametrize("failure", ["disk_full", "out_of_memory"])
+def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, failure):
+    d = tmp_path / "in"
+    for n in "abc":
+        image(d / f"{n}.png")
+    if failure == "disk_full":
+        real = cli.write_image
+
+        def write(path, img):
+            if "b_x4" in path.name:
+                Path(path).write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(path, img)
+
+        monkeypatch.setattr(cli, "write_image", write)
+    else:
+        from esr_models.upscaler import Upscaler
+
+        real = Upscaler.upscale_image
+
+        def upscale(self, img):  # the second file (b.png) runs out of memory
+            upscale.calls += 1
+            if upscale.calls == 2:
+                raise MemoryError
+            return real(self, img)
+
+        upscale.calls = 0
+        monkeypatch.setattr(Upscaler, "upscale_image", upscale)
+    rc = cli.main(["upscale", str(d), "-o", str(tmp_path / "out"), "--model", "pfdnlite", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "2 upscaled, 0 skipped, 1 failed" in err
+    assert ("No space left" in err) if failure == "disk_full" else ("out of memory" in err)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x4.png", "c_x4.png"]
+
+
+# ---------------------------------------------------------------- option errors come first
+
+@pytest.mark.parametrize("options, message", [
+    (["--suffix", "a/b"], "--suffix"),
+    (["--tile", "0"], "--tile"),
+    (["--tile", "32", "--tile-overlap", "32"], "--tile-overlap"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--fused", "--backend", "cpu", "--dtype", "bfloat16"], "float32 only"),
+    (["--model", "nosuchmodel"], "unknown model"),
+])
+def test_option_errors_create_nothing(tmp_path, options, message):
+    src = image(tmp_path / "a.png")
+    out = tmp_path / "new" / "out"
+    proc = esr("upscale", src, "-o", out, *options, "-q")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_output_blocked_by_a_file_is_an_option_error(tmp_path):
+    src = image(tmp_path / "a.png")
+    (tmp_path / "out").write_text("a file, not a folder")
+    proc = esr("upscale", src, "-o", tmp_path / "out" / "sub", "-q")
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+
+
+def test_fused_low_precision_on_cpu_runs_what_it_says(tmp_path):
+    """--fused --dtype bfloat16 on a CPU: auto cannot fuse it, says so, and runs the reference."""
+    src = image(tmp_path / "a.png")
+    proc = esr("upscale", src, "-o", tmp_path / "o", "--fused", "--dtype", "bfloat16", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "fused backend: reference" in proc.stderr and "warning:" in proc.stderr
+    assert upscaled_from(tmp_path / "o" / "a_x4.png", src)

@@ -1,0 +1,70 @@
+"""The models' input contract: reference and fused models validate input identically, with a
+clear error (issue #8: the fused path took uint8 and returned values around 3e6), and the
+fused forward is inference-only."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import esr_models
+from esr_models.layers import InputError, InputTooSmallError
+
+pytestmark = pytest.mark.shared
+
+
+@pytest.fixture(scope="module")
+def pairs(models):
+    import esr_kernels
+
+    if not esr_kernels.available_backends()["cpu_extension"]:
+        pytest.skip("the native CPU extension is not built")
+    return {name: (models[name], esr_models.load(name, fused=True, backend="cpu")) for name in models}
+
+
+BAD_INPUTS = {
+    "uint8": (lambda: torch.randint(0, 256, (1, 3, 20, 20), dtype=torch.uint8), InputError, "x.float() / 255"),
+    "float64": (lambda: torch.rand(1, 3, 20, 20, dtype=torch.float64), InputError, "torch.float64"),
+    "int64": (lambda: torch.randint(0, 2, (1, 3, 20, 20)), InputError, "floating-point"),
+    "3-D": (lambda: torch.rand(3, 20, 20), InputError, "(N, 3, H, W)"),
+    "4 channels": (lambda: torch.rand(1, 4, 20, 20), InputError, "(N, 3, H, W)"),
+    "other device": (lambda: torch.rand(1, 3, 20, 20, device="meta"), InputError, "meta"),
+    "too small": (lambda: torch.rand(1, 3, 20, 6), InputTooSmallError, "at least"),
+    "not a tensor": (lambda: [[0.5]], InputError, "torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
+def test_reference_and_fused_reject_bad_input_alike(pairs, name, case):
+    make, error, fragment = BAD_INPUTS[case]
+    x = make()
+    messages = []
+    for model in pairs[name]:
+        with torch.no_grad(), pytest.raises(error) as info:
+            model(x)
+        messages.append(str(info.value))
+    if case == "too small" and name == "pfdnlite":
+        pass  # PFDNLite's minimum is 7: 20x6 is too small for it as well
+    assert fragment in messages[0] and messages[0] == messages[1]
+
+
+def test_fused_rejects_a_dtype_its_backend_does_not_run(pairs):
+    _, fused = pairs["rlfn"]
+    fused_bf16 = esr_models.load("rlfn", fused=True, backend="cpu").to(torch.bfloat16)
+    with torch.no_grad(), pytest.raises(InputError, match="runs torch.float32"):
+        fused_bf16(torch.rand(1, 3, 20, 20, dtype=torch.bfloat16))
+
+
+def test_fused_forward_is_inference_only_and_says_so(pairs):
+    ref, fused = pairs["pfdnlite"]
+    x = torch.rand(1, 3, 16, 16)
+    y = fused(x)  # a plain call works: the fused model's parameters do not require grad
+    assert not y.requires_grad
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused(x.clone().requires_grad_())
+    # the reference stays differentiable
+    ref_copy = esr_models.load("pfdnlite")
+    xg = x.clone().requires_grad_()
+    ref_copy(xg).sum().backward()
+    assert xg.grad is not None and ref_copy.head.weight.grad is not None
+    assert torch.allclose(y, ref_copy(x).detach(), atol=1e-5)
