@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 from . import MODEL_NAMES
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, write_image
-from .outputs import OutputExistsError, check_suffix, file_identity, is_temp_file, plan_outputs, write_atomically
+from .batch import Report, run_job, triage
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from .outputs import check_suffix, is_temp_file, plan_outputs
+from .video import VIDEO_SUFFIXES
 from .upscaler import DTYPES, Upscaler
 
 
@@ -70,11 +72,11 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[str], list[str]]:
         p = Path(item)
         if p.is_dir():
             entries = sorted(q for q in p.iterdir() if q.is_file() and not is_temp_file(q))
-            found = [q for q in entries if q.suffix.lower() in IMAGE_SUFFIXES]
+            found = [q for q in entries if q.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
             others = len(entries) - len(found)
             if others:
-                notes.append(f"{item}: {others} file(s) without an image extension "
-                             f"({', '.join(sorted(IMAGE_SUFFIXES))}) left out")
+                notes.append(f"{item}: {others} file(s) without an image or video extension "
+                             f"({', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}) left out")
             if not found:
                 errors.append(f"{item}: folder has no images")
             files.extend(found)
@@ -106,78 +108,47 @@ def _check_upscale_options(args) -> None:
             break
 
 
-def _fmt_error(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError) or isinstance(exc, torch.OutOfMemoryError):
-        return "out of memory (try --tile 256, or a smaller tile)"
-    msg = str(exc) or type(exc).__name__
-    return msg if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {msg}"
-
-
-def upscale_one(upscaler: Upscaler, src: Path, dst: Path, overwrite: bool, max_pixels) -> list[str]:
-    """Upscale ``src`` into ``dst``; returns notes to print. Raises on failure."""
-    img = read_image(src, max_pixels=max_pixels or None)
-    notes = list(img.notes)
-    out = upscaler.upscale_image(img)
-    write_atomically(dst, lambda tmp: write_image(tmp, out), overwrite)
-    return notes
-
-
 def cmd_upscale(args) -> int:
     _check_upscale_options(args)
     files, errors, notes = expand_inputs(args.inputs)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
     if not files:
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
         print("error: nothing to upscale", file=sys.stderr)
         return 2
     outdir = Path(args.output)
     upscaler = Upscaler(_load_model(args), device=args.device, dtype=DTYPES[args.dtype],
                         tile=args.tile, tile_overlap=args.tile_overlap, auto_tile=args.tile is None)
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs, earlier = plan_outputs(files, outdir, args.suffix)
-    input_ids = {file_identity(job.src) for job in jobs}  # earlier outputs are not inputs
-    failures: list[tuple[str, str]] = [(e.split(":")[0], e) for e in errors]
-    skipped, done = [], 0
-    for src in earlier:
-        print(f"skipped: {src}: an output of an earlier run (its input is in this batch)", file=sys.stderr)
-        skipped.append(src)
     from tqdm import tqdm
 
-    bar = tqdm(jobs, desc="upscaling", unit="img", disable=args.quiet or None, file=sys.stderr)
-    for job in bar:
-        src, dst = job.src, job.dst
-        if dst.exists() and file_identity(dst) in input_ids:
-            failures.append((str(src), f"{src}: its output {dst} would overwrite an input; "
-                                       "choose another --output or --suffix"))
-            tqdm.write(f"error: {failures[-1][1]}", file=sys.stderr)
-            continue
-        if dst.exists() and not args.overwrite:
-            tqdm.write(f"skipped: {src}: {dst} exists (--overwrite to replace it)", file=sys.stderr)
-            skipped.append(src)
-            continue
-        upscaler.notify = lambda msg, src=src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
-        try:
-            for note in upscale_one(upscaler, src, dst, args.overwrite, args.max_pixels):
-                tqdm.write(f"note: {note}", file=sys.stderr)  # notes name their file
-            done += 1
-        except OutputExistsError as exc:  # made by a concurrent run meanwhile
-            tqdm.write(f"skipped: {src}: {exc}", file=sys.stderr)
-            skipped.append(src)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one file's failure never stops the batch
-            msg = _fmt_error(exc)
-            failures.append((str(src), msg if str(src) in msg else f"{src}: {msg}"))
-            tqdm.write(f"error: {failures[-1][1]}", file=sys.stderr)
-    bar.close()
-    print(f"{done} upscaled, {len(skipped)} skipped, {len(failures)} failed", file=sys.stderr)
-    if failures:
-        print("failed:", file=sys.stderr)
-        for _, msg in failures:
-            print(f"  {msg}", file=sys.stderr)
-    return 1 if failures else 0
+    report = Report(write=lambda line: tqdm.write(line, file=sys.stderr))
+    for e in errors:
+        report.fail(e)
+    jobs, earlier = plan_outputs(files, outdir, args.suffix, out_ext=_output_extension)
+    todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
+    for outcome in decided:
+        report.add(outcome)
+    for job in tqdm(todo, desc="upscaling", unit="file", disable=args.quiet or None, file=sys.stderr):
+        upscaler.notify = lambda msg, src=job.src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
+        if _is_video(job.src):
+            from .video import upscale_video  # never raises: failures are outcomes
+
+            report.add(upscale_video(upscaler, job, args))
+        else:
+            report.add(run_job(upscaler.upscale_image, job, args.overwrite, args.max_pixels))
+    return report.finish()
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _output_extension(src: Path) -> str:
+    """Images become PNG (lossless, 16-bit and alpha capable); videos keep their container."""
+    return src.suffix.lower() if _is_video(src) else ".png"
 
 
 def cmd_eval(args) -> int:
@@ -282,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("backends", help="which fused-kernel backends this install has")
     be.set_defaults(func=cmd_backends)
+    from .training.cli import add_parser as _add_train; _add_train(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """Where each input's output goes, and writing it without ever losing a file.
 
 The rules (README, "What happens to your files"):
-- Every input maps to its own output ``<outdir>/<stem><suffix>.png``, deterministically: the
+- Every input maps to its own output ``<outdir>/<stem><suffix>.png`` (a video keeps its
+  container's extension), deterministically: the
   inputs are taken in sorted order of their real paths, and a name already given to another
   input becomes ``<stem>_<ext><suffix>.png``, then ``<stem>_<ext>_2<suffix>.png``, ... One file
   reached twice (two spellings, a symlink, a hard link) is one input.
@@ -50,8 +51,10 @@ def check_suffix(suffix: str) -> None:
                          "not a folder")
 
 
-def plan_outputs(files: list[Path], outdir: Path, suffix: str) -> tuple[list[Job], list[Path]]:
+def plan_outputs(files: list[Path], outdir: Path, suffix: str,
+                 out_ext: Callable[[Path], str] = lambda src: ".png") -> tuple[list[Job], list[Path]]:
     """(jobs, earlier outputs among the inputs) for ``files``, in the order of ``files``.
+    ``out_ext(src)`` is the output's extension (images: ".png"; videos keep their container).
 
     Names are given in sorted order of the inputs' real paths, so the same set of inputs gets
     the same names whatever order they were listed in."""
@@ -64,7 +67,7 @@ def plan_outputs(files: list[Path], outdir: Path, suffix: str) -> tuple[list[Job
     for src in sorted(inputs, key=lambda p: str(p.resolve())):
         ext = src.suffix.lstrip(".").lower()
         # Compared case-insensitively: on macOS/Windows a.png and A.png are one file.
-        name = next(c for c in _candidates(src.stem, ext, suffix) if c.lower() not in taken)
+        name = next(c for c in _candidates(src.stem, ext, suffix, out_ext(src)) if c.lower() not in taken)
         taken.add(name.lower())
         dst_of[src] = outdir / name
     # An input sitting where another input's output goes was written by an earlier run.
@@ -78,12 +81,12 @@ def plan_outputs(files: list[Path], outdir: Path, suffix: str) -> tuple[list[Job
     return jobs, sorted(earlier)
 
 
-def _candidates(stem: str, ext: str, suffix: str):
-    yield f"{stem}{suffix}.png"
-    yield f"{stem}_{ext}{suffix}.png"
+def _candidates(stem: str, ext: str, suffix: str, out_ext: str):
+    yield f"{stem}{suffix}{out_ext}"
+    yield f"{stem}_{ext}{suffix}{out_ext}"
     k = 2
     while True:
-        yield f"{stem}_{ext}_{k}{suffix}.png"
+        yield f"{stem}_{ext}_{k}{suffix}{out_ext}"
         k += 1
 
 

@@ -178,7 +178,9 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
     for n in "abc":
         image(d / f"{n}.png")
     if failure == "disk_full":
-        real = cli.write_image
+        from esr_models import batch
+
+        real = batch.write_image
 
         def write(path, img):
             if "b_x4" in path.name:
@@ -186,7 +188,7 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
                 raise OSError(errno.ENOSPC, "No space left on device")
             real(path, img)
 
-        monkeypatch.setattr(cli, "write_image", write)
+        monkeypatch.setattr(batch, "write_image", write)
     else:
         from esr_models.upscaler import Upscaler
 

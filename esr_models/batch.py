@@ -1,0 +1,107 @@
+"""One batch of files: which jobs run, one file's run, and the report. The same functions
+serve the local loop (``esr upscale``) and any other runner (video, Ray workers), so the
+rules of ``outputs.py`` hold everywhere.
+
+A file's outcome is ``done``, ``skipped`` (its output exists: re-running resumes a batch) or
+``failed`` (reported by name with the reason; the rest of the batch goes on)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .images import read_image, write_image
+from .outputs import Job, OutputExistsError, file_identity, write_atomically
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass
+class Outcome:
+    src: str
+    status: str                 # DONE, SKIPPED or FAILED
+    message: str = ""           # why skipped or failed, naming the file
+    notes: list[str] = field(default_factory=list)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: the reason, with the exception type where it adds something."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return "out of memory (try --tile 256, or a smaller tile)"
+    msg = str(exc) or type(exc).__name__
+    return msg if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {msg}"
+
+
+def _named(src, msg: str) -> str:
+    return msg if str(src) in msg else f"{src}: {msg}"
+
+
+def triage(jobs: list[Job], earlier: list[Path], overwrite: bool) -> tuple[list[Job], list[Outcome]]:
+    """(jobs to run, outcomes decided without running): earlier outputs among the inputs and
+    existing outputs (without ``overwrite``) are skipped; an output that would land on an
+    input fails. Re-checked at write time (``run_job``), since files can appear meanwhile."""
+    decided = [Outcome(str(src), SKIPPED, f"{src}: an output of an earlier run (its input is in this "
+                                          "batch)") for src in earlier]
+    input_ids = {file_identity(job.src) for job in jobs}
+    todo = []
+    for job in jobs:
+        if job.dst.exists() and file_identity(job.dst) in input_ids:
+            decided.append(Outcome(str(job.src), FAILED, f"{job.src}: its output {job.dst} would "
+                                   "overwrite an input; choose another --output or --suffix"))
+        elif job.dst.exists() and not overwrite:
+            decided.append(Outcome(str(job.src), SKIPPED, f"{job.src}: {job.dst} exists "
+                                   "(--overwrite to replace it)"))
+        else:
+            todo.append(job)
+    return todo, decided
+
+
+def run_job(upscale_image: Callable, job: Job, overwrite: bool, max_pixels: int | None) -> Outcome:
+    """Read, upscale and write one file. Never raises (but KeyboardInterrupt): every failure
+    becomes a FAILED outcome naming the file. ``upscale_image``: Image -> Image."""
+    try:
+        img = read_image(job.src, max_pixels=max_pixels or None)
+        out = upscale_image(img)
+        write_atomically(job.dst, lambda tmp: write_image(tmp, out), overwrite)
+        return Outcome(str(job.src), DONE, notes=list(img.notes))
+    except OutputExistsError as exc:  # a concurrent run made it meanwhile
+        return Outcome(str(job.src), SKIPPED, _named(job.src, str(exc)))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one file's failure never stops the batch
+        return Outcome(str(job.src), FAILED, _named(job.src, describe_error(exc)))
+
+
+class Report:
+    """Prints each outcome as it comes, then the summary; ``exit_code`` is 1 if anything failed."""
+
+    def __init__(self, write: Callable[[str], None] | None = None):
+        self.write = write or (lambda line: print(line, file=sys.stderr))
+        self.counts = {DONE: 0, SKIPPED: 0, FAILED: 0}
+        self.failures: list[str] = []
+
+    def add(self, outcome: Outcome) -> None:
+        self.counts[outcome.status] += 1
+        for note in outcome.notes:
+            self.write(f"note: {note}")  # notes name their file
+        if outcome.status == SKIPPED:
+            self.write(f"skipped: {outcome.message}")
+        elif outcome.status == FAILED:
+            self.failures.append(outcome.message)
+            self.write(f"error: {outcome.message}")
+
+    def fail(self, message: str) -> None:
+        """A failure found before any job ran (a missing input)."""
+        self.add(Outcome(message.split(":")[0], FAILED, message))
+
+    def finish(self) -> int:
+        c = self.counts
+        print(f"{c[DONE]} upscaled, {c[SKIPPED]} skipped, {c[FAILED]} failed", file=sys.stderr)
+        if self.failures:
+            print("failed:", file=sys.stderr)
+            for msg in self.failures:
+                print(f"  {msg}", file=sys.stderr)
+        return 1 if self.failures else 0

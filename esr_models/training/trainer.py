@@ -1,0 +1,500 @@
+"""The ``esr train`` loop: staged recipes, losses, distillation, EMA, validation by the
+challenge protocol, checkpoints that resume exactly, CSV log.
+
+Files under ``out``:
+
+* ``checkpoints/last.pth``: written at every validation, at the end of each stage, at
+  ``stop_at`` and on Ctrl-C; ``--resume`` continues from it.
+* ``checkpoints/best.pth``: the checkpoint with the best validation PSNR so far.
+* ``log.csv``: one row every ``log_every`` iterations (mean losses over the window) and one
+  per validation.
+* ``config.json``: the resolved stages of the run.
+
+A checkpoint is a dict: ``arch`` (the train-time model's constructor config), ``model`` (raw
+weights), ``params_ema`` (EMA weights, BasicSR's name; None without EMA), ``optimizer``,
+``scheduler``, ``stage`` (index), ``iter`` (iterations done in that stage), ``global_iter``,
+``ema_updates``, ``rng`` (torch, CUDA, numpy and Python states), ``sampler`` (the data stream's
+seed and next sample index), ``best_psnr``, ``stages`` (resolved) and ``config``. It loads with
+``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..evaluation.protocol import evaluate_images, list_images, summarise
+from .data import PairedPatches, make_loader
+from .models import build, deploy, from_training_checkpoint, prune_pfdnlite, trainable
+from .recipes import load_config, resolve_stages
+
+LOG_FIELDS = ["global_iter", "stage", "stage_iter", "loss", "pixel_loss", "distill_loss", "lr",
+              "val_psnr", "val_psnr_y", "it_per_s", "elapsed_s"]
+
+
+@dataclass
+class TrainOptions:
+    """What ``esr train`` was asked to do. ``overrides`` are stage settings given as flags
+    (``patch``, ``batch``, ``teacher``, ...; None = not given)."""
+
+    model: str | None
+    train_hr: str | Path
+    val_hr: str | Path
+    out: str | Path
+    init: str | None = None
+    config: str | None = None
+    overrides: dict = field(default_factory=dict)
+    iters: int | None = None
+    iter_scale: float | None = None
+    stages: list[int] | None = None  # 1-based indices of the recipe's stages to run
+    resume: bool = False
+    stop_at: int | None = None  # stop (resumably) once this many iterations are done in all
+    device: str | None = None
+    progress: bool = True
+    log_every: int = 100
+    val_max_images: int | None = None
+
+
+# ----------------------------------------------------------------------------- losses
+
+def pixel_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean L1, MSE or Charbonnier (sqrt(d^2 + eps^2)) over all elements; float32 scalar."""
+    d = pred.float() - target.float()
+    if kind == "l1":
+        return d.abs().mean()
+    if kind == "mse":
+        return (d * d).mean()
+    if kind == "charbonnier":
+        return torch.sqrt(d * d + eps * eps).mean()
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+class Teacher:
+    """A frozen teacher: ``esr_models.load(spec)``, eval mode, no parameter requires grad, run
+    under ``torch.no_grad`` so no graph is built through it."""
+
+    def __init__(self, spec: str, device: torch.device):
+        from ..loading import load
+
+        self.spec = spec
+        self.model = load(spec, device=device).eval()
+        self.model.requires_grad_(False)
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(lr.float()).detach()
+
+
+# ----------------------------------------------------------------------------- EMA
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (BasicSR's
+    ``params_ema``). The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first
+    updates ``n``, so that short runs do not leave the average stuck at the initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        src = model.state_dict()
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(src[k])
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "key": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save through a temp file in the same folder and a rename: a crash never leaves a
+    half-written checkpoint under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- trainer
+
+def _make_optimizer(model: nn.Module, st: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.AdamW if st["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=st["lr"], betas=tuple(st["betas"]), weight_decay=st["weight_decay"])
+
+
+def validate(model: nn.Module, files: list[Path], device: torch.device, scale: int) -> dict:
+    """Challenge protocol (bicubic LR, uint8 SR, RGB PSNR with a ``scale`` border) on ``files``
+    with the deploy form of ``model``; returns {"psnr", "psnr_y", "images"}."""
+    dm = deploy(model).to(device=device, dtype=torch.float32).eval()
+
+    def upscale(x: torch.Tensor) -> torch.Tensor:
+        return dm(x.to(device))
+
+    records = [r for r in evaluate_images(files, upscale, scale=scale, with_ssim=False,
+                                          min_size=getattr(dm, "min_size", 1)) if "error" not in r]
+    if not records:
+        return {"psnr": float("nan"), "psnr_y": float("nan"), "images": 0}
+    return {**summarise(records), "images": len(records)}
+
+
+class Trainer:
+    """Runs ``TrainOptions``. ``run()`` returns a summary dict (final iteration, best and
+    last validation PSNR, throughput)."""
+
+    def __init__(self, opts: TrainOptions):
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        if opts.device:
+            self.device = torch.device(opts.device)
+        else:
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.resume_state = None
+        last = self.ckpt_dir / "last.pth"
+        if opts.resume:
+            if not last.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+            self.resume_state = torch.load(last, map_location="cpu", weights_only=True)
+            self.cfg = self.resume_state["config"]
+        else:
+            if last.exists():
+                raise FileExistsError(f"{self.out} already holds a run ({last}); pass --resume to "
+                                      "continue it or choose another --out")
+            self.cfg = load_config(opts.config) if opts.config else {}
+        model_name = self.cfg.get("model") or opts.model
+        if opts.model and self.cfg.get("model") and opts.model != self.cfg["model"]:
+            raise ValueError(f"--model {opts.model} but the config trains {self.cfg['model']}")
+        if not model_name:
+            raise ValueError("no model: pass --model or a config that names one")
+        self.model_name = str(model_name).lower()
+        self.cfg = {**self.cfg, "model": self.model_name}
+        if self.resume_state is not None:
+            # The run's own resolved stages, so that a resumed run is the run that was started;
+            # flags given again (e.g. --num-workers) still override settings.
+            given = {k: v for k, v in opts.overrides.items() if v is not None}
+            self.stages = [{**st, **given} for st in self.resume_state["stages"]]
+            resolve_stages({"stages": self.stages}, {})  # validates the overrides
+            if opts.iters is not None or opts.iter_scale is not None or opts.stages:
+                warnings.warn("--iters/--iter-scale/--stages are fixed when a run starts; "
+                              "ignored with --resume", stacklevel=2)
+        else:
+            self.stages = self._resolve(opts)
+        self.val_files, _ = list_images(opts.val_hr)
+        if opts.val_max_images:
+            self.val_files = self.val_files[:opts.val_max_images]
+        self._teachers: dict[str, Teacher] = {}
+        self._base_data: PairedPatches | None = None
+
+    def _resolve(self, opts: TrainOptions) -> list[dict]:
+        stages = resolve_stages(self.cfg, opts.overrides, iter_scale=opts.iter_scale, iters=opts.iters)
+        if opts.overrides.get("teacher") and opts.overrides.get("distill_weight") is None:
+            # A teacher asked for on the command line is used: weight 1 where the config had 0.
+            for st in stages:
+                if st["distill_weight"] <= 0:
+                    st["distill_weight"] = 1.0
+        if opts.stages:
+            bad = [i for i in opts.stages if not 1 <= i <= len(stages)]
+            if bad:
+                raise ValueError(f"--stages {bad}: the config has stages 1..{len(stages)}")
+            stages = [stages[i - 1] for i in opts.stages]
+        return stages
+
+    # -- helpers -------------------------------------------------------------
+
+    def _initial_model(self) -> nn.Module:
+        if self.opts.init:
+            model = trainable(self.opts.init)
+            if model.arch_config["name"] != self.model_name:
+                raise ValueError(f"--init {self.opts.init} is a {model.arch_config['name']} model, "
+                                 f"not {self.model_name}")
+            return model
+        torch.manual_seed(self.stages[0]["seed"])
+        return trainable(self.model_name, pretrained=False, **self.cfg.get("arch", {}))
+
+    def _teacher(self, spec: str) -> Teacher | None:
+        if not spec:
+            return None
+        if spec not in self._teachers:
+            self._teachers[spec] = Teacher(spec, self.device)
+        return self._teachers[spec]
+
+    def _data(self, st: dict) -> PairedPatches:
+        if self._base_data is None:
+            self._base_data = PairedPatches(self.opts.train_hr, st["patch"], scale=self._scale, seed=0)
+        return self._base_data.with_patch(st["patch"]) if st["patch"] != self._base_data.patch else self._base_data
+
+    def _prepare(self, model: nn.Module, st: dict) -> nn.Module:
+        model = model.to(self.device)
+        if self.device.type == "cuda" and st["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _save(self, path: Path, **state) -> None:
+        atomic_save({**state, "rng": rng_state(), "config": self.cfg,
+                     "stages": self.stages, "format": "esr-train-1"}, path)
+
+    def _log(self, row: dict) -> None:
+        new = not self.log_path.exists()
+        with open(self.log_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+    def _truncate_log(self, global_iter: int) -> None:
+        """On resume: drop rows written after the checkpoint (they will be redone)."""
+        if not self.log_path.exists():
+            return
+        with open(self.log_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["global_iter"]) <= global_iter]
+        with open(self.log_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    # -- main loop -------------------------------------------------------------
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        opts = self.opts
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out / "log.csv"
+        (self.out / "config.json").write_text(json.dumps({"config": self.cfg, "stages": self.stages}, indent=2))
+        rs = self.resume_state
+        if rs is not None:
+            model = from_training_checkpoint(rs)
+            start_stage, start_iter, best = rs["stage"], rs["iter"], rs.get("best_psnr", -math.inf)
+            self._truncate_log(rs["global_iter"])
+        else:
+            model = self._initial_model()
+            start_stage, start_iter, best = 0, 0, -math.inf
+        self._scale = model.scale
+        offsets = np.cumsum([0] + [st["iters"] for st in self.stages]).tolist()
+        total = offsets[-1]
+        summary = {"best_psnr": best, "val_history": [], "iters_run": 0, "train_time_s": 0.0}
+        bar = tqdm(total=total, initial=offsets[start_stage] + start_iter, disable=not opts.progress,
+                   dynamic_ncols=True, desc="train")
+        last_val = None
+        si, it = start_stage, start_iter
+        try:
+            for si in range(start_stage, len(self.stages)):
+                st = self.stages[si]
+                # A checkpoint written at a stage boundary has no optimiser state: that stage
+                # starts fresh (pruning included) from the checkpoint's weights.
+                resuming_here = rs is not None and si == start_stage and rs.get("optimizer") is not None
+                if not resuming_here:
+                    if st["prune_blocks"]:
+                        if self.model_name != "pfdnlite":
+                            raise ValueError("prune_blocks applies to pfdnlite only")
+                        model = prune_pfdnlite(model.cpu(), st["prune_blocks"])
+                    it0 = 0
+                else:
+                    it0 = start_iter
+                model = self._prepare(model.train(), st)
+                ema = EMA(model, st["ema_decay"]) if st["ema_decay"] > 0 else None
+                opt = _make_optimizer(model, st)
+                sched = torch.optim.lr_scheduler.MultiStepLR(opt, st["milestones"], st["gamma"])
+                if resuming_here:
+                    if ema is not None and rs.get("params_ema") is not None:
+                        ema.model.load_state_dict(rs["params_ema"])
+                        ema.updates = rs.get("ema_updates", 0)
+                    opt.load_state_dict(rs["optimizer"])
+                    sched.load_state_dict(rs["scheduler"])
+                if rs is not None and si == start_stage:
+                    set_rng_state(rs["rng"])
+                elif si == 0:
+                    # The starting point, to compare every later validation with.
+                    last_val = self._validate(self._val_model(model, ema, st), st, si, 0, offsets[si], bar)
+                    summary["val_history"].append((0, last_val["psnr"]))
+                    summary["start_psnr"] = last_val["psnr"]
+                teacher = self._teacher(st["teacher"]) if st["distill_weight"] > 0 else None
+                if st["distill_weight"] > 0 and teacher is None:
+                    raise ValueError(f"stage {st['name']}: distill_weight > 0 needs a teacher (--teacher)")
+                data = self._data(st)
+                data.seed = st["seed"] * 1000 + si  # each stage its own crop stream
+                loader = make_loader(data, st["batch"], it0 * st["batch"], st["num_workers"],
+                                     pin_memory=self.device.type == "cuda")
+                fwd = torch.compile(model) if st["compile"] else model
+                use_amp = st["amp"] and self.device.type == "cuda"
+                window = {"loss": 0.0, "pixel_loss": 0.0, "distill_loss": 0.0, "n": 0}
+                t_window = time.perf_counter()
+                it = it0
+                stage_end = st["iters"]
+                if opts.stop_at is not None:
+                    stage_end = min(stage_end, max(it0, opts.stop_at - offsets[si]))
+                batches = iter(loader)
+                while it < stage_end:
+                    lr8, hr8 = next(batches)
+                    lr_t = lr8.to(self.device, non_blocking=True).float().div_(255.0)
+                    hr_t = hr8.to(self.device, non_blocking=True).float().div_(255.0)
+                    if self.device.type == "cuda" and st["channels_last"]:
+                        lr_t = lr_t.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        sr = fwd(lr_t)
+                    loss_pix = pixel_loss(st["loss"], sr, hr_t, st["charbonnier_eps"])
+                    loss = loss_pix
+                    loss_kd = torch.zeros((), device=self.device)
+                    if teacher is not None:
+                        loss_kd = st["distill_weight"] * pixel_loss(st["distill_loss"], sr, teacher(lr_t))
+                        loss = loss + loss_kd
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if st["grad_clip"] > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), st["grad_clip"])
+                    opt.step()
+                    sched.step()
+                    if ema is not None:
+                        ema.update(model)
+                    it += 1
+                    summary["iters_run"] += 1
+                    window["loss"] += loss.item()
+                    window["pixel_loss"] += loss_pix.item()
+                    window["distill_loss"] += float(loss_kd.item())
+                    window["n"] += 1
+                    g = offsets[si] + it
+                    bar.update(1)
+                    lr_now = opt.param_groups[0]["lr"]
+                    post = {"loss": f"{loss.item():.4g}", "lr": f"{lr_now:.3g}"}
+                    if last_val is not None:
+                        post["val"] = f"{last_val['psnr']:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                    if window["n"] >= min(opts.log_every, st["val_every"]) or it == stage_end:
+                        dt = time.perf_counter() - t_window
+                        summary["train_time_s"] += dt
+                        n = window["n"]
+                        self._log({"global_iter": g, "stage": st["name"], "stage_iter": it,
+                                   "loss": window["loss"] / n, "pixel_loss": window["pixel_loss"] / n,
+                                   "distill_loss": window["distill_loss"] / n, "lr": lr_now,
+                                   "it_per_s": n / dt if dt > 0 else "", "elapsed_s": summary["train_time_s"]})
+                        summary.setdefault("loss_history", []).append((g, window["loss"] / n))
+                        window = {"loss": 0.0, "pixel_loss": 0.0, "distill_loss": 0.0, "n": 0}
+                        t_window = time.perf_counter()
+                    at_val = it % st["val_every"] == 0 or it == st["iters"]
+                    stopping = it == stage_end and it < st["iters"]
+                    if at_val or stopping:
+                        if at_val:
+                            last_val = self._validate(self._val_model(model, ema, st), st, si, it, g, bar)
+                            summary["val_history"].append((g, last_val["psnr"]))
+                        state = dict(arch=model.arch_config, model=model.state_dict(),
+                                     params_ema=ema.model.state_dict() if ema else None,
+                                     optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                     stage=si, iter=it, global_iter=g,
+                                     ema_updates=ema.updates if ema else 0,
+                                     sampler={"seed": data.seed, "next_sample": it * st["batch"]})
+                        if at_val and last_val["psnr"] > best:
+                            best = last_val["psnr"]
+                            self._save(self.ckpt_dir / "best.pth", **state, best_psnr=best)
+                        # A checkpoint taken at a stage's end resumes into the next stage.
+                        if it == st["iters"] and si + 1 < len(self.stages):
+                            model_next = ema.model if ema else model
+                            state.update(arch=model_next.arch_config, model=model_next.state_dict(),
+                                         params_ema=None, optimizer=None, scheduler=None,
+                                         stage=si + 1, iter=0, ema_updates=0,
+                                         sampler={"seed": None, "next_sample": 0})
+                        self._save(self.ckpt_dir / "last.pth", **state, best_psnr=best)
+                    self._current = (model, ema, opt, sched, si, it, g, data, st, best)
+                del batches, loader
+                if opts.stop_at is not None and offsets[si] + it >= opts.stop_at and it < st["iters"]:
+                    summary["stopped_at"] = offsets[si] + it
+                    break
+                # The next stage starts from the averaged weights when there are some (they are
+                # the ones validated and exported), as a separate BasicSR run loading
+                # params_ema would.
+                model = (ema.model if ema else model)
+                model = copy.deepcopy(model).train().requires_grad_(True)
+                self._current = None
+                if rs is not None and si == start_stage:
+                    rs = None
+        except KeyboardInterrupt:
+            self._save_interrupted()
+            raise
+        finally:
+            bar.close()
+        summary["best_psnr"] = best
+        summary["last_psnr"] = last_val["psnr"] if last_val else None
+        summary["global_iter"] = offsets[min(si, len(self.stages))] + it
+        if summary["train_time_s"] > 0:
+            summary["it_per_s"] = summary["iters_run"] / summary["train_time_s"]
+        return summary
+
+    def _save_interrupted(self) -> None:
+        cur = getattr(self, "_current", None)
+        if not cur:
+            return
+        model, ema, opt, sched, si, it, g, data, st, best = cur
+        self._save(self.ckpt_dir / "last.pth", arch=model.arch_config, model=model.state_dict(),
+                   params_ema=ema.model.state_dict() if ema else None, optimizer=opt.state_dict(),
+                   scheduler=sched.state_dict(), stage=si, iter=it, global_iter=g,
+                   ema_updates=ema.updates if ema else 0,
+                   sampler={"seed": data.seed, "next_sample": it * st["batch"]}, best_psnr=best)
+        print(f"interrupted: saved {self.ckpt_dir / 'last.pth'} at iteration {g}; --resume continues")
+
+    @staticmethod
+    def _val_model(model: nn.Module, ema: EMA | None, st: dict) -> nn.Module:
+        return ema.model if ema is not None and st["val_use_ema"] else model
+
+    def _validate(self, model: nn.Module, st: dict, si: int, it: int, g: int, bar) -> dict:
+        res = validate(model, self.val_files, self.device, self._scale)
+        self._log({"global_iter": g, "stage": st["name"], "stage_iter": it,
+                   "val_psnr": res["psnr"], "val_psnr_y": res["psnr_y"]})
+        bar.write(f"[{st['name']}] iter {g}: val PSNR {res['psnr']:.3f} dB "
+                  f"(Y {res['psnr_y']:.3f}) on {res['images']} image(s)")
+        return res
+
+
+def train(opts: TrainOptions) -> dict:
+    """Run training; see ``Trainer``."""
+    return Trainer(opts).run()
