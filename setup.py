@@ -86,6 +86,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["esr_models", "esr_models.*", "esr_kernels", "esr_kernels.*"]),
+    package_data={"esr_models": ["data/*.png"]},  # the quick start's sample image
     # A range that an installed torch satisfies installs nothing more: on a CPU machine install
     # torch==2.13.0 (the CPU wheel) first; on a CUDA machine the torch already there is used.
     install_requires=["torch>=2.4", "numpy", "pillow", "pypng", "tqdm"],

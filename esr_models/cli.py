@@ -110,7 +110,11 @@ def _check_upscale_options(args) -> None:
 
 def cmd_upscale(args) -> int:
     _check_upscale_options(args)
-    files, errors, notes = expand_inputs(args.inputs)
+    if not args.inputs and not args.sample:
+        raise UsageError("nothing to upscale: give image files, folders or patterns (or --sample)")
+    from .sample import SAMPLE_PATH
+
+    files, errors, notes = expand_inputs(args.inputs + ([str(SAMPLE_PATH)] if args.sample else []))
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if not files:
@@ -223,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("upscale", help="upscale images x4")
-    up.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    up.add_argument("inputs", nargs="*", help="image or video files, folders or glob patterns")
+    up.add_argument("--sample", action="store_true",
+                    help="also upscale the sample image shipped with the package (sample.png)")
     up.add_argument("-o", "--output", required=True, help="output folder")
     _add_model_args(up)
     up.add_argument("--tile", type=int, default=None,

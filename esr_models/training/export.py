@@ -126,6 +126,9 @@ def export_deploy_checkpoint(source: str | Path, out: str | Path, use_ema: bool 
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temp file, not the result
         if overwrite:
             os.replace(tmp, out)
         else:

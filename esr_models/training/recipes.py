@@ -190,7 +190,7 @@ def resolve_stages(cfg: dict | None, overrides: dict, iter_scale: float | None =
     stages = cfg.get("stages") or [{}]
     out = []
     for i, st in enumerate(stages):
-        merged = {**base, **st, **{k: v for k, v in overrides.items() if v is not None}}
+        merged = {**base, **st}
         unknown = sorted(set(merged) - set(DEFAULTS))
         if unknown:
             raise ConfigError(f"stage {i + 1}: unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -204,6 +204,12 @@ def resolve_stages(cfg: dict | None, overrides: dict, iter_scale: float | None =
             merged["milestones"] = sorted({max(1, round(m * factor)) for m in merged["milestones"]})
             merged["iters"] = max(1, round(merged["iters"] * factor))
             merged["val_every"] = max(1, min(merged["val_every"], round(merged["val_every"] * factor)))
+        # Flags last: an explicit --val-every or --patch is taken as given, never scaled.
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+        merged.update(given)
         for key in ("iters", "patch", "batch", "val_every"):
             if int(merged[key]) < 1:
                 raise ConfigError(f"stage {merged['name']}: {key} must be >= 1, got {merged[key]}")

@@ -445,6 +445,7 @@ class Trainer:
                                          stage=si + 1, iter=0, ema_updates=0,
                                          sampler={"seed": None, "next_sample": 0})
                         self._save(self.ckpt_dir / "last.pth", **state, best_psnr=best)
+                        t_window = time.perf_counter()  # throughput counts training steps only
                     self._current = (model, ema, opt, sched, si, it, g, data, st, best)
                 del batches, loader
                 if opts.stop_at is not None and offsets[si] + it >= opts.stop_at and it < st["iters"]:
