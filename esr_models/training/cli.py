@@ -11,6 +11,7 @@ started (bad options, missing folders, unknown recipe, existing run without --re
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .recipes import RECIPES, ConfigError
@@ -39,7 +40,7 @@ def cmd_train(args) -> int:
     if args.iters is not None and args.iter_scale is not None:
         print("error: give --iters or --iter-scale, not both", file=sys.stderr)
         return 2
-    overrides = {"patch": args.patch, "batch": args.batch, "teacher": args.teacher, "lr": args.lr,
+    overrides = {"patch": args.patch, "batch": args.batch, "teacher": args.teacher, "lr": args.lr, "loss": args.loss, "ema_decay": args.ema_decay,
                  "num_workers": args.num_workers, "val_every": args.val_every, "seed": args.seed,
                  "compile": True if args.compile else None,
                  "distill_weight": args.distill_weight}
@@ -48,16 +49,35 @@ def cmd_train(args) -> int:
                         iter_scale=args.iter_scale, stages=args.stages, resume=args.resume,
                         stop_at=args.stop_at, device=args.device, progress=not args.no_progress,
                         log_every=args.log_every, val_max_images=args.val_max_images)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.deterministic:
+        # On CPU a run and its --resume are bit-exact already; on CUDA, cuDNN's autotuned and
+        # atomics-based kernels are not, unless restricted to deterministic ones.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         trainer = Trainer(opts)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = trainer.run()
-    best = summary.get("best_psnr")
-    print(f"done: iteration {summary['global_iter']}, best val PSNR "
-          f"{best:.3f} dB" if best is not None and best > float("-inf") else
-          f"done: iteration {summary['global_iter']}", file=sys.stderr)
+    if "interrupted" in summary:
+        return 130
+    parts = [f"done: iteration {summary['global_iter']}"]
+    if summary.get("start_psnr") is not None:
+        parts.append(f"val PSNR at start {summary['start_psnr']:.3f} dB")
+    if summary.get("last_psnr") is not None:
+        parts.append(f"last {summary['last_psnr']:.3f} dB")
+    if summary.get("best_psnr", float("-inf")) > float("-inf"):
+        parts.append(f"best after training began {summary['best_psnr']:.3f} dB")
+    if summary.get("it_per_s"):
+        parts.append(f"{summary['it_per_s']:.3f} it/s")
+    print(", ".join(parts), file=sys.stderr)
     return 0
 
 
@@ -82,6 +102,8 @@ def add_parser(sub) -> None:
     p.add_argument("--patch", type=int, help="HR patch size (all stages)")
     p.add_argument("--batch", type=int, help="batch size (all stages)")
     p.add_argument("--lr", type=float, help="initial learning rate (all stages)")
+    p.add_argument("--loss", choices=("l1", "mse", "charbonnier"), help="pixel loss (all stages)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay (0: no EMA)")
     p.add_argument("--stages", type=_int_list, help="run only these stages of the config (1-based, e.g. 4)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--stop-at", type=int, help="stop after this many iterations in all (resumable)")
@@ -90,6 +112,9 @@ def add_parser(sub) -> None:
     p.add_argument("--val-every", type=int, help="validate and checkpoint every N iterations")
     p.add_argument("--val-max-images", type=int, help="validate on the first N images only")
     p.add_argument("--log-every", type=int, default=100, help="CSV row every N iterations")
+    p.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic CUDA kernels, so that --resume is bit-exact on GPU too (slower)")
     p.add_argument("--seed", type=int)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..ifadnet import IFADNet, RFMB
 from ..pfdnlite import PartialBlock, PFDNLite
-from ..registry import detect, unwrap
+from ..registry import detect
 from ..rlfn import RLFN
 from .reparam import REP_BLOCKS, EdgeRepConv, RepMBConv, RepPointwiseConv
 

@@ -203,7 +203,9 @@ def resolve_stages(cfg: dict | None, overrides: dict, iter_scale: float | None =
         if factor is not None:
             merged["milestones"] = sorted({max(1, round(m * factor)) for m in merged["milestones"]})
             merged["iters"] = max(1, round(merged["iters"] * factor))
-            merged["val_every"] = max(1, min(merged["val_every"], round(merged["val_every"] * factor)))
+            # Scaled too, but a short run validates at most about 10 times per stage.
+            scaled = max(1, round(merged["val_every"] * factor), merged["iters"] // 10)
+            merged["val_every"] = min(merged["val_every"], scaled)
         # Flags last: an explicit --val-every or --patch is taken as given, never scaled.
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = sorted(set(given) - set(DEFAULTS))

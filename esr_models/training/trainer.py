@@ -4,7 +4,7 @@ challenge protocol, checkpoints that resume exactly, CSV log.
 Files under ``out``:
 
 * ``checkpoints/last.pth``: written at every validation, at the end of each stage, at
-  ``stop_at`` and on Ctrl-C; ``--resume`` continues from it.
+  ``stop_at`` and on Ctrl-C (after the iteration in progress); ``--resume`` continues from it.
 * ``checkpoints/best.pth``: the checkpoint with the best validation PSNR so far.
 * ``log.csv``: one row every ``log_every`` iterations (mean losses over the window) and one
   per validation.
@@ -25,7 +25,9 @@ import json
 import math
 import os
 import random
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..evaluation.protocol import evaluate_images, list_images, summarise
 from .data import PairedPatches, make_loader
-from .models import build, deploy, from_training_checkpoint, prune_pfdnlite, trainable
+from .models import deploy, from_training_checkpoint, prune_pfdnlite, trainable
 from .recipes import load_config, resolve_stages
 
 LOG_FIELDS = ["global_iter", "stage", "stage_iter", "loss", "pixel_loss", "distill_loss", "lr",
@@ -255,7 +256,8 @@ class Trainer:
 
     def _initial_model(self) -> nn.Module:
         if self.opts.init:
-            model = trainable(self.opts.init)
+            # An esr train checkpoint starts from its EMA weights (the validated, exported ones).
+            model = trainable(self.opts.init, use_ema=True)
             if model.arch_config["name"] != self.model_name:
                 raise ValueError(f"--init {self.opts.init} is a {model.arch_config['name']} model, "
                                  f"not {self.model_name}")
@@ -272,7 +274,10 @@ class Trainer:
 
     def _data(self, st: dict) -> PairedPatches:
         if self._base_data is None:
-            self._base_data = PairedPatches(self.opts.train_hr, st["patch"], scale=self._scale, seed=0)
+            # Decoded once for every stage, at the smallest patch any stage uses (an image is
+            # left out only where it is smaller than the stage's patch).
+            smallest = min(s["patch"] for s in self.stages)
+            self._base_data = PairedPatches(self.opts.train_hr, smallest, scale=self._scale, seed=0)
         return self._base_data.with_patch(st["patch"]) if st["patch"] != self._base_data.patch else self._base_data
 
     def _prepare(self, model: nn.Module, st: dict) -> nn.Module:
@@ -329,12 +334,17 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         last_val = None
         si, it = start_stage, start_iter
+        previous_handler = self._install_sigint(bar)
         try:
             for si in range(start_stage, len(self.stages)):
                 st = self.stages[si]
                 # A checkpoint written at a stage boundary has no optimiser state: that stage
                 # starts fresh (pruning included) from the checkpoint's weights.
                 resuming_here = rs is not None and si == start_stage and rs.get("optimizer") is not None
+                if rs is not None and si == start_stage:
+                    # First, so that everything after (pruning's module construction included)
+                    # draws from the stream the interrupted run would have continued.
+                    set_rng_state(rs["rng"])
                 if not resuming_here:
                     if st["prune_blocks"]:
                         if self.model_name != "pfdnlite":
@@ -353,9 +363,7 @@ class Trainer:
                         ema.updates = rs.get("ema_updates", 0)
                     opt.load_state_dict(rs["optimizer"])
                     sched.load_state_dict(rs["scheduler"])
-                if rs is not None and si == start_stage:
-                    set_rng_state(rs["rng"])
-                elif si == 0:
+                if rs is None and si == 0:
                     # The starting point, to compare every later validation with.
                     last_val = self._validate(self._val_model(model, ema, st), st, si, 0, offsets[si], bar)
                     summary["val_history"].append((0, last_val["psnr"]))
@@ -376,8 +384,25 @@ class Trainer:
                 if opts.stop_at is not None:
                     stage_end = min(stage_end, max(it0, opts.stop_at - offsets[si]))
                 batches = iter(loader)
-                while it < stage_end:
-                    lr8, hr8 = next(batches)
+
+                def state_now() -> dict:
+                    return dict(arch=model.arch_config, model=model.state_dict(),
+                                params_ema=ema.model.state_dict() if ema else None,
+                                optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                stage=si, iter=it, global_iter=offsets[si] + it,
+                                ema_updates=ema.updates if ema else 0,
+                                sampler={"seed": data.seed, "next_sample": it * st["batch"]})
+
+                saved_at = it0
+                while it < stage_end and not self._stop_requested:
+                    try:
+                        lr8, hr8 = next(batches)
+                    except Exception:
+                        # Ctrl-C also reaches the loader's worker processes, which then exit:
+                        # the state is still that of the last completed iteration.
+                        if not self._stop_requested:
+                            raise
+                        break
                     lr_t = lr8.to(self.device, non_blocking=True).float().div_(255.0)
                     hr_t = hr8.to(self.device, non_blocking=True).float().div_(255.0)
                     if self.device.type == "cuda" and st["channels_last"]:
@@ -423,17 +448,12 @@ class Trainer:
                         window = {"loss": 0.0, "pixel_loss": 0.0, "distill_loss": 0.0, "n": 0}
                         t_window = time.perf_counter()
                     at_val = it % st["val_every"] == 0 or it == st["iters"]
-                    stopping = it == stage_end and it < st["iters"]
+                    stopping = (it == stage_end and it < st["iters"]) or self._stop_requested
                     if at_val or stopping:
                         if at_val:
                             last_val = self._validate(self._val_model(model, ema, st), st, si, it, g, bar)
                             summary["val_history"].append((g, last_val["psnr"]))
-                        state = dict(arch=model.arch_config, model=model.state_dict(),
-                                     params_ema=ema.model.state_dict() if ema else None,
-                                     optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                     stage=si, iter=it, global_iter=g,
-                                     ema_updates=ema.updates if ema else 0,
-                                     sampler={"seed": data.seed, "next_sample": it * st["batch"]})
+                        state = state_now()
                         if at_val and last_val["psnr"] > best:
                             best = last_val["psnr"]
                             self._save(self.ckpt_dir / "best.pth", **state, best_psnr=best)
@@ -445,9 +465,18 @@ class Trainer:
                                          stage=si + 1, iter=0, ema_updates=0,
                                          sampler={"seed": None, "next_sample": 0})
                         self._save(self.ckpt_dir / "last.pth", **state, best_psnr=best)
+                        saved_at = it
                         t_window = time.perf_counter()  # throughput counts training steps only
-                    self._current = (model, ema, opt, sched, si, it, g, data, st, best)
                 del batches, loader
+                if self._stop_requested:
+                    # Ctrl-C may land after the in-loop save decision: the state is that of the
+                    # last completed iteration either way, so write it if it is not yet written.
+                    if saved_at != it:
+                        self._save(self.ckpt_dir / "last.pth", **state_now(), best_psnr=best)
+                    summary["interrupted"] = offsets[si] + it
+                    bar.write(f"interrupted: saved {self.ckpt_dir / 'last.pth'} at iteration "
+                              f"{offsets[si] + it}; --resume continues")
+                    break
                 if opts.stop_at is not None and offsets[si] + it >= opts.stop_at and it < st["iters"]:
                     summary["stopped_at"] = offsets[si] + it
                     break
@@ -456,14 +485,12 @@ class Trainer:
                 # params_ema would.
                 model = (ema.model if ema else model)
                 model = copy.deepcopy(model).train().requires_grad_(True)
-                self._current = None
                 if rs is not None and si == start_stage:
                     rs = None
-        except KeyboardInterrupt:
-            self._save_interrupted()
-            raise
         finally:
             bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
         summary["best_psnr"] = best
         summary["last_psnr"] = last_val["psnr"] if last_val else None
         summary["global_iter"] = offsets[min(si, len(self.stages))] + it
@@ -471,17 +498,21 @@ class Trainer:
             summary["it_per_s"] = summary["iters_run"] / summary["train_time_s"]
         return summary
 
-    def _save_interrupted(self) -> None:
-        cur = getattr(self, "_current", None)
-        if not cur:
-            return
-        model, ema, opt, sched, si, it, g, data, st, best = cur
-        self._save(self.ckpt_dir / "last.pth", arch=model.arch_config, model=model.state_dict(),
-                   params_ema=ema.model.state_dict() if ema else None, optimizer=opt.state_dict(),
-                   scheduler=sched.state_dict(), stage=si, iter=it, global_iter=g,
-                   ema_updates=ema.updates if ema else 0,
-                   sampler={"seed": data.seed, "next_sample": it * st["batch"]}, best_psnr=best)
-        print(f"interrupted: saved {self.ckpt_dir / 'last.pth'} at iteration {g}; --resume continues")
+    def _install_sigint(self, bar):
+        """First Ctrl-C: finish the current iteration, write ``last.pth`` and stop (a later
+        ``--resume`` continues exactly). Second Ctrl-C: abort at once, without saving. Only in
+        the main thread (signal handlers cannot be set elsewhere); returns the old handler."""
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            bar.write("stopping after this iteration (Ctrl-C again aborts without saving)")
+
+        return signal.signal(signal.SIGINT, handler)
 
     @staticmethod
     def _val_model(model: nn.Module, ema: EMA | None, st: dict) -> nn.Module:
