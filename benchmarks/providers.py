@@ -60,8 +60,12 @@ def _sync(device: torch.device) -> None:
 
 
 def _export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(model, (x,), str(path), input_names=["lr"], output_names=["sr"],
-                      opset_version=17, dynamo=False)
+    """The export ``esr export --onnx`` writes (``esr_models.onnx_export``, one code path), with
+    its dynamic batch/height/width axes, so the ONNX providers time what users run. The
+    accuracy check against the reference is left to tests/test_onnx.py (not timed here)."""
+    from esr_models.onnx_export import export_onnx
+
+    export_onnx(model, path, dynamic=True, verify=False)
 
 
 def build_runner(provider: Provider, model_name: str, shape: tuple[int, ...],

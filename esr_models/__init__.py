@@ -9,7 +9,9 @@ from .loading import MODEL_NAMES, load, load_state_dict_file, min_input_size
 from .fusion import fuse_
 from .registry import UnknownArchitectureError, detect
 from .weights import WeightsError
+from .spandrel_support import register_spandrel
 from .training.models import deploy, trainable
 
 __all__ = ["MODEL_NAMES", "load", "fuse_", "load_state_dict_file", "detect", "min_input_size",
-           "UnknownArchitectureError", "WeightsError", "trainable", "deploy"]
+           "UnknownArchitectureError", "WeightsError", "trainable", "deploy",
+           "register_spandrel"]
