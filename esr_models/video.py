@@ -1,5 +1,666 @@
-"""Video files in and out (issue #12)."""
+"""Video files in and out (issue #12): ``esr upscale clip.mp4 -o out/`` -> ``out/clip_x4.mp4``.
+
+Why PyAV
+--------
+Video goes through PyAV (``pip install av``), not an ``ffmpeg`` executable in a subprocess:
+
+* it decodes and encodes in-process, frame by frame, and gives every decoded frame its own
+  ``pts`` and ``time_base``, so each output frame is stamped with its input frame's time:
+  variable frame rate survives exactly, and nothing is re-timed by a pipe of raw frames;
+* audio, subtitle and data packets are copied as they are (remuxed, never re-encoded);
+* its wheels bundle their own FFmpeg libraries (libx264, libx265, libvpx-vp9, SVT-AV1,
+  aac, opus, ...), so no system FFmpeg is needed and the codecs on offer are known
+  (``av.codecs_available``);
+* errors arrive as Python exceptions (``av.FFmpegError``), which become per-file outcomes.
+
+It is imported only when a video is handled or a video option is given, so still images
+work without it.
+
+What happens to a video
+-----------------------
+* The output keeps the input's container (.mp4, .mkv, .mov, .webm), chosen from the final
+  output name (the temporary name ends the same way).
+* The first video stream that is not cover art is upscaled: every frame, in presentation
+  order, each keeping its timestamp and duration (same frame count, same frame rate,
+  variable frame rate kept). Frames go through the model in batches of ``--batch-frames``;
+  large frames are tiled as for still images (``--tile`` or automatic tiling).
+* Colour: frames are decoded to RGB with the matrix and range they are tagged with
+  (untagged: BT.601 below 720 lines, BT.709 from there, as players do); frames deeper than
+  8 bits are decoded to 16-bit RGB. The output is encoded with ``--codec`` (default libx264,
+  libvpx-vp9 for .webm) at ``--crf`` (constant quality; default 18), 8-bit yuv420p, limited
+  range, converted with the input's matrix (BT.709 for untagged input) and tagged with it
+  and with the input's primaries and transfer characteristic.
+* A display rotation (phone videos) is applied to the pixels: the output is stored upright.
+* Audio, subtitle and data streams are copied (packets remuxed, no re-encode) when the
+  container accepts their codec; anything left out is named in a note with the reason.
+  Container and stream metadata and chapters are kept.
+* The pipeline is three stages joined by bounded queues: a decode thread (demux, decode,
+  convert to RGB), the model in the calling thread, an encode thread (to 8-bit, colour
+  conversion, encode, mux). Torch and FFmpeg release the GIL, so decoding and encoding
+  overlap with the model, which is the bottleneck.
+* The rules of still images hold: the video is encoded into a temporary file in the output
+  folder and moved to its final name only when complete (``write_atomically``); an existing
+  output is not replaced without ``--overwrite``; any failure (unreadable or corrupt file,
+  no video stream, a decode or encode error) is a FAILED outcome naming the file, and the
+  temporary file is removed, also on Ctrl-C.
+"""
 from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .batch import DONE, FAILED, SKIPPED, Outcome, describe_error
+from .outputs import Job, OutputExistsError, write_atomically
 
 # Containers `esr upscale` takes as video; the output keeps the input's container.
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm"}
+
+# FFmpeg muxer of each suffix (the output's format comes from its final name).
+MUXERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
+
+DEFAULT_CRF = 18
+DEFAULT_BATCH_FRAMES = 4
+PIXEL_FORMAT = "yuv420p"
+
+# Encoders whose constant-quality option is ``crf``, and its largest value.
+CRF_RANGE = {"libx264": 51, "libx265": 51, "libvpx-vp9": 63, "libvpx": 63,
+             "libsvtav1": 63, "libaom-av1": 63}
+# Video encoders offered in --help / error messages when the PyAV wheel has them.
+COMMON_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1",
+                   "mpeg4", "ffv1")
+
+# Per-stream tags that describe the old encoding and would be wrong on the new one.
+_STALE_TAGS = ("encoder", "duration", "number_of_frames", "number_of_bytes", "bps",
+               "_statistics", "rotate", "handler_name", "vendor_id")
+
+
+class VideoError(ValueError):
+    """A video that cannot be read or written; the message says why."""
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError:
+        raise VideoError("video needs PyAV: pip install av") from None
+    return av
+
+
+def default_codec(suffix: str) -> str:
+    return "libvpx-vp9" if suffix.lower() == ".webm" else "libx264"
+
+
+# ---- argparse types (early validation of --codec, --crf, --batch-frames) -------------------
+
+def codec_arg(name: str) -> str:
+    """--codec: a video encoder this PyAV has."""
+    try:
+        av = _import_av()
+    except VideoError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    offered = ", ".join(c for c in COMMON_ENCODERS if c in av.codecs_available)
+    try:
+        codec = av.Codec(name, "w")
+    except Exception:
+        raise argparse.ArgumentTypeError(f"unknown video encoder {name!r} (this PyAV has: {offered})") from None
+    if codec.type != "video":
+        raise argparse.ArgumentTypeError(f"{name!r} encodes {codec.type}, not video "
+                                         f"(this PyAV has: {offered})")
+    return codec.name
+
+
+def crf_arg(text: str) -> int:
+    """--crf: constant-quality level, 0 (best; lossless with libx264) to 63."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crf must be a whole number, got {text!r}") from None
+    if not 0 <= value <= 63:
+        raise argparse.ArgumentTypeError(f"--crf must be in [0, 63], got {value}")
+    return value
+
+
+def batch_frames_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-frames must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--batch-frames must be at least 1, got {value}")
+    return value
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoSettings:
+    codec: str | None = None           # None: default_codec(output suffix)
+    crf: int = DEFAULT_CRF
+    batch_frames: int = DEFAULT_BATCH_FRAMES
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args) -> "VideoSettings":
+        return cls(codec=getattr(args, "codec", None),
+                   crf=DEFAULT_CRF if getattr(args, "crf", None) is None else args.crf,
+                   batch_frames=getattr(args, "batch_frames", None) or DEFAULT_BATCH_FRAMES,
+                   progress=not getattr(args, "quiet", False))
+
+
+# ---- the per-file entry point -------------------------------------------------------------------
+
+def upscale_video(upscaler, job: Job, args) -> Outcome:
+    """Upscale one video file to ``job.dst``. Never raises (but KeyboardInterrupt): every
+    failure is a FAILED outcome naming the file. ``args``: codec, crf, batch_frames,
+    overwrite, quiet (missing ones take their defaults)."""
+    notes: list[str] = []
+    src = job.src
+    notify = getattr(upscaler, "notify", None)
+    if notify is not None:  # auto-tiling says so once per video, not once per batch
+        seen: set[str] = set()
+
+        def once(msg: str) -> None:
+            if msg not in seen:
+                seen.add(msg)
+                notify(msg)
+        upscaler.notify = once
+    try:
+        settings = VideoSettings.from_args(args)
+        write_atomically(job.dst, lambda tmp: transcode(upscaler, src, tmp, job.dst.suffix, settings,
+                                                        notes), bool(getattr(args, "overwrite", False)))
+        return Outcome(str(src), DONE, notes=notes)
+    except OutputExistsError as exc:  # a concurrent run made it meanwhile
+        return Outcome(str(src), SKIPPED, _named(src, str(exc)))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one file's failure never stops the batch
+        return Outcome(str(src), FAILED, _named(src, _describe(exc)), notes=notes)
+    finally:
+        if notify is not None:
+            upscaler.notify = notify
+
+
+def _named(src, msg: str) -> str:
+    return msg if str(src) in msg else f"{src}: {msg}"
+
+
+def _describe(exc: BaseException) -> str:
+    av = sys.modules.get("av")
+    if av is not None and isinstance(exc, av.FFmpegError):
+        return _ffmpeg_reason(exc)
+    return describe_error(exc)
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's reason without the errno and file name PyAV adds."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+# ---- transcoding ------------------------------------------------------------------------------
+
+_END = object()
+
+
+class _Stopped(Exception):
+    """Another stage failed or the run was interrupted: this stage leaves quietly."""
+
+
+def transcode(upscaler: Callable, src: Path, dst: Path, suffix: str, settings: VideoSettings,
+              notes: list[str]) -> None:
+    """Decode ``src``, upscale every frame of its video stream with ``upscaler`` ((N,3,H,W)
+    float [0,1] -> (N,3,sH,sW)), encode into ``dst`` in the container of ``suffix`` and copy
+    the other streams. ``notes`` gets what the user should know (streams left out, ...)."""
+    av = _import_av()
+    muxer = MUXERS.get(suffix.lower())
+    if muxer is None:
+        raise VideoError(f"no video container for {suffix!r} (one of {', '.join(sorted(MUXERS))})")
+    codec = settings.codec or default_codec(suffix)
+    try:
+        inp = av.open(str(src), "r")
+    except av.FFmpegError as exc:
+        raise VideoError(f"{src}: not a readable video ({_ffmpeg_reason(exc)})") from None
+    try:
+        vin = _pick_video_stream(inp, src, notes)
+        if vin.codec_context.width <= 0 or vin.codec_context.height <= 0:
+            raise VideoError(f"{src}: video stream has no frame size (corrupt?)")
+        turns = _display_turns(av, src, vin.index)
+        if turns:
+            turn = "90° clockwise" if turns == 3 else f"{90 * turns}° counterclockwise"
+            notes.append(f"{src}: the file says to show its frames turned {turn} (a phone video?); "
+                         "they are turned upright before upscaling, so the output needs no rotation flag")
+        out, copies = _open_output(av, inp, vin, dst, muxer, suffix, codec, settings, upscaler, src,
+                                   notes, turns)
+        try:
+            _pipeline(av, inp, vin, out, copies, upscaler, src, settings, notes, turns)
+        except BaseException:
+            _close_quietly(out)
+            raise
+        out.close()
+    finally:
+        _close_quietly(inp)
+
+
+def _display_turns(av, src: Path, index: int) -> int:
+    """Quarter turns counterclockwise (np.rot90's ``k``) that show the stored frames the way
+    players do, from the display matrix (phone videos); 0 when there is none or it cannot be
+    read here (the pipeline then reports the real problem)."""
+    try:
+        with av.open(str(src)) as probe:
+            stream = probe.streams[index]
+            for frame in probe.decode(stream):
+                return int(round((frame.rotation or 0) / 90)) % 4
+    except Exception:
+        pass
+    return 0
+
+
+def _close_quietly(container) -> None:
+    try:
+        container.close()
+    except Exception:
+        pass
+
+
+def _pick_video_stream(inp, src: Path, notes: list[str]):
+    videos = [s for s in inp.streams.video if not _is_cover_art(s)]
+    if not videos:
+        raise VideoError(f"{src}: no video stream" + (" (only cover art)" if inp.streams.video else ""))
+    others = len(inp.streams.video) - 1
+    if others:
+        notes.append(f"{src}: {others} other video stream(s) (cover art, other angles) left out; "
+                     f"only stream #{videos[0].index} is upscaled")
+    return videos[0]
+
+
+def _is_cover_art(stream) -> bool:
+    try:
+        return bool(stream.disposition & stream.disposition.__class__.attached_pic)
+    except Exception:
+        return False
+
+
+def _codec_id_name(stream) -> str | None:
+    cc = stream.codec_context
+    if cc is None:
+        return None
+    try:
+        return cc.codec.canonical_name
+    except Exception:
+        return getattr(cc, "name", None)
+
+
+def _copy_tags(src_meta, dst_meta) -> None:
+    for key, value in dict(src_meta).items():
+        if not any(key.lower().startswith(stale) for stale in _STALE_TAGS):
+            dst_meta[key] = value
+
+
+def _frame_rate(vin) -> Fraction:
+    for rate in (vin.average_rate, vin.guessed_rate, vin.base_rate):
+        if rate:
+            return Fraction(rate)
+    return Fraction(25)
+
+
+def _open_output(av, inp, vin, dst, muxer, suffix, codec, settings, upscaler, src, notes, turns):
+    """The output container, header written, with the upscaled video stream and the streams
+    copied from the input: (container, {input stream index: output stream})."""
+    candidates, left_out = [], []
+    for s in inp.streams:
+        if s.index == vin.index or s.type == "video":
+            continue
+        name = _codec_id_name(s)
+        if s.type not in ("audio", "subtitle", "data") or not name or name == "none":
+            left_out.append(f"#{s.index} {s.type} ({name or 'unknown codec'}): cannot be copied")
+        else:
+            candidates.append(s)
+    why = ""
+    for attempt in ("all", "none"):  # "none": the muxer refused a copied stream; video alone
+        dropped, extra = list(left_out), []
+        out = av.open(str(dst), "w", format=muxer,
+                      options={"movflags": "+faststart"} if muxer in ("mp4", "mov") else {})
+        try:
+            supported = out.supported_codecs
+            if codec not in supported:
+                raise VideoError(f"--codec {codec} cannot be stored in {suffix} (it takes: "
+                                 f"{', '.join(c for c in COMMON_ENCODERS if c in supported) or 'none of ours'})")
+            _add_video_stream(out, vin, codec, settings, upscaler, extra, turns)
+            copies = {}
+            for s in candidates:
+                name = _codec_id_name(s)
+                if attempt == "none":
+                    dropped.append(f"#{s.index} {s.type} ({name}): the muxer refused the copy ({why})")
+                elif name not in supported:
+                    dropped.append(f"#{s.index} {s.type} ({name}): {suffix} does not take this codec")
+                else:
+                    o = out.add_stream_from_template(s)
+                    _copy_tags(s.metadata, o.metadata)
+                    try:
+                        o.disposition = s.disposition
+                    except Exception:
+                        pass
+                    copies[s.index] = o
+            _copy_tags(inp.metadata, out.metadata)
+            try:
+                chapters = inp.chapters()
+                if chapters:
+                    out.set_chapters(chapters)
+            except Exception as exc:
+                extra.append(f"{src}: chapters not copied ({_describe(exc)})")
+            try:
+                out.start_encoding()
+            except av.FFmpegError as exc:
+                if attempt == "all" and copies:
+                    why = _ffmpeg_reason(exc)
+                    _close_quietly(out)
+                    continue
+                raise VideoError(f"cannot start encoding with {codec} ({_ffmpeg_reason(exc)})") from None
+            break
+        except BaseException:
+            _close_quietly(out)
+            raise
+    notes.extend(n if n.startswith(str(src)) else f"{src}: {n}" for n in extra)
+    if dropped:
+        notes.append(f"{src}: stream(s) not copied to the output: " + "; ".join(dropped))
+    return out, copies
+
+
+def _codec_is_lossless(codec: str) -> bool:
+    import av
+
+    try:
+        return bool(av.Codec(codec, "w").lossless) and not av.Codec(codec, "w").lossy
+    except Exception:
+        return False
+
+
+def _add_video_stream(out, vin, codec, settings, upscaler, notes, turns):
+    scale = int(getattr(upscaler, "scale", 4))
+    icc = vin.codec_context
+    options = {}
+    if codec in CRF_RANGE:
+        crf = min(settings.crf, CRF_RANGE[codec])
+        if crf != settings.crf:
+            notes.append(f"--crf {settings.crf} is above {codec}'s range (0-{crf}); {crf} used")
+        options["crf"] = str(crf)
+        if codec in ("libvpx-vp9", "libvpx"):
+            options["b"] = "0"          # constant quality, no bitrate cap
+        if codec == "libx265":
+            options["x265-params"] = "log-level=error"   # x265 logs to stderr by itself
+    elif not _codec_is_lossless(codec):
+        notes.append(f"--crf does not apply to {codec}; the encoder's own default quality is used "
+                     f"(constant quality: {', '.join(c for c in CRF_RANGE if c in COMMON_ENCODERS)})")
+    rate = _frame_rate(vin)
+    if codec == "libsvtav1" and "SVT_LOG" not in os.environ:
+        os.environ["SVT_LOG"] = "1"   # SVT-AV1 prints its banner to stderr unless told otherwise
+    vout = out.add_stream(codec, rate=rate, options=options)
+    cc = vout.codec_context
+    cc.width, cc.height = icc.width * scale, icc.height * scale
+    if turns % 2:
+        cc.width, cc.height = cc.height, cc.width
+    cc.pix_fmt = PIXEL_FORMAT
+    cc.time_base = vin.time_base or Fraction(1, 90000)   # frames keep their own pts
+    vout.time_base = cc.time_base
+    cc.framerate = rate
+    if icc.sample_aspect_ratio:
+        sar = Fraction(icc.sample_aspect_ratio)
+        cc.sample_aspect_ratio = 1 / sar if turns % 2 and sar else sar
+    cc.colorspace = _output_matrix(icc.colorspace)[1]
+    cc.color_range = 1  # AVCOL_RANGE_MPEG: limited, what yuv420p players expect
+    cc.color_primaries = icc.color_primaries
+    cc.color_trc = icc.color_trc
+    _copy_tags(vin.metadata, vout.metadata)
+    return vout
+
+
+# AVColorSpace (a stream's or frame's tag) -> the swscale matrix converting with it.
+_SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
+
+
+def _input_matrix(colorspace: int, height: int) -> str:
+    """The matrix a frame is decoded with: its tag; untagged, BT.601 below 720 lines and
+    BT.709 from there, as players do."""
+    return _SWS_MATRIX.get(int(colorspace), "ITU601" if height < 720 else "ITU709")
+
+
+def _output_matrix(colorspace: int) -> tuple[str, int]:
+    """(swscale matrix, AVColorSpace tag) of the output: the input's; BT.709 for untagged input
+    (players assume it for HD frames, and the output is tagged so nobody has to guess)."""
+    c = int(colorspace)
+    return (_SWS_MATRIX[c], c) if c in _SWS_MATRIX else ("ITU709", 1)
+
+
+def _tag_seconds(text) -> float | None:
+    """'HH:MM:SS.fraction' (Matroska's DURATION tag) -> seconds."""
+    try:
+        h, m, sec = str(text).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_deep(frame) -> bool:
+    try:
+        return max(c.bits for c in frame.format.components) > 8
+    except Exception:
+        return False
+
+
+def _to_rgb(frame) -> np.ndarray:
+    """(H, W, 3) RGB: uint8, or uint16 for pixel formats deeper than 8 bits, converted with the
+    matrix and range the frame declares (an unspecified range is limited, as in FFmpeg)."""
+    kwargs = {"format": "rgb48le" if _is_deep(frame) else "rgb24",
+              "src_colorspace": _input_matrix(frame.colorspace, frame.height)}
+    if frame.color_range:
+        kwargs["src_color_range"] = int(frame.color_range)
+    return frame.to_ndarray(**kwargs)
+
+
+@torch.inference_mode()
+def _upscale_batch(upscaler, frames: list[np.ndarray]) -> np.ndarray:
+    """(N, H, W, 3) uint8/uint16 RGB -> (N, sH, sW, 3) uint8 RGB, converted where the model
+    ran (a quarter of the float output's size crosses to the host and waits in the queue)."""
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    x = x.float().div_(65535.0 if frames[0].dtype == np.uint16 else 255.0)
+    sr = upscaler(x)
+    if not torch.isfinite(sr).all():
+        # Clamping would turn Inf into white and leave NaN: never write that silently.
+        raise VideoError("the model output has NaN or Inf values; nothing written")
+    return sr.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _pipeline(av, inp, vin, out, copies, upscaler, src, settings, notes, turns) -> None:
+    vout = out.streams.video[0]
+    batch = settings.batch_frames
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=2 * batch)   # ("frame", rgb, pts, duration) / ("packet", p)
+    upscaled: queue.Queue = queue.Queue(maxsize=2)          # (uint8 batch, items in order)
+    failures: dict[str, BaseException] = {}
+    time_base = vin.time_base or Fraction(1, 90000)
+    step = max(1, round(1 / (_frame_rate(vin) * time_base)))  # one frame, for frames without pts
+    dst_matrix = _output_matrix(vin.codec_context.colorspace)[0]
+    total = vin.frames or None
+    if total is None and inp.duration and vin.average_rate:
+        total = int(round(inp.duration / 1_000_000 * float(vin.average_rate))) or None
+
+    def put(q: queue.Queue, item) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(q: queue.Queue):
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _note_short(count: int, last_pts: int) -> None:
+        """Containers without a frame count (Matroska, WebM): compare where the video ends
+        with the duration the file declares for it (its DURATION tag), or for the file (with
+        a margin: other streams may run longer)."""
+        start = float((vin.start_time or 0) * time_base)
+        ended = float((last_pts + step) * time_base) - start
+        frame = float(step * time_base)
+        declared, margin = _tag_seconds(vin.metadata.get("DURATION")), 2 * frame
+        if declared is None and vin.duration:
+            declared = float(vin.duration * time_base)
+        if declared is None and inp.duration:
+            declared, margin = inp.duration / 1_000_000 - start, 0.5 + 2 * frame
+        if declared is not None and declared - ended > margin:
+            notes.append(f"{src}: the video ends at {ended:.2f} s but the file declares {declared:.2f} s "
+                         f"(truncated file?); the output has the {count} decodable frames")
+
+    def decode_stage() -> None:
+        count, last_pts, shape = 0, None, None
+        try:
+            vin.thread_type = "AUTO"   # frame and slice threads in the decoder
+            streams = [vin] + [inp.streams[i] for i in copies]
+            try:
+                for packet in inp.demux(streams):
+                    if packet.stream.index == vin.index:
+                        for frame in packet.decode():
+                            rgb = _to_rgb(frame)
+                            if turns:
+                                rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+                            if shape is None:
+                                shape = rgb.shape
+                                if len(frame.format.components) == 4:
+                                    notes.append(f"{src}: {frame.format.name} frames have an alpha channel; "
+                                                 f"it is not kept ({PIXEL_FORMAT} has none)")
+                                if rgb.dtype == np.uint16:
+                                    notes.append(f"{src}: {frame.format.name} frames (more than 8 bits) are "
+                                                 f"upscaled from 16-bit RGB and written as 8-bit {PIXEL_FORMAT}")
+                            elif rgb.shape != shape:
+                                raise VideoError(f"frame {count} is {rgb.shape[1]}x{rgb.shape[0]}, earlier "
+                                                 f"frames {shape[1]}x{shape[0]}: a frame size change "
+                                                 "mid-stream is not supported")
+                            pts = frame.pts
+                            if pts is None:
+                                pts = 0 if last_pts is None else last_pts + step
+                            last_pts = pts
+                            put(decoded, ("frame", rgb, pts, frame.duration))
+                            count += 1
+                    elif packet.size and (packet.dts is not None or packet.pts is not None):
+                        if packet.dts is None:   # some demuxers leave it unset on subtitles
+                            packet.dts = packet.pts
+                        put(decoded, ("packet", packet))
+            except av.FFmpegError as exc:
+                raise VideoError(f"decode error after {count} frame(s) ({_ffmpeg_reason(exc)})") from None
+            if count == 0:
+                raise VideoError("the video stream has no decodable frames")
+            if vin.frames and count < vin.frames:
+                notes.append(f"{src}: {count} of the {vin.frames} frames the file declares could be "
+                             "decoded (truncated file?); the output has these")
+            elif not vin.frames:
+                _note_short(count, last_pts)
+            put(decoded, _END)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            failures.setdefault("decode", exc)
+            stop.set()
+
+    def encode_stage() -> None:
+        try:
+            while True:
+                item = get(upscaled)
+                if item is _END:
+                    break
+                pixels, items = item
+                k = 0
+                for entry in items:
+                    if entry[0] == "frame":
+                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[k]), format="rgb24")
+                        k += 1
+                        frame = frame.reformat(format=PIXEL_FORMAT, src_colorspace=dst_matrix,
+                                               dst_colorspace=dst_matrix, dst_color_range="MPEG")
+                        frame.pts, frame.time_base = entry[2], time_base
+                        if entry[3]:
+                            frame.duration = entry[3]
+                        for p in vout.encode(frame):
+                            out.mux(p)
+                    else:
+                        packet = entry[1]
+                        packet.stream = copies[packet.stream.index]
+                        out.mux(packet)
+                if bar is not None:
+                    bar.update(k)
+            for p in vout.encode(None):
+                out.mux(p)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            failures.setdefault("encode", exc)
+            stop.set()
+
+    bar = None
+    if settings.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=Path(src).name, unit="frame", leave=False, file=sys.stderr,
+                   dynamic_ncols=True)
+    decoder = threading.Thread(target=decode_stage, name="esr-video-decode", daemon=True)
+    encoder = threading.Thread(target=encode_stage, name="esr-video-encode", daemon=True)
+    decoder.start()
+    encoder.start()
+    try:
+        pending, frames = [], []
+
+        def flush() -> None:
+            if not pending:
+                return
+            pixels = _upscale_batch(upscaler, frames) if frames else None
+            put(upscaled, (pixels, list(pending)))
+            pending.clear()
+            frames.clear()
+
+        while True:
+            item = get(decoded)
+            if item is _END:
+                flush()
+                put(upscaled, _END)
+                break
+            pending.append(item)
+            if item[0] == "frame":
+                if frames and item[1].shape != frames[0].shape:
+                    raise VideoError("frame size changed mid-stream")  # the decoder says so first
+                frames.append(item[1])
+                if len(frames) >= batch:
+                    flush()
+        encoder.join()
+    except _Stopped:
+        pass
+    except BaseException as exc:
+        stop.set()
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt: the finally below stops the stages
+        failures.setdefault("model", exc)
+    finally:
+        stop.set()  # on the normal path both stages have finished already
+        encoder.join()
+        decoder.join()
+        if bar is not None:
+            bar.close()
+    for stage in ("decode", "model", "encode"):
+        if stage in failures:
+            exc = failures[stage]
+            if isinstance(exc, av.FFmpegError):
+                raise VideoError(f"{stage} error ({_ffmpeg_reason(exc)})") from None
+            raise exc
