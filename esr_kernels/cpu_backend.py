@@ -60,6 +60,11 @@ def _pad_conv(w: torch.Tensor, b: torch.Tensor | None, pad_in: bool = True):
 class CpuBackend:
     name = "cpu"
 
+    def __deepcopy__(self, memo):
+        # Stateless (packs live in the modules' buffers) and holds torch.ops handles, which
+        # cannot be copied: a deep copy of a fused model shares its backend.
+        return self
+
     def __init__(self):
         import esr_kernels._C_cpu  # noqa: F401  registers torch.ops.esr_native
 

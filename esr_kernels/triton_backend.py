@@ -11,6 +11,11 @@ from .reference import pack_conv_weight
 class TritonBackend:
     name = "triton"
 
+    def __deepcopy__(self, memo):
+        # Stateless (packs live in the modules' buffers) and holds torch.ops handles, which
+        # cannot be copied: a deep copy of a fused model shares its backend.
+        return self
+
     def __init__(self):
         from . import ops  # noqa: F401  registers torch.ops.esr (imports triton)
 

@@ -58,7 +58,21 @@ def _packed(module: nn.Module, prefix: str) -> dict:
     return {key: getattr(module, f"{prefix}_{key}") for key in module._packs[prefix]}
 
 
-class FusedConv2d(nn.Conv2d):
+class _Fused:
+    """A fused module: adopts a reference module and packs its weights for the backend.
+    ``_pack`` reads the module's own parameters, so it can run again when they change."""
+
+    @classmethod
+    def from_reference(cls, ref: nn.Module, kernels):
+        obj = _adopt(cls, ref, kernels)
+        obj._pack()
+        return obj
+
+    def _pack(self) -> None:
+        raise NotImplementedError
+
+
+class FusedConv2d(_Fused, nn.Conv2d):
     """Plain KxK conv (K in {1, 3}, groups 1, zero padding K // 2, bias) through the backend."""
 
     @staticmethod
@@ -69,44 +83,38 @@ class FusedConv2d(nn.Conv2d):
                 and ref.stride[0] == ref.stride[1] and ref.bias is not None
                 and ref.out_channels <= 64)
 
-    @classmethod
-    def from_reference(cls, ref: nn.Conv2d, kernels):
-        obj = _adopt(cls, ref, kernels)
-        _store(obj, "conv", kernels.pack_conv(ref.weight, ref.bias))
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        _store(self, "conv", kernels.pack_conv(self.weight, self.bias))
 
     def forward(self, x):
         return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, ksize=self.kernel_size[0],
                                  stride=self.stride[0])
 
 
-class FusedAffineInputConv2d(AffineInputConv2d):
+class FusedAffineInputConv2d(_Fused, AffineInputConv2d):
     """Head conv: the input scale is folded into the weight, the shift is the prologue."""
 
-    @classmethod
-    def from_reference(cls, ref: AffineInputConv2d, kernels):
-        obj = _adopt(cls, ref, kernels)
-        packed = kernels.pack_conv(ref.weight * ref.in_scale, ref.bias)  # conv(s x) = (s W) x
-        _store(obj, "conv", packed)
-        shift = ref.in_shift.detach().flatten().float() * ref.in_scale if ref.has_shift else None
-        obj.register_buffer("shift_flat", shift, persistent=False)
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        packed = kernels.pack_conv(self.weight * self.in_scale, self.bias)  # conv(s x) = (s W) x
+        _store(self, "conv", packed)
+        shift = self.in_shift.detach().flatten().float() * self.in_scale if self.has_shift else None
+        self.register_buffer("shift_flat", shift, persistent=False)
 
     def forward(self, x):
         return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, shift=self.shift_flat)
 
 
-class FusedPixelShuffleTail(PixelShuffleTail):
+class FusedPixelShuffleTail(_Fused, PixelShuffleTail):
     """Tail conv writing the final image: shortcut and pixel shuffle in the epilogue; the
     output divisor is folded into weight and bias."""
 
-    @classmethod
-    def from_reference(cls, ref: PixelShuffleTail, kernels):
-        obj = _adopt(cls, ref, kernels)
-        _store(obj, "conv", kernels.pack_conv(ref.weight, ref.bias, weight_scale=1.0 / ref.out_divisor))
-        shift = ref.out_shift.detach().flatten().float() if ref.has_shift else None
-        obj.register_buffer("shift_flat", shift, persistent=False)
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        _store(self, "conv", kernels.pack_conv(self.weight, self.bias, weight_scale=1.0 / self.out_divisor))
+        shift = self.out_shift.detach().flatten().float() if self.has_shift else None
+        self.register_buffer("shift_flat", shift, persistent=False)
 
     def forward(self, x, image):
         s = _spec()
@@ -120,39 +128,35 @@ class FusedPixelShuffleTail(PixelShuffleTail):
                                  shortcut_mode=mode, shuffle=self.scale)
 
 
-class FusedConvAdd(ConvAdd):
-    from_reference = classmethod(FusedConv2d.from_reference.__func__)
+class FusedConvAdd(_Fused, ConvAdd):
+    _pack = FusedConv2d._pack
 
     def forward(self, x, residual):
         return self.kernels.conv(x, _packed(self, "conv"), self.out_channels, residual=residual,
                                  residual_mode=_spec().RES_TENSOR)
 
 
-class FusedConcatFuse(ConcatFuse):
+class FusedConcatFuse(_Fused, ConcatFuse):
     """GELU(1x1 conv of the concatenated block outputs) + residual; how the concatenation is
     handled is the backend's choice (the CPU backend avoids materialising it)."""
 
-    @classmethod
-    def from_reference(cls, ref: ConcatFuse, kernels):
-        obj = _adopt(cls, ref, kernels)
-        chunks = ref.in_channels // ref.out_channels  # one block output per chunk
-        _store(obj, "conv", kernels.pack_concat_conv(ref.weight, ref.bias, chunks))
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        chunks = self.in_channels // self.out_channels  # one block output per chunk
+        _store(self, "conv", kernels.pack_concat_conv(self.weight, self.bias, chunks))
 
     def forward(self, features, residual):
         return self.kernels.concat_conv(features, _packed(self, "conv"), self.out_channels,
                                         act=_spec().ACT_GELU, residual=residual)
 
 
-class FusedBFEB(BFEB):
+class FusedBFEB(_Fused, BFEB):
     """Three BSB launches; the last adds the block residual."""
 
-    @classmethod
-    def from_reference(cls, ref: BFEB, kernels):
-        obj = _adopt(cls, ref, kernels)
-        for i, bc in enumerate(ref.convs):
-            _store(obj, f"bsb{i}", kernels.pack_bsb(bc.pointwise, bc.depthwise))
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        for i, bc in enumerate(self.convs):
+            _store(self, f"bsb{i}", kernels.pack_bsb(bc.pointwise, bc.depthwise))
 
     def forward(self, x):
         out = x
@@ -161,16 +165,14 @@ class FusedBFEB(BFEB):
         return out
 
 
-class FusedRFMB(RFMB):
+class FusedRFMB(_Fused, RFMB):
     """Three 3x3 conv+GELU launches, then ESA with the block residual in its last pass."""
 
-    @classmethod
-    def from_reference(cls, ref: RFMB, kernels):
-        obj = _adopt(cls, ref, kernels)
-        for i, conv in enumerate(ref.convs):
-            _store(obj, f"c{i}", kernels.pack_conv(conv.weight, conv.bias))
-        _store(obj, "esa", kernels.pack_esa(ref.esa))
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        for i, conv in enumerate(self.convs):
+            _store(self, f"c{i}", kernels.pack_conv(conv.weight, conv.bias))
+        _store(self, "esa", kernels.pack_esa(self.esa))
 
     def forward(self, x):
         act = _spec().ACT_GELU
@@ -180,16 +182,14 @@ class FusedRFMB(RFMB):
         return self.kernels.esa(out, _packed(self, "esa"), residual=x)
 
 
-class FusedRLFB(RLFB):
+class FusedRLFB(_Fused, RLFB):
     """Three 3x3 conv+LeakyReLU launches (the last adds the block input), the 1x1, then ESA."""
 
-    @classmethod
-    def from_reference(cls, ref: RLFB, kernels):
-        obj = _adopt(cls, ref, kernels)
-        for i, conv in enumerate(list(ref.convs) + [ref.mix]):
-            _store(obj, f"c{i}", kernels.pack_conv(conv.weight, conv.bias))
-        _store(obj, "esa", kernels.pack_esa(ref.esa))
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        for i, conv in enumerate(list(self.convs) + [self.mix]):
+            _store(self, f"c{i}", kernels.pack_conv(conv.weight, conv.bias))
+        _store(self, "esa", kernels.pack_esa(self.esa))
 
     def forward(self, x):
         s = _spec()
@@ -203,25 +203,23 @@ class FusedRLFB(RLFB):
         return self.kernels.esa(out, _packed(self, "esa"))
 
 
-class FusedPartialBlock(PartialBlock):
+class FusedPartialBlock(_Fused, PartialBlock):
     """PFDN block. The attention map is computed at low resolution (la_reduce, then two small
     convs); the gated tensor is never materialised by the Triton backend: the first conv gates
     its input on load (and passes gated channels through in the pruned form), the last
     recomputes it as its residual."""
 
-    @classmethod
-    def from_reference(cls, ref: PartialBlock, kernels):
-        obj = _adopt(cls, ref, kernels)
-        a = ref.attn
-        channels = ref.conv3.out_channels
-        _store(obj, "la", kernels.pack_la(a.reduce))
-        _store(obj, "down", kernels.pack_conv(a.down.weight, a.down.bias))
-        _store(obj, "expand", kernels.pack_conv(a.expand.weight, a.expand.bias))
-        _store(obj, "conv1", kernels.pack_conv(ref.conv1.weight, ref.conv1.bias, op_channels=channels))
-        if ref.full:
-            _store(obj, "conv2", kernels.pack_conv(ref.conv2.weight, ref.conv2.bias, op_channels=channels))
-        _store(obj, "conv3", kernels.pack_conv(ref.conv3.weight, ref.conv3.bias))
-        return obj
+    def _pack(self) -> None:
+        kernels = self.kernels
+        a = self.attn
+        channels = self.conv3.out_channels
+        _store(self, "la", kernels.pack_la(a.reduce))
+        _store(self, "down", kernels.pack_conv(a.down.weight, a.down.bias))
+        _store(self, "expand", kernels.pack_conv(a.expand.weight, a.expand.bias))
+        _store(self, "conv1", kernels.pack_conv(self.conv1.weight, self.conv1.bias, op_channels=channels))
+        if self.full:
+            _store(self, "conv2", kernels.pack_conv(self.conv2.weight, self.conv2.bias, op_channels=channels))
+        _store(self, "conv3", kernels.pack_conv(self.conv3.weight, self.conv3.bias))
 
     def forward(self, x):
         s, k = _spec(), self.kernels
@@ -287,7 +285,29 @@ def fuse_(model: nn.Module, backend: str = "triton") -> dict[str, nn.Module]:
         if getattr(model, "_esr_fused_backend", None) is None:
             model.register_forward_pre_hook(_check_fused_input)
         model._esr_fused_backend = backend
+        model._esr_packed_versions = _param_versions(model)
     return replaced
+
+
+def _param_versions(model: nn.Module) -> tuple:
+    """Version counters of the state dict's tensors (parameters and persistent buffers, not the
+    packs): every in-place change (load_state_dict's copy_, p.mul_(), an optimiser step) bumps
+    them. About 0.1 ms a forward."""
+    return tuple(t._version for t in model.state_dict(keep_vars=True).values())
+
+
+def _repack_if_changed(model: nn.Module) -> None:
+    """Packs are made from the weights once; if any weight changed since (load_state_dict, an
+    in-place edit), pack again, so that a fused model never runs stale weights."""
+    if torch.compiler.is_compiling():
+        return
+    if _param_versions(model) == model._esr_packed_versions:
+        return
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _Fused):
+                module._pack()
+    model._esr_packed_versions = _param_versions(model)
 
 
 def _check_fused_input(model: nn.Module, args: tuple) -> None:
@@ -298,6 +318,7 @@ def _check_fused_input(model: nn.Module, args: tuple) -> None:
     name = type(model).__name__
     weight = model.head.weight
     check_input(x, getattr(model, "min_size", 1), name, weight)
+    _repack_if_changed(model)
     backend = model._esr_fused_backend
     devices, dtypes = BACKEND_RUNS[backend]
     if x.dtype not in dtypes:

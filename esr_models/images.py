@@ -454,6 +454,8 @@ def write_image(path: str | Path, img: Image) -> None:
 
 
 def read_rgb_uint8(path: str | Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB, for evaluation on the standard 8-bit test sets."""
-    with PILImage.open(path) as im:
-        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+    """(3, H, W) uint8 RGB, for evaluation (the challenge protocol is 8-bit). Read by the same
+    mode rule as ``read_image`` and then rounded to 8 bits, so that a 16-bit or float image is
+    scaled, not clipped (Pillow's ``convert("RGB")`` clips 16-bit grey to 255); 8-bit RGB comes
+    out bit-identical to the file. Alpha is dropped."""
+    return to_uint8(read_image(path).rgb)

@@ -120,6 +120,21 @@ def check_input(x: torch.Tensor, min_size: int, model_name: str, weight: torch.T
         raise InputTooSmallError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} pixels "
             f"(its attention pooling uses a 7x7 window); got {h}x{w}")
+    if _can_inspect_values(x) and x.numel() and float(x.detach().amax()) > MAX_INPUT_VALUE:
+        raise InputError(f"{model_name} takes values in [0, 1]; this input reaches "
+                         f"{float(x.detach().amax()):g} (0-255 pixels? divide by 255)")
+
+
+# Inputs are [0, 1]; a little overshoot (a sharpened or resampled image) is fine, 0-255 is not.
+MAX_INPUT_VALUE = 2.0
+
+
+def _can_inspect_values(x: torch.Tensor) -> bool:
+    """The range check reads a value: on CPU tensors only (on a GPU it would synchronise every
+    forward, and it cannot run inside a CUDA graph), and never while tracing or exporting."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
 
 
 class AffineInputConv2d(nn.Conv2d):

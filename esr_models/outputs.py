@@ -53,32 +53,56 @@ def check_suffix(suffix: str) -> None:
 
 def plan_outputs(files: list[Path], outdir: Path, suffix: str,
                  out_ext: Callable[[Path], str] = lambda src: ".png") -> tuple[list[Job], list[Path]]:
-    """(jobs, earlier outputs among the inputs) for ``files``, in the order of ``files``.
+    """(jobs, earlier outputs among the inputs) for ``files``.
     ``out_ext(src)`` is the output's extension (images: ".png"; videos keep their container).
 
-    Names are given in sorted order of the inputs' real paths, so the same set of inputs gets
-    the same names whatever order they were listed in."""
-    unique: dict[tuple, Path] = {}
+    Names are given in sorted order of the inputs' paths, and a file reached through several
+    paths is taken under the smallest of them, so the same set of inputs gets the same names
+    whatever order they were listed in. Earlier outputs are found by a fixed point: take them
+    out, name the rest again, until the set no longer changes (an earlier output must not take
+    a name that its own input had in the run that wrote it)."""
+    by_id: dict[tuple, Path] = {}
     for f in files:
-        unique.setdefault(file_identity(f), f)
-    inputs = list(unique.values())
+        key = file_identity(f)
+        if key not in by_id or str(_abs(f)) < str(_abs(by_id[key])):
+            by_id[key] = f
+    inputs = sorted(by_id.values(), key=lambda p: str(_abs(p)))
+    earlier: list[Path] = []
+    for _ in range(8):  # converges in two rounds in practice
+        kept = [f for f in inputs if f not in earlier]
+        dst_of = _name(kept, outdir, suffix, out_ext)
+        found = _earlier_outputs(inputs, dst_of) if suffix else []
+        if found == earlier:
+            break
+        earlier = found
+    return [Job(src, dst_of[src]) for src in kept], earlier
+
+
+def _abs(p: Path) -> Path:
+    return Path(os.path.abspath(p))
+
+
+def _name(inputs: list[Path], outdir: Path, suffix: str, out_ext) -> dict[Path, Path]:
     taken: set[str] = set()
     dst_of: dict[Path, Path] = {}
-    for src in sorted(inputs, key=lambda p: str(p.resolve())):
+    for src in inputs:  # already in sorted order
         ext = src.suffix.lstrip(".").lower()
         # Compared case-insensitively: on macOS/Windows a.png and A.png are one file.
         name = next(c for c in _candidates(src.stem, ext, suffix, out_ext(src)) if c.lower() not in taken)
         taken.add(name.lower())
         dst_of[src] = outdir / name
-    # An input sitting where another input's output goes was written by an earlier run.
-    # With an empty suffix an output's name is its input's, so this tells nothing.
-    input_ids = {file_identity(f): f for f in inputs}
-    earlier = set()
-    for src, dst in dst_of.items() if suffix else ():
-        if dst.exists() and file_identity(dst) in input_ids and input_ids[file_identity(dst)] != src:
-            earlier.add(input_ids[file_identity(dst)])
-    jobs = [Job(src, dst_of[src]) for src in inputs if src not in earlier]
-    return jobs, sorted(earlier)
+    return dst_of
+
+
+def _earlier_outputs(inputs: list[Path], dst_of: dict[Path, Path]) -> list[Path]:
+    """Inputs sitting where another input's output goes: written by an earlier run. (With an
+    empty suffix an output's name is its input's, so the caller does not ask.)"""
+    by_id = {file_identity(f): f for f in inputs}
+    found = set()
+    for src, dst in dst_of.items():
+        if dst.exists() and file_identity(dst) in by_id and by_id[file_identity(dst)] != src:
+            found.add(by_id[file_identity(dst)])
+    return sorted(found, key=lambda p: str(_abs(p)))
 
 
 def _candidates(stem: str, ext: str, suffix: str, out_ext: str):
@@ -101,7 +125,11 @@ def write_atomically(dst: Path, write: Callable[[Path], None], overwrite: bool) 
     Without ``overwrite`` the move is a hard link, which fails if ``dst`` exists (also when a
     concurrent run made it meanwhile): OutputExistsError, and nothing is replaced. The
     temporary file is removed on every path out, including KeyboardInterrupt."""
-    tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{dst.name}")
+    # The extension stays last for writers that pick the format from it. A final name near
+    # the 255-byte limit gets a short temporary name instead, so that it still fits.
+    token = secrets.token_hex(4)
+    name = f"{TEMP_PREFIX}{token}-{dst.name}"
+    tmp = dst.with_name(name if len(name.encode()) <= 255 else f"{TEMP_PREFIX}{token}{dst.suffix}")
     try:
         write(tmp)
         if overwrite:

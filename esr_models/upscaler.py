@@ -67,7 +67,9 @@ class Upscaler:
         tile = self._tile_for(x)
         if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
             return self._run(x)
-        overlap = min(self.tile_overlap, tile - 1)
+        # An automatic tile keeps a quarter of itself as overlap at most: a step of one pixel
+        # (tile 16, overlap 15) would run a forward per pixel.
+        overlap = self.tile_overlap if tile == self.tile else min(self.tile_overlap, tile // 4)
         return upscale_tiled(self._run, x, self.scale, tile, overlap)
 
     def upscale_image(self, img: Image) -> Image:

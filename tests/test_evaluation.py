@@ -87,3 +87,20 @@ def test_flops_and_params_within_one_percent_of_published(models):
     for name, (params, flops) in published.items():
         assert count_parameters(models[name]) == pytest.approx(params, rel=0.01)
         assert count_flops(models[name], 256, 256) == pytest.approx(flops, rel=0.01)
+
+
+@pytest.mark.shared
+def test_16bit_and_8bit_copies_of_an_image_evaluate_alike(tmp_path, shared):
+    """A 16-bit grey PNG is scaled to 8 bits for the protocol, not clipped to white."""
+    import numpy as np
+    from PIL import Image
+
+    from esr_models.images import read_rgb_uint8
+
+    g8 = np.asarray(Image.open(shared / "data" / "Set5" / "butterfly.png").convert("L"))
+    Image.fromarray(g8).save(tmp_path / "g8.png")
+    Image.fromarray(g8.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # mode I;16
+    a, b = read_rgb_uint8(tmp_path / "g8.png"), read_rgb_uint8(tmp_path / "g16.png")
+    assert torch.equal(a, b) and torch.equal(a[0], torch.from_numpy(g8.copy()))
+    rgb = shared / "data" / "Set5" / "bird.png"
+    assert torch.equal(read_rgb_uint8(rgb), torch.from_numpy(np.array(Image.open(rgb).convert("RGB"))).permute(2, 0, 1))

@@ -242,3 +242,48 @@ def test_fused_low_precision_on_cpu_runs_what_it_says(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "fused backend: reference" in proc.stderr and "warning:" in proc.stderr
     assert upscaled_from(tmp_path / "o" / "a_x4.png", src)
+
+
+def test_rerun_with_an_extension_sorting_after_png_does_nothing_new(tmp_path):
+    """s.png and s_x4.webp in one folder: the second run must resume, not make a third file."""
+    folder = tmp_path / "in"
+    image(folder / "s.png")
+    PILImage.fromarray(np.zeros((20, 18, 3), np.uint8)).save(folder / "s_x4.webp", lossless=True)
+    first, _ = plan_outputs(sorted(folder.iterdir()), folder, "_x4")
+    for job in first:
+        job.dst.write_bytes(b"written by the first run")
+    second, earlier = plan_outputs(sorted(folder.iterdir()), folder, "_x4")
+    assert {(j.src, j.dst) for j in second} == {(j.src, j.dst) for j in first}
+    assert sorted(p.name for p in earlier) == sorted(j.dst.name for j in first)
+
+
+def test_one_file_under_two_names_gets_one_name_whatever_the_order(tmp_path):
+    src = image(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "l.png").symlink_to(src)
+    one, _ = plan_outputs([tmp_path / "in" / "l.png", src], tmp_path / "o", "_x4")
+    two, _ = plan_outputs([src, tmp_path / "in" / "l.png"], tmp_path / "o", "_x4")
+    assert [j.dst.name for j in one] == [j.dst.name for j in two] == ["a_x4.png"]
+
+
+def test_long_names_fit_with_their_temporary_name(tmp_path):
+    dst = tmp_path / ("n" * 245 + "_x4.png")
+    write_atomically(dst, lambda tmp: tmp.write_bytes(b"ok"), overwrite=False)
+    assert dst.read_bytes() == b"ok" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_odd_entries_in_folders_are_noted_not_dropped_silently(tmp_path):
+    folder = tmp_path / "in"
+    image(folder / "a.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "dangling.png").symlink_to(folder / "gone.png")
+    files, errors, notes = cli.expand_inputs([str(folder), str(folder / "pipe.png")])
+    assert [f.name for f in files] == ["a.png"]
+    assert any("not regular files" in n and "pipe.png" in n and "dangling.png" in n for n in notes)
+    assert errors == [f"{folder / 'pipe.png'}: not a regular file"]
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path):
+    src = image(tmp_path / "a.png")
+    proc = esr("upscale", src, "-o", "/proc/esr-cannot-be-made", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 2 and "cannot create the output folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -68,3 +68,30 @@ def test_fused_forward_is_inference_only_and_says_so(pairs):
     ref_copy(xg).sum().backward()
     assert xg.grad is not None and ref_copy.head.weight.grad is not None
     assert torch.allclose(y, ref_copy(x).detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
+def test_fused_follows_weight_changes_after_load(pairs, name):
+    """load_state_dict or an in-place edit after fusing: the packs are made again, never stale."""
+    import copy
+
+    fused = copy.deepcopy(pairs[name][1])   # fused models deep-copy (EMA, model copies)
+    ref = esr_models.load(name)
+    x = torch.rand(1, 3, 20, 24)
+    halved = {k: v * 0.5 if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    fused.load_state_dict(halved)
+    ref.load_state_dict(halved)
+    with torch.no_grad():
+        assert (fused(x) - ref(x)).abs().max() < 1e-5
+        for p, q in zip(fused.parameters(), ref.parameters()):
+            p.mul_(1.25)
+            q.mul_(1.25)
+        assert (fused(x) - ref(x)).abs().max() < 1e-5
+
+
+def test_0_255_input_is_refused_alike(pairs):
+    ref, fused = pairs["pfdnlite"]
+    x = torch.rand(1, 3, 16, 16) * 255
+    for model in (ref, fused):
+        with torch.no_grad(), pytest.raises(InputError, match="divide by 255"):
+            model(x)
