@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import platform
 import shutil
 import sys
@@ -77,6 +78,18 @@ def native_extensions():
 
 ext_modules, cmdclass = native_extensions()
 
+def _torchvision_pin() -> list[str]:
+    """spandrel imports torchvision. Unpinned, pip picks the newest torchvision, which asks for
+    the newest torch and so replaces the installed one (on a CPU machine: with the multi-GB
+    CUDA wheel). torchvision 0.(m+15).p is the build for torch 2.m.p: pin that."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    m = re.match(r"2\.(\d+)\.(\d+)", torch.__version__)
+    return [f"torchvision==0.{int(m[1]) + 15}.{m[2]}"] if m else []
+
+
 setup(
     name="esr-kernels",
     version="0.1.0",
@@ -89,10 +102,16 @@ setup(
     package_data={"esr_models": ["data/*.png"]},  # the quick start's sample image
     # A range that an installed torch satisfies installs nothing more: on a CPU machine install
     # torch==2.13.0 (the CPU wheel) first; on a CUDA machine the torch already there is used.
-    install_requires=["torch>=2.4", "numpy", "pillow", "pypng", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "pillow", "pypng", "tqdm",
+                      "tomli>=1.1; python_version < '3.11'"],  # training recipes are TOML
     extras_require={
         "triton": ["triton>=3.1"],
-        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "triton>=3.1"],
+        "video": ["av>=14"],
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        "spandrel": ["spandrel>=0.4.2", *_torchvision_pin()],
+        "ray": ["ray[data]>=2.40"],
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "triton>=3.1", "av>=14", "onnx>=1.14",
+                 "onnxruntime>=1.16", "ray[data]>=2.40", "pyyaml", "safetensors", "einops"],
         "cpu-providers": ["onnx", "onnxruntime", "openvino"],
     },
     entry_points={"console_scripts": ["esr=esr_models.cli:main"]},

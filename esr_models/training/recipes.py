@@ -23,8 +23,12 @@ the packaging does with data files; ``esr train --show-recipe NAME`` prints one.
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (setup.py asks for it)
+    import tomli as tomllib
 
 DEFAULTS: dict = {
     "name": "",
