@@ -71,17 +71,27 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[str], list[str]]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            entries = sorted(q for q in p.iterdir() if q.is_file() and not is_temp_file(q))
+            listing = sorted(p.iterdir())
+            entries = [q for q in listing if q.is_file() and not is_temp_file(q)]
             found = [q for q in entries if q.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
             others = len(entries) - len(found)
             if others:
                 notes.append(f"{item}: {others} file(s) without an image or video extension "
                              f"({', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}) left out")
+            odd = [q.name for q in listing if not q.is_dir() and not q.is_file()]
+            if odd:
+                notes.append(f"{item}: {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that are not regular "
+                             f"files (broken links, FIFOs, sockets) left out: {', '.join(odd[:5])}")
+            temps = [q.name for q in listing if q.is_file() and is_temp_file(q)]
+            if temps:
+                notes.append(f"{item}: {len(temps)} temporary file(s) of an interrupted run (.esr-tmp-*) left out")
             if not found:
                 errors.append(f"{item}: folder has no images")
             files.extend(found)
         elif p.is_file():
             files.append(p)
+        elif p.exists() or p.is_symlink():
+            errors.append(f"{item}: not a regular file" + (" (a broken link)" if not p.exists() else ""))
         elif glob.has_magic(item):
             found = sorted(Path(q) for q in glob.glob(item) if Path(q).is_file() and not is_temp_file(Path(q)))
             if not found:
@@ -96,8 +106,11 @@ def _check_upscale_options(args) -> None:
     check_suffix(args.suffix)
     if args.tile is not None and args.tile < 1:
         raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
-    if args.tile_overlap < 0 or (args.tile is not None and args.tile_overlap >= args.tile):
-        raise UsageError(f"--tile-overlap must be in [0, tile size), got {args.tile_overlap}")
+    if args.tile_overlap < 0:
+        raise UsageError(f"--tile-overlap must be 0 or more, got {args.tile_overlap}")
+    if args.tile is not None and args.tile_overlap >= args.tile:
+        raise UsageError(f"--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile}); "
+                         "give a smaller --tile-overlap with a small --tile")
     if args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be positive (0: no limit), got {args.max_pixels}")
     out = Path(args.output)
@@ -122,10 +135,17 @@ def cmd_upscale(args) -> int:
             print(f"error: {e}", file=sys.stderr)
         print("error: nothing to upscale", file=sys.stderr)
         return 2
+    if any(getattr(args, k, None) for k in ("ray", "ray_workers", "ray_cpus_per_worker")):  # on Ray
+        from .ray_upscale import upscale_on_ray
+
+        return upscale_on_ray(args, files, errors)
     outdir = Path(args.output)
     upscaler = Upscaler(_load_model(args), device=args.device, dtype=DTYPES[args.dtype],
                         tile=args.tile, tile_overlap=args.tile_overlap, auto_tile=args.tile is None)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {outdir}: {exc.strerror or exc}") from None
     from tqdm import tqdm
 
     report = Report(write=lambda line: tqdm.write(line, file=sys.stderr))
@@ -242,7 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                     help=f"refuse input images with more pixels (default {DEFAULT_MAX_PIXELS:,}, "
                          "Pillow's decompression-bomb limit; 0: no limit)")
+    from .video import DEFAULT_BATCH_FRAMES, DEFAULT_CRF, batch_frames_arg, codec_arg, crf_arg
+
+    up.add_argument("--codec", type=codec_arg, default=None,
+                    help="video encoder (default: libx264, libvpx-vp9 for .webm; e.g. libx265, libsvtav1)")
+    up.add_argument("--crf", type=crf_arg, default=DEFAULT_CRF,
+                    help=f"video constant quality, lower is better (default {DEFAULT_CRF}; 0 is lossless "
+                         "with libx264; range 0-51 for x264/x265, 0-63 for vp9/av1)")
+    up.add_argument("--batch-frames", type=batch_frames_arg, default=DEFAULT_BATCH_FRAMES,
+                    help=f"video frames per model call (default {DEFAULT_BATCH_FRAMES})")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from .ray_upscale import add_arguments as _add_ray_args; _add_ray_args(up)
     up.set_defaults(func=cmd_upscale)
 
     ev = sub.add_parser("eval", help="PSNR/SSIM on a folder of HR images (LR made by bicubic)")
@@ -260,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("backends", help="which fused-kernel backends this install has")
     be.set_defaults(func=cmd_backends)
     from .training.cli import add_parser as _add_train; _add_train(sub)
+    from .export import add_parser as _add_export; _add_export(sub)
     return parser
 
 
@@ -270,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # setup problems: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
