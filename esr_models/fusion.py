@@ -293,7 +293,8 @@ def _param_versions(model: nn.Module) -> tuple:
     """Version counters of the state dict's tensors (parameters and persistent buffers, not the
     packs): every in-place change (load_state_dict's copy_, p.mul_(), an optimiser step) bumps
     them. About 0.1 ms a forward."""
-    return tuple(t._version for t in model.state_dict(keep_vars=True).values())
+    # Tensors made under torch.inference_mode() keep no version counter: not tracked (-1).
+    return tuple(-1 if t.is_inference() else t._version for t in model.state_dict(keep_vars=True).values())
 
 
 def _repack_if_changed(model: nn.Module) -> None:
