@@ -15,11 +15,22 @@ def triton_runnable_on_cpu() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# Why a native extension did not import, kept so that an ABI mismatch or a missing library is
+# shown (``esr backends``, backend errors) instead of looking like "not built".
+IMPORT_ERRORS: dict[str, str] = {}
+
+
 def _extension(name: str):
     try:
         return importlib.import_module(f"esr_kernels.{name}")
-    except ImportError:
+    except ImportError as exc:
+        IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
         return None
+
+
+def extension_error(name: str) -> str | None:
+    """Why ``esr_kernels.<name>`` cannot be imported (None if it can)."""
+    return None if _extension(name) is not None else IMPORT_ERRORS.get(name)
 
 
 def available_backends() -> dict:
@@ -34,6 +45,9 @@ def available_backends() -> dict:
         # Winograd / GEMM convolutions of the CPU extension (built only with AVX-512).
         "cpu_conv_engine": cpu and bool(torch.ops.esr_native.conv_engine_available()),
         "cuda_device": torch.cuda.is_available(),
+        # The import errors of the native extensions that did not load (not built, or built
+        # against another torch): the reason, not just False.
+        "import_errors": {name: IMPORT_ERRORS[name] for name in ("_C_cpu", "_C_cuda") if name in IMPORT_ERRORS},
     }
 
 

@@ -253,15 +253,32 @@ BACKEND_RUNS = {
 }
 
 
-def fuse_(model: nn.Module, backend: str = "triton") -> dict[str, nn.Module]:
+def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
     """Swap, in place, every module of a type in FUSED_TYPES (exact type, outermost first, and
     for plain convs only those the kernels support) for its fused counterpart running on
-    ``backend`` ("triton", "cpu" or "cuda"). Idempotent. Returns {qualified name: replaced module}.
+    ``backend``: "auto" (as ``load(fused=True)``: chosen for the model's device and dtype by
+    ``resolve_backend``; where no fused kernels apply, a warning and nothing is swapped),
+    "triton", "cpu" or "cuda" (checked by ``resolve_backend`` too). Idempotent. Returns
+    {qualified name: replaced module}.
 
     The fused forward is inference-only (the kernels have no backward): the model's parameters
     stop requiring grad, and a call that would need a gradient raises instead of returning an
     output that claims ``requires_grad`` but never gets one. Inputs are checked as the
     reference checks them, plus the dtypes and devices the backend runs."""
+    already = getattr(model, "_esr_fused_backend", None)
+    if already is not None:  # idempotent: the rest of the model goes to the same backend
+        if backend not in ("auto", already):
+            raise ValueError(f"this model is already fused for backend {already!r}, not {backend!r}")
+        backend = already
+    weight = next(model.parameters())
+    chosen = resolve_backend(backend, weight.device, weight.dtype)
+    if chosen == "reference":
+        warnings.warn(f"fuse_(backend='auto'): no fused kernels for {weight.device.type}/{weight.dtype} in this "
+                      "build; the model stays the reference", stacklevel=2)
+        return {}
+    if chosen == "triton":
+        _prepare_triton(weight.device)
+    backend = chosen
     kernels = make_backend(backend)
     replaced: dict[str, nn.Module] = {}
     fused_types = set(FUSED_TYPES.values())
@@ -317,8 +334,11 @@ def _check_fused_input(model: nn.Module, args: tuple) -> None:
 
     x = args[0] if args else None
     name = type(model).__name__
-    weight = model.head.weight
-    check_input(x, getattr(model, "min_size", 1), name, weight)
+    head = getattr(model, "head", None)
+    if isinstance(getattr(head, "weight", None), torch.Tensor):  # this package's SR models
+        check_input(x, getattr(model, "min_size", 1), name, head.weight)
+    elif not isinstance(x, torch.Tensor):
+        return  # another model fused by fuse_: its own forward validates its input
     _repack_if_changed(model)
     backend = model._esr_fused_backend
     devices, dtypes = BACKEND_RUNS[backend]
@@ -360,12 +380,16 @@ def _prepare_triton(device: torch.device) -> None:
 
 
 def _has_extension(name: str) -> bool:
-    try:
-        importlib.import_module(f"esr_kernels.{name}")
-    except ImportError:
-        return False
-    return True
+    from esr_kernels.backends import extension_error
 
+    return extension_error(name) is None
+
+
+def _why_not(name: str) -> str:
+    from esr_kernels.backends import extension_error
+
+    err = extension_error(name)
+    return f" (import failed: {err})" if err else ""
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
@@ -378,7 +402,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
             raise RuntimeError(f"backend 'cuda' runs on CUDA tensors, not {device.type}")
         if not (_has_extension("_C_cpu") and _has_extension("_C_cuda")):
             raise RuntimeError("backend 'cuda' needs the native esr_kernels CUDA extension, which this "
-                               "build does not have (see `esr backends`)")
+                               "build does not have (see `esr backends`)" + _why_not("_C_cpu") + _why_not("_C_cuda"))
         return "cuda"
     if backend == "cpu":
         if device.type != "cpu":
@@ -386,7 +410,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
         if not _has_extension("_C_cpu"):
             raise RuntimeError("backend 'cpu' needs the native esr_kernels extension, which this build "
                                "does not have: install with `pip install --no-build-isolation -e .` "
-                               "(see `esr backends`)")
+                               "(see `esr backends`)" + _why_not("_C_cpu"))
         if dtype != torch.float32:
             raise RuntimeError(f"backend 'cpu' runs float32 only, not {dtype}")
         return "cpu"
@@ -430,8 +454,6 @@ def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "
                       "backend='triton' for its slow CPU interpreter); running the PyTorch reference",
                       stacklevel=2)
     else:
-        if chosen == "triton":
-            _prepare_triton(device)
         fuse_(model, chosen)
     model.backend = chosen
     return model

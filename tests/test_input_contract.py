@@ -95,3 +95,36 @@ def test_0_255_input_is_refused_alike(pairs):
     for model in (ref, fused):
         with torch.no_grad(), pytest.raises(InputError, match="divide by 255"):
             model(x)
+
+
+def test_fuse_auto_resolves_like_load(models):
+    """fuse_(model) defaults to "auto": the backend load(fused=True) would choose for the
+    model's device and dtype; where none applies, a warning and the model stays the reference."""
+    import esr_kernels
+
+    model = esr_models.load("rlfn")
+    replaced = esr_models.fuse_(model)
+    expected = "cpu" if esr_kernels.available_backends()["cpu_extension"] else None
+    if expected:
+        assert replaced and model._esr_fused_backend == "cpu"
+        assert esr_models.fuse_(model) == {}  # idempotent
+        with pytest.raises(ValueError, match="already fused"):
+            esr_models.fuse_(model, "triton")
+    bf16 = esr_models.load("rlfn", dtype=torch.bfloat16)
+    with pytest.warns(UserWarning, match="stays the reference"):
+        assert esr_models.fuse_(bf16) == {}
+
+
+def test_backends_keep_the_import_error(monkeypatch):
+    from esr_kernels import backends
+
+    def broken(name):
+        raise ImportError("undefined symbol: _ZN3c10 (built against another torch)")
+
+    monkeypatch.setattr(backends.importlib, "import_module", broken)
+    monkeypatch.setattr(backends, "IMPORT_ERRORS", {})
+    assert "another torch" in backends.extension_error("_C_cpu")
+    from esr_models.fusion import resolve_backend
+
+    with pytest.raises(RuntimeError, match="import failed: ImportError: undefined symbol"):
+        resolve_backend("cpu", torch.device("cpu"))
