@@ -11,6 +11,8 @@ Environment:
   ESR_SKIP_CPU_BUILD=1      do not build the CPU extension
   TORCH_CUDA_ARCH_LIST      CUDA archs (default "8.0;9.0+PTX")
   MAX_JOBS                  parallel compile jobs (ninja)
+  CUDA_HOME                 CUDA toolkit root; by default derived from the nvcc on PATH, even
+                            a wrapper script (build_cuda_home.py)
 The CUDA extension is built when nvcc is found and torch is a CUDA build; a visible GPU is
 not needed. A missing nvcc is a warning, not an error.
 """
@@ -33,9 +35,29 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
 
 
+def _set_cuda_home(torch) -> None:
+    """Set CUDA_HOME from nvcc itself when the CUDA extension is to be built.
+
+    Must run before torch.utils.cpp_extension is imported: it reads CUDA_HOME once, at import,
+    and otherwise guesses the parent of nvcc's folder, wrong when nvcc on PATH is a wrapper
+    (/usr/local/bin/nvcc -> CUDA_HOME=/usr/local, no cuda_runtime.h). See build_cuda_home.py.
+    """
+    if _truthy("ESR_SKIP_CUDA_BUILD") or torch.version.cuda is None:
+        return
+    sys.path.insert(0, ROOT)  # setuptools' PEP 517 backend does not put setup.py's folder there
+    from build_cuda_home import CudaHomeError, find_cuda_home
+    try:
+        home = find_cuda_home()
+    except CudaHomeError as e:
+        sys.exit(f"esr-kernels: {e}")
+    if home:
+        os.environ["CUDA_HOME"] = home
+
+
 def native_extensions():
     try:
         import torch
+        _set_cuda_home(torch)  # before cpp_extension: it reads CUDA_HOME at import
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         warnings.warn("torch is not importable in the build environment: installing without "
@@ -60,8 +82,9 @@ def native_extensions():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                           glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     if cuda_sources and not _truthy("ESR_SKIP_CUDA_BUILD"):
-        nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
-                                         if os.environ.get("CUDA_HOME") else None)
+        # The nvcc cpp_extension will run: CUDA_HOME's (set above from the nvcc on PATH).
+        nvcc = (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+                if os.environ.get("CUDA_HOME") else shutil.which("nvcc"))
         if torch.version.cuda is None:
             print("esr-kernels: torch is a CPU build; skipping the CUDA extension", file=sys.stderr)
         elif not nvcc or not os.path.exists(nvcc):
