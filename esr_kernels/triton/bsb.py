@@ -12,7 +12,8 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, exact_dot, mma, pixel_block, program_pixels
+from .common import apply_act, exact_dot, launch_arch, mma, program_pixels
+from .configs import launch_config
 
 
 @triton.jit
@@ -67,12 +68,14 @@ def pack_depthwise(dw_weight: torch.Tensor, co_pad: int) -> torch.Tensor:
 
 def bsb_launch(kernel_wrapper, x, pw_packed, dw_packed, dw_bias, residual, out):
     n, c, h, w = x.shape
-    block_p = pixel_block()
+    co_pad = pw_packed.shape[-1]
+    cfg = launch_config("bsb", launch_arch(x), pw_packed.dtype, c_in=c, co_pad=co_pad)
+    block_p = cfg.block_p
     res = residual if residual is not None else x
     kernel_wrapper[(triton.cdiv(h * w, block_p), n)](
         x, pw_packed, dw_packed, dw_bias, res, out, c, h, w,
         *x.stride(), *res.stride(), *out.stride(),
         HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c), 64),
-        CO_PAD=pw_packed.shape[-1], IEEE=exact_dot(pw_packed.dtype), ACT=ACT_GELU,
+        CO_PAD=co_pad, IEEE=exact_dot(pw_packed.dtype), ACT=ACT_GELU, **cfg.launch_kwargs(),
     )
     return out

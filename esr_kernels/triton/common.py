@@ -1,4 +1,9 @@
-"""Device helpers shared by the Triton kernels. All maths in float32."""
+"""Device helpers shared by the Triton kernels (all maths in float32), and the choice of the
+launch target: the GPU architecture whose launch configuration (``configs.py``) a launch uses.
+"""
+import contextlib
+import contextvars
+
 import triton
 import triton.language as tl
 
@@ -66,16 +71,49 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def pixel_block() -> int:
-    """Pixels per program: large under the interpreter (fewer, numpy-vectorised programs)."""
-    return 4096 if interpreting() else 64
+# (arch, recording): a launch configuration forced for GPU arch ``arch`` (80 = sm_80), and
+# whether the launches are only recorded for compilation (esr_kernels.gpu_check), not run.
+_TARGET: contextvars.ContextVar = contextvars.ContextVar("esr_triton_target", default=(None, False))
+
+
+@contextlib.contextmanager
+def target_arch(arch, recording: bool = False):
+    """Within this block, launchers pick the configuration of GPU arch ``arch`` (an int, 86 for
+    sm_86) whatever the tensors' device: under the interpreter this runs the GPU's pixel blocks
+    (tests/test_triton_gpu_configs.py); ``recording=True`` says the launches are recorded, not
+    executed, so the GPU's arithmetic (tensor-core bf16 dots) is chosen even under the
+    interpreter."""
+    token = _TARGET.set((int(arch) if arch is not None else None, recording))
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def launch_arch(t):
+    """The GPU arch whose configuration a launch on tensor ``t`` uses: the forced one
+    (``target_arch``), else ``t``'s CUDA device capability as major * 10 + minor, else None (the
+    interpreter's own configuration)."""
+    forced, _ = _TARGET.get()
+    if forced is not None:
+        return forced
+    if t.device.type == "cuda":
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(t.device)
+        return major * 10 + minor
+    return None
+
+
+def recording() -> bool:
+    return _TARGET.get()[1]
 
 
 @triton.jit
 def mma(a, b, EXACT: tl.constexpr):
     """a @ b with float32 accumulation; ``a`` is float32, ``b`` holds the weights' dtype.
     EXACT: operands rounded to b's dtype, then multiplied exactly in float32 (IEEE, no tf32):
-    float32 models, and bfloat16 under the interpreter, whose bf16 dot is broken. bf16 x bf16
+    float32 models, and bfloat16 under the interpreter (see ``exact_dot``). bf16 x bf16
     products are exact in float32, so this is the tensor cores' arithmetic.
     Otherwise fp16/bf16 operands on the tensor cores."""
     if EXACT:
@@ -84,6 +122,18 @@ def mma(a, b, EXACT: tl.constexpr):
 
 
 def exact_dot(dtype) -> bool:
+    """Whether ``mma`` takes its EXACT path for weights of ``dtype``.
+
+    float32: always (IEEE float32, never tf32). bfloat16: only when the kernel really runs under
+    the interpreter. Its dot is still wrong in triton 3.9.0 (re-checked there: a 32x32 @ 32x16
+    bf16 dot was off by 4.7e10 on values of ~20; the fp16 one was exact):
+    triton/runtime/interpreter.py, InterpreterBuilder.create_dot, calls np.matmul on the raw
+    storage, and the interpreter stores bf16 as uint16 bit patterns, so it multiplies integers.
+    The workaround is confined to that case: compiled GPU launches, and launches recorded for
+    compilation (gpu_check), take the tensor-core bf16 dot. float16 takes the fp16 dot
+    everywhere (the interpreter's matches it)."""
     import torch
 
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and interpreting() and not recording()

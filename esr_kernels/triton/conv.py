@@ -17,8 +17,9 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import (apply_act, bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block,
+from .common import (apply_act, bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma,
                      program_pixels, sigmoid)
+from .configs import launch_config
 
 _RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
@@ -150,7 +151,10 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride,
         raise ValueError(f"packed weight covers {w_packed.shape[-1]} output channels, op has {c_out}")
     ho = (h + 2 * padding - ksize) // stride + 1
     wo = (w + 2 * padding - ksize) // stride + 1
-    block_p = pixel_block()
+    ci_block = min(next_pow2_16(c_in), 64)
+    cfg = launch_config("conv", launch_arch(x), w_packed.dtype, c_in=c_in, ci_block=ci_block,
+                        co_pad=w_packed.shape[-1], ksize=ksize, gate=bool(gate_input or att is not None))
+    block_p = cfg.block_p
     att_h, att_w = (att.shape[-2], att.shape[-1]) if att is not None else (1, 1)
     dummy = x
     grid = (triton.cdiv(ho * wo, block_p), n)
@@ -164,7 +168,7 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride,
         KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, HAS_SHIFT=shift is not None,
         HAS_GATE=gate_input, RES_MODE=residual_mode, SHUFFLE=shuffle, SC_MODE=shortcut_mode,
         PARTIAL=c_out > c_conv,
-        BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c_in), 64), CO_PAD=w_packed.shape[-1],
-        IEEE=exact_dot(w_packed.dtype),
+        BLOCK_P=block_p, CI_BLOCK=ci_block, CO_PAD=w_packed.shape[-1],
+        IEEE=exact_dot(w_packed.dtype), **cfg.launch_kwargs(),
     )
     return out

@@ -14,7 +14,9 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import bilinear_coords, bilinear_sample, exact_dot, mma, pixel_block, program_pixels, sigmoid
+from .common import (bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma, program_pixels,
+                     sigmoid)
+from .configs import launch_config
 
 
 
@@ -125,16 +127,21 @@ def esa_launch(wrap, x, wr, br, wd, bd, wl, bl, wsr, bsr, we, be, residual, out,
     (h2, w2), (hp, wp) = d.shape[-2:], low.shape[-2:]
     cr = wr.shape[-1]
     ieee = exact_dot(wr.dtype)
-    block_p = pixel_block()
-    wrap(_esa_down_kernel)[(triton.cdiv(h2 * w2, block_p), n)](
+    arch = launch_arch(x)
+    ci_block = min(next_pow2_16(c), 64)
+    cfg = launch_config("esa_down", arch, wr.dtype, c_in=c, ci_block=ci_block, cr=cr)
+    wrap(_esa_down_kernel)[(triton.cdiv(h2 * w2, cfg.block_p), n)](
         x, wr, br, wd, bd, d, c, h, w, h2, w2, *x.stride(),
-        BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c), 64), CR=cr, IEEE=ieee)
-    wrap(_esa_low_kernel)[(triton.cdiv(hp * wp, block_p), n)](
-        d, wl, bl, low, h2, w2, hp, wp, BLOCK_P=block_p, CR=cr, IEEE=ieee,
-        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE)
+        BLOCK_P=cfg.block_p, CI_BLOCK=ci_block, CR=cr, IEEE=ieee, **cfg.launch_kwargs())
+    cfg = launch_config("esa_low", arch, wr.dtype, cr=cr)
+    wrap(_esa_low_kernel)[(triton.cdiv(hp * wp, cfg.block_p), n)](
+        d, wl, bl, low, h2, w2, hp, wp, BLOCK_P=cfg.block_p, CR=cr, IEEE=ieee,
+        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, **cfg.launch_kwargs())
     res = residual if residual is not None else x
-    wrap(_esa_out_kernel)[(triton.cdiv(h * w, block_p), n)](
+    cfg = launch_config("esa_out", arch, wr.dtype, c_in=c, cp=we.shape[-1], cr=cr)
+    wrap(_esa_out_kernel)[(triton.cdiv(h * w, cfg.block_p), n)](
         x, low, wsr, bsr, we, be, res, out, c, h, w, hp, wp, float(hp) / h, float(wp) / w,
         *x.stride(), *res.stride(), *out.stride(),
-        HAS_RES=residual is not None, BLOCK_P=block_p, CP=we.shape[-1], CR=cr, IEEE=ieee)
+        HAS_RES=residual is not None, BLOCK_P=cfg.block_p, CP=we.shape[-1], CR=cr, IEEE=ieee,
+        **cfg.launch_kwargs())
     return out

@@ -6,7 +6,8 @@ import triton
 import triton.language as tl
 
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import exact_dot, mma, pixel_block, program_pixels
+from .common import exact_dot, launch_arch, mma, program_pixels
+from .configs import launch_config
 
 
 
@@ -40,12 +41,13 @@ def _la_reduce_kernel(
 def la_reduce_launch(kernel_wrapper, x, wr, br, c_red, out):
     n, c, h, w = x.shape
     hp, wp = out.shape[-2:]
-    block_p = pixel_block()
     cp = 16
     while cp < c:
         cp *= 2
+    cfg = launch_config("la_reduce", launch_arch(x), wr.dtype, c_in=c, cp=cp, cr=wr.shape[-1])
+    block_p = cfg.block_p
     kernel_wrapper[(triton.cdiv(hp * wp, block_p), n)](
         x, wr, br, out, c, h, w, hp, wp, *x.stride(), *out.stride(),
         BLOCK_P=block_p, CP=cp, CR=wr.shape[-1], C_RED=c_red, IEEE=exact_dot(wr.dtype),
-        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE)
+        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, **cfg.launch_kwargs())
     return out

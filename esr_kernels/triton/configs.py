@@ -1,0 +1,55 @@
+"""Launch configurations of the Triton kernels, per GPU architecture.
+
+A configuration is (BLOCK_P pixels per program, num_warps, num_stages). The launchers ask
+``launch_config(kernel, arch, dtype, **sizes)`` with ``arch`` from ``common.launch_arch`` (the
+tensor's CUDA capability, 86 for sm_86, or the one forced by ``common.target_arch``); ``arch``
+None is the interpreter, which runs few large numpy-vectorised programs instead.
+
+The table is checked by ``esr gpu-check`` (esr_kernels/gpu_check.py): every configuration the
+fused models launch must compile for sm_80/86/89/90 with no local memory (no spills, no stack)
+and within the arch's per-block shared memory. Changing a number here changes no answer: every
+program computes whole pixels, and the reduction order over input channels and taps is the
+same for any BLOCK_P (tests/test_triton_gpu_configs.py runs each arch's configuration through
+the interpreter against esr_kernels.reference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Architectures with their own row below; another arch takes the closest one at or below it
+# (sm_75 and older: sm_80's, which fits their limits no worse than any other row).
+KNOWN_ARCHS = (80, 86, 89, 90)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_p: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def launch_kwargs(self) -> dict:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+INTERPRETER = LaunchConfig(block_p=4096)
+
+
+def table_arch(arch: int) -> int:
+    """The row of ``KNOWN_ARCHS`` that serves ``arch``."""
+    rows = [a for a in KNOWN_ARCHS if a <= arch]
+    return rows[-1] if rows else KNOWN_ARCHS[0]
+
+
+def launch_config(kernel: str, arch, dtype: torch.dtype, **sizes) -> LaunchConfig:
+    """The configuration of ``kernel`` ("conv", "bsb", "esa_down", "esa_low", "esa_out",
+    "la_reduce") for GPU ``arch`` (None: the interpreter) and weights/activations of ``dtype``;
+    ``sizes`` are the kernel's channel counts and flags (see each launcher)."""
+    if arch is None:
+        return INTERPRETER
+    return _gpu_config(kernel, table_arch(int(arch)), dtype, sizes)
+
+
+def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> LaunchConfig:
+    return LaunchConfig(block_p=64, num_warps=4, num_stages=3)
