@@ -35,7 +35,7 @@ class Provider:
         if self.needs_module and importlib.util.find_spec(self.needs_module) is None:
             return f"{self.needs_module} is not installed (pip install -e '.[cpu-providers]')"
         if self.fused_backend:
-            from esr_models.fusion import backend_unavailable_reason
+            from esr_kernels.policy import backend_unavailable_reason
 
             return backend_unavailable_reason(self.fused_backend, device)
         return None

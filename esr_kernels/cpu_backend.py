@@ -16,15 +16,19 @@ low-resolution branch already expanded to C channels (bilinear interpolation com
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
 from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, RES_TENSOR, SHORTCUT_NONE)
+
+Tensor = torch.Tensor
 
 # oneDNN post-op names for the activations it can fuse into a convolution.
 _ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
@@ -32,45 +36,104 @@ _ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
                ACT_SIGMOID: ("sigmoid", [], "")}
 
 
-def _cl(x: torch.Tensor) -> torch.Tensor:
+def _cl(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
 def padded_channels(c: int) -> int:
-    """oneDNN's fp32 kernels run AVX-512 lanes of 16 channels: 46 input channels measured ~50%
-    slower than 48. Feature widths within 10% under a multiple of 16 are zero-padded up to it
-    at load (RLFN's 46 -> 48); the padded channels stay exactly zero through every op (zero
-    weights and biases, LeakyReLU(0) = 0, residual sums, and the ESA gate 0 * sigmoid(0))."""
+    """oneDNN's fp32 kernels and the conv engine run AVX-512 lanes of 16 channels: RLFN's 46
+    channels measured 4% slower end to end than 48 (256x256, interleaved). Feature widths
+    within 10% under a multiple of 16 are zero-padded up to it inside this backend (packed
+    weights and biases zero there, so the padded channels of every output are exactly zero:
+    LeakyReLU(0) = 0, residual sums, the ESA gate 0 * sigmoid(0)). The fused modules never see
+    it: outputs are narrowed views (see ``_widen``)."""
     up = (c + 15) // 16 * 16
     # Feature maps only (<= 64 channels): wider inputs are concatenations of unpadded features.
     return up if c <= 64 and (up - c) * 10 <= c else c
 
 
-def _pad_conv(w: torch.Tensor, b: torch.Tensor | None, pad_in: bool = True):
-    co, ci = w.shape[:2]
-    pco, pci = padded_channels(co), padded_channels(ci) if pad_in else ci
-    wp = w.new_zeros((pco, pci) + tuple(w.shape[2:]))
-    wp[:co, :ci] = w
-    bp = w.new_zeros(pco)
-    if b is not None:
-        bp[:co] = b
-    return wp, bp
+def _widen(x: Tensor, c: int) -> Tensor:
+    """x (N, C, H, W) with C <= c -> (N, c, H, W) for a packed weight that reads c channels.
+    This backend's own padded outputs reach the next op as narrowed channels_last views whose
+    storage still holds the zero padding: those are widened back without a copy. Anything
+    else is zero-padded (a copy). A foreign view that happens to look the same is widened too:
+    the extra channels meet zero weights, so they cannot change the result unless they hold
+    Inf or NaN."""
+    n, cx, h, w = x.shape
+    if cx == c:
+        return x
+    if x.stride() == (c * h * w, 1, c * w, c):
+        # as_strided checks the storage bounds (an error, never a read past the end).
+        return x.as_strided((n, c, h, w), x.stride())
+    return _cl(F.pad(x, (0, 0, 0, 0, 0, c - cx)))
 
 
-class CpuBackend:
+def _narrow(y: Tensor, c: int) -> Tensor:
+    return y if y.shape[1] == c else y[:, :c]
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuConv(ConvPack):
+    """c_conv / c_in: the model's channels; c_pad / c_in_pad: what the weights compute and read."""
+    c_pad: int
+    c_in_pad: int
+    w: Tensor                 # (C_pad, C_in_pad, K, K) float32 channels_last (oneDNN)
+    b: Tensor                 # (C_pad,) float32
+    u: Optional[Tensor]       # conv engine, 3x3: Winograd (16, C_in_pad, C_outP), or None
+    w1: Optional[Tensor]      # conv engine, 1x1: (C_in_pad, C_outP), or None
+    bp: Optional[Tensor]      # the engine's bias (C_outP,), or None
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuBsbEngine(BsbPack):
+    """esr_native::bsb_packed: pointwise, depthwise and GELU in one pass."""
+    pw: Tensor    # (C, CP)
+    taps: Tensor  # (9, L), L = lcm(C, 16)
+    bias: Tensor  # (L,)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuBsbOneDnn(BsbPack):
+    """oneDNN pointwise conv, then esr_native::bsb_dw (builds without the conv engine)."""
+    pw: Tensor  # (C, C, 1, 1) channels_last
+    dw: Tensor  # (C, 1, 3, 3)
+    b: Tensor   # (C,)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuEsa(EsaPack):
+    """ESA folded for two full-resolution passes (see the module docstring): gate logits =
+    full(x) + up(expand(low(pool(down(reduce(x))))))."""
+    c_pad: int
+    reduce: CpuConv
+    down: CpuConv
+    low: CpuConv
+    expand: CpuConv
+    full: CpuConv
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuLaReduce(LaReducePack):
+    conv: CpuConv
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuConcatConv(ConcatConvPack):
+    parts: tuple  # one (C_out, C, 1, 1) channels_last weight per feature (oneDNN chain)
+    b: Tensor
+    w1: Optional[Tensor]  # conv engine: one (chunks * C, C_outP) GEMM weight over all features
+    bp: Optional[Tensor]
+
+
+class CpuBackend(KernelBackend):
     name = "cpu"
-
-    def __deepcopy__(self, memo):
-        # Stateless (packs live in the modules' buffers) and holds torch.ops handles, which
-        # cannot be copied: a deep copy of a fused model shares its backend.
-        return self
+    devices = ("cpu",)
+    dtypes = (torch.float32,)
 
     def __init__(self):
-        import esr_kernels._C_cpu  # noqa: F401  registers torch.ops.esr_native
+        from .policy import native_ops
 
-        from . import native  # noqa: F401  fake implementations
-
-        self.native = torch.ops.esr_native
+        self.native = native_ops("_C_cpu")
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
         self._binary = torch.ops.mkldnn._convolution_pointwise.binary
         # The Winograd / GEMM conv engine needs an AVX-512 build (setup.py: -march=native);
@@ -78,149 +141,148 @@ class CpuBackend:
         self.engine = (bool(self.native.conv_engine_available())
                        and os.environ.get("ESR_CPU_CONV_ENGINE", "1") != "0")
 
-    def _engine_weights(self, w: torch.Tensor, b: torch.Tensor) -> dict:
+    # ---- packing (once, at load)
+    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0) -> CpuConv:
+        w = weight.detach().double() * weight_scale
+        b = bias.detach().double() * weight_scale if bias is not None else None
+        k = w.shape[-1]
+        # Partial convs (op_channels) keep their layout: their passthrough channels are real.
+        return self._dense(w, b, stride, k // 2 if padding is None else padding, pad=op_channels is None)
+
+    def _dense(self, w: Tensor, b: Optional[Tensor], stride: int, padding: int, pad: bool = True) -> CpuConv:
+        """A float64 (C_out, C_in, K, K) weight -> CpuConv, zero-padded on both sides to
+        padded_channels if ``pad``, rounded once to float32."""
+        co, ci, k = w.shape[0], w.shape[1], w.shape[-1]
+        pco, pci = (padded_channels(co), padded_channels(ci)) if pad else (co, ci)
+        wp = w.new_zeros((pco, pci, k, k))
+        wp[:co, :ci] = w
+        bp = w.new_zeros(pco)
+        if b is not None:
+            bp[:co] = b
+        wp, bp = wp.float(), bp.float()
+        engine = self._engine_weights(wp, bp)
+        return CpuConv(c_conv=co, c_in=ci, ksize=k, stride=stride, padding=padding, c_pad=pco, c_in_pad=pci,
+                       w=_cl(wp), b=bp, **engine)
+
+    def _engine_weights(self, w: Tensor, b: Tensor) -> dict:
         """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's."""
+        none = {"u": None, "w1": None, "bp": None}
         if not self.engine or w.shape[-1] not in (1, 3):
-            return {}
+            return none
         if w.shape[-1] == 3 and w.shape[1] < 8:
             # An RGB head conv is mostly Winograd transforms for 3 channels of GEMM: oneDNN's
             # direct conv measured 1.0 vs 2.7 ms at 256x256.
-            return {}
-        key = "u" if w.shape[-1] == 3 else "w1"
-        packed = pack_winograd_3x3(w) if key == "u" else pack_gemm_1x1(w)
-        return {key: packed, "bp": pad_vector(b, round_up16(w.shape[0]), w)}
+            return none
+        bp = pad_vector(b, round_up16(w.shape[0]), w)
+        if w.shape[-1] == 3:
+            return {**none, "u": pack_winograd_3x3(w), "bp": bp}
+        return {**none, "w1": pack_gemm_1x1(w), "bp": bp}
 
-    def _dense(self, x, p, ksize, stride, padding, act=ACT_NONE, *, passthrough=None, c_out=None, residual=None,
-               residual_mode=RES_NONE, att=None, shortcut=None, shortcut_mode=SHORTCUT_NONE, shuffle=0):
+    def pack_bsb(self, pointwise, depthwise, bias) -> BsbPack:
+        c = pointwise.shape[0]
+        if self.engine:  # pointwise, depthwise and GELU in one pass (csrc/cpu/bsb_fused.cpp)
+            return CpuBsbEngine(channels=c, **pack_bsb_cpu(pointwise, depthwise, bias))
+        return CpuBsbOneDnn(channels=c, pw=_cl(pointwise.detach().float()), dw=depthwise.detach().float().clone(),
+                            b=bias.detach().float().clone())
+
+    def pack_esa(self, e: EsaWeights) -> CpuEsa:
+        return CpuEsa(
+            channels=e.channels, c_reduce=e.c_reduce, c_pad=padded_channels(e.channels),
+            reduce=self._dense(e.reduce_w, e.reduce_b, 1, 0),
+            down=self._dense(e.down_w, e.down_b, 2, 0),
+            low=self._dense(e.low_w, e.low_b, 1, 1),
+            # gate logits = full(x) + up(expand(low)): bilinear interpolation commutes with a 1x1 conv.
+            expand=self._dense(e.expand_w[:, :, None, None], None, 1, 0),
+            full=self._dense(e.gate_w[:, :, None, None], e.gate_b, 1, 0))
+
+    def pack_la_reduce(self, weight, bias) -> CpuLaReduce:
+        conv = self._dense(weight.detach().double(), bias.detach().double(), 1, 0)
+        return CpuLaReduce(c_in=weight.shape[1], c_reduce=weight.shape[0], conv=conv)
+
+    def pack_concat_conv(self, weight, bias, chunks) -> CpuConcatConv:
+        w = weight.detach().float()
+        b = bias.detach().float().clone()
+        step = w.shape[1] // chunks
+        parts = tuple(_cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks))
+        engine = self._engine_weights(w, b)
+        return CpuConcatConv(c_out=w.shape[0], chunks=chunks, parts=parts, b=b, w1=engine["w1"], bp=engine["bp"])
+
+    # ---- ops
+    def _run(self, x, p: CpuConv, act=ACT_NONE, *, passthrough=None, c_out=None, residual=None,
+             residual_mode=RES_NONE, att=None, shortcut=None, shortcut_mode=SHORTCUT_NONE, shuffle=0):
         """act(conv(x) + bias) and the conv epilogue (csrc/cpu/epilogue.h: partial channels,
-        residual or gated residual, shortcut + pixel shuffle): fused into the conv engine where
-        it applies, else a oneDNN conv (activation as its post-op) and the conv_epilogue op."""
-        c_conv = p["w"].shape[0]
+        residual or gated residual, shortcut + pixel shuffle), in the pack's padded channels:
+        fused into the conv engine where it applies, else a oneDNN conv (activation as its
+        post-op) and the conv_epilogue op."""
+        c_conv = p.c_pad
         epilogue = (passthrough, c_out or c_conv, residual, residual_mode, att, shortcut, shortcut_mode, shuffle)
-        if stride == 1 and padding == ksize // 2:
-            if "u" in p:
-                return self.native.conv3x3_winograd(x, p["u"], p["bp"], c_conv, act, *epilogue)
-            if "w1" in p:
-                return self.native.conv1x1([x], p["w1"], p["bp"], c_conv, act, *epilogue)
-        y = self._conv2d(x, p["w"], p["b"], stride, padding, act)
+        if p.stride == 1 and p.padding == p.ksize // 2:
+            if p.u is not None:
+                return self.native.conv3x3_winograd(x, p.u, p.bp, c_conv, act, *epilogue)
+            if p.w1 is not None:
+                return self.native.conv1x1([x], p.w1, p.bp, c_conv, act, *epilogue)
+        attr, scalars, algorithm = _ONEDNN_ACT[act]
+        # The oneDNN path (stride 2, builds without AVX-512). Measured against F.conv2d + the
+        # activation in the C++ epilogue: the fused post-op was faster for every model.
+        y = self._pointwise(_cl(x), p.w, p.b, [p.padding, p.padding], [p.stride, p.stride], [1, 1], 1,
+                            attr, scalars, algorithm)
         if epilogue[1] == c_conv and residual_mode == RES_NONE and shortcut_mode == SHORTCUT_NONE and shuffle == 0:
             return y
         return self.native.conv_epilogue(y, passthrough, epilogue[1], ACT_NONE, *epilogue[2:])
 
-    def _conv2d(self, x, w, b, stride, padding, act=ACT_NONE):
-        # The oneDNN path (stride 2, builds without AVX-512). Measured against F.conv2d + the
-        # activation in the C++ epilogue: the fused post-op was faster for every model.
-        attr, scalars, algorithm = _ONEDNN_ACT[act]
-        return self._pointwise(_cl(x), w, b, [padding, padding], [stride, stride], [1, 1], 1,
-                               attr, scalars, algorithm)
-
-    # ---- packing (once, at load)
-    def pack_conv(self, weight, bias, op_channels=None, weight_scale=1.0) -> dict:
-        w = weight.detach().double() * weight_scale
-        b = bias.detach().double() * weight_scale if bias is not None else None
-        if op_channels is None:  # partial convs keep their layout (PFDNLite: 48 channels already)
-            w, b = _pad_conv(w, b)
-        elif b is None:
-            b = w.new_zeros(w.shape[0])
-        w, b = w.float(), b.float().to(w.device)
-        return {"w": _cl(w), "b": b, **self._engine_weights(w, b)}
-
-    def pack_bsb(self, pointwise: nn.Conv2d, depthwise: nn.Conv2d) -> dict:
-        if self.engine:  # pointwise, depthwise and GELU in one pass (csrc/cpu/bsb_fused.cpp)
-            return {f"fused_{k}": t for k, t in pack_bsb_cpu(pointwise.weight, depthwise.weight,
-                                                              depthwise.bias).items()}
-        return {"pw": _cl(pointwise.weight.detach().float()), "dw": depthwise.weight.detach().float().clone(),
-                "b": depthwise.bias.detach().float().clone()}
-
-    def pack_esa(self, esa) -> dict:
-        from .packing import fold_esa_skip
-
-        wr, br = esa.reduce.weight.detach().double(), esa.reduce.bias.detach().double()
-        we, be = esa.expand.weight.detach().double()[:, :, 0, 0], esa.expand.bias.detach().double()
-        skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
-        reduce_w, _ = _pad_conv(wr, None)  # only the input side pads (16 stays)
-        full_w, full_b = _pad_conv((we @ skip_w)[:, :, None, None], we @ skip_b + be)
-        expand_w, _ = _pad_conv(we[:, :, None, None], None)
-        convs = {"reduce": (reduce_w, br), "down": (esa.down.weight, esa.down.bias),
-                 "low": (esa.low.weight, esa.low.bias),
-                 # gate logits = full(x) + up(expand_low(low)):
-                 "full": (full_w, full_b), "expand": (expand_w, torch.zeros_like(full_b))}
-        # Flat keys "<conv>_<tensor>": packs are stored as module buffers.
-        return {f"{name}_{k}": t for name, (w, b) in convs.items() for k, t in self._pack_dense(w, b).items()}
-
-    def _pack_dense(self, w, b) -> dict:
-        w, b = w.detach().float(), b.detach().float()
-        return {"w": _cl(w), "b": b, **self._engine_weights(w, b)}
-
-    def pack_la(self, reduce: nn.Conv2d) -> dict:
-        return self._pack_dense(reduce.weight, reduce.bias)
-
-    # ---- ops
-    def conv(self, x, p, c_conv, *, c_out=None, ksize=3, stride=1, padding=None, act=0, residual=None,
-             residual_mode=0, att=None, gate_input=False, shift=None, shortcut=None, shortcut_mode=0,
-             shuffle=0):
-        padding = ksize // 2 if padding is None else padding
-        c_out = c_out or c_conv
-        if c_out == c_conv:  # channel padding (see padded_channels) is the packed weight's business
-            c_conv = c_out = p["w"].shape[0]
-        xin = x
+    def conv(self, x, pack: CpuConv, *, c_out=None, act=0, residual=None, residual_mode=0, att=None,
+             gate_input=False, shift=None, shortcut=None, shortcut_mode=0, shuffle=0):
+        c_out = c_out or pack.c_conv
+        partial = c_out > pack.c_conv
+        xin = _widen(x, pack.c_in_pad) if x.shape[1] < pack.c_in_pad else x
         if shift is not None:
-            xin = x - shift.view(1, -1, 1, 1)
+            xin = xin - shift.view(1, -1, 1, 1)
         if gate_input:
             xin = self.native.gate(xin, att)
-        c_in = p["w"].shape[1]
-        conv_in = xin if c_in == xin.shape[1] else xin[:, :c_in]
-        return self._dense(conv_in, p, ksize, stride, padding, act, passthrough=xin if c_out > c_conv else None,
-                           c_out=c_out, residual=residual, residual_mode=residual_mode, att=att, shortcut=shortcut,
-                           shortcut_mode=shortcut_mode, shuffle=shuffle)
+        conv_in = xin if pack.c_in_pad == xin.shape[1] else xin[:, :pack.c_in_pad]
+        width = c_out if partial else pack.c_pad
+        if residual is not None and residual.shape[1] < width:
+            residual = _widen(residual, width)
+        y = self._run(conv_in, pack, act, passthrough=xin if partial else None, c_out=width,
+                      residual=residual, residual_mode=residual_mode, att=att, shortcut=shortcut,
+                      shortcut_mode=shortcut_mode, shuffle=shuffle)
+        return y if shuffle else _narrow(y, c_out)
 
-    def bsb(self, x, p, residual=None):
-        if "fused_pw" in p:
-            return self.native.bsb_packed(x, p["fused_pw"], p["fused_taps"], p["fused_bias"], residual)
-        pw = self._pointwise(_cl(x), p["pw"], None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
-        return self.native.bsb_dw(pw, p["dw"], p["b"], residual)
+    def bsb(self, x, pack: BsbPack, residual=None):
+        if isinstance(pack, CpuBsbEngine):
+            return self.native.bsb_packed(x, pack.pw, pack.taps, pack.bias, residual)
+        pw = self._pointwise(_cl(x), pack.pw, None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+        return self.native.bsb_dw(pw, pack.dw, pack.b, residual)
 
-    def esa(self, x, p, residual=None):
-        def conv(name):
-            return {k[len(name) + 1:]: t for k, t in p.items() if k.startswith(name + "_")}
+    def esa(self, x, pack: CpuEsa, residual=None):
+        x = _widen(x, pack.c_pad)
+        if residual is not None:
+            residual = _widen(residual, pack.c_pad)
+        d = self._run(self._run(x, pack.reduce), pack.down)
+        low = self._run(self._run(self._max_pool(d), pack.low), pack.expand)
+        s = self._run(x, pack.full)
+        return _narrow(self.native.esa_tail(x, s, low, residual), pack.channels)
 
-        r = self._dense(x, conv("reduce"), 1, 1, 0)
-        d = self._dense(r, conv("down"), 3, 2, 0)
-        low = self._dense(self._max_pool(d), conv("low"), 3, 1, 1)
-        low = self._dense(low, conv("expand"), 1, 1, 0)
-        s = self._dense(x, conv("full"), 1, 1, 0)
-        return self.native.esa_tail(x, s, low, residual)
+    def concat_conv(self, features, pack: CpuConcatConv, *, act=ACT_NONE, residual=None):
+        """act(1x1 conv of cat(features) to c_out channels) [+ residual] without the
+        concatenation. The 216-channel concatenation would be a >32 MB tensor, which glibc
+        maps fresh on every call; its page faults made cat + conv 2.5x slower here. The conv
+        engine reads the features in one GEMM (K spans all of them) with activation and
+        residual in its epilogue; without it, a chain of oneDNN 1x1 convs each adding its
+        product to the previous (binary post-op)."""
+        mode = RES_NONE if residual is None else RES_TENSOR
+        if pack.w1 is not None:
+            return self.native.conv1x1(list(features), pack.w1, pack.bp, pack.c_out, act, None, pack.c_out,
+                                       residual, mode, None, None, SHORTCUT_NONE, 0)
+        acc = self._pointwise(_cl(features[0]), pack.parts[0], pack.b, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+        for f, w in zip(features[1:], pack.parts[1:]):
+            acc = self._binary(_cl(f), acc, w, None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], "")
+        return self.native.conv_epilogue(acc, None, acc.shape[1], act, residual, mode, None, None, 0, 0)
 
-    def pack_concat_conv(self, weight, bias, chunks: int) -> dict:
-        """A 1x1 conv over the concatenation of ``chunks`` equal-width features, split into one
-        weight per feature (see concat_conv)."""
-        w = weight.detach().float()
-        step = w.shape[1] // chunks
-        packed = {f"w{i}": _cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks)}
-        packed["b"] = bias.detach().float().clone()
-        packed.update({f"gemm_{k}": t for k, t in self._engine_weights(w, bias.detach().float()).items()})
-        return packed
-
-    def concat_conv(self, features, p, c_out, act=ACT_NONE, residual=None):
-        """act(1x1 conv of cat(features) to c_out channels) [+ residual] without the concatenation: a chain of
-        1x1 convs each adding its product to the previous (oneDNN binary post-op). The 216-channel
-        concatenation would be a >32 MB tensor, which glibc maps fresh on every call; its page
-        faults made cat + conv 2.5x slower here. The conv engine reads the features in one GEMM
-        (K spans all of them) with activation and residual in its epilogue."""
-        if "gemm_w1" in p:
-            return self.native.conv1x1(list(features), p["gemm_w1"], p["gemm_bp"], c_out, act, None, c_out, residual,
-                                       RES_NONE if residual is None else RES_TENSOR, None, None, SHORTCUT_NONE, 0)
-        acc = self._pointwise(_cl(features[0]), p["w0"], p["b"], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
-        for i in range(1, len(features)):
-            acc = self._binary(_cl(features[i]), acc, p[f"w{i}"], None, [0, 0], [1, 1], [1, 1], 1, "add",
-                               1.0, None, [], "")
-        return self.native.conv_epilogue(acc, None, acc.shape[1], act, residual,
-                                         RES_TENSOR if residual is not None else RES_NONE, None, None, 0, 0)
-
-    def la_reduce(self, x, p):
-        return self._max_pool(self._dense(x, p, 1, 1, 0))
+    def la_reduce(self, x, pack: CpuLaReduce):
+        return self._max_pool(self._run(_widen(x, pack.conv.c_in_pad), pack.conv))
 
     def _max_pool(self, x):
-        if (POOL_KERNEL, POOL_STRIDE) == (7, 3) and x.shape[-2] >= 7 and x.shape[-1] >= 7:
+        if x.shape[-2] >= POOL_KERNEL and x.shape[-1] >= POOL_KERNEL:
             return self.native.max_pool_7s3(x)
         return F.max_pool2d(x, POOL_KERNEL, POOL_STRIDE)  # raises the reference's error

@@ -1,67 +1,108 @@
 """The native CUDA backend (esr_kernels._C_cuda, csrc/cuda): single-kernel BSB, ESA
 full-resolution tail and LocalAttention reduction in CUDA C++; dense convolutions (with their
-fused prologues and epilogues) stay on the Triton kernels; ESA's small low-resolution branch
-runs on cuDNN.
+fused prologues and epilogues) run on the Triton kernels (a TritonBackend it delegates to);
+ESA's small low-resolution branch runs on cuDNN.
 
-Status: compiled in CI for sm_80/sm_90; not yet run on a GPU in this repository (no device was
-available when it was written), so "auto" never picks it.
+Status: compiled in CI and its per-pixel maths run on CPU in CI; never run on a GPU in this
+repository (no device was available when it was written), so "auto" never picks it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .contract import BsbPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
 from .spec import POOL_KERNEL, POOL_STRIDE
 from .triton_backend import TritonBackend
 
+Tensor = torch.Tensor
 
-class CudaBackend(TritonBackend):
+
+@dataclasses.dataclass(frozen=True)
+class CudaBsb(BsbPack):
+    pw: Tensor  # (C, C) float32 [out][in]
+    dw: Tensor  # (C, 9) float32
+    b: Tensor   # (C,) float32
+
+
+@dataclasses.dataclass(frozen=True)
+class CudaEsa(EsaPack):
+    """float32: the low-resolution convs (cuDNN) and the tail kernel's folded 1x1 weights."""
+    reduce_w: Tensor  # (C_r, C, 1, 1)
+    reduce_b: Tensor
+    down_w: Tensor    # (C_r, C_r, 3, 3)
+    down_b: Tensor
+    low_w: Tensor     # (C_r, C_r, 3, 3)
+    low_b: Tensor
+    skip_w: Tensor    # (C_r, C): skip @ reduce
+    skip_b: Tensor
+    expand_w: Tensor  # (C, C_r)
+    expand_b: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class CudaLaReduce(LaReducePack):
+    w: Tensor  # (C_r, C) float32
+    b: Tensor  # (C_r,) float32
+
+
+class CudaBackend(KernelBackend):
     name = "cuda"
+    devices = ("cuda",)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def __init__(self):
-        super().__init__()
-        import esr_kernels._C_cpu  # noqa: F401  defines the esr_native schemas
-        import esr_kernels._C_cuda  # noqa: F401  CUDA implementations
+        from .policy import native_ops
 
-        from . import native  # noqa: F401
+        self.native = native_ops("_C_cuda")
+        self.dense = TritonBackend()  # conv and concat_conv
 
-        self.native = torch.ops.esr_native
+    def supports_conv(self, conv) -> bool:
+        return self.dense.supports_conv(conv)
 
-    def pack_bsb(self, pointwise: nn.Conv2d, depthwise: nn.Conv2d) -> dict:
-        c = pointwise.out_channels
-        return {"pw": pointwise.weight.detach().float().reshape(c, c).contiguous(),
-                "dw": depthwise.weight.detach().float().reshape(c, 9).contiguous(),
-                "b": depthwise.bias.detach().float().contiguous()}
+    # ---- dense convolutions: the Triton kernels
+    def pack_conv(self, weight, bias, **kwargs):
+        return self.dense.pack_conv(weight, bias, **kwargs)
 
-    def bsb(self, x, p, residual=None):
-        return self.native.bsb(x, p["pw"], p["dw"], p["b"], residual)
+    def pack_concat_conv(self, weight, bias, chunks):
+        return self.dense.pack_concat_conv(weight, bias, chunks)
 
-    def pack_la(self, reduce: nn.Conv2d) -> dict:
-        cr, c = reduce.weight.shape[:2]
-        return {"w": reduce.weight.detach().float().reshape(cr, c).contiguous(),
-                "b": reduce.bias.detach().float().contiguous()}
+    def conv(self, x, pack, **kwargs):
+        return self.dense.conv(x, pack, **kwargs)
 
-    def la_reduce(self, x, p):
-        return self.native.la_reduce(x, p["w"], p["b"])
+    def concat_conv(self, features, pack, **kwargs):
+        return self.dense.concat_conv(features, pack, **kwargs)
 
-    def pack_esa(self, esa) -> dict:
-        from .packing import fold_esa_skip
+    # ---- the native CUDA kernels
+    def pack_bsb(self, pointwise, depthwise, bias) -> CudaBsb:
+        c = pointwise.shape[0]
+        return CudaBsb(channels=c, pw=pointwise.detach().float().reshape(c, c).contiguous(),
+                       dw=depthwise.detach().float().reshape(c, 9).contiguous(), b=bias.detach().float().contiguous())
 
-        skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
-        return {
-            "reduce_w": esa.reduce.weight.detach().float(), "reduce_b": esa.reduce.bias.detach().float(),
-            "down_w": esa.down.weight.detach().float(), "down_b": esa.down.bias.detach().float(),
-            "low_w": esa.low.weight.detach().float(), "low_b": esa.low.bias.detach().float(),
-            "skip_w": skip_w.float().contiguous(), "skip_b": skip_b.float(),
-            "expand_w": esa.expand.weight.detach().float()[:, :, 0, 0].contiguous(),
-            "expand_b": esa.expand.bias.detach().float(),
-        }
+    def bsb(self, x, pack: CudaBsb, residual=None):
+        return self.native.bsb(x, pack.pw, pack.dw, pack.b, residual)
 
-    def esa(self, x, p, residual=None):
-        xf = x.float()
-        r = F.conv2d(xf, p["reduce_w"], p["reduce_b"])
-        d = F.conv2d(r, p["down_w"], p["down_b"], stride=2)
-        low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), p["low_w"], p["low_b"], padding=1)
-        return self.native.esa_out(x, low.contiguous(), p["skip_w"], p["skip_b"], p["expand_w"],
-                                   p["expand_b"], residual)
+    def pack_la_reduce(self, weight, bias) -> CudaLaReduce:
+        cr, c = weight.shape[:2]
+        return CudaLaReduce(c_in=c, c_reduce=cr, w=weight.detach().float().reshape(cr, c).contiguous(),
+                            b=bias.detach().float().contiguous())
+
+    def la_reduce(self, x, pack: CudaLaReduce):
+        return self.native.la_reduce(x, pack.w, pack.b)
+
+    def pack_esa(self, e: EsaWeights) -> CudaEsa:
+        def f(t):
+            return t.float().contiguous()
+
+        return CudaEsa(channels=e.channels, c_reduce=e.c_reduce, reduce_w=f(e.reduce_w), reduce_b=f(e.reduce_b),
+                       down_w=f(e.down_w), down_b=f(e.down_b), low_w=f(e.low_w), low_b=f(e.low_b),
+                       skip_w=f(e.skip_w), skip_b=f(e.skip_b), expand_w=f(e.expand_w), expand_b=f(e.expand_b))
+
+    def esa(self, x, pack: CudaEsa, residual=None):
+        r = F.conv2d(x.float(), pack.reduce_w, pack.reduce_b)
+        d = F.conv2d(r, pack.down_w, pack.down_b, stride=2)
+        low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), pack.low_w, pack.low_b, padding=1)
+        return self.native.esa_out(x, low.contiguous(), pack.skip_w, pack.skip_b, pack.expand_w, pack.expand_b,
+                                   residual)

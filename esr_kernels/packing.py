@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .contract import EsaWeights
 from .reference import next_pow2_16, pack_conv_weight
 
 
@@ -20,26 +21,37 @@ def fold_esa_skip(reduce, skip) -> tuple[torch.Tensor, torch.Tensor]:
     return ws @ wr, ws @ reduce.bias.detach().double() + skip.bias.detach().double()
 
 
-def pack_esa(reduce, down, low, skip, expand, dtype) -> dict[str, torch.Tensor]:
-    """nn.Conv2d modules of an ESA -> the esr::esa (Triton) weight arguments, with the 1x1
-    branch folded (fold_esa_skip)."""
-    wr = reduce.weight.detach()
-    folded_w, folded_b = fold_esa_skip(reduce, skip)
-    folded_w = folded_w[:, :, None, None]
-    dev = wr.device
-    return {
-        "reduce_w": pack_conv_weight(wr).to(dtype), "reduce_b": pack_bias(reduce.bias.detach(), wr.shape[0], dev),
-        "down_w": pack_conv_weight(down.weight.detach()).to(dtype),
-        "down_b": pack_bias(down.bias.detach(), wr.shape[0], dev),
-        "low_w": pack_conv_weight(low.weight.detach()).to(dtype),
-        "low_b": pack_bias(low.bias.detach(), wr.shape[0], dev),
-        "skip_w": pack_conv_weight(folded_w.float()).to(dtype),
-        "skip_b": pack_bias(folded_b.float(), wr.shape[0], dev),
-        # (C, C_r, 1, 1) -> (1, C_r, CP): the (pixels x C_r) @ (C_r x CP) expansion.
-        "expand_w": pack_conv_weight(expand.weight.detach()).to(dtype),
-        "expand_b": pack_bias(expand.bias.detach(), expand.weight.shape[0], dev),
-    }
+def fold_esa(esa) -> EsaWeights:
+    """An ESA module's (``esr_models.layers.ESA``) weights, float64, skip branch folded: the one
+    place ESA weights are folded (see ``EsaWeights``)."""
+    skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
 
+    def d(t):
+        return t.detach().double()
+
+    return EsaWeights(reduce_w=d(esa.reduce.weight), reduce_b=d(esa.reduce.bias), down_w=d(esa.down.weight),
+                      down_b=d(esa.down.bias), low_w=d(esa.low.weight), low_b=d(esa.low.bias), skip_w=skip_w,
+                      skip_b=skip_b, expand_w=d(esa.expand.weight)[:, :, 0, 0], expand_b=d(esa.expand.bias),
+                      dtype=esa.reduce.weight.dtype)
+
+
+def pack_esa(e: EsaWeights) -> dict[str, torch.Tensor]:
+    """Folded ESA weights -> the esr::esa (Triton) weight arguments: convs in the
+    ``pack_conv_weight`` layout in the model's dtype, biases float32 padded to the tile width."""
+    dev = e.reduce_w.device
+    cr = e.c_reduce
+
+    def w(t):
+        return pack_conv_weight(t).to(e.dtype)
+
+    return {
+        "reduce_w": w(e.reduce_w), "reduce_b": pack_bias(e.reduce_b.float(), cr, dev),
+        "down_w": w(e.down_w), "down_b": pack_bias(e.down_b.float(), cr, dev),
+        "low_w": w(e.low_w), "low_b": pack_bias(e.low_b.float(), cr, dev),
+        "skip_w": w(e.skip_w[:, :, None, None]), "skip_b": pack_bias(e.skip_b.float(), cr, dev),
+        # (C, C_r, 1, 1) -> (1, C_r, CP): the (pixels x C_r) @ (C_r x CP) expansion.
+        "expand_w": w(e.expand_w[:, :, None, None]), "expand_b": pack_bias(e.expand_b.float(), e.channels, dev),
+    }
 
 
 # Winograd F(2x2, 3x3) weight transform G (4x3); see csrc/cpu/winograd.cpp.

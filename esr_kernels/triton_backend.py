@@ -1,73 +1,122 @@
-"""The Triton backend: packs weights for the Triton kernels and calls torch.ops.esr.*."""
+"""The Triton backend: packs weights for the Triton kernels and calls torch.ops.esr.*
+(``esr_kernels.ops``; the kernels in ``esr_kernels/triton``). On CUDA tensors, or on CPU
+tensors under Triton's interpreter (TRITON_INTERPRET=1: correctness only)."""
 from __future__ import annotations
+
+import dataclasses
+from typing import Optional
 
 import torch
 from torch import nn
 
+from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
 from .packing import pack_bias, pack_esa
 from .reference import pack_conv_weight
+from .spec import RES_NONE, RES_TENSOR
+
+Tensor = torch.Tensor
+
+# The conv kernel keeps all output channels of a pixel block in one tile.
+MAX_CONV_OUT_CHANNELS = 64
 
 
-class TritonBackend:
+@dataclasses.dataclass(frozen=True)
+class TritonConv(ConvPack):
+    w: Tensor  # (K*K, C_in, CO_pad) in the model's dtype (reference.pack_conv_weight)
+    b: Tensor  # (CO_pad,) float32, zero past c_conv
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonBsb(BsbPack):
+    pw: Tensor  # (1, C, CO_pad) pointwise
+    dw: Tensor  # (9, CO_pad) float32 depthwise taps
+    b: Tensor   # (CO_pad,) float32
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonEsa(EsaPack):
+    reduce_w: Tensor
+    reduce_b: Tensor
+    down_w: Tensor
+    down_b: Tensor
+    low_w: Tensor
+    low_b: Tensor
+    skip_w: Tensor  # the 1x1 branch folded with the reduction
+    skip_b: Tensor
+    expand_w: Tensor
+    expand_b: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonLaReduce(LaReducePack):
+    w: Tensor  # (1, C, CR_pad)
+    b: Tensor  # (C_r,) float32
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonConcatConv(ConcatConvPack):
+    conv: TritonConv  # one 1x1 conv over the materialised concatenation
+
+
+class TritonBackend(KernelBackend):
     name = "triton"
-
-    def __deepcopy__(self, memo):
-        # Stateless (packs live in the modules' buffers) and holds torch.ops handles, which
-        # cannot be copied: a deep copy of a fused model shares its backend.
-        return self
+    devices = ("cuda", "cpu")  # cpu: the interpreter
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def __init__(self):
         from . import ops  # noqa: F401  registers torch.ops.esr (imports triton)
 
         self.ops = torch.ops.esr
 
-    # ---- packing (once, at load)
-    def pack_conv(self, weight, bias, op_channels=None, weight_scale=1.0) -> dict:
-        w = weight.detach()
-        packed = pack_conv_weight(w.double() * weight_scale if weight_scale != 1.0 else w, op_channels)
-        b = bias.detach().double() * weight_scale if bias is not None else None
-        return {"w": packed.to(w.dtype), "b": pack_bias(b, packed.shape[-1], w.device)}
+    def supports_conv(self, conv: nn.Conv2d) -> bool:
+        return conv.out_channels <= MAX_CONV_OUT_CHANNELS
 
-    def pack_bsb(self, pointwise: nn.Conv2d, depthwise: nn.Conv2d) -> dict:
+    # ---- packing (once, at load)
+    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0) -> TritonConv:
+        w = weight.detach()
+        c_conv, c_in, k = w.shape[0], w.shape[1], w.shape[-1]
+        scaled = w.double() * weight_scale if weight_scale != 1.0 else w
+        packed = pack_conv_weight(scaled, op_channels).to(w.dtype)
+        b = bias.detach().double() * weight_scale if bias is not None else None
+        return TritonConv(c_conv=c_conv, c_in=c_in, ksize=k, stride=stride,
+                          padding=k // 2 if padding is None else padding,
+                          w=packed, b=pack_bias(b, packed.shape[-1], w.device))
+
+    def pack_bsb(self, pointwise, depthwise, bias) -> TritonBsb:
         from .triton.bsb import pack_depthwise
 
-        p = self.pack_conv(pointwise.weight, None)
-        return {"pw": p["w"], "dw": pack_depthwise(depthwise.weight.detach(), p["w"].shape[-1]),
-                "b": pack_bias(depthwise.bias.detach(), p["w"].shape[-1], p["w"].device)}
+        c = pointwise.shape[0]
+        pw = pack_conv_weight(pointwise.detach())
+        return TritonBsb(channels=c, pw=pw, dw=pack_depthwise(depthwise.detach(), pw.shape[-1]),
+                         b=pack_bias(bias.detach(), pw.shape[-1], pw.device))
 
-    def pack_esa(self, esa) -> dict:
-        return pack_esa(esa.reduce, esa.down, esa.low, esa.skip, esa.expand, esa.reduce.weight.dtype)
+    def pack_esa(self, weights: EsaWeights) -> TritonEsa:
+        return TritonEsa(channels=weights.channels, c_reduce=weights.c_reduce, **pack_esa(weights))
 
-    def pack_la(self, reduce: nn.Conv2d) -> dict:
-        return {"w": pack_conv_weight(reduce.weight.detach()), "b": reduce.bias.detach().float().clone()}
+    def pack_la_reduce(self, weight, bias) -> TritonLaReduce:
+        return TritonLaReduce(c_in=weight.shape[1], c_reduce=weight.shape[0], w=pack_conv_weight(weight.detach()),
+                              b=bias.detach().float().clone())
+
+    def pack_concat_conv(self, weight, bias, chunks) -> TritonConcatConv:
+        return TritonConcatConv(c_out=weight.shape[0], chunks=chunks, conv=self.pack_conv(weight, bias))
 
     # ---- ops
-    def conv(self, x, p, c_conv, *, c_out=None, ksize=3, stride=1, padding=None, act=0, residual=None,
-             residual_mode=0, att=None, gate_input=False, shift=None, shortcut=None, shortcut_mode=0,
-             shuffle=0):
-        padding = ksize // 2 if padding is None else padding
-        return self.ops.conv(x, p["w"], p["b"], c_conv, c_out or c_conv, ksize, stride, padding, act,
-                             residual, residual_mode, att, gate_input, shift, shortcut, shortcut_mode,
-                             shuffle)
+    def conv(self, x, pack: TritonConv, *, c_out=None, act=0, residual=None, residual_mode=0, att=None,
+             gate_input=False, shift=None, shortcut=None, shortcut_mode=0, shuffle=0):
+        return self.ops.conv(x, pack.w, pack.b, pack.c_conv, c_out or pack.c_conv, pack.ksize, pack.stride,
+                             pack.padding, act, residual, residual_mode, att, gate_input, shift, shortcut,
+                             shortcut_mode, shuffle)
 
-    def bsb(self, x, p, residual=None):
-        return self.ops.bsb(x, p["pw"], p["dw"], p["b"], residual)
+    def bsb(self, x, pack: TritonBsb, residual=None):
+        return self.ops.bsb(x, pack.pw, pack.dw, pack.b, residual)
 
-    def esa(self, x, p, residual=None):
-        names = ("reduce_w", "reduce_b", "down_w", "down_b", "low_w", "low_b", "skip_w", "skip_b",
-                 "expand_w", "expand_b")
-        return self.ops.esa(x, *(p[n] for n in names), residual)
+    def esa(self, x, pack: TritonEsa, residual=None):
+        return self.ops.esa(x, pack.reduce_w, pack.reduce_b, pack.down_w, pack.down_b, pack.low_w, pack.low_b,
+                            pack.skip_w, pack.skip_b, pack.expand_w, pack.expand_b, residual)
 
-    def pack_concat_conv(self, weight, bias, chunks: int) -> dict:
-        return self.pack_conv(weight, bias)
+    def la_reduce(self, x, pack: TritonLaReduce):
+        return self.ops.la_reduce(x, pack.w, pack.b)
 
-    def concat_conv(self, features, p, c_out, act=0, residual=None):
-        """act(1x1 conv of cat(features) to c_out channels) [+ residual]."""
-        from .spec import RES_NONE, RES_TENSOR
-
-        return self.conv(torch.cat(features, dim=1), p, c_out, ksize=1, act=act, residual=residual,
+    def concat_conv(self, features, pack: TritonConcatConv, *, act=0, residual: Optional[Tensor] = None):
+        return self.conv(torch.cat(list(features), dim=1), pack.conv, act=act, residual=residual,
                          residual_mode=RES_TENSOR if residual is not None else RES_NONE)
-
-    def la_reduce(self, x, p):
-        return self.ops.la_reduce(x, p["w"], p["b"])
-

@@ -49,7 +49,9 @@ def _load_model(args) -> torch.nn.Module:
     device, dtype = check_device(args.device), DTYPES[args.dtype]
     if not getattr(args, "fused", False):
         return load(args.model, device=device, dtype=dtype)
-    from .fusion import load_fused, resolve_backend
+    from esr_kernels.policy import resolve_backend
+
+    from .loading import load_fused
 
     try:
         resolve_backend(args.backend, device, dtype)

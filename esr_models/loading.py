@@ -1,6 +1,7 @@
 """``esr_models.load``: name or file -> ready-to-run model in eval mode."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,11 +41,9 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu",
     """Build a model by name (``ifadnet``, ``pfdnlite``, ``rlfn``) or checkpoint path, load its
     weights (see ``esr_models.weights`` for where they are found) and return it in eval mode.
 
-    ``fused=True`` swaps in the fused kernels (``esr_models.fusion``); ``backend`` is "auto",
+    ``fused=True`` swaps in the fused kernels (``load_fused``); ``backend`` is "auto",
     "triton", "cuda" or "cpu" and ``model.backend`` tells what runs."""
     if fused:
-        from .fusion import load_fused
-
         return load_fused(name_or_path, device=device, dtype=dtype, backend=backend)
     key = str(name_or_path).lower()
     if key in weights.CHECKPOINTS:
@@ -56,6 +55,29 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu",
                          "or the path of a checkpoint file")
     model = load_state_dict_file(path)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "auto") -> nn.Module:
+    """Load a model and swap in the fused kernels for ``backend`` (chosen by
+    ``esr_kernels.policy.resolve_backend``). ``model.backend`` says what runs: 'triton', 'cpu',
+    'cuda', or 'reference' when 'auto' finds no fused kernels for the device and dtype; then a
+    warning says so and the unfused reference runs."""
+    from esr_kernels.policy import resolve_backend
+
+    from .fusion import fuse_
+
+    device = torch.device(device)
+    chosen = resolve_backend(backend, device, dtype)
+    model = load(name_or_path, device=device, dtype=dtype)
+    if chosen == "reference":
+        warnings.warn(f"fused=True: no fused kernels for {device.type}/{dtype} in this build "
+                      "(the native CPU extension runs float32; Triton needs CUDA, or "
+                      "backend='triton' for its slow CPU interpreter); running the PyTorch reference",
+                      stacklevel=2)
+    else:
+        fuse_(model, chosen)
+    model.backend = chosen
+    return model
 
 
 def min_input_size(model: nn.Module) -> int:

@@ -127,7 +127,7 @@ def _check_device_here(args) -> None:
 
     device = check_device(args.device)
     if getattr(args, "fused", False):
-        from .fusion import resolve_backend
+        from esr_kernels.policy import resolve_backend
 
         try:
             resolve_backend(args.backend, device, DTYPES[args.dtype])

@@ -65,6 +65,21 @@ def models():
 
 
 @pytest.fixture(scope="session")
+def golden(shared):
+    """The one golden helper: golden(name, inp, device="cpu") -> (lr, sr), the upstream model's
+    input (1, 3, h, w) float in [0, 1] and its output (1, 3, 4h, 4w), from
+    ../shared/golden/<name>_<inp>.npz."""
+    import numpy as np
+
+    def load(name: str, inp: str, device="cpu"):
+        g = np.load(shared / "golden" / f"{name}_{inp}.npz")
+        x = torch.from_numpy(g["lr"]).permute(2, 0, 1)[None].float().to(device) / 255.0
+        return x, torch.from_numpy(g["sr"])[None].to(device)
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def device() -> torch.device:
     """Where kernel tests run: the GPU when there is one, else CPU under Triton's interpreter."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -116,15 +116,13 @@ def test_fuse_auto_resolves_like_load(models):
 
 
 def test_backends_keep_the_import_error(monkeypatch):
-    from esr_kernels import backends
+    from esr_kernels import policy
 
     def broken(name):
         raise ImportError("undefined symbol: _ZN3c10 (built against another torch)")
 
-    monkeypatch.setattr(backends.importlib, "import_module", broken)
-    monkeypatch.setattr(backends, "IMPORT_ERRORS", {})
-    assert "another torch" in backends.extension_error("_C_cpu")
-    from esr_models.fusion import resolve_backend
-
+    monkeypatch.setattr(policy.importlib, "import_module", broken)
+    monkeypatch.setattr(policy, "IMPORT_ERRORS", {})
+    assert "another torch" in policy.extension_error("_C_cpu")
     with pytest.raises(RuntimeError, match="import failed: ImportError: undefined symbol"):
-        resolve_backend("cpu", torch.device("cpu"))
+        policy.resolve_backend("cpu", torch.device("cpu"))

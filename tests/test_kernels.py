@@ -154,13 +154,15 @@ def test_bsb_opcheck(device):
 
 # ---------------------------------------------------------------- esr::esa
 def esa_args(n, c, h, w, dtype, layout, device, residual=True):
-    from esr_kernels.packing import pack_esa
+    import dataclasses
+
+    from esr_kernels.packing import fold_esa, pack_esa
     from esr_models.layers import ESA
 
     m = ESA(c, 16).to(device)
     for p in m.parameters():
         torch.nn.init.normal_(p, 0, 0.3)
-    packed = pack_esa(m.reduce, m.down, m.low, m.skip, m.expand, dtype)
+    packed = pack_esa(dataclasses.replace(fold_esa(m), dtype=dtype))
     x = make_input((n, c, h, w), dtype, layout, device)
     res = make_input((n, c, h, w), dtype, layout, device) if residual else None
     names = ("reduce_w", "reduce_b", "down_w", "down_b", "low_w", "low_b", "skip_w", "skip_b",

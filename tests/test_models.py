@@ -1,7 +1,6 @@
 """Reference models against the upstream golden outputs, and the model contract."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,16 +11,10 @@ pytestmark = pytest.mark.shared
 GOLDEN_TOL = 1e-5
 
 
-def golden(shared, name, inp):
-    g = np.load(shared / "golden" / f"{name}_{inp}.npz")
-    x = torch.from_numpy(g["lr"]).permute(2, 0, 1)[None].float() / 255.0
-    return x, torch.from_numpy(g["sr"])[None]
-
-
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
 @pytest.mark.parametrize("inp", ["baby", "comic_odd"])
-def test_matches_upstream_golden(models, shared, name, inp):
-    x, expected = golden(shared, name, inp)
+def test_matches_upstream_golden(models, golden, name, inp):
+    x, expected = golden(name, inp)
     with torch.inference_mode():
         out = models[name](x)
     assert out.shape == expected.shape
@@ -29,8 +22,8 @@ def test_matches_upstream_golden(models, shared, name, inp):
 
 
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
-def test_batch_and_channels_last_agree(models, shared, name):
-    x, _ = golden(shared, name, "comic_odd")
+def test_batch_and_channels_last_agree(models, golden, name):
+    x, _ = golden(name, "comic_odd")
     batch = torch.cat([x, x.flip(-1)])
     with torch.inference_mode():
         single = torch.cat([models[name](x), models[name](x.flip(-1))])

@@ -1,0 +1,213 @@
+"""The contract every kernel backend implements, and the packed-weight types it trades in.
+
+A fused module (``esr_models.fused_modules``) knows only this file: it asks its backend to pack
+each op's weights once, at load (``pack_*``, returning a ``Pack``), and calls the backend's ops
+with those packs in ``forward``. What a pack holds (layouts, padding, folded weights) is the
+backend's business; the shapes a fused module sees are the model's own.
+
+The ops (semantics: ``esr_kernels.reference``, one Python reference per op):
+- ``conv``: dense KxK conv (K in {1, 3}) with its fused prologue (input shift, LocalAttention
+  gate) and epilogue (bias, activation, partial-channel passthrough, residual or gated
+  residual, shortcut + pixel shuffle);
+- ``bsb``: IFADNet's blueprint shallow block, GELU(depthwise3x3_reflect(pointwise(x)) + b);
+- ``esa``: enhanced spatial attention, x * sigmoid(expand(up(low(pool(down(reduce x)))) + skip x));
+- ``la_reduce``: PFDNLite's LocalAttention reduction, max_pool 7/3 of a 1x1 conv;
+- ``concat_conv``: a 1x1 conv of the concatenation of equal-width features (IFADNet's fusion).
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Optional, Sequence
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- packed weights
+class Pack:
+    """Base of every packed-weight dataclass. Its tensor fields (also inside nested packs and
+    tuples) are what ``tensors`` lists and ``map_tensors`` rebuilds; the other fields (ints)
+    describe the op."""
+
+    def tensors(self, prefix: str = "") -> dict[str, Tensor]:
+        """{dotted field path: tensor} of every tensor the pack holds."""
+        out: dict[str, Tensor] = {}
+        for f in dataclasses.fields(self):
+            _collect(getattr(self, f.name), prefix + f.name, out)
+        return out
+
+    def map_tensors(self, fn: Callable[[str, Tensor], Tensor], prefix: str = "") -> "Pack":
+        """A copy of the pack with every tensor t at path p replaced by fn(p, t)."""
+        changes = {f.name: _rebuild(getattr(self, f.name), prefix + f.name, fn) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **changes)
+
+
+def _collect(value, path: str, out: dict) -> None:
+    if isinstance(value, Tensor):
+        out[path] = value
+    elif isinstance(value, Pack):
+        out.update(value.tensors(path + "."))
+    elif isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _collect(v, f"{path}.{i}", out)
+
+
+def _rebuild(value, path: str, fn):
+    if isinstance(value, Tensor):
+        return fn(path, value)
+    if isinstance(value, Pack):
+        return value.map_tensors(fn, path + ".")
+    if isinstance(value, tuple):
+        return tuple(_rebuild(v, f"{path}.{i}", fn) for i, v in enumerate(value))
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPack(Pack):
+    """A dense conv's packed weights. ``c_conv``: output channels the conv computes; ``c_in``:
+    input channels it reads (the first ``c_in`` of x); ``ksize``, ``stride``, ``padding``: its
+    geometry (zero padding)."""
+    c_conv: int
+    c_in: int
+    ksize: int
+    stride: int
+    padding: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BsbPack(Pack):
+    """A BSB's packed weights (``channels`` in and out)."""
+    channels: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EsaPack(Pack):
+    """An ESA's packed weights (``channels`` in and out, ``c_reduce`` inside)."""
+    channels: int
+    c_reduce: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LaReducePack(Pack):
+    """A LocalAttention reduction's packed weights: ``c_in`` -> ``c_reduce`` channels."""
+    c_in: int
+    c_reduce: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConcatConvPack(Pack):
+    """A 1x1 conv over ``chunks`` concatenated features of equal width, to ``c_out`` channels."""
+    c_out: int
+    chunks: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EsaWeights:
+    """An ESA's weights with its linear 1x1 branch folded, float64, made once at load by
+    ``esr_kernels.packing.fold_esa`` (the one place ESA weights are folded); each backend
+    rounds them once into its own layout.
+
+    reduce_w (C_r, C, 1, 1), down_w / low_w (C_r, C_r, 3, 3), skip_w (C_r, C) = skip @ reduce,
+    expand_w (C, C_r); biases per output channel. ``gate_w`` (C, C) / ``gate_b`` (C,): the
+    full-resolution part of the gate logits, expand(skip(x)), as one 1x1 conv, float64."""
+    reduce_w: Tensor
+    reduce_b: Tensor
+    down_w: Tensor
+    down_b: Tensor
+    low_w: Tensor
+    low_b: Tensor
+    skip_w: Tensor
+    skip_b: Tensor
+    expand_w: Tensor
+    expand_b: Tensor
+    dtype: torch.dtype = torch.float32  # the model's weight dtype (what half-precision packs round to)
+
+    @property
+    def channels(self) -> int:
+        return self.expand_w.shape[0]
+
+    @property
+    def c_reduce(self) -> int:
+        return self.reduce_w.shape[0]
+
+    @property
+    def gate_w(self) -> Tensor:
+        return self.expand_w @ self.skip_w
+
+    @property
+    def gate_b(self) -> Tensor:
+        return self.expand_w @ self.skip_b + self.expand_b
+
+
+# ---------------------------------------------------------------- the backend
+class KernelBackend(ABC):
+    """What a fused module may call. Packing runs once per module at load (and again when the
+    weights change); the ops run every forward. Inputs and outputs are (N, C, H, W) tensors of
+    one of ``dtypes`` on one of ``devices``, in any layout; outputs have the model's channel
+    counts whatever the backend pads internally."""
+
+    name: ClassVar[str]
+    devices: ClassVar[tuple[str, ...]]
+    dtypes: ClassVar[tuple[torch.dtype, ...]]
+
+    def __deepcopy__(self, memo):
+        # Stateless (packs live in the modules) and holds torch.ops handles, which cannot be
+        # copied: a deep copy of a fused model shares its backend.
+        return self
+
+    def supports_conv(self, conv: nn.Conv2d) -> bool:
+        """Whether a plain conv (K in {1, 3}, groups 1, zero padding K // 2, bias: checked by
+        the caller) is within this backend's limits."""
+        return True
+
+    # ---- packing (once, at load)
+    @abstractmethod
+    def pack_conv(self, weight: Tensor, bias: Optional[Tensor], *, stride: int = 1, padding: Optional[int] = None,
+                  op_channels: Optional[int] = None, weight_scale: float = 1.0) -> ConvPack:
+        """weight (C_conv, C_in, K, K), bias (C_conv,) or None. ``op_channels``: the op's total
+        output channels when larger than C_conv (partial convs pass the rest through).
+        ``weight_scale`` multiplies weight and bias (folded in float64)."""
+
+    @abstractmethod
+    def pack_bsb(self, pointwise: Tensor, depthwise: Tensor, bias: Tensor) -> BsbPack:
+        """pointwise (C, C, 1, 1) without bias; depthwise (C, 1, 3, 3); bias (C,)."""
+
+    @abstractmethod
+    def pack_esa(self, weights: EsaWeights) -> EsaPack:
+        ...
+
+    @abstractmethod
+    def pack_la_reduce(self, weight: Tensor, bias: Tensor) -> LaReducePack:
+        """The reduction's 1x1 conv: weight (C_r, C, 1, 1), bias (C_r,)."""
+
+    @abstractmethod
+    def pack_concat_conv(self, weight: Tensor, bias: Tensor, chunks: int) -> ConcatConvPack:
+        """weight (C_out, chunks * C, 1, 1), bias (C_out,)."""
+
+    # ---- ops
+    @abstractmethod
+    def conv(self, x: Tensor, pack: ConvPack, *, c_out: Optional[int] = None, act: int = 0,
+             residual: Optional[Tensor] = None, residual_mode: int = 0, att: Optional[Tensor] = None,
+             gate_input: bool = False, shift: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
+             shortcut_mode: int = 0, shuffle: int = 0) -> Tensor:
+        """``esr_kernels.reference.conv``; ``c_out`` defaults to the pack's ``c_conv``."""
+
+    @abstractmethod
+    def bsb(self, x: Tensor, pack: BsbPack, residual: Optional[Tensor] = None) -> Tensor:
+        """``esr_kernels.reference.bsb``; H, W >= 2."""
+
+    @abstractmethod
+    def esa(self, x: Tensor, pack: EsaPack, residual: Optional[Tensor] = None) -> Tensor:
+        """``esr_kernels.reference.esa``; H, W >= 15."""
+
+    @abstractmethod
+    def la_reduce(self, x: Tensor, pack: LaReducePack) -> Tensor:
+        """``esr_kernels.reference.la_reduce``: (N, C, H, W), H, W >= 7 -> (N, C_r, Hp, Wp)."""
+
+    @abstractmethod
+    def concat_conv(self, features: Sequence[Tensor], pack: ConcatConvPack, *, act: int = 0,
+                    residual: Optional[Tensor] = None) -> Tensor:
+        """act(1x1 conv of cat(features)) [+ residual] (``esr_kernels.reference.concat_conv``)."""

@@ -1,0 +1,155 @@
+"""Backend policy, in one place: what this install has (and why not, when an extension does
+not import), which backend "auto" runs for a device and dtype, why a backend cannot run, and
+making one. ``esr_models.fuse_``, ``esr_models.load(fused=True)``, the CLI and the benchmarks
+all ask here. Nothing here imports triton or CUDA code eagerly.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import torch
+
+from .contract import KernelBackend
+from .cpu_backend import CpuBackend
+from .cuda_backend import CudaBackend
+from .triton_backend import TritonBackend
+
+BACKEND_CLASSES: dict[str, type[KernelBackend]] = {"triton": TritonBackend, "cpu": CpuBackend, "cuda": CudaBackend}
+BACKENDS = ("auto", *BACKEND_CLASSES)
+
+
+# ---------------------------------------------------------------- what this install has
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_runnable_on_cpu() -> bool:
+    """Triton kernels run on CPU tensors only through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# Why a native extension did not import, kept so that an ABI mismatch or a missing library is
+# shown (``esr backends``, backend errors) instead of looking like "not built".
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def _extension(name: str):
+    try:
+        return importlib.import_module(f"esr_kernels.{name}")
+    except ImportError as exc:
+        IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def extension_error(name: str) -> str | None:
+    """Why ``esr_kernels.<name>`` cannot be imported (None if it can)."""
+    return None if _extension(name) is not None else IMPORT_ERRORS.get(name)
+
+
+def native_ops(name: str):
+    """Import the native extension ``name`` ("_C_cpu" or "_C_cuda") with the Python fakes of
+    its ops, and return ``torch.ops.esr_native``; a RuntimeError keeps the import error."""
+    if _extension(name) is None:
+        raise RuntimeError(f"the native extension esr_kernels.{name} does not import: {IMPORT_ERRORS.get(name)}")
+    from . import native  # noqa: F401  fake implementations (torch.compile, opcheck)
+
+    return torch.ops.esr_native
+
+
+def available_backends() -> dict:
+    cpu = _extension("_C_cpu") is not None
+    return {
+        "triton": triton_available(),
+        "triton_interpreter": triton_runnable_on_cpu(),
+        "cuda_extension": _extension("_C_cuda") is not None,
+        "cpu_extension": cpu,
+        # Winograd / GEMM convolutions of the CPU extension (built only with AVX-512).
+        "cpu_conv_engine": cpu and bool(torch.ops.esr_native.conv_engine_available()),
+        "cuda_device": torch.cuda.is_available(),
+        # The import errors of the native extensions that did not load (not built, or built
+        # against another torch): the reason, not just False.
+        "import_errors": {name: IMPORT_ERRORS[name] for name in ("_C_cpu", "_C_cuda") if name in IMPORT_ERRORS},
+    }
+
+
+def empty_cache() -> int:
+    """Release the CPU extension's cached output buffers (kept for reuse, up to
+    ESR_CPU_CACHE_MB, default 1024, like PyTorch's CUDA caching allocator); returns the bytes
+    released. A no-op without the extension."""
+    if _extension("_C_cpu") is None:
+        return 0
+    return int(torch.ops.esr_native.empty_cache())
+
+
+# ---------------------------------------------------------------- choosing
+def runs(backend: str) -> tuple[tuple[str, ...], tuple[torch.dtype, ...]]:
+    """(device types, dtypes) that ``backend``'s kernels run."""
+    cls = BACKEND_CLASSES[backend]
+    return cls.devices, cls.dtypes
+
+
+def _why_not(name: str) -> str:
+    err = extension_error(name)
+    return f" (import failed: {err})" if err else ""
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The backend that will run: 'triton', 'cpu', 'cuda', or 'reference' (only for 'auto':
+    no fused kernels for this device and dtype in this build). A named backend that cannot run
+    raises RuntimeError saying why."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    device = torch.device(device)
+    if backend == "auto":
+        # On CUDA: Triton. No GPU measurement of the native CUDA kernels is recorded in this
+        # repository yet (benchmarks/results/), so auto does not choose them.
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        if device.type == "cpu" and dtype == torch.float32 and extension_error("_C_cpu") is None:
+            return "cpu"
+        return "reference"
+    devices, dtypes = runs(backend)
+    if device.type not in devices:
+        raise RuntimeError(f"backend {backend!r} runs on {' or '.join(devices)} tensors, not {device.type}")
+    if dtype not in dtypes:
+        raise RuntimeError(f"backend {backend!r} runs {', '.join(str(d).removeprefix('torch.') for d in dtypes)}"
+                           f" only, not {str(dtype).removeprefix('torch.')}")
+    if backend == "cuda" and extension_error("_C_cuda") is not None:
+        raise RuntimeError("backend 'cuda' needs the native esr_kernels CUDA extension, which this build does "
+                           "not have (see `esr backends`)" + _why_not("_C_cuda"))
+    if backend == "cpu" and extension_error("_C_cpu") is not None:
+        raise RuntimeError("backend 'cpu' needs the native esr_kernels extension, which this build does not "
+                           "have: install with `pip install --no-build-isolation -e .` (see `esr backends`)"
+                           + _why_not("_C_cpu"))
+    if backend in ("triton", "cuda") and not triton_available():
+        raise RuntimeError(f"backend {backend!r} needs triton: pip install -e '.[triton]'")
+    if backend == "triton" and device.type == "cpu" and "triton" in sys.modules and not triton_runnable_on_cpu():
+        raise RuntimeError("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1, which must be set "
+                           "before triton is first imported")
+    return backend
+
+
+def backend_unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run fused kernels on ``device`` (None if it can). 'auto' counts as
+    unavailable when it would fall back to the reference: a benchmark must not call that fused."""
+    try:
+        chosen = resolve_backend(backend, device)
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    if chosen == "reference":
+        return f"no fused kernels for {torch.device(device).type} in this build"
+    if chosen == "triton" and torch.device(device).type == "cpu":
+        return "Triton on CPU is the interpreter: correctness only, not timed"
+    return None
+
+
+def make_backend(name: str, device: torch.device) -> KernelBackend:
+    """An instance of backend ``name`` (as resolved by ``resolve_backend``) for ``device``."""
+    if name == "triton" and torch.device(device).type == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # asked for explicitly: slow, but runs
+    if name not in BACKEND_CLASSES:
+        raise ValueError(f"no kernel backend {name!r} to fuse with")
+    return BACKEND_CLASSES[name]()

@@ -1,0 +1,241 @@
+"""Fused models (``esr_models.load(..., fused=True)``) against the reference models and the
+upstream goldens: one suite, run for every fused backend this machine has (the ``backend``
+fixture: "cpu", the native extension; "triton", on CPU through Triton's interpreter, slow;
+"cuda" on a GPU). Same bar for every backend: golden inputs, odd sizes, batch 2,
+channels_last, non-contiguous, the minimum size, low precision where the backend runs it,
+Set5 PSNR, torch.compile; then the swapping contract, which does not depend on the backend."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+import esr_models
+from esr_kernels.contract import Pack
+from esr_kernels.policy import resolve_backend, runs
+
+pytestmark = pytest.mark.shared
+NAMES = esr_models.MODEL_NAMES
+FP32_TOL = 1e-5
+BACKENDS = ["cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _device_for(backend: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and backend != "cpu" else "cpu")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    name = request.param
+    try:
+        resolve_backend(name, _device_for(name))
+    except RuntimeError as exc:
+        pytest.skip(f"backend {name!r} cannot run here: {exc}")
+    return name
+
+
+@pytest.fixture(scope="module")
+def dev(backend) -> torch.device:
+    return _device_for(backend)
+
+
+@pytest.fixture(scope="module")
+def fused(backend, dev):
+    with torch.inference_mode():
+        return {n: esr_models.load(n, device=dev, fused=True, backend=backend) for n in NAMES}
+
+
+@pytest.fixture(scope="module")
+def refs(dev):
+    return {n: esr_models.load(n, device=dev) for n in NAMES}
+
+
+def max_err(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+def image_crops(golden, dev, n, h, w):
+    """Real image content (the bar is on images: uniform noise drives these models far outside
+    [0, 1], where float32 reassociation shows up to ~3e-5)."""
+    x, _ = golden("ifadnet", "baby", dev)
+    return torch.cat([x[..., 7 * i:7 * i + h, 11 * i:11 * i + w] for i in range(n)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("inp", ["comic_odd", "baby"])
+def test_matches_reference_and_golden(fused, refs, golden, dev, backend, name, inp):
+    x, expected = golden(name, inp, dev)
+    with torch.inference_mode():
+        out, ref = fused[name](x), refs[name](x)
+    assert fused[name].backend == backend
+    assert out.shape == ref.shape
+    assert max_err(out, ref) <= FP32_TOL
+    assert max_err(out, expected) <= FP32_TOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch2_channels_last_noncontiguous(fused, refs, golden, dev, name):
+    # (NCHW inputs are covered by the golden tests; an interpreted Triton forward costs ~10 s.)
+    x = image_crops(golden, dev, 2, 29, 37)
+    with torch.inference_mode():
+        ref = refs[name](x)
+        assert max_err(fused[name](x.contiguous(memory_format=torch.channels_last)), ref) <= FP32_TOL
+        wide = image_crops(golden, dev, 2, 29, 45)
+        wide[..., 3:40] = x
+        assert not wide[..., 3:40].is_contiguous()
+        assert max_err(fused[name](wide[..., 3:40]), ref) <= FP32_TOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_minimum_size(fused, refs, golden, dev, name):
+    size = esr_models.min_input_size(refs[name])
+    x = image_crops(golden, dev, 1, size, size + 1)
+    with torch.inference_mode():
+        assert max_err(fused[name](x), refs[name](x)) <= FP32_TOL
+        with pytest.raises(ValueError, match=f"at least {size}x{size}"):
+            fused[name](torch.rand(1, 3, size - 1, size, device=dev))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_low_precision_within_twice_the_references_own_error(backend, refs, golden, dev, name, dtype):
+    """flash-attention's rule: |fused_lowp - ref_fp32| <= 2 |ref_lowp - ref_fp32| (max abs)."""
+    if dtype not in runs(backend)[1]:
+        # Not a pass: the backend refuses the dtype, which is checked here instead.
+        with pytest.raises(RuntimeError, match="only"):
+            esr_models.load(name, device=dev, dtype=dtype, fused=True, backend=backend)
+        return
+    x, _ = golden(name, "comic_odd", dev)
+    with torch.inference_mode():
+        truth = refs[name](x)
+        ref_lowp = esr_models.load(name, device=dev, dtype=dtype)(x.to(dtype))
+        fused_lowp = esr_models.load(name, device=dev, dtype=dtype, fused=True, backend=backend)(x.to(dtype))
+    assert fused_lowp.dtype == dtype
+    assert max_err(fused_lowp, truth) <= 2 * max_err(ref_lowp, truth)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_set5_psnr_within_0_005_db(fused, refs, shared, dev, name):
+    from esr_models.evaluation import evaluate_folder
+
+    folder = shared / "data" / "Set5"
+    with torch.inference_mode():
+        ref = evaluate_folder(folder, refs[name].cpu(), with_ssim=False)["psnr"]
+        fz = evaluate_folder(folder, lambda t: fused[name](t.to(dev)), with_ssim=False)["psnr"]
+    assert abs(fz - ref) <= 0.005
+
+
+@pytest.mark.parametrize("name", ["pfdnlite", "rlfn"])
+def test_traces_with_torch_compile_fullgraph(fused, refs, golden, dev, name):
+    # aot_eager: dynamo + AOTAutograd trace the ops without graph breaks (on CPU the
+    # interpreter's kernels cannot go through inductor; on a GPU see test_gpu.py).
+    x = image_crops(golden, dev, 1, 20, 23)
+    compiled = torch.compile(fused[name], fullgraph=True, backend="aot_eager")
+    with torch.inference_mode():
+        assert max_err(compiled(x), refs[name](x)) <= FP32_TOL
+
+
+def test_fused_modules_see_the_models_own_shapes(fused, golden, dev):
+    """Backend limits stay inside the backend: RLFN's 46 channels (the CPU backend pads them
+    to 48 internally) are 46 at every fused module's output."""
+    seen = []
+    model = fused["rlfn"]
+    hooks = [m.register_forward_hook(lambda m, i, o, q=q: seen.append((q, o.shape[1])))
+             for q, m in model.named_modules() if hasattr(m, "packs")]
+    try:
+        with torch.inference_mode():
+            model(image_crops(golden, dev, 1, 16, 16))
+    finally:
+        for h in hooks:
+            h.remove()
+    widths = dict(seen)
+    assert widths.pop("tail") == 3
+    assert set(widths.values()) == {46}
+
+
+def test_packs_are_typed_and_follow_to(fused, backend):
+    """Every pack is a dataclass of the contract; .to() moves its tensors (and no other copy
+    of them is kept)."""
+    import copy
+
+    model = copy.deepcopy(fused["pfdnlite"])
+    packs = [p for m in model.modules() if hasattr(m, "packs") for p in m.packs.values()]
+    assert packs and all(isinstance(p, Pack) and dataclasses.is_dataclass(p) for p in packs)
+    model.to(torch.float64 if backend == "cpu" else torch.float32)  # a real _apply on every buffer
+    moved = [p for m in model.modules() if hasattr(m, "packs") for p in m.packs.values()]
+    bufs = {id(b) for b in model.buffers()}
+    assert all(id(t) in bufs for p in moved for t in p.tensors().values())
+
+
+def test_cpu_onednn_convolutions_without_the_conv_engine(refs, golden, monkeypatch):
+    """ESR_CPU_CONV_ENGINE=0 (and builds without AVX-512) run every conv through oneDNN."""
+    try:
+        resolve_backend("cpu", torch.device("cpu"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("ESR_CPU_CONV_ENGINE", "0")
+    for name in NAMES:
+        model = esr_models.load(name, fused=True, backend="cpu")
+        assert {m.kernels.engine for m in model.modules() if hasattr(m, "kernels")} == {False}
+        x, _ = golden(name, "comic_odd")
+        with torch.inference_mode():
+            assert max_err(model(x), refs[name].cpu()(x)) <= FP32_TOL
+
+
+# ---------------------------------------------------------------- the swapping contract
+def test_fuse_swaps_in_place_keeps_state_dict_and_returns_replaced():
+    from esr_models.fused_modules import FusedBFEB, FusedPixelShuffleTail
+    from esr_models.ifadnet import BFEB
+
+    model = esr_models.load("ifadnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a build without the CPU extension runs the reference
+        replaced = esr_models.fuse_(model)
+    if not replaced:
+        pytest.skip("no fused backend for CPU float32 in this build")
+    assert isinstance(replaced["blocks.0"], BFEB) and isinstance(model.blocks[0], FusedBFEB)
+    assert isinstance(model.tail, FusedPixelShuffleTail) and "tail" in replaced
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert esr_models.fuse_(model) == {}  # nothing left to fuse
+
+
+def test_auto_backend_without_fused_kernels_says_it_runs_the_reference():
+    # bfloat16 on CPU: neither the native CPU backend (float32) nor compiled Triton can run it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = esr_models.load("rlfn", fused=True, backend="auto", device="cpu", dtype=torch.bfloat16)
+    assert model.backend == "reference"
+    assert any("running the PyTorch reference" in str(w.message) for w in caught)
+
+
+def test_auto_on_cpu_picks_the_native_backend():
+    from esr_kernels.policy import extension_error
+
+    expected = "cpu" if extension_error("_C_cpu") is None else "reference"
+    assert esr_models.load("pfdnlite", fused=True).backend == expected
+
+
+def test_a_backend_that_cannot_run_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="runs on cuda tensors, not cpu"):
+        esr_models.load("rlfn", fused=True, backend="cuda", device="cpu")
+    with pytest.raises(RuntimeError, match="float32 only"):
+        esr_models.load("pfdnlite", fused=True, backend="cpu", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown backend"):
+        esr_models.load("rlfn", fused=True, backend="tpu")
+
+
+def test_fuse_leaves_unsupported_convs_alone():
+    from esr_models.fused_modules import FusedConv2d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                                torch.nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"),
+                                torch.nn.Conv2d(4, 8, 3, padding=1),
+                                torch.nn.Conv2d(8, 96, 1))  # past the Triton tile, fine on CPU
+    replaced = esr_models.fuse_(model, "cpu")
+    assert list(replaced) == ["2", "3"] and isinstance(model[2], FusedConv2d)
+    assert type(model[0]) is torch.nn.Conv2d and type(model[1]) is torch.nn.Conv2d
