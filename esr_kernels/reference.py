@@ -1,7 +1,11 @@
-"""PyTorch references of every esr:: op, in the ops' own argument conventions.
+"""The semantics of every op, once: PyTorch references in the ops' own argument conventions.
 
-Tests and benchmarks both import these (one copy, so they cannot drift). Weights are in the
-packed layouts the ops take (see ``pack_conv_weight``); references unpack them.
+Every backend implements these (``esr_kernels.contract``); tests of every backend, the
+benchmarks and the self-test compare against them, and the reference models' layers
+(``esr_models.layers``) use the shared pieces (``pool``, ``upsample``, ``gate``,
+``activation``), so that pooling geometry, interpolation and the gate are written once.
+Weights are in the packed layouts the Triton ops take (see ``pack_conv_weight``); references
+unpack them. All maths in float32, results in the input's dtype.
 """
 from __future__ import annotations
 
@@ -51,10 +55,20 @@ def activation(x: torch.Tensor, act: int) -> torch.Tensor:
     raise ValueError(f"unknown activation code {act}")
 
 
+def pool(x: torch.Tensor) -> torch.Tensor:
+    """The attention max-pool of ESA and LocalAttention: 7x7, stride 3, no padding, floor
+    (H, W >= 7)."""
+    return F.max_pool2d(x, POOL_KERNEL, POOL_STRIDE)
+
+
+def upsample(t: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear, align_corners=False: src = (dst + 0.5) * in / out - 0.5, clamped at 0."""
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
 def gate(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-    """LocalAttention output: bilinear-up(att) * sigmoid(x[:, :1]) * x, same order as the model."""
-    up = F.interpolate(att, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return x * up * torch.sigmoid(x[:, :1])
+    """LocalAttention output: x * upsample(att) * sigmoid(x[:, :1]), in this order."""
+    return x * upsample(att, x.shape[-2:]) * torch.sigmoid(x[:, :1])
 
 
 def conv(x, w_packed, bias, c_conv: int, c_out: int, ksize: int, stride: int, padding: int, act: int,
@@ -116,9 +130,8 @@ def esa(x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w, skip_b, exp
     xf = x.float()
     r = F.conv2d(xf, unpack_conv_weight(reduce_w.float(), cr), reduce_b.float())
     d = F.conv2d(r, unpack_conv_weight(down_w.float(), cr), down_b.float(), stride=2)
-    low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), unpack_conv_weight(low_w.float(), cr),
-                   low_b.float(), padding=1)
-    up = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    low = F.conv2d(pool(d), unpack_conv_weight(low_w.float(), cr), low_b.float(), padding=1)
+    up = upsample(low, x.shape[-2:])
     skip = F.conv2d(xf, unpack_conv_weight(skip_w.float(), cr), skip_b.float())
     y = xf * torch.sigmoid(F.conv2d(up + skip, unpack_conv_weight(expand_w.float(), c), expand_b[:c].float()))
     if residual is not None:
@@ -130,4 +143,14 @@ def la_reduce(x, reduce_w, reduce_b):
     """Reference of esr::la_reduce: max_pool 7/3 (no padding) of a 1x1 conv; reduce_w packed
     (1, C, CR_pad), reduce_b (C_r,)."""
     w = unpack_conv_weight(reduce_w.float(), reduce_b.shape[0])
-    return F.max_pool2d(F.conv2d(x.float(), w, reduce_b.float()), POOL_KERNEL, POOL_STRIDE).to(x.dtype)
+    return pool(F.conv2d(x.float(), w, reduce_b.float())).to(x.dtype)
+
+
+def concat_conv(features, weight, bias, act: int = ACT_NONE, residual=None):
+    """Reference of a backend's concat_conv: act(1x1 conv of cat(features)) [+ residual];
+    weight (C_out, sum of the features' channels, 1, 1), bias (C_out,)."""
+    x = torch.cat([f.float() for f in features], dim=1)
+    y = activation(F.conv2d(x, weight.float(), bias.float()), act)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(features[0].dtype)

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Pooling geometry shared by ESA and LocalAttention (the models' published configuration).
-POOL_KERNEL = 7
-POOL_STRIDE = 3
+from esr_kernels import reference as R
+from esr_kernels.spec import ACT_GELU
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1, padding: int = 1) -> nn.Conv2d:
@@ -24,7 +23,7 @@ def conv1x1(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     # The upstream models use nn.GELU() defaults: the exact erf form, not the tanh one.
-    return F.gelu(x)
+    return R.activation(x, ACT_GELU)
 
 
 class BlueprintConv(nn.Module):
@@ -58,8 +57,7 @@ class ESA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.reduce(x)
-        low = F.max_pool2d(self.down(r), POOL_KERNEL, POOL_STRIDE)
-        low = F.interpolate(self.low(low), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        low = R.upsample(self.low(R.pool(self.down(r))), x.shape[-2:])
         gate = torch.sigmoid(self.expand(low + self.skip(r)))
         return x * gate
 
@@ -79,13 +77,11 @@ class LocalAttention(nn.Module):
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """Low-resolution sigmoid map (N, C, h, w) before the bilinear upsample."""
-        low = F.max_pool2d(self.reduce(x), POOL_KERNEL, POOL_STRIDE)
+        low = R.pool(self.reduce(x))
         return torch.sigmoid(self.expand(self.down(low)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(self.attention_map(x), size=x.shape[-2:], mode="bilinear",
-                           align_corners=False)
-        return x * up * torch.sigmoid(x[:, :1])
+        return R.gate(x, self.attention_map(x))
 
 
 class InputTooSmallError(ValueError):
