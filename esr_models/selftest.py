@@ -94,7 +94,7 @@ def _parse_size(arg: str | None, default: tuple[int, int]) -> tuple[int, int]:
     raise _usage(f"--size {arg}: expected HxW, e.g. 540x960")
 
 
-def test_image(h: int, w: int, device) -> tuple[torch.Tensor, str]:
+def sample_image(h: int, w: int, device) -> tuple[torch.Tensor, str]:
     """(1, 3, h, w) float32 in [0, 1]: the shipped sample image, or the same generator at
     (h, w) (real image content: uniform noise drives these models far outside [0, 1])."""
     import numpy as np
@@ -299,7 +299,7 @@ def cmd_selftest(args) -> int:
     h, w = _parse_size(args.size, SIZES[(device.type, args.quick)])
     path = _json_path(args.json)
 
-    x, source = test_image(h, w, device)
+    x, source = sample_image(h, w, device)
     # The float32 references must be float32: TF32 convolutions/matmuls would put them ~1e-3 off.
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
