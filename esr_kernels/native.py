@@ -1,12 +1,31 @@
-"""Fake (meta) implementations of the native ops (schemas: csrc/cpu/registration.cpp), so
-torch.compile can trace models that call them. Imported once the extension is loaded."""
+"""Fake (meta) implementations of the native ops (schemas: csrc/common/schemas.cpp), so
+torch.compile can trace models that call them. Imported once an extension is loaded.
+
+Each fake gives the real kernel's output dtype, shape and strides on every device
+(tests/test_native_ops.py checks them against the kernels):
+- CPU kernels (csrc/cpu) return float32 channels_last, except conv outputs with a fused pixel
+  shuffle, which are float32 contiguous.
+- CUDA kernels (csrc/cuda) of bsb and esa_out return ``empty_like(x)`` (x's dtype and layout);
+  la_reduce a contiguous tensor in x's dtype. The other ops have no CUDA kernel.
+"""
 from __future__ import annotations
 
 import torch
 
+from .spec import POOL_KERNEL, POOL_STRIDE
+
 
 def _nhwc(shape, like):
     return torch.empty(shape, dtype=torch.float32, device=like.device, memory_format=torch.channels_last)
+
+
+def _pooled(n: int) -> int:
+    """Output length of the unpadded floor-mode max pool (spec.POOL_KERNEL / POOL_STRIDE)."""
+    return (n - POOL_KERNEL) // POOL_STRIDE + 1
+
+
+def _is_cuda(x) -> bool:
+    return x.device.type == "cuda"
 
 
 @torch.library.register_fake("esr_native::bsb_dw")
@@ -16,7 +35,7 @@ def _bsb_dw(p, dw_weight, dw_bias, residual):
 
 @torch.library.register_fake("esr_native::gate")
 def _gate(x, att):
-    return torch.empty_like(x) if x.device.type == "cuda" else _nhwc(x.shape, x)
+    return _nhwc(x.shape, x)
 
 
 @torch.library.register_fake("esr_native::conv_epilogue")
@@ -35,7 +54,7 @@ def _esa_tail(x, s, low, residual):
 
 def _same_or_nhwc(x):
     """CUDA kernels write in x's layout and dtype; the CPU versions float32 channels_last."""
-    return torch.empty_like(x) if x.device.type == "cuda" else _nhwc(x.shape, x)
+    return torch.empty_like(x) if _is_cuda(x) else _nhwc(x.shape, x)
 
 
 @torch.library.register_fake("esr_native::bsb")
@@ -51,8 +70,8 @@ def _esa_out(x, low, skip_w, skip_b, expand_w, expand_b, residual):
 @torch.library.register_fake("esr_native::la_reduce")
 def _la_reduce(x, reduce_w, reduce_b):
     n, _, h, w = x.shape
-    return x.new_empty((n, reduce_b.shape[0], (h - 7) // 3 + 1, (w - 7) // 3 + 1))
-
+    shape = (n, reduce_b.shape[0], _pooled(h), _pooled(w))
+    return x.new_empty(shape) if _is_cuda(x) else _nhwc(shape, x)
 
 
 @torch.library.register_fake("esr_native::conv3x3_winograd")
@@ -76,4 +95,4 @@ def _bsb_packed(x, pw, taps, bias, residual):
 @torch.library.register_fake("esr_native::max_pool_7s3")
 def _max_pool_7s3(x):
     n, c, h, w = x.shape
-    return _nhwc((n, c, (h - 7) // 3 + 1, (w - 7) // 3 + 1), x)
+    return _nhwc((n, c, _pooled(h), _pooled(w)), x)

@@ -82,19 +82,6 @@ def test_max_pool_7s3_is_floor_mode_max_pool(native, hw):
         native.max_pool_7s3(torch.randn(1, 16, 6, 9))
 
 
-def test_native_ops_opcheck(native):
-    x = torch.randn(2, 16, 7, 9)
-    cases = [
-        (native.bsb_dw.default, (cl(x), torch.randn(16, 1, 3, 3), torch.randn(16), None)),
-        (native.gate.default, (x, torch.rand(2, 16, 2, 3))),
-        (native.conv_epilogue.default, (torch.randn(2, 48, 5, 6), None, 48, 1, None, 0, None, torch.rand(2, 3, 5, 6), 1, 4)),
-        (native.esa_tail.default, (x, torch.randn_like(x), torch.randn(2, 16, 2, 2), None)),
-        (native.max_pool_7s3.default, (x,)),
-    ]
-    for op, args in cases:
-        torch.library.opcheck(op, args)
-
-
 @pytest.fixture(scope="module")
 def cpu_models():
     return {n: esr_models.load(n, fused=True, backend="cpu") for n in esr_models.MODEL_NAMES}
@@ -166,29 +153,3 @@ def test_cpu_fused_traces_with_compile_fullgraph(models, cpu_models):
     compiled = torch.compile(cpu_models["rlfn"], fullgraph=True, backend="aot_eager")
     with torch.inference_mode():
         assert (compiled(x) - models["rlfn"](x)).abs().max() <= FP32_TOL
-
-
-def test_single_kernel_ops_cpu_versions(native):
-    """esr_native::bsb / esa_out / la_reduce: single CUDA kernels on GPUs; on CPU composed of
-    oneDNN + the kernels above. Same semantics, checked here against the references."""
-    from esr_kernels.packing import pack_esa
-    from esr_models.layers import ESA
-
-    x = torch.randn(2, 36, 17, 19)
-    pw, dw, db, res = torch.randn(36, 36) / 6, torch.randn(36, 9) / 3, torch.randn(36), torch.randn(2, 36, 17, 19)
-    ref = F.gelu(F.conv2d(F.pad(F.conv2d(x, pw[:, :, None, None]), (1, 1, 1, 1), mode="reflect"),
-                          dw.reshape(36, 1, 3, 3), db, groups=36)) + res
-    assert (native.bsb(x, pw, dw, db, res) - ref).abs().max() <= 1e-5
-
-    esa = ESA(36, 16)
-    with torch.no_grad():
-        r = esa.reduce(x)
-        low = esa.low(F.max_pool2d(esa.down(r), 7, 3))
-        ws, wr = esa.skip.weight[:, :, 0, 0].double(), esa.reduce.weight[:, :, 0, 0].double()
-        out = native.esa_out(x, low, (ws @ wr).float(), (ws @ esa.reduce.bias.double() + esa.skip.bias.double()).float(),
-                             esa.expand.weight[:, :, 0, 0], esa.expand.bias, res)
-        assert (out - (esa(x) + res)).abs().max() <= 1e-5
-
-    x48 = torch.randn(2, 48, 23, 40)
-    w, b = torch.randn(16, 48) / 7, torch.randn(16)
-    assert (native.la_reduce(x48, w, b) - F.max_pool2d(F.conv2d(x48, w[:, :, None, None], b), 7, 3)).abs().max() <= 1e-5

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../common/spec.h"
 #include "buffer_cache.h"
 
 // Forced: in large loop bodies GCC otherwise keeps these as scalar calls and the loop stops
@@ -20,11 +21,9 @@
 
 namespace esr_cpu {
 
-// Activation codes: must match esr_kernels/spec.py.
-enum Act : int64_t { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU = 2, ACT_LEAKY = 3, ACT_SIGMOID = 4 };
-enum Residual : int64_t { RES_NONE = 0, RES_TENSOR = 1, RES_GATED_INPUT = 2 };
-enum Shortcut : int64_t { SHORTCUT_NONE = 0, SHORTCUT_REPEAT_INPUT = 1, SHORTCUT_VECTOR = 2 };
-constexpr float kLeakySlope = 0.05f;
+// Activation codes, residual and shortcut modes, the leaky slope and the pool geometry:
+// csrc/common/spec.h, generated from esr_kernels/spec.py.
+using namespace esr_spec;
 
 // Branch-free exp and erf that GCC vectorises inside `omp simd` loops (libm's expf/erff stay
 // scalar without -ffast-math, which would also change the process's denormal mode).

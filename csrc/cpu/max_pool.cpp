@@ -1,15 +1,16 @@
-// Max pool 7x7, stride 3, no padding, floor mode (LocalAttention and ESA), float32
-// channels_last, without the indices that ATen's max_pool2d computes (~4x slower here).
+// Max pool kPoolKernel x kPoolKernel, stride kPoolStride (spec.h: 7, 3), no padding, floor
+// mode (LocalAttention and ESA), float32 channels_last, without the indices that ATen's
+// max_pool2d computes (~4x slower here). The op keeps its name, max_pool_7s3.
 #include "common.h"
 
 namespace esr_cpu {
 
 at::Tensor max_pool_7s3(const at::Tensor& x_in) {
-  constexpr int64_t K = 7, S = 3;
+  constexpr int64_t K = kPoolKernel, S = kPoolStride;
   TORCH_CHECK(x_in.dim() == 4, "max_pool_7s3: expected (N, C, H, W), got ", x_in.sizes());
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  TORCH_CHECK(H >= K && W >= K, "max_pool_7s3: input ", H, "x", W, " is smaller than the 7x7 window");
-  const int64_t Ho = (H - K) / S + 1, Wo = (W - K) / S + 1;
+  TORCH_CHECK(H >= K && W >= K, "max_pool_7s3: input ", H, "x", W, " is smaller than the ", K, "x", K, " window");
+  const int64_t Ho = pooled_size(H), Wo = pooled_size(W);
   at::Tensor x = as_nhwc(x_in);
   at::Tensor out = empty_nhwc(N, C, Ho, Wo, x);
   const float* X = x.data_ptr<float>();

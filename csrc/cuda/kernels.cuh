@@ -20,7 +20,7 @@ struct Strides4 {
 
 // BSB: out = GELU(depthwise3x3_reflect(pointwise1x1(x)) + dw_bias) [+ residual].
 // pw_weight (C, C) float32 row-major [out][in]; dw_weight (C, 9) float32; dw_bias (C) float32.
-// C <= 64. H, W >= 2.
+// C: one of csrc/common/channels.h (else cudaErrorInvalidValue). H, W >= 2.
 cudaError_t launch_bsb(DType dtype, const void* x, Strides4 sx, const float* pw_weight,
                        const float* dw_weight, const float* dw_bias, const void* residual,
                        Strides4 sr, void* out, Strides4 so, int64_t N, int64_t C, int64_t H,
@@ -28,22 +28,19 @@ cudaError_t launch_bsb(DType dtype, const void* x, Strides4 sx, const float* pw_
 
 // ESA full-resolution tail: out = x * sigmoid(expand(up(low) + skip(x))) [+ residual], where
 // skip(x) = skip_w x + skip_b is the 1x1 branch folded with the reduction.
-// low (N, CR, hp, wp) float32 contiguous; skip_w (CR, C); expand_w (C, CR); C <= 64, CR <= 16.
+// low (N, CR, hp, wp) float32 contiguous; skip_w (CR, C); expand_w (C, CR); (C, CR): one of
+// csrc/common/channels.h (else cudaErrorInvalidValue).
 cudaError_t launch_esa_tail(DType dtype, const void* x, Strides4 sx, const float* low, int64_t hp,
                             int64_t wp, const float* skip_w, const float* skip_b,
                             const float* expand_w, const float* expand_b, const void* residual,
                             Strides4 sr, void* out, Strides4 so, int64_t N, int64_t C, int64_t CR,
                             int64_t H, int64_t W, cudaStream_t stream);
 
-// LocalAttention reduction: out (N, CR, Hp, Wp) = max_pool 7/3 (no padding) of the 1x1 conv
-// reduce_w (CR, C) x + reduce_b. C <= 64, CR <= 16.
+// LocalAttention reduction: out (N, CR, Hp, Wp) = max_pool kPoolKernel/kPoolStride (spec.h; no
+// padding, floor) of the 1x1 conv reduce_w (CR, C) x + reduce_b. (C, CR): one of
+// csrc/common/channels.h (else cudaErrorInvalidValue). H, W >= kPoolKernel.
 cudaError_t launch_la_reduce(DType dtype, const void* x, Strides4 sx, const float* reduce_w,
                              const float* reduce_b, void* out, Strides4 so, int64_t N, int64_t C,
                              int64_t CR, int64_t H, int64_t W, cudaStream_t stream);
-
-// LocalAttention gate: out = x * bilinear_up(att) * sigmoid(x[:, 0]); att (N, C, ah, aw).
-cudaError_t launch_gate(DType dtype, const void* x, Strides4 sx, const void* att, Strides4 sa,
-                        int64_t ah, int64_t aw, void* out, Strides4 so, int64_t N, int64_t C,
-                        int64_t H, int64_t W, cudaStream_t stream);
 
 }  // namespace esr_cuda

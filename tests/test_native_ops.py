@@ -1,0 +1,149 @@
+"""Every esr_native tensor op (schemas: csrc/common/schemas.cpp) on the CPU extension: its
+fake (esr_kernels/native.py) gives the real output's dtype, shape and strides, it passes
+torch.library.opcheck, and its values match esr_kernels/reference.py where reference.py has the
+semantics. Inputs: batch 2, odd sizes, contiguous / channels_last / non-contiguous."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_map
+
+from esr_kernels import reference as R
+from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
+from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SILU, RES_GATED_INPUT, RES_NONE, RES_TENSOR,
+                              SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
+                                reason="native CPU extension not built (pip install --no-build-isolation -e .)")
+FP32_TOL = 1e-5
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+# Every tensor op of the esr_native namespace (conv_engine_available / empty_cache take no tensors).
+OPS = ["bsb_dw", "gate", "conv_epilogue", "esa_tail", "conv3x3_winograd", "conv1x1", "max_pool_7s3", "bsb_packed",
+       "bsb", "esa_out", "la_reduce"]
+
+
+@pytest.fixture(scope="module")
+def native():
+    import esr_kernels._C_cpu  # noqa: F401
+    import esr_kernels.native  # noqa: F401
+
+    return torch.ops.esr_native
+
+
+def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """t's values in the given memory layout; "strided": a non-contiguous view (every other
+    column of a larger tensor, offset by one row)."""
+    if kind == "contiguous":
+        return t.contiguous()
+    if kind == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = t.shape
+    view = torch.full((n, c, h + 2, 2 * w + 1), float("nan"))[:, :, 1:h + 1, 1::2]
+    view.copy_(t)
+    assert not view.is_contiguous() and not view.is_contiguous(memory_format=torch.channels_last)
+    return view
+
+
+def eye_1x1(c: int) -> torch.Tensor:
+    """An identity 1x1 conv in reference.pack_conv_weight's layout: reference ops with it are
+    the ops without their conv (exact in float32: 1 * v + 0 * others)."""
+    return R.pack_conv_weight(torch.eye(c)[:, :, None, None])
+
+
+def epilogue_reference(y, passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode, shuffle):
+    """conv_epilogue's semantics: reference.conv with an identity 1x1 conv over y (the partial
+    channels [c_conv, c_out) from passthrough)."""
+    c_conv = y.shape[1]
+    x = y if passthrough is None else torch.cat([y, passthrough[:, c_conv:]], 1)
+    return R.conv(x, eye_1x1(c_conv), torch.zeros(c_conv), c_conv, c_out, 1, 1, 0, act, residual=residual,
+                  residual_mode=residual_mode, att=att, shortcut=shortcut, shortcut_mode=shortcut_mode,
+                  shuffle=shuffle)
+
+
+def make_case(native, name: str, kind: str):
+    """(args, reference output or None) of op ``name`` with its main input(s) in layout ``kind``."""
+    g = torch.Generator().manual_seed(sum(map(ord, name)) * 7 + LAYOUTS.index(kind))
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    L = lambda t: layout(t, kind)  # noqa: E731
+    if name == "bsb_dw":
+        p, w, b, res = randn(2, 36, 13, 17), randn(36, 1, 3, 3, scale=0.3), randn(36), randn(2, 36, 13, 17)
+        return (L(p), w, b, res), R.bsb(p, eye_1x1(36), w, b, res)
+    if name == "gate":
+        x, att = randn(2, 48, 19, 23), torch.rand(2, 48, 4, 5, generator=g)
+        return (L(x), att), R.gate(x, att)
+    if name == "conv_epilogue":
+        y, img = randn(2, 48, 5, 7), torch.rand(2, 3, 5, 7, generator=g)
+        args = (L(y), None, 48, ACT_NONE, None, RES_NONE, None, L(img), SHORTCUT_REPEAT_INPUT, 4)
+        return args, epilogue_reference(y, None, 48, ACT_NONE, None, RES_NONE, None, img, SHORTCUT_REPEAT_INPUT, 4)
+    if name == "esa_tail":  # no reference.py op of its own: values in test_cpu_backend.py
+        x = randn(2, 36, 17, 19)
+        return (L(x), randn(2, 36, 17, 19), randn(2, 36, 2, 3), randn(2, 36, 17, 19)), None
+    if name in ("conv3x3_winograd", "conv1x1"):
+        if not native.conv_engine_available():
+            pytest.skip("esr_kernels._C_cpu built without AVX-512: no conv engine")
+        k = 3 if name == "conv3x3_winograd" else 1
+        x, res = randn(2, 36, 11, 13), randn(2, 36, 11, 13)
+        w, b = randn(36, 36, k, k, scale=1 / (k * 6)), randn(36)
+        bp = pad_vector(b, round_up16(36), w)
+        tail = (36, ACT_SILU, None, 36, res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
+        ref = R.conv(x, R.pack_conv_weight(w), b, 36, 36, k, 1, k // 2, ACT_SILU, residual=res,
+                     residual_mode=RES_TENSOR)
+        if k == 3:
+            return (L(x), pack_winograd_3x3(w), bp, *tail), ref
+        return ([L(x)], pack_gemm_1x1(w), bp, *tail), ref
+    if name == "max_pool_7s3":
+        x = randn(2, 16, 23, 26)
+        return (L(x),), R.la_reduce(x, eye_1x1(16), torch.zeros(16))
+    if name == "bsb_packed":
+        x, pw, dw, db = randn(2, 36, 9, 14), randn(36, 36, 1, 1, scale=1 / 6), randn(36, 1, 3, 3, scale=0.3), randn(36)
+        p = pack_bsb_cpu(pw, dw, db)
+        return (L(x), p["pw"], p["taps"], p["bias"], None), R.bsb(x, R.pack_conv_weight(pw), dw, db)
+    if name == "bsb":
+        x, pw, dw, db, res = (randn(2, 36, 9, 14), randn(36, 36, scale=1 / 6), randn(36, 9, scale=0.3), randn(36),
+                              randn(2, 36, 9, 14))
+        return (L(x), pw, dw, db, L(res)), R.bsb(x, R.pack_conv_weight(pw[:, :, None, None]), dw.reshape(36, 1, 3, 3),
+                                                 db, res)
+    if name == "esa_out":  # values against reference.esa: tests/test_shared_maths.py
+        x = randn(2, 46, 15, 17)
+        return (L(x), randn(2, 16, 1, 2), randn(16, 46, scale=0.1), randn(16), randn(46, 16, scale=0.2), randn(46),
+                None), None
+    if name == "la_reduce":
+        x, w, b = randn(2, 48, 23, 40), randn(16, 48, scale=1 / 7), randn(16)
+        return (L(x), w, b), R.la_reduce(x, R.pack_conv_weight(w[:, :, None, None]), b)
+    raise AssertionError(name)
+
+
+def test_every_tensor_op_is_covered(native):
+    import esr_kernels.native as fakes  # noqa: F401
+
+    defined = {s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("esr_native::")}
+    assert defined - {"conv_engine_available", "empty_cache"} == set(OPS)
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("name", OPS)
+def test_fake_matches_real_output_and_values_match_reference(native, name, kind):
+    args, ref = make_case(native, name, kind)
+    op = getattr(native, name).default
+    out = op(*args)
+    with FakeTensorMode() as mode:
+        fake_args = tree_map(lambda a: mode.from_tensor(a) if isinstance(a, torch.Tensor) else a, args)
+        fake = op(*fake_args)
+    assert (fake.dtype, fake.shape, fake.stride()) == (out.dtype, out.shape, out.stride())
+    assert out.device == args[0][0].device if name == "conv1x1" else out.device == args[0].device
+    if ref is not None:
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= FP32_TOL
+
+
+@pytest.mark.parametrize("kind", ["channels_last", "strided"])
+@pytest.mark.parametrize("name", OPS)
+def test_opcheck(native, name, kind):
+    args, _ = make_case(native, name, kind)
+    torch.library.opcheck(getattr(native, name).default, args)

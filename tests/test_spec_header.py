@@ -1,0 +1,39 @@
+"""csrc/common/spec.h is generated from esr_kernels/spec.py (python -m esr_kernels._spec_header):
+the committed header must be what the generator writes now, and the C++/CUDA sources must take
+the constants from it rather than restating them."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from esr_kernels import spec
+from esr_kernels._spec_header import HEADER_PATH, cpp_header
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+
+def test_committed_header_equals_the_generated_one():
+    assert HEADER_PATH.read_text() == cpp_header(), "run: python -m esr_kernels._spec_header"
+
+
+def test_header_holds_every_constant_of_spec_py():
+    text = HEADER_PATH.read_text()
+    for name, value in vars(spec).items():
+        if name.isupper() and name.startswith(("ACT_", "RES_", "SHORTCUT_")):
+            assert f"{name} = {value}" in text
+    assert f"kPoolKernel = {spec.POOL_KERNEL};" in text and f"kPoolStride = {spec.POOL_STRIDE};" in text
+    assert f"kLeakySlope = {spec.LEAKY_SLOPE!r}f;" in text
+
+
+def test_sources_do_not_restate_the_constants():
+    sources = [p for p in CSRC.rglob("*") if p.suffix in (".h", ".cuh", ".cpp", ".cu") and p != HEADER_PATH]
+    assert sources
+    patterns = {
+        "enumerator definition": re.compile(r"\b(ACT|RES|SHORTCUT)_[A-Z_]+\s*=\s*\d"),
+        "leaky slope": re.compile(r"0\.05f?\b"),
+        "pool geometry": re.compile(r"\{\s*7\s*,\s*7\s*\}|\b7\s*\)\s*/\s*3\b|\bK\s*=\s*7\b|kPool(Kernel|Stride)\s*=\s*\d"),
+    }
+    for path in sources:
+        text = path.read_text()
+        for what, pattern in patterns.items():
+            assert not pattern.search(text), f"{path.relative_to(CSRC)} restates the {what}: use csrc/common/spec.h"
