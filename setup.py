@@ -65,7 +65,9 @@ def native_extensions():
                       "--no-build-isolation -e .` to build them.")
         return [], {}
     exts = []
-    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # csrc/common: the esr_native schemas (schemas.cpp), compiled into every native extension.
+    common_sources = sorted(glob.glob(os.path.join("csrc", "common", "*.cpp")))
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + common_sources
     if cpu_sources and not _truthy("ESR_SKIP_CPU_BUILD"):
         # Built from source on the machine that runs it: tune for it (ESR_CPU_ARCH overrides).
         arch = os.environ.get("ESR_CPU_ARCH", "native")
@@ -80,7 +82,7 @@ def native_extensions():
             extra_compile_args={"cxx": flags},
             extra_link_args=["-fopenmp"]))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
-                          glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+                          glob.glob(os.path.join("csrc", "cuda", "*.cpp"))) + common_sources
     if cuda_sources and not _truthy("ESR_SKIP_CUDA_BUILD"):
         # The nvcc cpp_extension will run: CUDA_HOME's (set above from the nvcc on PATH).
         nvcc = (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
