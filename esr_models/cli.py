@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import add_parser as _add_export; _add_export(sub)
     from esr_kernels.gpu_check import add_parser as _add_gpu_check; _add_gpu_check(sub)
     from .selftest import add_parser as _add_selftest; _add_selftest(sub)
+    from esr_kernels.roofline import add_parser as _add_roofline; _add_roofline(sub)
     return parser
 
 
