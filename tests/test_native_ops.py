@@ -5,6 +5,7 @@ semantics. Inputs: batch 2, odd sizes, contiguous / channels_last / non-contiguo
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,65 @@ def test_fake_matches_real_output_and_values_match_reference(native, name, kind)
 def test_opcheck(native, name, kind):
     args, _ = make_case(native, name, kind)
     torch.library.opcheck(getattr(native, name).default, args)
+
+
+STUB = r"""
+// A stand-in for a second native extension (as _C_cuda is to _C_cpu): schemas.cpp plus a
+// PyInit that calls esr_schemas::define(), like both real extensions.
+#include <Python.h>
+#include <exception>
+#include "schemas.h"
+static PyModuleDef stub_module = {PyModuleDef_HEAD_INIT, "esr_schema_stub", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit_esr_schema_stub(void) {
+  try { esr_schemas::define(); } catch (const std::exception& e) { PyErr_SetString(PyExc_ImportError, e.what()); return nullptr; }
+  return PyModule_Create(&stub_module);
+}
+"""
+
+CHECK = r"""
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("esr_schema_stub", sys.argv[1])
+def stub():
+    importlib.util.module_from_spec(spec)  # PyInit runs here
+def cpu():
+    import esr_kernels._C_cpu  # noqa: F401
+for step in sys.argv[2].split(","):
+    {"stub": stub, "cpu": cpu}[step]()
+ops = torch.ops.esr_native
+if "cpu" in sys.argv[2]:
+    x = torch.randn(1, 48, 7, 7)
+    assert ops.la_reduce(x, torch.randn(16, 48), torch.randn(16)).shape == (1, 16, 1, 1)
+    assert isinstance(ops.conv_engine_available(), bool)
+print(sorted(str(ops.bsb.default._schema).split("(")[:1]))
+"""
+
+
+@pytest.fixture(scope="module")
+def schema_stub(tmp_path_factory):
+    import shutil
+
+    from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:
+        pytest.skip("ninja not installed: cannot build the stub extension")
+    root = tmp_path_factory.mktemp("stub")
+    common = Path(__file__).resolve().parent.parent / "csrc" / "common"
+    (root / "stub.cpp").write_text(STUB)
+    mod = cpp_extension.load("esr_schema_stub", [str(root / "stub.cpp"), str(common / "schemas.cpp")],
+                             extra_include_paths=[str(common)], build_directory=str(root), is_python_module=False,
+                             verbose=False)
+    del mod
+    return root / "esr_schema_stub.so"
+
+
+@pytest.mark.parametrize("order", ["stub,cpu", "cpu,stub", "stub"])
+def test_schemas_are_defined_by_whichever_extension_loads_first(schema_stub, order):
+    """Both native extensions compile csrc/common/schemas.cpp and define the schemas from PyInit
+    unless already defined: either import order works, and an extension works alone."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", CHECK, str(schema_stub), order], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "esr_native::bsb" in proc.stdout
