@@ -330,6 +330,8 @@ def cmd_selftest(args) -> int:
                        "op_rel_l2": {C.dtype_name(d): v for d, v in C.REL_TOL.items()},
                        "cuda_graph": "replay == eager, exactly"},
         "checks": checks, "failed": names, "timings": timings,
+        # timings from a busy machine mean little: the 1/5/15-minute load averages at the end
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "seconds": round(time.perf_counter() - t0, 1),
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
