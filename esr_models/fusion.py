@@ -90,16 +90,19 @@ def _repack_if_changed(model: nn.Module) -> None:
 
 
 def _check_fused_input(model: nn.Module, args: tuple) -> None:
-    """Forward pre-hook of a fused model: the reference's input checks, then the backend's."""
-    from .layers import check_input
-
+    """Forward pre-hook of a fused model: what only a fused model needs checked (the dtypes and
+    devices its backend runs, no gradient) and repacking changed weights. The reference's own
+    checks (shape, dtype and device against the weights, size, value range) run once, in the
+    model's forward, before any kernel: where the input fails them, this hook leaves the
+    error to it."""
     x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        return
     name = type(model).__name__
     head = getattr(model, "head", None)
-    if isinstance(getattr(head, "weight", None), torch.Tensor):  # this package's SR models
-        check_input(x, getattr(model, "min_size", 1), name, head.weight)
-    elif not isinstance(x, torch.Tensor):
-        return  # another model fused by fuse_: its own forward validates its input
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and (x.dtype != weight.dtype or x.device != weight.device):
+        return  # this package's SR models: their forward's check_input names the mismatch
     _repack_if_changed(model)
     backend = model._esr_fused_backend
     devices, dtypes = runs(backend)

@@ -221,3 +221,30 @@ def test_int64_offsets_past_2_31(device):
     ref = R.bsb(tail.float(), args[1].float(), dw, args[3][:36])
     # Interior of the bottom-right corner (the last row/col see reflected neighbours only).
     assert rel_err(out[..., -3:-1, -3:-1], ref[..., 1:3, 1:3]) <= REL_TOL[torch.float16] * 2
+
+
+# ---------------------------------------------------------------- fakes: dtype, shape, strides
+def _op_cases(layout, dtype, device):
+    """(op, args) for every esr:: op, at small odd sizes with batch 2."""
+    x = make_input((2, 48, 15, 17), dtype, layout, device)
+    w = R.pack_conv_weight(torch.randn(16, 48, 1, 1, device=device) / 7).to(dtype)
+    esa, _ = esa_args(2, 46, 15, 17, dtype, layout, device)
+    bsb, _ = bsb_args(2, 36, 5, 7, dtype, layout, device)
+    cases = [(f"conv_{c}", ops().conv.default, conv_args(c, 2, 9, 11, dtype, layout, device))
+             for c in ("3x3_gelu", "gated_partial", "stride2_small", "tail_repeat_shuffle")]
+    return cases + [("bsb", ops().bsb.default, bsb), ("esa", ops().esa.default, esa),
+                    ("la_reduce", ops().la_reduce.default, (x, w, torch.randn(16, device=device)))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_op_fake_gives_the_real_outputs_dtype_shape_and_strides(layout, dtype, device):
+    """What torch.compile plans with (the fake) is what the kernel returns."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for name, op, args in _op_cases(layout, dtype, device):
+        out = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            fake = op(*fake_args)
+        assert (fake.dtype, fake.shape, fake.stride()) == (out.dtype, out.shape, out.stride()), name
