@@ -198,8 +198,8 @@ def summarise(launches) -> dict:
 
 
 def model_report(name: str, size=LR_SIZE, dtype_name: str = "float16") -> dict:
-    """Fused (Triton) and eager traffic of one model at (1, 3, *size)."""
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton backend on CPU tensors (nothing runs)
+    """Fused (Triton) and eager traffic of one model at (1, 3, *size); needs Triton's
+    interpreter in this process (``build_report`` arranges it)."""
     import torch
 
     import esr_models
@@ -215,7 +215,29 @@ def model_report(name: str, size=LR_SIZE, dtype_name: str = "float16") -> dict:
             "fused_launches": [asdict(l) for l in fused]}
 
 
+def _interpreter_usable() -> bool:
+    """The fused Triton model can be loaded on CPU here: TRITON_INTERPRET=1 is set, or triton is
+    not imported yet (then it is set now: it is read once, at triton's import)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    if "triton" in sys.modules:
+        return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    return True
+
+
 def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16") -> dict:
+    """The report for ``models``; in a subprocess under Triton's interpreter when this process
+    imported triton for a GPU (nothing runs either way: the fused model is only traced)."""
+    if not _interpreter_usable():
+        import subprocess
+
+        proc = subprocess.run([sys.executable, "-m", "esr_kernels.roofline", "--report-json", ",".join(models),
+                               f"{size[0]}x{size[1]}", dtype_name], capture_output=True, text=True,
+                              env=dict(os.environ, TRITON_INTERPRET="1"), check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"roofline subprocess failed: {proc.stderr.strip()[-2000:]}")
+        return json.loads(proc.stdout)
     return {"what": "a model, not a measurement: bytes each launch reads and writes (each tensor once: "
                     "a lower bound, halo re-reads and cache misses ignored) and its MACs; modelled time = "
                     "sum over launches of max(bytes / bandwidth, 2 MACs / peak)",
@@ -264,7 +286,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_roofline)
 
 
-if __name__ == "__main__":  # python -m esr_kernels.roofline
+if __name__ == "__main__":  # python -m esr_kernels.roofline [options of esr roofline]
+    if sys.argv[1:2] == ["--report-json"]:  # build_report's subprocess: MODELS HxW DTYPE -> JSON on stdout
+        h, w = (int(v) for v in sys.argv[3].split("x"))
+        print(json.dumps(build_report(tuple(sys.argv[2].split(",")), (h, w), sys.argv[4])))
+        sys.exit(0)
     parser = argparse.ArgumentParser(prog="esr")
     add_parser(parser.add_subparsers(dest="cmd", required=True))
     a = parser.parse_args(["roofline", *sys.argv[1:]])
