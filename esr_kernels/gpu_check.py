@@ -333,8 +333,9 @@ def _cache_dir() -> Path:
 
 def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size: int = 40,
               batch: int = 2, jobs: int = 2, cache_dir: str | Path | None = None,
-              compile_fn=None) -> dict:
-    """Record, compile and judge; returns the report (the JSON ``esr gpu-check`` writes)."""
+              kernels=None) -> dict:
+    """Record, compile and judge; returns the report (the JSON ``esr gpu-check`` writes).
+    ``kernels``: only these kernel names (e.g. ``("_conv_kernel",)``), default all."""
     import triton
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
@@ -346,6 +347,8 @@ def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS
         if arch not in ARCH_LIMITS:
             raise ValueError(f"no limits known for sm_{arch}; known: {sorted(ARCH_LIMITS)}")
         for launch, used_by in record_models(arch, models, dtypes, layouts, size, batch):
+            if kernels and launch.kernel not in kernels:
+                continue
             key = (arch, launch.spec_key())
             entry = specs.setdefault(key, {"launch": launch, "used_by": []})
             if used_by not in entry["used_by"]:
@@ -358,19 +361,16 @@ def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS
         d["tensors"] = {k: asdict(v) for k, v in entry["launch"].tensors.items()}
         jobs_list.append(d | {"arch": arch, "spec_key": spec_key, "cache_dir": cache_dir})
     t1 = time.perf_counter()
-    if compile_fn is not None:
-        results = [compile_fn(j) for j in jobs_list]
-    else:
-        # Workers must import triton without TRITON_INTERPRET, which this process has set.
-        saved = os.environ.pop("TRITON_INTERPRET", None)
-        try:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(cache_dir,)) as pool:
-                results = list(pool.map(compile_one, jobs_list))
-        finally:
-            if saved is not None:
-                os.environ["TRITON_INTERPRET"] = saved
+    # Workers must import triton without TRITON_INTERPRET, which this process has set.
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(cache_dir,)) as pool:
+            results = list(pool.map(compile_one, jobs_list))
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
     t_compile = time.perf_counter() - t1
 
     report = {"triton": triton.__version__, "command": "esr gpu-check " + " ".join(
@@ -411,6 +411,16 @@ def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS
     return report
 
 
+_SHOWN = ("KSIZE", "STRIDE", "CI_BLOCK", "CO_PAD", "CP", "CR", "HAS_GATE", "RES_MODE", "HAS_RES",
+          "SHUFFLE", "PARTIAL", "HAS_SHIFT")
+
+
+def describe(constexprs: dict) -> str:
+    """The constexprs that tell specialisations of one kernel apart, compactly."""
+    return " ".join(f"{k.lower()}={int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items()
+                    if k in _SHOWN and v not in (0, False))
+
+
 def format_table(report: dict) -> str:
     lines = []
     for arch, a in report["archs"].items():
@@ -423,7 +433,8 @@ def format_table(report: dict) -> str:
             used = r["used_by"][0] + (f" +{len(r['used_by']) - 1}" if len(r["used_by"]) > 1 else "")
             lines.append(f"  {r['kernel']:<16} {r['constexprs'].get('BLOCK_P', ''):>7} {r['num_warps']:>2} "
                          f"{r['num_stages']:>2} {str(r.get('regs', '-')):>4} {str(r.get('shared', '-')):>7} "
-                         f"{local:>6} {str(r.get('warps_per_sm', '-')):>8}  {r['verdict']:<7}  {used}")
+                         f"{local:>6} {str(r.get('warps_per_sm', '-')):>8}  {r['verdict']:<7}  {used}  "
+                         f"[{describe(r['constexprs'])}]")
             for v in r["violations"]:
                 lines.append(f"      ! {v}")
         s = a["summary"]
@@ -453,7 +464,7 @@ def _csv(choices):
 
 def cmd_gpu_check(args) -> int:
     report = run_check(args.arch, args.models, args.dtypes, args.layouts, args.size, args.batch,
-                       args.jobs, args.cache_dir)
+                       args.jobs, args.cache_dir, args.kernels)
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -470,6 +481,8 @@ def add_parser(sub) -> None:
     p.add_argument("--models", type=_csv(MODELS), default=MODELS)
     p.add_argument("--dtypes", type=_csv(DTYPES), default=DTYPES)
     p.add_argument("--layouts", type=_csv(LAYOUTS), default=LAYOUTS)
+    p.add_argument("--kernels", type=lambda t: tuple(v for v in t.split(",") if v), default=None,
+                   help="only these kernels (e.g. _conv_kernel,_bsb_kernel)")
     p.add_argument("--size", type=int, default=40, help="input height and width while recording")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2, help="compiler processes")

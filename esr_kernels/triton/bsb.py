@@ -70,12 +70,12 @@ def bsb_launch(kernel_wrapper, x, pw_packed, dw_packed, dw_bias, residual, out):
     n, c, h, w = x.shape
     co_pad = pw_packed.shape[-1]
     cfg = launch_config("bsb", launch_arch(x), pw_packed.dtype, c_in=c, co_pad=co_pad)
-    block_p = cfg.block_p
+    block_p, ci_block = cfg.block_p, cfg.ci_block or min(next_pow2_16(c), 64)
     res = residual if residual is not None else x
     kernel_wrapper[(triton.cdiv(h * w, block_p), n)](
         x, pw_packed, dw_packed, dw_bias, res, out, c, h, w,
         *x.stride(), *res.stride(), *out.stride(),
-        HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=min(next_pow2_16(c), 64),
+        HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=ci_block,
         CO_PAD=co_pad, IEEE=exact_dot(pw_packed.dtype), ACT=ACT_GELU, **cfg.launch_kwargs(),
     )
     return out

@@ -28,6 +28,7 @@ class LaunchConfig:
     block_p: int
     num_warps: int = 4
     num_stages: int = 3
+    ci_block: int | None = None  # input channels per dot (K); None: the launcher's default
 
     def launch_kwargs(self) -> dict:
         return {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -52,4 +53,18 @@ def launch_config(kernel: str, arch, dtype: torch.dtype, **sizes) -> LaunchConfi
 
 
 def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> LaunchConfig:
-    return LaunchConfig(block_p=64, num_warps=4, num_stages=3)
+    # num_stages=1 everywhere: the only loops are over input-channel blocks (one to four
+    # iterations) and pool windows; software pipelining them (Triton's default, 3 stages) buys
+    # no overlap worth having and multiplies the shared-memory staging of every load by 3: the
+    # gated conv needed 212,992 B per block (sm_86/89 allow 101,376).
+    if kernel == "conv":
+        # K = 16 input channels per dot: the [BLOCK_P, CI_BLOCK] input tiles and their int64
+        # addresses are what fills the registers (64 channels: 255 registers; 32: ptxas capped
+        # itself at 128 and spilled), the [CI_BLOCK, CO_PAD] weight tiles too.
+        if sizes.get("gate"):
+            # x and the four bilinear taps of att per tile: twice the warps for the same pixels.
+            return LaunchConfig(block_p=32, num_warps=8, num_stages=1, ci_block=16)
+        return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
+    if kernel == "bsb":
+        return LaunchConfig(block_p=32, num_warps=4, num_stages=1)
+    return LaunchConfig(block_p=64, num_warps=4, num_stages=1)

@@ -28,15 +28,22 @@ _SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
 
 
 @triton.jit
-def _gated(x, x0, att_ptr, att_base, c, oy, ox, att_h, att_w, scale_h, scale_w,
-           sa_c, sa_h, sa_w, mask):
-    """gate(x) at pixels (oy, ox) [P] for channels c [C]: x [P, C], x0 = x[:, 0] at those pixels."""
+def _gate_at(x0, oy, ox, att_h, att_w, scale_h, scale_w):
+    """What the gate needs per pixel, computed once per pixel (per tap), not per channel block:
+    the bilinear taps of up(att) at pixels (oy, ox) [P] and sigmoid(x0), x0 = x[:, 0] there."""
     y0, y1, ly = bilinear_coords(oy, scale_h, att_h)
     xa, xb, lx = bilinear_coords(ox, scale_w, att_w)
+    return y0, y1, ly, xa, xb, lx, sigmoid(x0)
+
+
+@triton.jit
+def _gated(x, att_ptr, att_base, c, y0, y1, ly, xa, xb, lx, sig0, sa_c, sa_h, sa_w, mask):
+    """gate(x) = x * up(att) * sigmoid(x0) for channels c [C]: x [P, C]; the per-pixel terms
+    come from ``_gate_at``."""
     up = bilinear_sample(att_ptr + att_base, c[None, :].to(tl.int64) * sa_c,
                          y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
                          sa_h, sa_w, mask)
-    return x * up * sigmoid(x0)[:, None]
+    return x * up * sig0[:, None]
 
 
 @triton.jit
@@ -64,6 +71,7 @@ def _conv_kernel(
         pix = iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w
         if HAS_GATE:
             x0 = tl.load(x_ptr + x_base + pix, mask=valid, other=0.0).to(tl.float32)
+            gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(x0, iy, ix, att_h, att_w, scale_h, scale_w)
         for ci0 in range(0, C_in, CI_BLOCK):
             ci = ci0 + tl.arange(0, CI_BLOCK)
             m = valid[:, None] & (ci < C_in)[None, :]
@@ -73,7 +81,7 @@ def _conv_kernel(
                 sh = tl.load(shift_ptr + ci, mask=ci < C_in, other=0.0).to(tl.float32)
                 xv = tl.where(m, xv - sh[None, :], 0.0)
             if HAS_GATE:
-                xv = _gated(xv, x0, att_ptr, att_base, ci, iy, ix, att_h, att_w, scale_h, scale_w,
+                xv = _gated(xv, att_ptr, att_base, ci, gy0, gy1, gly, gx0, gx1, glx, gs,
                             sa_c, sa_h, sa_w, m)
             w = tl.load(w_ptr + (tap * C_in + ci[:, None]) * CO_PAD + co[None, :],
                         mask=(ci < C_in)[:, None], other=0.0)
@@ -93,7 +101,8 @@ def _conv_kernel(
             xc = xc - sh[None, :]
         if HAS_GATE:
             x0c = tl.load(x_ptr + x_base + centre, mask=p_mask, other=0.0).to(tl.float32)
-            xc = _gated(xc, x0c, att_ptr, att_base, co, oy, ox, att_h, att_w, scale_h, scale_w,
+            gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(x0c, oy, ox, att_h, att_w, scale_h, scale_w)
+            xc = _gated(xc, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
                         sa_c, sa_h, sa_w, out_mask)
         y = tl.where((co >= C_conv)[None, :], xc, y)
     if RES_MODE != 0:
@@ -103,7 +112,8 @@ def _conv_kernel(
         if RES_MODE == _RES_GATED:
             # The residual is the LocalAttention output, recomputed from its input and att.
             r0 = tl.load(res_ptr + r_pix, mask=p_mask, other=0.0).to(tl.float32)
-            r = _gated(r, r0, att_ptr, att_base, co, oy, ox, att_h, att_w, scale_h, scale_w,
+            gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(r0, oy, ox, att_h, att_w, scale_h, scale_w)
+            r = _gated(r, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
                        sa_c, sa_h, sa_w, out_mask)
         y = y + r
 
@@ -154,7 +164,7 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride,
     ci_block = min(next_pow2_16(c_in), 64)
     cfg = launch_config("conv", launch_arch(x), w_packed.dtype, c_in=c_in, ci_block=ci_block,
                         co_pad=w_packed.shape[-1], ksize=ksize, gate=bool(gate_input or att is not None))
-    block_p = cfg.block_p
+    block_p, ci_block = cfg.block_p, cfg.ci_block or ci_block
     att_h, att_w = (att.shape[-2], att.shape[-1]) if att is not None else (1, 1)
     dummy = x
     grid = (triton.cdiv(ho * wo, block_p), n)

@@ -130,6 +130,7 @@ def esa_launch(wrap, x, wr, br, wd, bd, wl, bl, wsr, bsr, we, be, residual, out,
     arch = launch_arch(x)
     ci_block = min(next_pow2_16(c), 64)
     cfg = launch_config("esa_down", arch, wr.dtype, c_in=c, ci_block=ci_block, cr=cr)
+    ci_block = cfg.ci_block or ci_block
     wrap(_esa_down_kernel)[(triton.cdiv(h2 * w2, cfg.block_p), n)](
         x, wr, br, wd, bd, d, c, h, w, h2, w2, *x.stride(),
         BLOCK_P=cfg.block_p, CI_BLOCK=ci_block, CR=cr, IEEE=ieee, **cfg.launch_kwargs())

@@ -1,0 +1,119 @@
+"""``esr gpu-check`` on a fast subset: the recording API gives the GPU's launch parameters, a real
+compile for two archs has no violation and parses its numbers, and an oversized configuration
+is flagged (non-zero exit). The full run (3 models x 3 dtypes x 2 layouts x 4 archs) is CI's
+own step: ``esr gpu-check --arch 80,86,89,90``."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.triton, pytest.mark.shared]
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(device):
+    if device.type != "cpu" or os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("records launches under Triton's interpreter (CPU tensors)")
+
+
+@pytest.fixture(scope="module")
+def pfdnlite_launches():
+    import esr_models
+    from esr_kernels.gpu_check import _input, record_launches
+
+    model = esr_models.load("pfdnlite", fused=True, backend="triton")
+    x = _input("float32", "channels_last", 40, 2)
+    return {arch: record_launches(model, x, arch) for arch in (80, 90)}
+
+
+def test_record_launches_gives_the_gpu_parameters(pfdnlite_launches):
+    from esr_kernels.spec import RES_GATED_INPUT
+    from esr_kernels.triton.configs import launch_config
+
+    launches = pfdnlite_launches[90]
+    kernels = {launch.kernel for launch in launches}
+    assert {"_conv_kernel", "_la_reduce_kernel"} <= kernels
+    for launch in launches:
+        bp = launch.constexprs["BLOCK_P"]
+        assert bp < 4096, "recorded the interpreter's pixel block, not the GPU's"
+        x = next(iter(launch.tensors.values()))
+        assert x.dtype == "float32" and launch.grid[1] == 2 and launch.num_warps >= 1
+        assert launch.constexprs["IEEE"] is True  # float32: IEEE dots, never tf32
+        if launch.kernel == "_conv_kernel":
+            w = launch.tensors["w_ptr"]
+            cfg = launch_config("conv", 90, torch.float32, c_in=w.shape[1],
+                                ci_block=launch.constexprs["CI_BLOCK"], co_pad=w.shape[-1],
+                                ksize=launch.constexprs["KSIZE"],
+                                gate=bool(launch.constexprs["HAS_GATE"]
+                                         or launch.constexprs["RES_MODE"] == RES_GATED_INPUT))
+            assert (bp, launch.num_warps, launch.num_stages) == (cfg.block_p, cfg.num_warps, cfg.num_stages)
+            pixels = launch.scalars["H_out"] * launch.scalars["W_out"]
+            assert launch.grid[0] == math.ceil(pixels / bp)
+
+
+def test_recording_bf16_takes_the_tensor_core_dot():
+    import esr_models
+    from esr_kernels.gpu_check import _input, record_launches
+
+    model = esr_models.load("rlfn", fused=True, backend="triton", dtype=torch.bfloat16)
+    launches = record_launches(model, _input("bfloat16", "nchw", 32, 1), 86)
+    assert launches and all(launch.constexprs["IEEE"] is False for launch in launches)
+
+
+def test_check_subset_has_no_violation(tmp_path):
+    from esr_kernels.gpu_check import run_check
+
+    report = run_check(archs=(86, 90), models=("rlfn",), dtypes=("float16",), layouts=("channels_last",),
+                       cache_dir=os.environ.get("ESR_GPU_CHECK_CACHE") or None)
+    assert report["violations"] == 0, report
+    for arch in ("86", "90"):
+        rows = report["archs"][arch]["specialisations"]
+        assert rows
+        for r in rows:
+            assert r["regs"] > 0 and r["shared"] >= 0 and r["stack"] == 0 and r["local"] == 0
+            assert r["warps_per_sm"] >= r["num_warps"] and r["verdict"] == "ok"
+
+
+def test_verdict_limits():
+    from esr_kernels.gpu_check import occupancy, verdict
+
+    fits = {"ok": True, "regs": 128, "shared": 120_000, "stack": 0, "local": 0, "local_stores": 0}
+    assert verdict(fits, 90) == [] and verdict(fits, 80) == []
+    assert any("shared memory" in v for v in verdict(fits, 86))  # 101,376 B per block on sm_86
+    spills = dict(fits, shared=0, stack=16, local_stores=3)
+    assert any("local memory" in v for v in verdict(spills, 90))
+    assert verdict({"ok": False, "error": "OutOfResources"}, 90)[0].startswith("compile failed")
+    # 128 regs x 128 threads = 16,384 per block: 4 blocks (16 warps) per SM by registers
+    occ = occupancy(128, 0, 4, 90)
+    assert occ["warps_per_sm"] == 16 and occ["limited_by"] == "regs"
+
+
+def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
+    """1,024 pixels x 64 channels of float32 in one warp cannot live in registers: the check must
+    report local memory and the command exit 1."""
+    from esr_kernels.triton import configs
+    from esr_models.cli import main
+
+    real = configs._gpu_config
+
+    def oversized(kernel, arch, dtype, sizes):
+        if kernel == "la_reduce":
+            return configs.LaunchConfig(block_p=1024, num_warps=1, num_stages=1)
+        return real(kernel, arch, dtype, sizes)
+
+    monkeypatch.setattr(configs, "_gpu_config", oversized)
+    out_json = tmp_path / "r.json"
+    rc = main(["gpu-check", "--arch", "86", "--models", "pfdnlite", "--dtypes", "float32", "--layouts",
+               "nchw", "--kernels", "_la_reduce_kernel", "--cache-dir", str(tmp_path / "cache"),
+               "--json", str(out_json)])
+    assert rc == 1
+    import json
+
+    report = json.loads(out_json.read_text())
+    (row,) = report["archs"]["86"]["specialisations"]
+    assert row["constexprs"]["BLOCK_P"] == 1024 and row["verdict"] == "FAIL"
+    assert row["stack"] + row["local"] > 0 or row["shared"] > 101376
+    assert "FAIL" in capsys.readouterr().out
