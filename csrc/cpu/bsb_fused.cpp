@@ -12,8 +12,8 @@ namespace {
 
 // Pointwise rows of one image, cached by source row (4 slots: the 3 in use plus the next).
 struct PointwiseRows {
-  const float* X;      // (H, W, C) of the current image
-  const float* Wpw;    // (C, CP) packed pointwise weight
+  const float* X = nullptr;    // (H, W, C) of the current image (set by reset)
+  const float* Wpw = nullptr;  // (C, CP) packed pointwise weight
   int64_t W, C, CP;
   std::vector<float> rows;
   int64_t tag[4] = {-1, -1, -1, -1};
