@@ -19,6 +19,12 @@ from .triton_backend import TritonBackend
 
 Tensor = torch.Tensor
 
+# The channel counts the CUDA kernels are instantiated for (csrc/common/channels.h; a test
+# checks that the two agree): other widths run the Triton kernels for that op.
+CUDA_BSB_CHANNELS = {36}
+CUDA_ESA_CHANNELS = {(36, 16), (46, 16)}
+CUDA_LA_CHANNELS = {(48, 16)}
+
 
 @dataclasses.dataclass(frozen=True)
 class CudaBsb(BsbPack):
@@ -76,23 +82,34 @@ class CudaBackend(KernelBackend):
         return self.dense.concat_conv(features, pack, **kwargs)
 
     # ---- the native CUDA kernels
-    def pack_bsb(self, pointwise, depthwise, bias) -> CudaBsb:
+    def pack_bsb(self, pointwise, depthwise, bias) -> BsbPack:
         c = pointwise.shape[0]
+        if c not in CUDA_BSB_CHANNELS:
+            return self.dense.pack_bsb(pointwise, depthwise, bias)
         return CudaBsb(channels=c, pw=pointwise.detach().float().reshape(c, c).contiguous(),
                        dw=depthwise.detach().float().reshape(c, 9).contiguous(), b=bias.detach().float().contiguous())
 
-    def bsb(self, x, pack: CudaBsb, residual=None):
+    def bsb(self, x, pack: BsbPack, residual=None):
+        if not isinstance(pack, CudaBsb):
+            return self.dense.bsb(x, pack, residual)
         return self.native.bsb(x, pack.pw, pack.dw, pack.b, residual)
 
-    def pack_la_reduce(self, weight, bias) -> CudaLaReduce:
+    def pack_la_reduce(self, weight, bias) -> LaReducePack:
         cr, c = weight.shape[:2]
+        if (c, cr) not in CUDA_LA_CHANNELS:
+            return self.dense.pack_la_reduce(weight, bias)
         return CudaLaReduce(c_in=c, c_reduce=cr, w=weight.detach().float().reshape(cr, c).contiguous(),
                             b=bias.detach().float().contiguous())
 
-    def la_reduce(self, x, pack: CudaLaReduce):
+    def la_reduce(self, x, pack: LaReducePack):
+        if not isinstance(pack, CudaLaReduce):
+            return self.dense.la_reduce(x, pack)
         return self.native.la_reduce(x, pack.w, pack.b)
 
-    def pack_esa(self, e: EsaWeights) -> CudaEsa:
+    def pack_esa(self, e: EsaWeights) -> EsaPack:
+        if (e.channels, e.c_reduce) not in CUDA_ESA_CHANNELS:
+            return self.dense.pack_esa(e)
+
         def f(t):
             return t.float().contiguous()
 
@@ -100,7 +117,9 @@ class CudaBackend(KernelBackend):
                        down_w=f(e.down_w), down_b=f(e.down_b), low_w=f(e.low_w), low_b=f(e.low_b),
                        skip_w=f(e.skip_w), skip_b=f(e.skip_b), expand_w=f(e.expand_w), expand_b=f(e.expand_b))
 
-    def esa(self, x, pack: CudaEsa, residual=None):
+    def esa(self, x, pack: EsaPack, residual=None):
+        if not isinstance(pack, CudaEsa):
+            return self.dense.esa(x, pack, residual)
         r = F.conv2d(x.float(), pack.reduce_w, pack.reduce_b)
         d = F.conv2d(r, pack.down_w, pack.down_b, stride=2)
         low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), pack.low_w, pack.low_b, padding=1)

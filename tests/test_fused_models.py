@@ -169,7 +169,7 @@ def test_packs_are_typed_and_follow_to(fused, backend):
     assert all(id(t) in bufs for p in moved for t in p.tensors().values())
 
 
-def test_cpu_onednn_convolutions_without_the_conv_engine(refs, golden, monkeypatch):
+def test_cpu_onednn_convolutions_without_the_conv_engine(models, golden, monkeypatch):
     """ESR_CPU_CONV_ENGINE=0 (and builds without AVX-512) run every conv through oneDNN."""
     try:
         resolve_backend("cpu", torch.device("cpu"))
@@ -181,7 +181,7 @@ def test_cpu_onednn_convolutions_without_the_conv_engine(refs, golden, monkeypat
         assert {m.kernels.engine for m in model.modules() if hasattr(m, "kernels")} == {False}
         x, _ = golden(name, "comic_odd")
         with torch.inference_mode():
-            assert max_err(model(x), refs[name].cpu()(x)) <= FP32_TOL
+            assert max_err(model(x), models[name](x)) <= FP32_TOL
 
 
 # ---------------------------------------------------------------- the swapping contract

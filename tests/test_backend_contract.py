@@ -1,0 +1,83 @@
+"""The backend contract (esr_kernels/contract.py) and the policy (esr_kernels/policy.py), apart
+from any one backend's numbers (those are in test_fused_models.py and the op tests)."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from esr_kernels import contract, cuda_backend, policy
+from esr_kernels.contract import KernelBackend, Pack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(policy.BACKEND_CLASSES))
+def test_every_backend_implements_the_whole_contract(name):
+    cls = policy.BACKEND_CLASSES[name]
+    assert issubclass(cls, KernelBackend)
+    assert not inspect.isabstract(cls), f"{name} leaves {sorted(cls.__abstractmethods__)} unimplemented"
+    assert cls.devices and cls.dtypes and cls.name == name
+
+
+def test_every_pack_type_is_a_frozen_dataclass_of_an_op():
+    op_types = {contract.ConvPack, contract.BsbPack, contract.EsaPack, contract.LaReducePack, contract.ConcatConvPack}
+    import esr_kernels.cpu_backend as cpu
+    import esr_kernels.triton_backend as tri
+
+    packs = [c for m in (cpu, tri, cuda_backend) for c in vars(m).values()
+             if isinstance(c, type) and issubclass(c, Pack) and c not in op_types and c is not Pack
+             and c.__module__ == m.__name__]
+    assert len(packs) >= 12
+    for cls in packs:
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+        assert any(issubclass(cls, op) for op in op_types), cls
+
+
+def test_pack_tensors_round_trip_through_nested_packs_and_tuples():
+    @dataclasses.dataclass(frozen=True)
+    class Inner(contract.ConvPack):
+        w: torch.Tensor
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer(contract.ConcatConvPack):
+        inner: Inner
+        parts: tuple
+        maybe: object
+
+    p = Outer(c_out=2, chunks=2, inner=Inner(1, 1, 1, 1, 0, w=torch.zeros(1)), parts=(torch.ones(1), torch.ones(2)),
+              maybe=None)
+    assert sorted(p.tensors()) == ["inner.w", "parts.0", "parts.1"]
+    q = p.map_tensors(lambda path, t: t + 1)
+    assert q.c_out == 2 and q.maybe is None
+    assert torch.equal(q.inner.w, torch.ones(1)) and torch.equal(q.parts[1], torch.full((2,), 2.0))
+
+
+def test_the_cuda_channel_counts_are_those_the_kernels_are_built_for():
+    """csrc/common/channels.h instantiates the CUDA kernels; cuda_backend sends other widths to
+    Triton. The two lists must agree."""
+    header = (ROOT / "csrc" / "common" / "channels.h").read_text()
+
+    def counts(fn):
+        body = re.search(rf"bool {fn}\(.*?\n}}", header, re.S).group(0)
+        return {tuple(int(v) for v in m) if len(m) > 1 else int(m[0])
+                for m in (re.findall(r"== (\d+)", cond) for cond in re.findall(r"if \(([^)]*)\)", body))}
+
+    assert counts("bsb") == cuda_backend.CUDA_BSB_CHANNELS
+    assert counts("esa") == cuda_backend.CUDA_ESA_CHANNELS
+    assert counts("la") == cuda_backend.CUDA_LA_CHANNELS
+
+
+def test_auto_policy():
+    has_cpu = policy.extension_error("_C_cpu") is None
+    assert policy.resolve_backend("auto", torch.device("cpu")) == ("cpu" if has_cpu else "reference")
+    assert policy.resolve_backend("auto", torch.device("cpu"), torch.float16) == "reference"
+    with pytest.raises(RuntimeError, match="runs on cuda tensors"):
+        policy.resolve_backend("cuda", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown backend"):
+        policy.resolve_backend("tpu", torch.device("cpu"))
+    assert "interpreter" in (policy.backend_unavailable_reason("triton", torch.device("cpu")) or "interpreter")
