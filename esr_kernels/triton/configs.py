@@ -59,12 +59,21 @@ def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> Laun
     # gated conv needed 212,992 B per block (sm_86/89 allow 101,376).
     if kernel == "conv":
         # K = 16 input channels per dot: the [BLOCK_P, CI_BLOCK] input tiles and their int64
-        # addresses are what fills the registers (64 channels: 255 registers; 32: ptxas capped
-        # itself at 128 and spilled), the [CI_BLOCK, CO_PAD] weight tiles too.
+        # addresses are what fills the registers (64 channels: 255 registers and spills; 32:
+        # ptxas capped itself at 128 registers and spilled), the [CI_BLOCK, CO_PAD] weights too.
         if sizes.get("gate"):
-            # x and the four bilinear taps of att per tile: twice the warps for the same pixels.
-            return LaunchConfig(block_p=32, num_warps=8, num_stages=1, ci_block=16)
+            # x and the four bilinear taps of att per input tile: half the pixels (32 pixels
+            # took 216-254 registers on sm_86; 8 warps, 128 and a 16-byte spill).
+            return LaunchConfig(block_p=16, num_warps=4, num_stages=1, ci_block=16)
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
     if kernel == "bsb":
+        # The pointwise conv is recomputed per tap into a second [BLOCK_P, CO_PAD] float32
+        # tile beside the accumulator: 64 input channels at a time took 255 registers + spills.
+        return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
+    if kernel == "esa_down":
+        return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
+    if kernel in ("esa_low", "esa_out"):
+        # esa_out holds x, the expansion and the gate as [BLOCK_P, CP] float32 tiles; esa_low
+        # the pooled taps: 64 pixels spilled in float32 (IEEE dots).
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1)
     return LaunchConfig(block_p=64, num_warps=4, num_stages=1)
