@@ -88,6 +88,7 @@ class Launch:
     num_warps: int
     num_stages: int
     params: tuple = ()  # the kernel's parameter names, in order
+    maxnreg: int | None = None  # ptxas register limit, when the launch sets one
 
     def spec_key(self) -> str:
         """What Triton specialises on: the same key, the same compiled kernel."""
@@ -108,7 +109,8 @@ class Launch:
                 args.append(scalar_class(self.scalars[name]))
             else:
                 args.append(f"={self.constexprs[name]!r}")
-        return f"{self.module}.{self.kernel}({','.join(args)})w{self.num_warps}s{self.num_stages}"
+        key = f"{self.module}.{self.kernel}({','.join(args)})w{self.num_warps}s{self.num_stages}"
+        return key + (f"r{self.maxnreg}" if self.maxnreg else "")
 
 
 # ------------------------------------------------------------------ recording
@@ -151,7 +153,8 @@ class _Recorder:
                 scalars[name] = v
         self.sink.append(Launch(self.fn.__name__, self.fn.__module__, tuple(int(g) for g in grid),
                                 tensors, scalars, constexprs, int(options["num_warps"]),
-                                int(options["num_stages"]), tuple(self.sig.parameters)))
+                                int(options["num_stages"]), tuple(self.sig.parameters),
+                                options.get("maxnreg")))
 
 
 def record_launches(model, x, arch: int) -> list[Launch]:
@@ -279,6 +282,8 @@ def compile_one(job: dict) -> dict:
         else:
             args.append(job["constexprs"][name])
     kwargs = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
+    if job.get("maxnreg"):
+        kwargs["maxnreg"] = job["maxnreg"]
     try:
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)

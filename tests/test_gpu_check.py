@@ -48,7 +48,8 @@ def test_record_launches_gives_the_gpu_parameters(pfdnlite_launches):
                                 ci_block=launch.constexprs["CI_BLOCK"], co_pad=w.shape[-1],
                                 ksize=launch.constexprs["KSIZE"],
                                 gate=bool(launch.constexprs["HAS_GATE"]
-                                         or launch.constexprs["RES_MODE"] == RES_GATED_INPUT))
+                                         or launch.constexprs["RES_MODE"] == RES_GATED_INPUT),
+                                shuffle=launch.constexprs["SHUFFLE"])
             assert (bp, launch.num_warps, launch.num_stages) == (cfg.block_p, cfg.num_warps, cfg.num_stages)
             pixels = launch.scalars["H_out"] * launch.scalars["W_out"]
             assert launch.grid[0] == math.ceil(pixels / bp)
@@ -92,7 +93,7 @@ def test_verdict_limits():
 
 
 def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
-    """1,024 pixels x 64 channels of float32 in one warp cannot live in registers: the check must
+    """256 pixels x 64 channels of float32 in one warp cannot live in registers: the check must
     report local memory and the command exit 1."""
     from esr_kernels.triton import configs
     from esr_models.cli import main
@@ -101,7 +102,7 @@ def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
 
     def oversized(kernel, arch, dtype, sizes):
         if kernel == "la_reduce":
-            return configs.LaunchConfig(block_p=1024, num_warps=1, num_stages=1)
+            return configs.LaunchConfig(block_p=256, num_warps=1, num_stages=1)
         return real(kernel, arch, dtype, sizes)
 
     monkeypatch.setattr(configs, "_gpu_config", oversized)
@@ -114,6 +115,6 @@ def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
 
     report = json.loads(out_json.read_text())
     (row,) = report["archs"]["86"]["specialisations"]
-    assert row["constexprs"]["BLOCK_P"] == 1024 and row["verdict"] == "FAIL"
+    assert row["constexprs"]["BLOCK_P"] == 256 and row["verdict"] == "FAIL"
     assert row["stack"] + row["local"] > 0 or row["shared"] > 101376
     assert "FAIL" in capsys.readouterr().out

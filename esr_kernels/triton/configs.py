@@ -29,9 +29,13 @@ class LaunchConfig:
     num_warps: int = 4
     num_stages: int = 3
     ci_block: int | None = None  # input channels per dot (K); None: the launcher's default
+    maxnreg: int | None = None   # ptxas register limit (.maxnreg); None: ptxas chooses
 
     def launch_kwargs(self) -> dict:
-        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        kw = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg is not None:
+            kw["maxnreg"] = self.maxnreg
+        return kw
 
 
 INTERPRETER = LaunchConfig(block_p=4096)
@@ -65,6 +69,9 @@ def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> Laun
             # x and the four bilinear taps of att per input tile: half the pixels (32 pixels
             # took 216-254 registers on sm_86; 8 warps, 128 and a 16-byte spill).
             return LaunchConfig(block_p=16, num_warps=4, num_stages=1, ci_block=16)
+        if sizes.get("shuffle") and dtype == torch.float32:
+            # ptxas capped this one at 96 registers and spilled 16 bytes; allowed 255, it fits.
+            return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16, maxnreg=255)
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
     if kernel == "bsb":
         # The pointwise conv is recomputed per tap into a second [BLOCK_P, CO_PAD] float32
@@ -72,8 +79,12 @@ def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> Laun
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
     if kernel == "esa_down":
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
-    if kernel in ("esa_low", "esa_out"):
-        # esa_out holds x, the expansion and the gate as [BLOCK_P, CP] float32 tiles; esa_low
-        # the pooled taps: 64 pixels spilled in float32 (IEEE dots).
+    if kernel == "esa_out":
+        # x, the expansion and the gate as [BLOCK_P, CP] float32 tiles: 64 pixels spilled, and
+        # 32 in float32 (IEEE dots) still 8 bytes.
+        return LaunchConfig(block_p=16 if dtype == torch.float32 else 32, num_warps=4, num_stages=1)
+    if kernel == "esa_low":
+        # float32: 64 pixels spilled 2.6 KB; 16 pixels on 4 warps took 255 registers (+8 B),
+        # 32 pixels 48 registers (measured on sm_86).
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1)
     return LaunchConfig(block_p=64, num_warps=4, num_stages=1)

@@ -163,7 +163,8 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride,
     wo = (w + 2 * padding - ksize) // stride + 1
     ci_block = min(next_pow2_16(c_in), 64)
     cfg = launch_config("conv", launch_arch(x), w_packed.dtype, c_in=c_in, ci_block=ci_block,
-                        co_pad=w_packed.shape[-1], ksize=ksize, gate=bool(gate_input or att is not None))
+                        co_pad=w_packed.shape[-1], ksize=ksize, gate=bool(gate_input or att is not None),
+                        shuffle=shuffle)
     block_p, ci_block = cfg.block_p, cfg.ci_block or ci_block
     att_h, att_w = (att.shape[-2], att.shape[-1]) if att is not None else (1, 1)
     dummy = x
