@@ -57,6 +57,16 @@ def launch_config(kernel: str, arch, dtype: torch.dtype, **sizes) -> LaunchConfi
 
 
 def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> LaunchConfig:
+    cfg = _gpu_config_table(kernel, arch, dtype, sizes)
+    if dtype == torch.float32 and kernel in ("conv", "la_reduce") and cfg.maxnreg is None:
+        # ptxas (Triton 3.9 passes --regAllocOptLevel=2) capped some float32 convs and
+        # la_reduce at exactly 128 registers on sm_80/sm_90 and spilled 8-16 bytes; allowed
+        # 255, they fit (the pixel-shuffle tail on sm_86 likewise).
+        cfg = LaunchConfig(cfg.block_p, cfg.num_warps, cfg.num_stages, cfg.ci_block, maxnreg=255)
+    return cfg
+
+
+def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> LaunchConfig:
     # num_stages=1 everywhere: the only loops are over input-channel blocks (one to four
     # iterations) and pool windows; software pipelining them (Triton's default, 3 stages) buys
     # no overlap worth having and multiplies the shared-memory staging of every load by 3: the
