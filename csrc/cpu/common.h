@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../common/maths.h"
 #include "../common/spec.h"
 #include "buffer_cache.h"
 
@@ -91,27 +92,11 @@ inline void dispatch_act(int64_t act, Fn&& fn) {
   }
 }
 
-// PyTorch's reflect padding: -1 -> 1, n -> n - 2 (the edge itself is not repeated).
-inline int64_t reflect(int64_t i, int64_t n) {
-  if (i < 0) return -i;
-  if (i >= n) return 2 * n - 2 - i;
-  return i;
-}
-
-// Bilinear (align_corners=False) taps along one axis, as PyTorch computes them:
-// src = max((dst + 0.5) * in / out - 0.5, 0).
-struct Taps {
-  int64_t i0, i1;
-  float l0, l1;
-};
-
-inline Taps bilinear_taps(int64_t dst, float scale, int64_t in_len) {
-  float src = std::max((static_cast<float>(dst) + 0.5f) * scale - 0.5f, 0.0f);
-  int64_t i0 = std::min(static_cast<int64_t>(src), in_len - 1);
-  int64_t i1 = std::min(i0 + 1, in_len - 1);
-  float l1 = src - static_cast<float>(i0);
-  return {i0, i1, 1.0f - l1, l1};
-}
+// Reflect padding and bilinear taps: one definition for the CPU and CUDA kernels
+// (csrc/common/maths.h, __host__ __device__).
+using esr_maths::bilinear_taps;
+using esr_maths::reflect;
+using esr_maths::Taps;
 
 // A float32 channels_last view: element (n, c, y, x) at ((n * H + y) * W + x) * C + c.
 inline at::Tensor as_nhwc(const at::Tensor& t) {
