@@ -75,6 +75,16 @@ def _checkpoint_path(source: str) -> str:
     return str(weights.resolve(source.lower())) if source.lower() in weights.CHECKPOINTS else source
 
 
+def _source_files(source: str) -> tuple[Path, ...]:
+    """The checkpoint files an export of ``source`` reads (a model name: wherever its upstream
+    file may be found), found without downloading anything."""
+    from . import weights
+
+    if source.lower() in weights.CHECKPOINTS:
+        return tuple(weights.candidate_paths(weights.CHECKPOINTS[source.lower()]))
+    return (Path(source),)
+
+
 def _check(args) -> None:
     from .cli import UsageError
     from .loading import MODEL_NAMES
@@ -88,13 +98,19 @@ def _check(args) -> None:
     outs = [Path(o) for o in (args.out, args.onnx) if o]
     if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
         raise UsageError("-o and --onnx name the same file")
+    from .weights import protected_reason
+
+    sources = _source_files(args.source)
     for out in outs:
+        # Never written, even with --overwrite: the file being exported and the weights folders
+        # (replacing an upstream checkpoint there would fail every later load's checksum).
+        reason = protected_reason(out, sources)
+        if reason:
+            raise UsageError(reason)
         if out.is_dir():
             raise UsageError(f"{out} is a folder; give a file name")
-        if out.exists() and not args.overwrite:
+        if (out.exists() or out.is_symlink()) and not args.overwrite:
             raise UsageError(f"{out} exists (use --overwrite to replace it)")
-        if Path(args.source).is_file() and out.exists() and out.resolve() == Path(args.source).resolve():
-            raise UsageError(f"{out} is the source checkpoint; write the export elsewhere")
     if args.onnx:
         missing = [m for m in ("onnx",) if importlib.util.find_spec(m) is None]
         if missing:

@@ -76,6 +76,33 @@ def candidate_paths(ckpt: Checkpoint) -> list[Path]:
     return paths
 
 
+def weights_dirs() -> list[Path]:
+    """The folders the package reads checkpoints from: ``$ESR_WEIGHTS_DIR`` and the user cache."""
+    dirs = [Path(os.environ["ESR_WEIGHTS_DIR"])] if os.environ.get("ESR_WEIGHTS_DIR") else []
+    return dirs + [cache_dir()]
+
+
+def protected_reason(path: str | Path, sources: tuple = ()) -> str | None:
+    """Why the tool must never write ``path`` (even with --overwrite), or None: it is one of
+    ``sources`` (a checkpoint being read; any path that reaches the same file, hard links
+    included), or it lies in a folder the package reads weights from."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    for src in sources:
+        src = Path(src)
+        try:
+            if real == Path(os.path.realpath(src)) or (path.exists() and os.path.samefile(path, src)):
+                return f"{path} is the checkpoint being exported ({src}); write the export elsewhere"
+        except OSError:
+            continue
+    for d in weights_dirs():
+        d_real = Path(os.path.realpath(d))
+        if real == d_real or d_real in real.parents:
+            return (f"{path} is in the weights folder {d} (where the package reads checkpoints, "
+                    "checked by sha256); write the export elsewhere")
+    return None
+
+
 def verify(path: Path, ckpt: Checkpoint) -> None:
     actual = sha256_of(path)
     if actual != ckpt.sha256:

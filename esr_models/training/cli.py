@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
     opts = TrainOptions(model=args.model, train_hr=args.train_hr, val_hr=args.val_hr, out=args.out,
                         init=args.init, config=args.config, overrides=overrides, iters=args.iters,
                         iter_scale=args.iter_scale, stages=args.stages, resume=args.resume,
-                        stop_at=args.stop_at, device=args.device, progress=not args.no_progress,
+                        stop_at=args.stop_at, overwrite=args.overwrite, device=args.device, progress=not args.no_progress,
                         log_every=args.log_every, val_max_images=args.val_max_images)
     import torch
 
@@ -106,6 +106,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ema-decay", type=float, help="EMA decay (0: no EMA)")
     p.add_argument("--stages", type=_int_list, help="run only these stages of the config (1-based, e.g. 4)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds (its config.json, log.csv, checkpoints/best.pth "
+                        "and last.pth); without it, or --resume, a folder holding a run is refused")
     p.add_argument("--stop-at", type=int, help="stop after this many iterations in all (resumable)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--num-workers", type=int, help="data loader worker processes")

@@ -110,6 +110,11 @@ def export_deploy_checkpoint(source: str | Path, out: str | Path, use_ema: bool 
     raw weights, with a warning. Written through a temp file and a rename; an existing ``out``
     is an error (``FileExistsError``) unless ``overwrite=True``."""
     out = Path(out)
+    from ..weights import protected_reason
+
+    reason = protected_reason(out, (Path(source),))
+    if reason:  # even with overwrite: the source, and the folders weights are read from
+        raise ValueError(reason)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
     name, raw, ema = _models_from_source(source)

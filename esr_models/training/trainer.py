@@ -63,6 +63,7 @@ class TrainOptions:
     stages: list[int] | None = None  # 1-based indices of the recipe's stages to run
     resume: bool = False
     stop_at: int | None = None  # stop (resumably) once this many iterations are done in all
+    overwrite: bool = False  # replace the files of another run in ``out`` (never asked by default)
     device: str | None = None
     progress: bool = True
     log_every: int = 100
@@ -167,6 +168,49 @@ def atomic_save(obj, path: Path) -> None:
         raise
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ResumeError(ValueError):
+    """``--resume`` found a ``last.pth`` that is not a checkpoint of ``esr train``."""
+
+
+_RESUME_KEYS = ("arch", "model", "config", "stages", "stage", "iter", "global_iter", "rng")
+
+
+def read_resume_checkpoint(path: Path) -> dict:
+    """``path`` (a run's ``last.pth``) as a dict, or ResumeError naming the file and the problem."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # random bytes, truncated zip, pickles of other objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResumeError(f"--resume: {path} cannot be read as a PyTorch checkpoint "
+                          f"({type(exc).__name__}: {first[:200]}); it is damaged or not a checkpoint") from None
+    if not isinstance(state, dict):
+        raise ResumeError(f"--resume: {path} holds a {type(state).__name__}, not a checkpoint of esr train")
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing:
+        kind = "a deploy checkpoint (weights only)" if not ({"stage", "optimizer"} & set(state)) else \
+            "an incomplete training checkpoint"
+        raise ResumeError(f"--resume: {path} is {kind}, not a checkpoint of esr train: it lacks "
+                          f"{', '.join(missing)}. To start from its weights, use --init {path} with a new --out")
+    bad = [k for k, t in (("config", dict), ("stages", list), ("model", dict), ("arch", dict),
+                          ("stage", int), ("iter", int), ("global_iter", int)) if not isinstance(state[k], t)]
+    if bad:
+        raise ResumeError(f"--resume: {path}: entries {', '.join(bad)} have the wrong type; the file is damaged")
+    return state
+
+
 # ----------------------------------------------------------------------------- trainer
 
 def _make_optimizer(model: nn.Module, st: dict) -> torch.optim.Optimizer:
@@ -204,15 +248,21 @@ class Trainer:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.resume_state = None
         last = self.ckpt_dir / "last.pth"
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out} exists and is not a folder")
+        if opts.resume and opts.overwrite:
+            raise ValueError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
         if opts.resume:
             if not last.is_file():
                 raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-            self.resume_state = torch.load(last, map_location="cpu", weights_only=True)
+            self.resume_state = read_resume_checkpoint(last)
             self.cfg = self.resume_state["config"]
         else:
-            if last.exists():
-                raise FileExistsError(f"{self.out} already holds a run ({last}); pass --resume to "
-                                      "continue it or choose another --out")
+            held = self.run_files()
+            if held and not opts.overwrite:
+                raise FileExistsError(
+                    f"{self.out} already holds a run ({', '.join(str(p) for p in held)}); pass --resume to "
+                    "continue it, --overwrite to replace it, or choose another --out")
             self.cfg = load_config(opts.config) if opts.config else {}
         model_name = self.cfg.get("model") or opts.model
         if opts.model and self.cfg.get("model") and opts.model != self.cfg["model"]:
@@ -237,6 +287,11 @@ class Trainer:
             self.val_files = self.val_files[:opts.val_max_images]
         self._teachers: dict[str, Teacher] = {}
         self._base_data: PairedPatches | None = None
+
+    def run_files(self) -> list[Path]:
+        """The files of a run that ``out`` already holds (a run writes exactly these)."""
+        names = (self.out / "config.json", self.out / "log.csv", self.ckpt_dir / "best.pth", self.ckpt_dir / "last.pth")
+        return [p for p in names if p.exists() or p.is_symlink()]
 
     def _resolve(self, opts: TrainOptions) -> list[dict]:
         stages = resolve_stages(self.cfg, opts.overrides, iter_scale=opts.iter_scale, iters=opts.iters)
@@ -317,7 +372,14 @@ class Trainer:
         opts = self.opts
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "log.csv"
-        (self.out / "config.json").write_text(json.dumps({"config": self.cfg, "stages": self.stages}, indent=2))
+        if self.resume_state is None:
+            held = self.run_files()
+            if held and not opts.overwrite:  # another run started in ``out`` since __init__
+                raise FileExistsError(f"{self.out} already holds a run ({', '.join(map(str, held))})")
+            for p in held:  # --overwrite: the old run's files go, so that none is mixed into this one
+                p.unlink()
+        _atomic_write_text(self.out / "config.json",
+                           json.dumps({"config": self.cfg, "stages": self.stages}, indent=2))
         rs = self.resume_state
         if rs is not None:
             model = from_training_checkpoint(rs)

@@ -1,0 +1,123 @@
+"""What happens to the user's files, round 2 (issue #18): every file the tool writes follows the
+no-overwrite rule (export, train), earlier outputs are recognised on evidence only, blocked
+output paths fail, bad environment variables and bad checkpoints are one clear error. The CLI
+through subprocess, as users meet it; tiny images and the smallest model keep each case fast."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+pytestmark = pytest.mark.shared  # the CLI loads the upstream weights
+
+
+def esr(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def image(path: Path, seed: int = 0, size=(20, 20)) -> Path:
+    """An RGB PNG of ``size`` (height, width) with random pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    PILImage.fromarray(arr).save(path)
+    return path
+
+
+def weights_dir() -> Path:
+    return Path(os.environ["ESR_WEIGHTS_DIR"])
+
+
+# ---------------------------------------------------------------- (a) export never replaces a source
+
+@pytest.mark.parametrize("case", ["model-name-into-weights", "source-file-itself", "other-name-in-weights",
+                                  "symlink-to-source", "onnx-into-weights"])
+def test_export_never_writes_over_its_source_or_the_weights_folder(tmp_path, case):
+    wdir = tmp_path / "weights"  # a copy, so that a failure of this test cannot break the others
+    wdir.mkdir()
+    shutil.copy(weights_dir() / "team01_pfdnlite.pth", wdir / "team01_pfdnlite.pth")
+    src = wdir / "team01_pfdnlite.pth"
+    before = src.read_bytes()
+    env = {"ESR_WEIGHTS_DIR": str(wdir)}
+    if case == "model-name-into-weights":
+        args = ["pfdnlite", "-o", src]
+    elif case == "source-file-itself":
+        mine = tmp_path / "mine.pth"
+        shutil.copy(src, mine)
+        src, before = mine, mine.read_bytes()
+        args = [mine, "-o", mine]
+    elif case == "other-name-in-weights":
+        args = ["pfdnlite", "-o", wdir / "team00_rlfn.pth"]
+    elif case == "symlink-to-source":
+        (tmp_path / "link.pth").symlink_to(src)
+        args = ["pfdnlite", "-o", tmp_path / "link.pth"]
+    else:
+        args = ["pfdnlite", "--onnx", wdir / "pfdnlite.onnx"]
+    proc = esr("export", *args, "--overwrite", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "write the export elsewhere" in proc.stderr and "Traceback" not in proc.stderr
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in wdir.iterdir()) == ["team01_pfdnlite.pth"]
+
+
+def test_export_library_refuses_its_source(tmp_path):
+    from esr_models.training.export import export_deploy_checkpoint
+
+    mine = tmp_path / "mine.pth"
+    shutil.copy(weights_dir() / "team01_pfdnlite.pth", mine)
+    before = mine.read_bytes()
+    with pytest.raises(ValueError, match="being exported"):
+        export_deploy_checkpoint(mine, mine, overwrite=True)
+    assert mine.read_bytes() == before
+
+
+# ---------------------------------------------------------------- (a) train never replaces another run
+
+def _train_folders(root: Path) -> tuple[Path, Path]:
+    train = root / "train"
+    val = root / "val"
+    for i in range(2):
+        image(train / f"t{i}.png", seed=i, size=(40, 40))
+    image(val / "v.png", seed=7, size=(40, 40))
+    return train, val
+
+
+_TINY = ["--model", "pfdnlite", "--iters", "1", "--patch", "32", "--batch", "1", "--val-every", "1",
+         "--num-workers", "0", "--no-progress", "--threads", "1"]
+
+
+@pytest.mark.parametrize("held", ["config.json", "log.csv", "checkpoints/best.pth", "checkpoints/last.pth"])
+def test_train_refuses_a_folder_holding_another_run(tmp_path, held):
+    train, val = _train_folders(tmp_path)
+    out = tmp_path / "run"
+    foreign = out / held
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"another run's file")
+    proc = esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out)
+    assert proc.returncode == 2, proc.stderr
+    assert "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert foreign.read_bytes() == b"another run's file"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [held]
+
+
+def test_train_overwrite_replaces_the_whole_old_run(tmp_path):
+    train, val = _train_folders(tmp_path)
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "log.csv").write_text("foreign,log\n1,2\n")
+    (out / "config.json").write_text("{}")
+    (out / "checkpoints" / "best.pth").write_bytes(b"foreign")
+    proc = esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert "foreign" not in (out / "log.csv").read_text()
+    assert (out / "log.csv").read_text().startswith("global_iter,")
+    assert torch.load(out / "checkpoints" / "best.pth", weights_only=True)["format"] == "esr-train-1"
+    assert b"foreign" not in (out / "config.json").read_bytes()
