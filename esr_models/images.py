@@ -393,6 +393,20 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         raise ImageReadError(f"cannot read image {path}: {_describe(exc)}") from exc
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, nothing decoded; None if it cannot be read."""
+    path = Path(path)
+    try:
+        hdr = _png_header(path)
+        if hdr is not None:
+            return hdr.width, hdr.height
+        with _pillow_limit(None):
+            with PILImage.open(path) as im:
+                return im.width, im.height
+    except Exception:
+        return None
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] float -> uint8 with clamping and round-half-to-even (numpy's and MATLAB's
     im2uint8 agree on all but exact halves, which float outputs practically never hit)."""

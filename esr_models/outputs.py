@@ -7,8 +7,10 @@ The rules (README, "What happens to your files"):
   input becomes ``<stem>_<ext><suffix>.png``, then ``<stem>_<ext>_2<suffix>.png``, ... One file
   reached twice (two spellings, a symlink, a hard link) is one input.
 - With a non-empty suffix, an input that is the planned output of another input is an
-  earlier run's output (re-running
-  into the input folder would otherwise make ``*_x4_x4.png``): it is skipped, not upscaled.
+  earlier run's output (re-running into the input folder would otherwise make
+  ``*_x4_x4.png``) only on evidence: its size (from the header) is exactly ``scale`` times the
+  other input's. Then it is skipped, not upscaled; in doubt (another size, an unreadable
+  header) it is an input like any other, and never replaced.
 - An existing file is never replaced unless ``overwrite``; without it the input is reported as
   skipped, so re-running a batch resumes it. An input is never replaced, even with
   ``overwrite``.
@@ -52,7 +54,8 @@ def check_suffix(suffix: str) -> None:
 
 
 def plan_outputs(files: list[Path], outdir: Path, suffix: str,
-                 out_ext: Callable[[Path], str] = lambda src: ".png") -> tuple[list[Job], list[Path]]:
+                 out_ext: Callable[[Path], str] = lambda src: ".png",
+                 scale: int = 4) -> tuple[list[Job], list[Path]]:
     """(jobs, earlier outputs among the inputs) for ``files``.
     ``out_ext(src)`` is the output's extension (images: ".png"; videos keep their container).
 
@@ -71,7 +74,7 @@ def plan_outputs(files: list[Path], outdir: Path, suffix: str,
     for _ in range(8):  # converges in two rounds in practice
         kept = [f for f in inputs if f not in earlier]
         dst_of = _name(kept, outdir, suffix, out_ext)
-        found = _earlier_outputs(inputs, dst_of) if suffix else []
+        found = _earlier_outputs(inputs, dst_of, scale) if suffix else []
         if found == earlier:
             break
         earlier = found
@@ -94,15 +97,38 @@ def _name(inputs: list[Path], outdir: Path, suffix: str, out_ext) -> dict[Path, 
     return dst_of
 
 
-def _earlier_outputs(inputs: list[Path], dst_of: dict[Path, Path]) -> list[Path]:
-    """Inputs sitting where another input's output goes: written by an earlier run. (With an
-    empty suffix an output's name is its input's, so the caller does not ask.)"""
+def _earlier_outputs(inputs: list[Path], dst_of: dict[Path, Path], scale: int) -> list[Path]:
+    """Inputs sitting where another input's output goes and sized exactly ``scale`` times that
+    input: written by an earlier run. (With an empty suffix an output's name is its input's,
+    so the caller does not ask.)"""
     by_id = {file_identity(f): f for f in inputs}
     found = set()
     for src, dst in dst_of.items():
         if dst.exists() and file_identity(dst) in by_id and by_id[file_identity(dst)] != src:
-            found.add(by_id[file_identity(dst)])
+            candidate = by_id[file_identity(dst)]
+            if _is_upscaled_from(candidate, src, scale):
+                found.add(candidate)
     return sorted(found, key=lambda p: str(_abs(p)))
+
+
+def _media_size(path: Path) -> tuple[int, int] | None:
+    from .images import IMAGE_SUFFIXES, image_size
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return image_size(path)
+    from .video import frame_size
+
+    return frame_size(path)
+
+
+def _is_upscaled_from(candidate: Path, src: Path, scale: int) -> bool:
+    """Evidence that ``candidate`` is ``src`` upscaled: its size is exactly ``scale`` times
+    ``src``'s (either way round: EXIF orientation and rotated videos are turned upright).
+    Unknown sizes are no evidence."""
+    a, b = _media_size(candidate), _media_size(src)
+    if a is None or b is None:
+        return False
+    return a in ((scale * b[0], scale * b[1]), (scale * b[1], scale * b[0]))
 
 
 def _candidates(stem: str, ext: str, suffix: str, out_ext: str):
@@ -133,11 +159,17 @@ def write_atomically(dst: Path, write: Callable[[Path], None], overwrite: bool) 
     try:
         write(tmp)
         if overwrite:
+            if os.path.lexists(dst) and not dst.is_file():  # a folder, a broken link, a FIFO
+                raise OSError(f"output path {dst} is blocked by something that is not a regular file "
+                              "(a folder or a broken link?); remove it or choose another --output")
             os.replace(tmp, dst)
             return
         try:
             os.link(tmp, dst)
         except FileExistsError:
+            if not dst.is_file():  # a folder, a broken link, a FIFO: no earlier output, a failure
+                raise OSError(f"output path {dst} is blocked by something that is not a regular file "
+                              "(a folder or a broken link?); remove it or choose another --output") from None
             raise OutputExistsError(f"{dst} exists (use --overwrite to replace it)") from None
         except OSError:
             # Filesystems without hard links (FAT, some network mounts): check, then rename.

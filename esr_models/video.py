@@ -140,6 +140,21 @@ def batch_frames_arg(text: str) -> int:
     return value
 
 
+def frame_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of the first video stream, from the container's header (no frame
+    decoded); None if PyAV is missing or the file cannot be read."""
+    try:
+        import av
+        with av.open(str(path), "r") as inp:
+            vs = [s for s in inp.streams if s.type == "video"]
+            if not vs:
+                return None
+            cc = vs[0].codec_context
+            return (cc.width, cc.height) if cc.width > 0 and cc.height > 0 else None
+    except Exception:
+        return None
+
+
 # ---- settings ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -121,3 +121,27 @@ def test_train_overwrite_replaces_the_whole_old_run(tmp_path):
     assert (out / "log.csv").read_text().startswith("global_iter,")
     assert torch.load(out / "checkpoints" / "best.pth", weights_only=True)["format"] == "esr-train-1"
     assert b"foreign" not in (out / "config.json").read_bytes()
+
+
+# ---------------------------------------------------------------- (b) earlier outputs only on evidence
+
+def test_overwrite_into_the_input_folder_never_replaces_an_input_named_like_an_output(tmp_path):
+    folder = tmp_path / "in"
+    image(folder / "a.png", seed=1)
+    photo = image(folder / "a_x4.png", seed=2, size=(20, 24))  # a different photo, not 4x a.png
+    before = photo.read_bytes()
+    proc = esr("upscale", folder, "-o", folder, "--overwrite", "--model", "pfdnlite", "-q")
+    # a.png's output would land on the input a_x4.png: refused; a_x4.png itself is upscaled.
+    assert proc.returncode == 1, proc.stderr
+    assert "would overwrite an input" in proc.stderr
+    assert photo.read_bytes() == before
+    assert PILImage.open(folder / "a_x4_x4.png").size == (96, 80)
+
+
+def test_a_real_earlier_output_is_still_recognised(tmp_path):
+    folder = tmp_path / "in"
+    image(folder / "a.png", seed=1)
+    image(folder / "a_x4.png", seed=2, size=(80, 80))  # exactly 4x a.png: an earlier output
+    proc = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0 and "0 upscaled, 2 skipped, 0 failed" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png"]
