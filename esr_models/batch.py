@@ -6,6 +6,8 @@ A file's outcome is ``done``, ``skipped`` (its output exists: re-running resumes
 ``failed`` (reported by name with the reason; the rest of the batch goes on)."""
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,27 @@ def _named(src, msg: str) -> str:
     return msg if str(src) in msg else f"{src}: {msg}"
 
 
+def blocked_reason(dst: Path) -> str | None:
+    """Why nothing can be written at ``dst`` (something other than a regular file is there:
+    a folder, a dangling symlink, a FIFO, ...), or None. Only a regular file could have been
+    written by an earlier run, so only that is ever a skip."""
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"output path {dst} cannot be checked ({exc.strerror or exc})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        if not dst.exists():
+            return f"output path {dst} is blocked by a broken symbolic link; remove it or choose another --output"
+        if dst.is_file():
+            return None  # a link to a regular file: the usual exists/--overwrite rule
+    kind = "a folder" if dst.is_dir() else "something that is not a regular file"
+    return f"output path {dst} is blocked by {kind}; remove it or choose another --output"
+
+
 def triage(jobs: list[Job], earlier: list[Path], overwrite: bool) -> tuple[list[Job], list[Outcome]]:
     """(jobs to run, outcomes decided without running): earlier outputs among the inputs and
     existing outputs (without ``overwrite``) are skipped; an output that would land on an
@@ -48,7 +71,10 @@ def triage(jobs: list[Job], earlier: list[Path], overwrite: bool) -> tuple[list[
     input_ids = {file_identity(job.src) for job in jobs}
     todo = []
     for job in jobs:
-        if job.dst.exists() and file_identity(job.dst) in input_ids:
+        blocked = blocked_reason(job.dst)
+        if blocked:
+            decided.append(Outcome(str(job.src), FAILED, f"{job.src}: {blocked}"))
+        elif job.dst.exists() and file_identity(job.dst) in input_ids:
             decided.append(Outcome(str(job.src), FAILED, f"{job.src}: its output {job.dst} would "
                                    "overwrite an input; choose another --output or --suffix"))
         elif job.dst.exists() and not overwrite:
@@ -63,6 +89,9 @@ def run_job(upscale_image: Callable, job: Job, overwrite: bool, max_pixels: int 
     """Read, upscale and write one file. Never raises (but KeyboardInterrupt): every failure
     becomes a FAILED outcome naming the file. ``upscale_image``: Image -> Image."""
     try:
+        blocked = blocked_reason(job.dst)
+        if blocked:
+            return Outcome(str(job.src), FAILED, _named(job.src, blocked))
         img = read_image(job.src, max_pixels=max_pixels or None)
         out = upscale_image(img)
         write_atomically(job.dst, lambda tmp: write_image(tmp, out), overwrite)

@@ -145,3 +145,39 @@ def test_a_real_earlier_output_is_still_recognised(tmp_path):
     proc = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
     assert proc.returncode == 0 and "0 upscaled, 2 skipped, 0 failed" in proc.stderr, proc.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png"]
+
+
+# ---------------------------------------------------------------- (c) blocked output paths fail
+
+@pytest.mark.parametrize("blocker", ["folder", "dangling-symlink", "fifo"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_blocked_output_path_is_a_failure_not_a_skip(tmp_path, blocker, overwrite):
+    src = image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "a_x4.png"
+    if blocker == "folder":
+        dst.mkdir()
+    elif blocker == "fifo":
+        os.mkfifo(dst)
+    else:
+        dst.symlink_to(out / "gone.png")
+    image(tmp_path / "in" / "b.png", seed=3)
+    proc = esr("upscale", src, tmp_path / "in" / "b.png", "-o", out, "--model", "pfdnlite", "-q",
+               *(["--overwrite"] if overwrite else []))
+    assert proc.returncode == 1, proc.stderr
+    assert "1 upscaled, 0 skipped, 1 failed" in proc.stderr
+    assert "blocked" in proc.stderr and str(dst) in proc.stderr
+    assert os.path.lexists(dst) and not dst.is_file()  # left as it was
+    assert (out / "b_x4.png").is_file()
+
+
+def test_write_atomically_does_not_call_a_blocked_path_an_existing_output(tmp_path):
+    from esr_models.outputs import OutputExistsError, write_atomically
+
+    dst = tmp_path / "x.png"
+    dst.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(OSError, match="blocked") as info:
+        write_atomically(dst, lambda tmp: tmp.write_bytes(b"x"), overwrite=False)
+    assert not isinstance(info.value, OutputExistsError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
