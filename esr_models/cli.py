@@ -66,6 +66,30 @@ def _load_model(args) -> torch.nn.Module:
     return model
 
 
+def check_environment() -> None:
+    """Every environment variable the tool reads, checked once before anything is done: a bad
+    value is a usage error naming the variable (not a failure of every file later)."""
+    import os
+
+    from .memory import memory_cap_bytes
+
+    try:
+        memory_cap_bytes()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    text = os.environ.get("ESR_CPU_CACHE_MB", "").strip()
+    if text and not text.isdigit():
+        raise UsageError(f"environment variable ESR_CPU_CACHE_MB={text!r}: expected a whole number of "
+                         "megabytes (0 or more; default 1024)")
+    text = os.environ.get("ESR_CPU_CONV_ENGINE", "").strip()
+    if text and text not in ("0", "1"):
+        raise UsageError(f"environment variable ESR_CPU_CONV_ENGINE={text!r}: expected 0 or 1")
+    for name in ("ESR_WEIGHTS_DIR", "ESR_CACHE_DIR"):
+        value = os.environ.get(name)
+        if value and os.path.lexists(value) and not os.path.isdir(value):
+            raise UsageError(f"environment variable {name}={value!r}: not a folder")
+
+
 def expand_inputs(items: list[str]) -> tuple[list[Path], list[str], list[str]]:
     """Files, folders (their images, not recursive) and glob patterns -> (files, errors, notes).
     A folder's files with other extensions are counted in a note, never silently dropped."""
@@ -153,7 +177,7 @@ def cmd_upscale(args) -> int:
     report = Report(write=lambda line: tqdm.write(line, file=sys.stderr))
     for e in errors:
         report.fail(e)
-    jobs, earlier = plan_outputs(files, outdir, args.suffix, out_ext=_output_extension)
+    jobs, earlier = plan_outputs(files, outdir, args.suffix, out_ext=_output_extension, scale=upscaler.scale)
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
     for outcome in decided:
         report.add(outcome)
@@ -302,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_environment()
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

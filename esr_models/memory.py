@@ -21,12 +21,27 @@ def peak_bytes(model: torch.nn.Module, n: int, h: int, w: int, dtype: torch.dtyp
     return int(per_pixel * scale * n * h * w)
 
 
+def memory_cap_bytes() -> int | None:
+    """``$ESR_MAX_MEMORY_MB`` in bytes (None when unset or empty); ValueError naming the
+    variable when it is not a positive number of megabytes."""
+    text = os.environ.get("ESR_MAX_MEMORY_MB", "").strip()
+    if not text:
+        return None
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = float("nan")
+    if not (mb > 0 and mb != float("inf")):
+        raise ValueError(f"environment variable ESR_MAX_MEMORY_MB={text!r}: expected a positive number of "
+                         "megabytes (e.g. 2048), or leave it unset for no cap")
+    return int(mb * 2**20)
+
+
 def available_bytes(device: torch.device) -> int:
     """Memory a forward can use now: free GPU memory, or the host's available memory (the
     smaller of MemAvailable and this cgroup's remaining limit); never more than
     ``$ESR_MAX_MEMORY_MB`` when that is set (a cap for shared machines)."""
-    cap = os.environ.get("ESR_MAX_MEMORY_MB")
-    cap_bytes = int(float(cap) * 2**20) if cap else None
+    cap_bytes = memory_cap_bytes()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return min(int(free), cap_bytes) if cap_bytes is not None else int(free)

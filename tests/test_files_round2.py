@@ -181,3 +181,26 @@ def test_write_atomically_does_not_call_a_blocked_path_an_existing_output(tmp_pa
         write_atomically(dst, lambda tmp: tmp.write_bytes(b"x"), overwrite=False)
     assert not isinstance(info.value, OutputExistsError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+# ---------------------------------------------------------------- (d) bad environment variables
+
+@pytest.mark.parametrize("name,value", [("ESR_MAX_MEMORY_MB", "abc"), ("ESR_MAX_MEMORY_MB", "-5"),
+                                        ("ESR_MAX_MEMORY_MB", "nan"), ("ESR_CPU_CACHE_MB", "lots"),
+                                        ("ESR_CPU_CONV_ENGINE", "maybe"), ("ESR_WEIGHTS_DIR", "FILE"),
+                                        ("ESR_CACHE_DIR", "FILE")])
+def test_a_bad_environment_variable_is_a_usage_error_naming_it(tmp_path, name, value):
+    src = image(tmp_path / "a.png")
+    if value == "FILE":
+        value = str(image(tmp_path / "not-a-folder.png"))
+    proc = esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite", "-q", env={name: value})
+    assert proc.returncode == 2, proc.stderr
+    assert name in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_cap_is_read_when_valid(monkeypatch):
+    from esr_models.memory import available_bytes
+
+    monkeypatch.setenv("ESR_MAX_MEMORY_MB", "1.5")
+    assert available_bytes(torch.device("cpu")) <= int(1.5 * 2**20)
