@@ -31,8 +31,8 @@ import functools
 import torch
 from torch import nn
 
-from .loading import CheckpointError
-from .registry import ARCHITECTURES, detect, unwrap
+from .loading import CheckpointError, detect_checked
+from .registry import ARCHITECTURES, unwrap
 
 # spandrel architecture ids are global; a namespace keeps ours from ever colliding with a
 # built-in of the same name (a later spandrel could add e.g. "RLFN").
@@ -89,7 +89,7 @@ def _arch_supports() -> tuple:
             self.esr_name = name
 
         def load(self, state_dict):
-            found, model = detect(state_dict)
+            found, model = detect_checked(state_dict)
             if found != self.esr_name:  # detect() and self.detect() share their rule
                 raise spandrel.UnsupportedModelError(
                     f"state dict is a {found} checkpoint, not {self.esr_name}")

@@ -204,3 +204,82 @@ def test_memory_cap_is_read_when_valid(monkeypatch):
 
     monkeypatch.setenv("ESR_MAX_MEMORY_MB", "1.5")
     assert available_bytes(torch.device("cpu")) <= int(1.5 * 2**20)
+
+
+# ---------------------------------------------------------------- (e) checkpoints that do not fit
+
+def _broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str], list[str], str]]:
+    """name -> (file, missing keys, unexpected keys, architecture)."""
+    wdir = weights_dir()
+    ifad = torch.load(wdir / "team33_IFADNet.pth", weights_only=True)["params_ema"]
+    no_up = {k: v for k, v in ifad.items() if not k.startswith("upsampler.")}
+    no_up["extra.weight"] = torch.zeros(1)
+    torch.save(no_up, tmp_path / "ifadnet_no_upsampler.pth")
+    pfd = torch.load(wdir / "team01_pfdnlite.pth", weights_only=True)
+    torch.save({k: v for k, v in pfd.items() if not k.startswith("tail.")}, tmp_path / "pfdnlite_no_tail.pth")
+    return {
+        "ifadnet": (tmp_path / "ifadnet_no_upsampler.pth", ["upsampler.upsampleOneStep.0.weight"],
+                    ["extra.weight"], "IFADNet"),
+        "pfdnlite": (tmp_path / "pfdnlite_no_tail.pth", ["tail.0.weight", "tail.0.bias"], [], "PFDNLite"),
+    }
+
+
+def _names_keys(text: str, missing, unexpected, arch) -> bool:
+    return arch in text and "missing" in text and all(k in text for k in missing + unexpected) \
+        and "Traceback" not in text and "KeyError" not in text
+
+
+@pytest.mark.parametrize("which", ["ifadnet", "pfdnlite"])
+@pytest.mark.parametrize("command", ["upscale", "eval", "export-o", "export-onnx"])
+def test_a_checkpoint_with_missing_keys_is_one_clear_error(tmp_path, which, command):
+    ckpt, missing, unexpected, arch = _broken_checkpoints(tmp_path)[which]
+    src = image(tmp_path / "hr" / "a.png", size=(80, 80))
+    if command == "upscale":
+        proc = esr("upscale", src, "-o", tmp_path / "out", "--model", ckpt, "-q")
+    elif command == "eval":
+        proc = esr("eval", "--hr", tmp_path / "hr", "--model", ckpt, "--no-ssim")
+    elif command == "export-o":
+        proc = esr("export", ckpt, "-o", tmp_path / "x.pth")
+    else:
+        proc = esr("export", ckpt, "--onnx", tmp_path / "x.onnx")
+    assert proc.returncode in (1, 2), proc.stderr
+    assert _names_keys(proc.stderr, missing, unexpected, arch), proc.stderr
+    assert str(ckpt) in proc.stderr
+
+
+def test_missing_keys_through_the_library_and_spandrels_loader(tmp_path):
+    import esr_models
+    from esr_models.loading import CheckpointError, detect_checked
+
+    for ckpt, missing, unexpected, arch in _broken_checkpoints(tmp_path).values():
+        with pytest.raises(CheckpointError) as info:
+            esr_models.load(ckpt)
+        assert _names_keys(str(info.value), missing, unexpected, arch)
+        # spandrel's loader (esr_models.spandrel_support) goes through detect_checked
+        with pytest.raises(CheckpointError) as info:
+            detect_checked(torch.load(ckpt, weights_only=True))
+        assert _names_keys(str(info.value), missing, unexpected, arch)
+
+
+@pytest.mark.parametrize("content", ["random-bytes", "deploy-checkpoint", "a-list", "truncated-zip",
+                                     "missing-entries"])
+def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(tmp_path, content):
+    train, val = _train_folders(tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.pth"
+    last.parent.mkdir(parents=True)
+    if content == "random-bytes":
+        last.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif content == "deploy-checkpoint":
+        shutil.copy(weights_dir() / "team01_pfdnlite.pth", last)
+    elif content == "a-list":
+        torch.save([1, 2, 3], last)
+    elif content == "truncated-zip":
+        torch.save({"model": {"w": torch.zeros(1000)}, "config": {}}, last)
+        last.write_bytes(last.read_bytes()[:600])
+    else:
+        torch.save({"config": {}, "stages": [], "model": {}}, last)
+    proc = esr("train", "--resume", "--train-hr", train, "--val-hr", val, "--out", tmp_path / "run",
+               "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert str(last) in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1
