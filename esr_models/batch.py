@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from .images import read_image, write_image
-from .outputs import Job, OutputExistsError, file_identity, write_atomically
+from .outputs import Job, OutputExistsError, file_identity, name_too_long, write_atomically
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -71,7 +71,7 @@ def triage(jobs: list[Job], earlier: list[Path], overwrite: bool) -> tuple[list[
     input_ids = {file_identity(job.src) for job in jobs}
     todo = []
     for job in jobs:
-        blocked = blocked_reason(job.dst)
+        blocked = name_too_long(job.dst) or blocked_reason(job.dst)
         if blocked:
             decided.append(Outcome(str(job.src), FAILED, f"{job.src}: {blocked}"))
         elif job.dst.exists() and file_identity(job.dst) in input_ids:
@@ -89,7 +89,7 @@ def run_job(upscale_image: Callable, job: Job, overwrite: bool, max_pixels: int 
     """Read, upscale and write one file. Never raises (but KeyboardInterrupt): every failure
     becomes a FAILED outcome naming the file. ``upscale_image``: Image -> Image."""
     try:
-        blocked = blocked_reason(job.dst)
+        blocked = name_too_long(job.dst) or blocked_reason(job.dst)
         if blocked:
             return Outcome(str(job.src), FAILED, _named(job.src, blocked))
         img = read_image(job.src, max_pixels=max_pixels or None)

@@ -39,6 +39,24 @@ class Job:
     dst: Path
 
 
+NAME_MAX = 255  # bytes in one file name, on every common file system
+
+
+def name_bytes(name: str) -> int:
+    """Length of a file name in bytes as the OS sees it (names that are not UTF-8 come from
+    os.listdir as surrogate escapes; os.fsencode turns them back into their bytes)."""
+    return len(os.fsencode(name))
+
+
+def name_too_long(dst: Path) -> str | None:
+    """Why ``dst``'s name cannot be created (over ``NAME_MAX`` bytes), or None."""
+    n = name_bytes(dst.name)
+    if n <= NAME_MAX:
+        return None
+    return (f"output name {dst.name[:40]}...{dst.name[-20:]} is {n} bytes, over the file system's limit "
+            f"of {NAME_MAX} bytes per name; rename the input or use a shorter --suffix")
+
+
 def file_identity(path: Path) -> tuple:
     """Identity of a file whatever path reaches it (symlinks, ``..``, hard links)."""
     st = path.stat()
@@ -104,6 +122,8 @@ def _earlier_outputs(inputs: list[Path], dst_of: dict[Path, Path], scale: int) -
     by_id = {file_identity(f): f for f in inputs}
     found = set()
     for src, dst in dst_of.items():
+        if name_too_long(dst):  # cannot exist; the job fails with the reason (batch.triage)
+            continue
         if dst.exists() and file_identity(dst) in by_id and by_id[file_identity(dst)] != src:
             candidate = by_id[file_identity(dst)]
             if _is_upscaled_from(candidate, src, scale):
@@ -155,7 +175,7 @@ def write_atomically(dst: Path, write: Callable[[Path], None], overwrite: bool) 
     # the 255-byte limit gets a short temporary name instead, so that it still fits.
     token = secrets.token_hex(4)
     name = f"{TEMP_PREFIX}{token}-{dst.name}"
-    tmp = dst.with_name(name if len(name.encode()) <= 255 else f"{TEMP_PREFIX}{token}{dst.suffix}")
+    tmp = dst.with_name(name if name_bytes(name) <= NAME_MAX else f"{TEMP_PREFIX}{token}{dst.suffix}")
     try:
         write(tmp)
         if overwrite:

@@ -283,3 +283,26 @@ def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(tmp_path
     assert proc.returncode == 2, proc.stderr
     assert str(last) in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1
+
+
+# ---------------------------------------------------------------- (f) odd file names are per-file outcomes
+
+def test_an_over_long_output_name_fails_that_file_only(tmp_path):
+    folder = tmp_path / "in"
+    image(folder / ("n" * 250 + ".png"))  # 254 bytes: its output, n..._x4.png, would be 257
+    image(folder / "ok.png", seed=1)
+    proc = esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 upscaled, 0 skipped, 1 failed" in proc.stderr
+    assert "257 bytes" in proc.stderr and "255" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok_x4.png"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")
+def test_a_non_utf8_name_just_works(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image(Path(os.fsdecode(bytes(folder) + b"/bad\xff.png")))
+    proc = esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0 and "1 upscaled" in proc.stderr, proc.stderr
+    assert os.listdir(bytes(tmp_path / "out")) == [b"bad\xff_x4.png"]
