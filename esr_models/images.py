@@ -198,6 +198,27 @@ class _PngHeader:
     frames: int                   # from acTL (APNG); 1 for a still PNG
 
 
+# Compressed metadata (PNG iCCP; Pillow caps zTXt/iTXt and its own iCCP at 1 MB) is inflated
+# at most to this size, and metadata chunks (iCCP, eXIf) larger than it are not read: real ICC
+# profiles and EXIF blocks are tens of KB, and a few hundred KB of deflate can inflate to GBs.
+MAX_METADATA_BYTES = 4 << 20
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:g} MB"
+
+
+def inflate_capped(data: bytes, what: str, limit: int | None = None) -> bytes:
+    """zlib-inflate ``data``, stopping at ``limit`` bytes (default MAX_METADATA_BYTES):
+    ValueError when the stream would inflate to more. Memory stays bounded by the limit."""
+    limit = MAX_METADATA_BYTES if limit is None else limit
+    d = zlib.decompressobj()
+    out = d.decompress(data, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise ValueError(f"{what} inflates to more than the {_mb(limit)} limit")
+    return out
+
+
 def _png_header(path: Path) -> _PngHeader | None:
     """Walk the chunk headers of a PNG without decoding pixels (chunk data other than IHDR,
     iCCP, eXIf and acTL is skipped with seek). None if the file is not a PNG."""
@@ -220,7 +241,13 @@ def _png_header(path: Path) -> _PngHeader | None:
             length, ctype_ = struct.unpack(">I4s", head)
             if ctype_ == b"IEND":
                 break
-            if ctype_ in (b"iCCP", b"eXIf", b"acTL") and length < (1 << 28):
+            if ctype_ in (b"iCCP", b"eXIf") and length > MAX_METADATA_BYTES:
+                # Never read, let alone inflated: a chunk this large is no real profile or EXIF.
+                what = "ICC profile" if ctype_ == b"iCCP" else "EXIF block"
+                if ctype_ == b"iCCP":
+                    info.icc_error = f"{what} of {length:,} bytes is over the {_mb(MAX_METADATA_BYTES)} limit"
+                f.seek(length + 4, 1)
+            elif ctype_ in (b"iCCP", b"eXIf", b"acTL"):
                 data = f.read(length)
                 if ctype_ == b"eXIf":
                     info.exif = data
@@ -229,8 +256,8 @@ def _png_header(path: Path) -> _PngHeader | None:
                 elif ctype_ == b"iCCP":
                     name_end = data.find(b"\0")
                     try:
-                        info.icc = zlib.decompress(data[name_end + 2:]) if name_end > 0 else None
-                    except zlib.error as exc:
+                        info.icc = inflate_capped(data[name_end + 2:], "ICC profile") if name_end > 0 else None
+                    except (zlib.error, ValueError) as exc:
                         info.icc_error = str(exc)
                 f.seek(4, 1)
             else:
@@ -278,13 +305,17 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 @contextmanager
 def _pillow_limit(limit: int | None):
+    from PIL import PngImagePlugin
+
     with _PIL_LIMIT_LOCK:
-        saved = PILImage.MAX_IMAGE_PIXELS
+        saved = PILImage.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_MEMORY
         PILImage.MAX_IMAGE_PIXELS = limit
+        # Pillow inflates each PNG text chunk to at most 1 MB, but up to 64 MB of them in all.
+        PngImagePlugin.MAX_TEXT_MEMORY = min(saved[1], MAX_METADATA_BYTES)
         try:
             yield
         finally:
-            PILImage.MAX_IMAGE_PIXELS = saved
+            PILImage.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_MEMORY = saved
 
 
 def _note_clipped(path: Path, arr: np.ndarray, lo: float, hi: float, notes: list[str]) -> None:

@@ -163,10 +163,11 @@ class VideoSettings:
     crf: int = DEFAULT_CRF
     batch_frames: int = DEFAULT_BATCH_FRAMES
     progress: bool = True
+    max_pixels: int | None = None      # frame size limit (input frame and upscaled frame); None: none
 
     @classmethod
     def from_args(cls, args) -> "VideoSettings":
-        return cls(codec=getattr(args, "codec", None),
+        return cls(codec=getattr(args, "codec", None), max_pixels=getattr(args, "max_pixels", None) or None,
                    crf=DEFAULT_CRF if getattr(args, "crf", None) is None else args.crf,
                    batch_frames=getattr(args, "batch_frames", None) or DEFAULT_BATCH_FRAMES,
                    progress=not getattr(args, "quiet", False))
@@ -248,6 +249,8 @@ def transcode(upscaler: Callable, src: Path, dst: Path, suffix: str, settings: V
         vin = _pick_video_stream(inp, src, notes)
         if vin.codec_context.width <= 0 or vin.codec_context.height <= 0:
             raise VideoError(f"{src}: video stream has no frame size (corrupt?)")
+        _check_frame_size(src, vin.codec_context.width, vin.codec_context.height,
+                          int(getattr(upscaler, "scale", 4)), settings.max_pixels)
         turns = _display_turns(av, src, vin.index)
         if turns:
             turn = "90° clockwise" if turns == 3 else f"{90 * turns}° counterclockwise"
@@ -263,6 +266,17 @@ def transcode(upscaler: Callable, src: Path, dst: Path, suffix: str, settings: V
         out.close()
     finally:
         _close_quietly(inp)
+
+
+def _check_frame_size(src: Path, width: int, height: int, scale: int, max_pixels: int | None) -> None:
+    """--max-pixels for videos, from the stream header before any frame is decoded: the frame
+    and the upscaled frame (what the encoder is given) must both be within the limit."""
+    if not max_pixels:
+        return
+    for what, w, h in (("frame", width, height), ("upscaled frame", width * scale, height * scale)):
+        if w * h > max_pixels:
+            raise VideoError(f"{src}: {what} size {w}x{h} = {w * h:,} pixels is above the limit of "
+                             f"{max_pixels:,} pixels (--max-pixels); raise it if the file is trusted")
 
 
 def _display_turns(av, src: Path, index: int) -> int:
