@@ -126,9 +126,12 @@ class Report:
         """A failure found before any job ran (a missing input)."""
         self.add(Outcome(message.split(":")[0], FAILED, message))
 
-    def finish(self) -> int:
+    def finish(self, interrupted: int | None = None) -> int:
+        """Print the summary; ``interrupted``: the number of files not finished because of
+        Ctrl-C (the one in progress included)."""
         c = self.counts
-        print(f"{c[DONE]} upscaled, {c[SKIPPED]} skipped, {c[FAILED]} failed", file=sys.stderr)
+        tail = f", {interrupted} not done (interrupted)" if interrupted is not None else ""
+        print(f"{c[DONE]} upscaled, {c[SKIPPED]} skipped, {c[FAILED]} failed{tail}", file=sys.stderr)
         if self.failures:
             print("failed:", file=sys.stderr)
             for msg in self.failures:

@@ -181,14 +181,21 @@ def cmd_upscale(args) -> int:
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
     for outcome in decided:
         report.add(outcome)
-    for job in tqdm(todo, desc="upscaling", unit="file", disable=args.quiet or None, file=sys.stderr):
-        upscaler.notify = lambda msg, src=job.src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
-        if _is_video(job.src):
-            from .video import upscale_video  # never raises: failures are outcomes
+    before = sum(report.counts.values())
+    try:
+        for job in tqdm(todo, desc="upscaling", unit="file", disable=args.quiet or None, file=sys.stderr):
+            upscaler.notify = lambda msg, src=job.src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
+            if _is_video(job.src):
+                from .video import upscale_video  # never raises: failures are outcomes
 
-            report.add(upscale_video(upscaler, job, args))
-        else:
-            report.add(run_job(upscaler.upscale_image, job, args.overwrite, args.max_pixels))
+                report.add(upscale_video(upscaler, job, args))
+            else:
+                report.add(run_job(upscaler.upscale_image, job, args.overwrite, args.max_pixels))
+    except KeyboardInterrupt:
+        # The file in progress left nothing under its final name (write_atomically): say what
+        # was done, then exit 130 as an interrupted command does.
+        report.finish(interrupted=len(todo) - (sum(report.counts.values()) - before))
+        return 130
     return report.finish()
 
 

@@ -401,3 +401,29 @@ def test_video_honours_max_pixels_from_the_stream_header(tmp_path, limit, what):
     assert proc.returncode == 1, proc.stderr
     assert what in proc.stderr and "--max-pixels" in proc.stderr and "0 upscaled, 0 skipped, 1 failed" in proc.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ---------------------------------------------------------------- (h) Ctrl-C prints what was done
+
+def test_ctrl_c_mid_batch_prints_the_summary_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    folder = tmp_path / "in"
+    for i in range(40):
+        image(folder / f"{i:02d}.png", seed=i, size=(32, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00_x4.png").write_bytes(b"an earlier output")  # one skip in the summary
+    proc = subprocess.Popen([sys.executable, "-m", "esr_models.cli", "upscale", str(folder), "-o", str(out),
+                             "--model", "pfdnlite", "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*_x4.png"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    done = len(list(out.glob("*_x4.png"))) - 1
+    assert 0 < done < 39, err
+    assert f"{done} upscaled, 1 skipped, 0 failed, {39 - done} not done (interrupted)" in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".esr-tmp-")]
