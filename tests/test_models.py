@@ -58,7 +58,7 @@ def test_detect_from_own_state_dict_round_trips(models, name, tmp_path):
     reloaded = esr_models.load_state_dict_file(path)
     assert type(reloaded) is type(models[name])
     x = torch.rand(1, 3, 20, 24)
-    with torch.inference_mode():
+    with torch.inference_mode():  # same class, weights, input and thread: the same computation
         assert torch.equal(reloaded(x), models[name](x))
 
 

@@ -173,7 +173,7 @@ def test_cli_usage_errors_and_checkpoint_export(models, tmp_path, capsys):
     x = torch.rand(1, 3, 17, 23)
     with torch.no_grad():
         ref = models["pfdnlite"](x)
-        assert torch.equal(esr_models.load(pth)(x), ref)
+        assert torch.equal(esr_models.load(pth)(x), ref)  # same class and weights: same computation
     assert (torch.from_numpy(run_onnxruntime(onx, x)) - ref).abs().max() <= FLOAT32_TOLERANCE
     assert main(["export", str(pth), "--onnx", str(tmp_path / "again.onnx")]) == 0
 

@@ -74,8 +74,10 @@ def _outputs(folder: Path) -> dict[str, bytes]:
 def test_same_outputs_and_report_as_the_local_run_then_resumes(cluster, tmp_path):
     address, _ = cluster
     src = _images(tmp_path / "in", 5, corrupt=True)
-    # Torch's CPU convolutions can differ in the last bit with the number of threads: the local
-    # run uses the one thread each Ray worker gets here.
+    # Byte-identical, as like with like: the workers run the local loop's code (batch.run_job,
+    # Upscaler, one image at a time, NCHW) with the same weights (a torch.save round trip is
+    # exact) on this CPU. Torch's CPU convolutions can differ in the last bit with the number of
+    # threads: the local run uses the one thread each Ray worker gets here.
     local = esr("upscale", src, "-o", tmp_path / "local", "--model", MODEL, "-q",
                 env={"OMP_NUM_THREADS": "1"}, check=1)
     on_ray = esr("upscale", src, "-o", tmp_path / "ray", "--model", MODEL, "-q", "--ray", address,

@@ -114,6 +114,7 @@ def test_loader_returns_sr_descriptor_with_reference_model(spandrel, models, nam
     x = torch.rand(1, 3, 23, 29)  # odd sizes
     with torch.inference_mode():
         ref = models[name](x)
+        # Same class, weights, input and thread count: the same computation, exact on any CPU.
         assert torch.equal(desc.model(x), ref)  # the same weights, bit for bit
         assert torch.equal(desc(x), ref.clamp(0, 1))  # spandrel's call clamps to [0, 1]
         # Below the minimum spandrel pads (as size_requirements tell it to) and crops back.
