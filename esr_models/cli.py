@@ -215,6 +215,9 @@ def cmd_eval(args) -> int:
     files, skipped = list_images(args.hr)
     for s in skipped:
         print(f"note: {s}", file=sys.stderr)
+    from .evaluation.protocol import left_out_entries
+
+    left_out = [{"image": name, "error": why} for name, why in left_out_entries(args.hr)]
     records, failures = [], []
     for rec in evaluate_images(files, upscaler, with_ssim=not args.no_ssim, min_size=upscaler.min_size):
         if "error" in rec:
@@ -231,12 +234,18 @@ def cmd_eval(args) -> int:
     summary = summarise(records)
     if args.json:
         print(json.dumps({"model": args.model, "hr": str(args.hr), "fused": bool(args.fused),
-                          **summary, "images": len(records), "failed": failures, "per_image": records}))
+                          **summary, "images": len(records), "failed": failures, "left_out": left_out,
+                          "per_image": records}))
     else:
         extra = f"  SSIM {summary['ssim']:.4f}" if "ssim" in summary else ""
+        odd = ""
+        if left_out:  # entries named like images that are not image files: named and counted
+            n = len(left_out)
+            odd = (f"; {n} entr{'y' if n == 1 else 'ies'} named like images left out (not regular files): "
+                   + ", ".join(e["image"] for e in left_out))
         print(f"{'mean':<24} PSNR {summary['psnr']:.3f} dB  PSNR-Y {summary['psnr_y']:.3f} dB{extra}"
-              f"  (over {len(records)} of {len(records) + len(failures)} images)")
-    return 1 if failures else 0
+              f"  (over {len(records)} of {len(records) + len(failures)} images){odd}")
+    return 1 if failures or left_out else 0
 
 
 def cmd_info(args) -> int:

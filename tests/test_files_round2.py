@@ -427,3 +427,23 @@ def test_ctrl_c_mid_batch_prints_the_summary_and_exits_130(tmp_path):
     assert 0 < done < 39, err
     assert f"{done} upscaled, 1 skipped, 0 failed, {39 - done} not done (interrupted)" in err
     assert not [p for p in out.iterdir() if p.name.startswith(".esr-tmp-")]
+
+
+# ---------------------------------------------------------------- (i) eval names every left-out entry
+
+def test_eval_names_and_counts_every_left_out_entry(tmp_path):
+    import json
+
+    hr = tmp_path / "hr"
+    image(hr / "a.png", size=(64, 64))
+    (hr / "dangling.png").symlink_to(hr / "gone.png")
+    os.mkfifo(hr / "pipe.png")
+    (hr / "folder.png").mkdir()
+    proc = esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim")
+    assert proc.returncode == 1, proc.stderr
+    for name, what in (("dangling.png", "broken symbolic link"), ("pipe.png", "FIFO"), ("folder.png", "folder")):
+        assert name in proc.stderr and what in proc.stderr, proc.stderr
+    assert "(over 1 of 1 images); 3 entries named like images left out" in proc.stdout
+    data = json.loads(esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim", "--json").stdout)
+    assert data["images"] == 1
+    assert sorted(e["image"] for e in data["left_out"]) == ["dangling.png", "folder.png", "pipe.png"]

@@ -33,14 +33,41 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[str]]:
         raise FileNotFoundError(f"HR folder not found: {folder}")
     entries = sorted(folder.iterdir())
     files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    notes = [f"{p}: a folder, not an image; left out" for p in entries
-             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_dir()]
+    notes = [f"{folder / name}: {why}; left out" for name, why in left_out_entries(folder)]
     others = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         notes.append(f"{folder}: {len(others)} file(s) without an image extension left out")
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return files, notes
+
+
+def left_out_entries(folder: str | Path) -> list[tuple[str, str]]:
+    """(name, what it is) for every entry of ``folder`` named like an image that is not a
+    regular file (or a link to one): folders, broken or looping links, FIFOs, sockets, devices."""
+    import stat
+
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.is_file():
+            continue
+        try:
+            mode = p.lstat().st_mode
+        except OSError as exc:
+            out.append((p.name, f"cannot be examined ({exc.strerror or exc})"))
+            continue
+        if stat.S_ISLNK(mode):
+            why = "a symbolic link to a folder" if p.is_dir() else "a broken symbolic link"
+        elif stat.S_ISDIR(mode):
+            why = "a folder, not an image"
+        elif stat.S_ISFIFO(mode):
+            why = "a FIFO (named pipe), not an image file"
+        elif stat.S_ISSOCK(mode):
+            why = "a socket, not an image file"
+        else:
+            why = "not a regular file"
+        out.append((p.name, why))
+    return out
 
 
 def evaluate_images(files: list[Path], upscale: Callable[[torch.Tensor], torch.Tensor],
