@@ -219,7 +219,8 @@ def cmd_eval(args) -> int:
 
     left_out = [{"image": name, "error": why} for name, why in left_out_entries(args.hr)]
     records, failures = [], []
-    for rec in evaluate_images(files, upscaler, with_ssim=not args.no_ssim, min_size=upscaler.min_size):
+    for rec in evaluate_images(files, upscaler, scale=upscaler.scale, with_ssim=not args.no_ssim,
+                               min_size=upscaler.min_size):
         if "error" in rec:
             failures.append(rec)
             print(f"error: {rec['image']}: {rec['error']}", file=sys.stderr)

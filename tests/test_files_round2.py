@@ -447,3 +447,20 @@ def test_eval_names_and_counts_every_left_out_entry(tmp_path):
     data = json.loads(esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim", "--json").stdout)
     assert data["images"] == 1
     assert sorted(e["image"] for e in data["left_out"]) == ["dangling.png", "folder.png", "pipe.png"]
+
+
+# ---------------------------------------------------------------- (j) the scale comes from the model
+
+def test_eval_uses_the_checkpoints_scale(tmp_path):
+    import json
+
+    from esr_models.pfdnlite import PFDNLite
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "x2.pth"
+    torch.save(PFDNLite(scale=2).state_dict(), ckpt)
+    hr = tmp_path / "hr"
+    image(hr / "a.png", size=(40, 40))
+    proc = esr("eval", "--model", ckpt, "--hr", hr, "--no-ssim", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["images"] == 1
