@@ -178,17 +178,37 @@ def record_launches(model, x, arch: int) -> list[Launch]:
     return sink
 
 
-def _input(dtype_name: str, layout: str, size: int, batch: int):
+# Recorded input sizes (H, W): Triton specialises integer arguments (sizes, strides) on
+# divisibility by 16, so one size reaches only some specialisations: 40x40 gives H*W % 16 == 0
+# with W % 16 != 0; the odd 47x59 gives neither (what odd images and NCHW channel strides make).
+DEFAULT_SIZES = ((40, 40), (47, 59))
+
+
+def parse_sizes(text) -> tuple[tuple[int, int], ...]:
+    """"40" -> ((40, 40),); "40x40,47x59" -> ((40, 40), (47, 59))."""
+    out = []
+    for item in str(text).split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        h, _, w = item.partition("x")
+        out.append((int(h), int(w or h)))
+    if not out or min(min(hw) for hw in out) < 1:
+        raise ValueError(f"sizes {text!r}: expected HxW[,HxW...]")
+    return tuple(out)
+
+
+def _input(dtype_name: str, layout: str, hw: tuple[int, int], batch: int):
     import torch
 
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=g).to(getattr(torch, dtype_name))
+    x = torch.rand(batch, 3, *hw, generator=g).to(getattr(torch, dtype_name))
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
-def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size: int = 40,
+def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
                   batch: int = 2) -> list[tuple[Launch, str]]:
-    """(Launch, "model/dtype/layout") for every launch of every combination."""
+    """(Launch, "model/dtype/layout/HxW") for every launch of every combination."""
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
@@ -199,8 +219,9 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
         for dt in dtypes:
             model = esr_models.load(name, fused=True, backend="triton", dtype=getattr(torch, dt))
             for layout in layouts:
-                for launch in record_launches(model, _input(dt, layout, size, batch), arch):
-                    out.append((launch, f"{name}/{dt}/{layout}"))
+                for hw in parse_sizes(",".join(f"{h}x{w}" for h, w in sizes)):
+                    for launch in record_launches(model, _input(dt, layout, hw, batch), arch):
+                        out.append((launch, f"{name}/{dt}/{layout}/{hw[0]}x{hw[1]}"))
     return out
 
 
@@ -336,7 +357,7 @@ def _cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "esr-kernels" / "gpu-check"
 
 
-def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size: int = 40,
+def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
               batch: int = 2, jobs: int = 2, cache_dir: str | Path | None = None,
               kernels=None) -> dict:
     """Record, compile and judge; returns the report (the JSON ``esr gpu-check`` writes).
@@ -351,7 +372,7 @@ def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS
     for arch in archs:
         if arch not in ARCH_LIMITS:
             raise ValueError(f"no limits known for sm_{arch}; known: {sorted(ARCH_LIMITS)}")
-        for launch, used_by in record_models(arch, models, dtypes, layouts, size, batch):
+        for launch, used_by in record_models(arch, models, dtypes, layouts, sizes, batch):
             if kernels and launch.kernel not in kernels:
                 continue
             key = (arch, launch.spec_key())
@@ -380,7 +401,7 @@ def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS
 
     report = {"triton": triton.__version__, "command": "esr gpu-check " + " ".join(
                   shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["gpu-check"] else None,
-              "input": {"batch": batch, "size": size, "models": list(models), "dtypes": list(dtypes),
+              "input": {"batch": batch, "sizes": [list(hw) for hw in sizes], "models": list(models), "dtypes": list(dtypes),
                         "layouts": list(layouts)},
               "archs": {}, "violations": 0,
               "timing_s": {"record": round(t_record, 1), "compile": round(t_compile, 1),
@@ -468,7 +489,7 @@ def _csv(choices):
 
 
 def cmd_gpu_check(args) -> int:
-    report = run_check(args.arch, args.models, args.dtypes, args.layouts, args.size, args.batch,
+    report = run_check(args.arch, args.models, args.dtypes, args.layouts, args.sizes, args.batch,
                        args.jobs, args.cache_dir, args.kernels)
     print(format_table(report))
     if args.json:
@@ -488,7 +509,9 @@ def add_parser(sub) -> None:
     p.add_argument("--layouts", type=_csv(LAYOUTS), default=LAYOUTS)
     p.add_argument("--kernels", type=lambda t: tuple(v for v in t.split(",") if v), default=None,
                    help="only these kernels (e.g. _conv_kernel,_bsb_kernel)")
-    p.add_argument("--size", type=int, default=40, help="input height and width while recording")
+    p.add_argument("--size", "--sizes", dest="sizes", type=parse_sizes, default=DEFAULT_SIZES,
+                   help="input sizes while recording, HxW[,HxW...] (default 40x40,47x59: both "
+                        "divisibility classes of the size and stride arguments)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2, help="compiler processes")
     p.add_argument("--cache-dir", default=None, help="default $ESR_GPU_CHECK_CACHE or "

@@ -44,6 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--backends", default=None,
                    help="comma-separated subset of the fused backends (default: cuda: triton,cuda; "
                         "cpu: cpu; triton on cpu runs Triton's interpreter: slow, for testing)")
+    p.add_argument("--no-timings", action="store_true",
+                   help="checks only: no timing table (benchmarks/gpu_session.py times separately)")
     p.add_argument("--size", default=None, metavar="HxW",
                    help="input size (default 540x960 on cuda, 256x256 on cpu; --quick: 135x240, 96x128)")
     p.set_defaults(func=cmd_selftest)
@@ -155,10 +157,10 @@ def _backend_available(backend: str, device: torch.device) -> str | None:
         if device.type == "cpu" and not have["triton_interpreter"]:
             return "Triton runs on CPU tensors only with TRITON_INTERPRET=1 set before triton is imported"
         return None
-    if backend == "cuda":
-        if have["cpu_extension"] and have["cuda_extension"]:
+    if backend == "cuda":  # the CUDA extension defines the esr_native schemas itself
+        if have["cuda_extension"]:
             return None
-        return "; ".join(errors.values()) or "the native CUDA extension is not built"
+        return errors.get("_C_cuda", "the native CUDA extension is not built")
     if backend == "cpu":
         return None if have["cpu_extension"] else errors.get("_C_cpu", "the native CPU extension is not built")
     return f"unknown backend {backend}"
@@ -308,10 +310,11 @@ def cmd_selftest(args) -> int:
           f"{', '.join(models)}; input {source} ({h}x{w})")
     try:
         checks = run_checks(device, models, backends, x)
-        timings = run_timings(device, models, backends, x, args.quick)
+        timings = None if args.no_timings else run_timings(device, models, backends, x, args.quick)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-    _print_timings(timings, backends)
+    if timings is not None:
+        _print_timings(timings, backends)
 
     failed = [c for c in checks if not c["passed"]]
     verdict = "PASS" if checks and not failed else "FAIL"

@@ -25,7 +25,7 @@ def pfdnlite_launches():
     from esr_kernels.gpu_check import _input, record_launches
 
     model = esr_models.load("pfdnlite", fused=True, backend="triton")
-    x = _input("float32", "channels_last", 40, 2)
+    x = _input("float32", "channels_last", (40, 40), 2)
     return {arch: record_launches(model, x, arch) for arch in (80, 90)}
 
 
@@ -60,7 +60,7 @@ def test_recording_bf16_takes_the_tensor_core_dot():
     from esr_kernels.gpu_check import _input, record_launches
 
     model = esr_models.load("rlfn", fused=True, backend="triton", dtype=torch.bfloat16)
-    launches = record_launches(model, _input("bfloat16", "nchw", 32, 1), 86)
+    launches = record_launches(model, _input("bfloat16", "nchw", (32, 32), 1), 86)
     assert launches and all(launch.constexprs["IEEE"] is False for launch in launches)
 
 

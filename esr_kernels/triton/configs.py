@@ -14,6 +14,8 @@ the interpreter against esr_kernels.reference).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +49,36 @@ def table_arch(arch: int) -> int:
     return rows[-1] if rows else KNOWN_ARCHS[0]
 
 
+KERNELS = ("conv", "bsb", "esa_down", "esa_low", "esa_out", "la_reduce")
+
+# {kernel: LaunchConfig} forced for GPU launches within ``override`` (launch-configuration
+# sweeps, benchmarks/gpu_session.py); empty otherwise.
+_OVERRIDES: contextvars.ContextVar = contextvars.ContextVar("esr_launch_overrides", default={})
+
+
+@contextlib.contextmanager
+def override(kernel: str, config: LaunchConfig):
+    """Within this block, GPU launches of ``kernel`` use ``config`` (BLOCK_P, warps, ...)
+    instead of the table's; the interpreter keeps its own. For sweeps: answers do not depend on
+    the configuration (see the module docstring), only speed and resources do."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    token = _OVERRIDES.set({**_OVERRIDES.get(), kernel: config})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
 def launch_config(kernel: str, arch, dtype: torch.dtype, **sizes) -> LaunchConfig:
-    """The configuration of ``kernel`` ("conv", "bsb", "esa_down", "esa_low", "esa_out",
-    "la_reduce") for GPU ``arch`` (None: the interpreter) and weights/activations of ``dtype``;
-    ``sizes`` are the kernel's channel counts and flags (see each launcher)."""
+    """The configuration of ``kernel`` (one of ``KERNELS``) for GPU ``arch`` (None: the
+    interpreter) and weights/activations of ``dtype``; ``sizes`` are the kernel's channel
+    counts and flags (see each launcher)."""
     if arch is None:
         return INTERPRETER
+    forced = _OVERRIDES.get().get(kernel)
+    if forced is not None:
+        return forced
     return _gpu_config(kernel, table_arch(int(arch)), dtype, sizes)
 
 
