@@ -5,6 +5,12 @@ once, and in ``forward`` calls only the backend's ops with those packs.
 Packs (dataclasses, ``esr_kernels.contract.Pack``) are kept in ``module.packs`` by name; their
 tensors are also registered as non-persistent buffers, so that ``.to()`` / ``.cuda()`` move
 them (``_apply`` rebuilds the packs from the moved buffers) and the state dict is unchanged.
+
+Packs follow the weights on every path by which they change: ``load_state_dict`` (a post-hook
+on each fused module repacks it, whatever mode the tensors were made in and whether the model
+is later called eagerly or through ``torch.compile``), in-place edits of ordinary tensors (the
+fused model's forward pre-hook compares version counters, ``fusion._repack_if_changed``), and
+anything else through ``esr_models.fusion.repack_(model)``.
 """
 from __future__ import annotations
 
@@ -39,7 +45,13 @@ class _Fused:
         obj.kernels = kernels
         obj.packs = {}
         obj._pack()
+        obj.register_load_state_dict_post_hook(_repack_after_load)
         return obj
+
+    def repack(self) -> None:
+        """Packs made again from the module's current weights."""
+        with torch.no_grad():
+            self._pack()
 
     def _pack(self) -> None:
         raise NotImplementedError
@@ -55,6 +67,12 @@ class _Fused:
         self.packs = {name: pack.map_tensors(lambda path, _t, name=name: getattr(self, _buffer_name(name, path)))
                       for name, pack in self.packs.items()}
         return out
+
+
+def _repack_after_load(module: "_Fused", incompatible_keys) -> None:
+    """load_state_dict post-hook: copy_ into inference tensors bumps no version counter, and a
+    compiled forward skips the pre-hook's check, so a load always repacks."""
+    module.repack()
 
 
 class FusedConv2d(_Fused, nn.Conv2d):

@@ -64,7 +64,29 @@ def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
             model.register_forward_pre_hook(_check_fused_input)
         model._esr_fused_backend = backend
         model._esr_packed_versions = _param_versions(model)
+        if not any(h is _note_packed for h in model._load_state_dict_post_hooks.values()):
+            model.register_load_state_dict_post_hook(_note_packed)
     return replaced
+
+
+def repack_(model: nn.Module) -> nn.Module:
+    """Pack every fused module of ``model`` again from its current weights. ``load_state_dict``
+    and in-place edits of ordinary tensors are followed automatically; call this after changing
+    weights any other way (in-place edits of inference tensors, or of weights between calls of a
+    ``torch.compile``'d model, which skips the per-call check). Returns ``model``."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _Fused):
+                module.repack()
+    if getattr(model, "_esr_fused_backend", None) is not None:
+        model._esr_packed_versions = _param_versions(model)
+    return model
+
+
+def _note_packed(model: nn.Module, incompatible_keys) -> None:
+    """load_state_dict post-hook of a fused model; it runs after its fused modules' own hooks
+    (children first), which repacked them: the weights now packed are the current ones."""
+    model._esr_packed_versions = _param_versions(model)
 
 
 def _param_versions(model: nn.Module) -> tuple:
@@ -82,11 +104,7 @@ def _repack_if_changed(model: nn.Module) -> None:
         return
     if _param_versions(model) == model._esr_packed_versions:
         return
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _Fused):
-                module._pack()
-    model._esr_packed_versions = _param_versions(model)
+    repack_(model)
 
 
 def _check_fused_input(model: nn.Module, args: tuple) -> None:
