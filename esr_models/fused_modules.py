@@ -10,7 +10,9 @@ Packs follow the weights on every path by which they change: ``load_state_dict``
 on each fused module repacks it, whatever mode the tensors were made in and whether the model
 is later called eagerly or through ``torch.compile``), in-place edits of ordinary tensors (the
 fused model's forward pre-hook compares version counters, ``fusion._repack_if_changed``), and
-anything else through ``esr_models.fusion.repack_(model)``.
+anything else through ``esr_models.fusion.repack_(model)``. Pickling (``torch.save(model)``,
+``pickle.dumps``, Ray) stores the module without its packs and backend object (which holds
+``torch.ops`` handles): the backend is made again by name, and the packs rebuilt, on load.
 """
 from __future__ import annotations
 
@@ -53,6 +55,21 @@ class _Fused:
         with torch.no_grad():
             self._pack()
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        weight = next(self.parameters(), None)
+        state["kernels"] = _BackendRef.of(self.kernels, weight.device if weight is not None else "cpu")
+        state["packs"] = {}
+        packed = {_buffer_name(name, path) for name, pack in self.packs.items() for path in pack.tensors()}
+        state["_buffers"] = {k: v for k, v in self._buffers.items() if k not in packed}
+        state["_non_persistent_buffers_set"] = self._non_persistent_buffers_set - packed
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # Children (and their tensors) are restored before their parent: pack from them.
+        self.repack()
+
     def _pack(self) -> None:
         raise NotImplementedError
 
@@ -73,6 +90,34 @@ def _repack_after_load(module: "_Fused", incompatible_keys) -> None:
     """load_state_dict post-hook: copy_ into inference tensors bumps no version counter, and a
     compiled forward skips the pre-hook's check, so a load always repacks."""
     module.repack()
+
+
+class _BackendRef:
+    """What a fused module pickles instead of its kernel backend: the backend's name and device;
+    unpickled, it is a fresh backend from ``make_backend``. One per backend object (pickle's memo
+    then shares it, so a model's modules share one backend after loading, as before)."""
+
+    _live: dict = {}
+
+    def __init__(self, name: str, device: str):
+        self.name, self.device = name, device
+
+    @classmethod
+    def of(cls, kernels, device) -> "_BackendRef":
+        key = (id(kernels), str(device))
+        ref = cls._live.get(key)
+        if ref is None or ref[0] is not kernels:  # (the backend is held here, so its id is not reused)
+            ref = cls._live[key] = (kernels, cls(kernels.name, str(device)))
+        return ref[1]
+
+    def __reduce__(self):
+        return (_make_backend, (self.name, self.device))
+
+
+def _make_backend(name: str, device: str):
+    from esr_kernels.policy import make_backend
+
+    return make_backend(name, torch.device(device))
 
 
 class FusedConv2d(_Fused, nn.Conv2d):

@@ -4,7 +4,9 @@ be right are refused; container memory limits; the scale comes from the model ev
 Tiny images and the smallest model keep each case fast."""
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,33 @@ def test_fused_model_runs_the_weights_it_reports(path):
     assert (old - want).abs().max() > 0.01  # the change is visible
     assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
     assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), new.values()))
+
+
+# ---------------------------------------------------------------- (2) pickling a fused model
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_a_fused_model_pickles_and_rebuilds_its_packs(how):
+    _cpu_backend_or_skip()
+    fast = esr_models.load("pfdnlite", fused=True, backend="cpu")
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = fast(x)
+    if how == "pickle":
+        data = pickle.dumps(fast)
+        back = pickle.loads(data)
+    else:
+        buf = io.BytesIO()
+        torch.save(fast, buf)
+        data = buf.getvalue()
+        back = torch.load(io.BytesIO(data), weights_only=False)
+    state_bytes = sum(t.numel() * t.element_size() for t in fast.state_dict().values())
+    assert len(data) < 1.5 * state_bytes + 100_000  # the packs are not stored, only the weights
+    assert back.backend == "cpu"
+    assert len({id(m.kernels) for m in back.modules() if hasattr(m, "kernels")}) == 1  # one shared backend
+    with torch.no_grad():
+        assert torch.equal(back(x), want)
+    # and the copy follows its own weights
+    new = _other_weights(back)
+    back.load_state_dict(new)
+    with torch.no_grad():
+        assert not torch.equal(back(x), want)
