@@ -28,6 +28,8 @@ I (32-bit int)                    clip(v, 0, 65535) / 65535                     
 F (32-bit float)                  v as-is, clipped to [0, 1]; NaN/Inf: error      yes   no     16     16-bit grey
 PNG, 16-bit G / GA / RGB / RGBA   pypng, v / 65535 (v / (2**sBIT - 1) with sBIT)  G,GA  key/A  16     same planes, 16-bit
 PNG, 1/2/4-bit grey               pypng, v / (2**depth - 1)                       yes   key    8      L / LA
+PPM/PGM (P2/P3/P5/P6), maxval>255 own reader, v / maxval                          P2,P5 no     16     16-bit grey / RGB
+TIFF, 16-bit RGB / RGBA, chunky   own reader of Pillow's uncompressed strips      no    A      16     16-bit RGB / RGBA
 ================================  ==============================================  ====  =====  =====  ==================
 
 * "key": a colour-key transparency (PNG ``tRNS`` on a grey or RGB image, Pillow's
@@ -43,6 +45,9 @@ PNG, 1/2/4-bit grey               pypng, v / (2**depth - 1)                     
   colour space matches the output ('RGB ' for colour, 'GRAY' for grey); otherwise (e.g. a
   CMYK profile on a file converted to RGB) it is dropped and a note says so.
 * Animated GIF/APNG/WebP and multi-page TIFF: only the first frame is read; a note says so.
+* 16-bit colour TIFFs that are compressed or planar are read by Pillow at 8 bits (Pillow has no
+  16-bit colour mode), unless ``tifffile`` is installed (then read at 16 bits); without it a
+  note says that precision was reduced to 8 bits.
 * Size: images above ``max_pixels`` (default: Pillow's decompression-bomb limit) are refused
   before any pixel data is decoded.
 * ``Image.notes`` collects these per-file remarks (human-readable strings) for the caller to
@@ -294,6 +299,123 @@ def _read_png_pypng(path: Path, hdr: _PngHeader) -> Image:
     return _to_image(arr, scale, gray, None, 16 if hdr.bit_depth > 8 else 8, icc, notes)
 
 
+# ---------------------------------------------------------------------------- 16-bit PPM/PGM
+
+# Pillow opens 16-bit PPM (P6) as 8-bit RGB; these netpbm files are read here instead.
+_PNM_MAGICS = {b"P2": (1, False), b"P3": (3, False), b"P5": (1, True), b"P6": (3, True)}
+
+
+@dataclass
+class _PnmHeader:
+    magic: bytes
+    width: int
+    height: int
+    maxval: int
+    offset: int                   # first byte of the samples (binary formats)
+
+
+def _pnm_header(path: Path) -> _PnmHeader | None:
+    """The header of a P2/P3/P5/P6 netpbm file, or None if ``path`` is not one (or is not
+    readable as one: Pillow then says why)."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if head[:2] not in _PNM_MAGICS:
+        return None
+    fields, i = [], 2
+    while len(fields) < 3:
+        while i < len(head) and head[i:i + 1].isspace():
+            i += 1
+        if i >= len(head):
+            return None
+        if head[i:i + 1] == b"#":  # a comment runs to the end of the line
+            end = head.find(b"\n", i)
+            if end < 0:
+                return None
+            i = end + 1
+            continue
+        j = i
+        while j < len(head) and head[j:j + 1].isdigit():
+            j += 1
+        if j == i:
+            return None
+        fields.append(int(head[i:j]))
+        i = j
+    if i >= len(head) or not head[i:i + 1].isspace():
+        return None
+    width, height, maxval = fields
+    return _PnmHeader(head[:2], width, height, maxval, i + 1)
+
+
+def _read_pnm16(path: Path, hdr: _PnmHeader) -> Image:
+    """A netpbm file with maxval > 255 (two bytes a sample, big-endian), at 16 bits."""
+    planes, binary = _PNM_MAGICS[hdr.magic]
+    if not 0 < hdr.maxval <= 65535 or hdr.width <= 0 or hdr.height <= 0:
+        raise ImageReadError(f"cannot read image {path}: bad PNM header ({hdr.width}x{hdr.height}, "
+                             f"maxval {hdr.maxval})")
+    count = hdr.width * hdr.height * planes
+    with open(path, "rb") as f:
+        f.seek(hdr.offset)
+        if binary:
+            data = f.read(2 * count)
+            if len(data) < 2 * count:
+                raise ImageReadError(f"cannot read image {path}: truncated PNM data "
+                                     f"({len(data)} of {2 * count} bytes)")
+            v = np.frombuffer(data, dtype=">u2")
+        else:
+            v = np.array(f.read().split()[:count], dtype=np.int64)
+            if v.size < count:
+                raise ImageReadError(f"cannot read image {path}: truncated PNM data "
+                                     f"({v.size} of {count} samples)")
+    notes: list[str] = []
+    _note_clipped(path, v, 0, hdr.maxval, notes)
+    arr = np.clip(v, 0, hdr.maxval).astype(np.uint16).reshape(hdr.height, hdr.width, planes)
+    return _to_image(arr, float(hdr.maxval), planes == 1, None, 16, None, notes)
+
+
+# ---------------------------------------------------------------------------- 16-bit colour TIFF
+
+_TIFF_BITS, _TIFF_PLANAR = 258, 284
+
+
+def _tiff16_colour(im: PILImage.Image) -> bool:
+    """A TIFF whose colour samples are 16 bits, which Pillow opens as 8-bit RGB/RGBA."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA", "RGBX", "RGBa"):
+        return False
+    bits = im.tag_v2.get(_TIFF_BITS)
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return any(b == 16 for b in bits)
+
+
+def _read_tiff16(path: Path, im: PILImage.Image) -> np.ndarray | None:
+    """(H, W, 3 or 4) uint16 samples of a 16-bit colour TIFF's current frame, or None where
+    this reader does not apply (compressed or planar: then tifffile, if installed, else None)."""
+    spp = int(im.tag_v2.get(277, 3))
+    planar = im.tag_v2.get(_TIFF_PLANAR, 1)
+    tiles = im.tile
+    if (spp in (3, 4) and planar == 1 and tiles and all(t[0] == "raw" for t in tiles)
+            and getattr(im, "_n_frames", None) in (None, 1) and im.tell() == 0):
+        order = ">" if im.tag_v2._endian == ">" else "<"
+        arr = np.empty((im.height, im.width, spp), dtype=np.uint16)
+        fp = im.fp
+        for tile in tiles:
+            x0, y0, x1, y1 = tile[1]
+            n = (x1 - x0) * (y1 - y0) * spp
+            fp.seek(tile[2])
+            data = fp.read(2 * n)
+            if len(data) < 2 * n:
+                raise ImageReadError(f"cannot read image {path}: truncated TIFF strip")
+            arr[y0:y1, x0:x1] = np.frombuffer(data, dtype=f"{order}u2").reshape(y1 - y0, x1 - x0, spp)
+        return arr
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    arr = tifffile.imread(path, key=0)
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    return arr
+
+
 # ---------------------------------------------------------------------------- Pillow
 
 # PIL.Image.MAX_IMAGE_PIXELS is a process-wide setting that Pillow checks on open and again
@@ -342,7 +464,10 @@ def _pillow_to_image(path: Path, im: PILImage.Image) -> Image:
     orientation = im.getexif().get(_ORIENTATION_TAG)
     icc = im.info.get("icc_profile") or None
     alpha = None
-    if mode == "F":
+    wide = _read_tiff16(path, im) if _tiff16_colour(im) else None
+    if wide is not None:
+        arr, scale, gray, depth = (wide[..., :3] if mode == "RGBX" else wide), 65535.0, False, 16
+    elif mode == "F":
         v = np.asarray(im, dtype=np.float32)
         bad = int(np.count_nonzero(~np.isfinite(v)))
         if bad:
@@ -383,6 +508,9 @@ def _pillow_to_image(path: Path, im: PILImage.Image) -> Image:
             raise ImageReadError(f"cannot read image {path}: unsupported mode {mode} "
                                  f"({exc})") from exc
         scale, gray, depth = 255.0, False, 8
+    if wide is None and _tiff16_colour(im):
+        notes.append(f"{path}: 16-bit colour TIFF (compressed or planar) read at 8 bits: precision "
+                     f"reduced (install tifffile to keep 16 bits)")
     if arr.ndim == 2:
         arr = arr[..., None]
     arr = _orient(arr, orientation)
@@ -417,6 +545,10 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
             _check_size(path, hdr.width, hdr.height, max_pixels)
             if hdr.colour_type != 3 and hdr.bit_depth != 8:
                 return _read_png_pypng(path, hdr)
+        pnm = _pnm_header(path)
+        if pnm is not None and pnm.maxval > 255:
+            _check_size(path, pnm.width, pnm.height, max_pixels)
+            return _read_pnm16(path, pnm)
         return _read_pillow(path, max_pixels)
     except ImageReadError:
         raise

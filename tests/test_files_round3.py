@@ -109,3 +109,116 @@ def test_a_fused_model_pickles_and_rebuilds_its_packs(how):
     back.load_state_dict(new)
     with torch.no_grad():
         assert not torch.equal(back(x), want)
+
+
+# ---------------------------------------------------------------- (3) 16-bit PPM/PGM and TIFF stay 16-bit
+
+def _pnm16(path: Path, arr: np.ndarray, maxval: int = 65535, plain: bool = False) -> Path:
+    """A netpbm file with two-byte samples: P6/P5 (binary) or P3/P2 (plain), written by hand."""
+    colour = arr.ndim == 3
+    magic = ("P3" if colour else "P2") if plain else ("P6" if colour else "P5")
+    head = f"{magic}\n# written by the test\n{arr.shape[1]} {arr.shape[0]}\n{maxval}\n".encode()
+    body = (" ".join(map(str, arr.ravel().tolist())) + "\n").encode() if plain else arr.astype(">u2").tobytes()
+    path.write_bytes(head + body)
+    return path
+
+
+def _tiff16(path: Path, arr: np.ndarray, order: str = "<", rows_per_strip: int = 3, deflate: bool = False) -> Path:
+    """A 16-bit chunky RGB/RGBA TIFF (several strips; deflate if asked), written by hand:
+    Pillow cannot write 16-bit colour."""
+    import struct
+    import zlib
+
+    h, w, spp = arr.shape
+    strips = []
+    for y in range(0, h, rows_per_strip):
+        raw = arr[y:y + rows_per_strip].astype(f"{order}u2").tobytes()
+        strips.append(zlib.compress(raw) if deflate else raw)
+    n = len(strips)
+    entries = 11 + (spp == 4)
+    bits_at = 8 + 2 + 12 * entries + 4  # the out-of-line values follow the one IFD
+    offs_at = bits_at + 2 * spp
+    counts_at = offs_at + 4 * n
+    offsets = [counts_at + 4 * n + sum(map(len, strips[:i])) for i in range(n)]
+    SHORT, LONG = 3, 4
+    tags = [(256, LONG, 1, w), (257, LONG, 1, h), (258, SHORT, spp, bits_at),
+            (259, SHORT, 1, 8 if deflate else 1), (262, SHORT, 1, 2),
+            (273, LONG, n, offs_at if n > 1 else offsets[0]), (277, SHORT, 1, spp),
+            (278, LONG, 1, rows_per_strip), (279, LONG, n, counts_at if n > 1 else len(strips[0])),
+            (284, SHORT, 1, 1), (296, SHORT, 1, 1)] + ([(338, SHORT, 1, 2)] if spp == 4 else [])  # 2: alpha
+    assert len(tags) == entries
+    out = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "IH", 8, entries)
+    for tag, typ, count, value in tags:
+        inline = typ == SHORT and count == 1
+        out += struct.pack(order + "HHI", tag, typ, count)
+        out += struct.pack(order + "HH", value, 0) if inline else struct.pack(order + "I", value)
+    out += struct.pack(order + "I", 0)
+    out += struct.pack(order + f"{spp}H", *([16] * spp))
+    out += struct.pack(order + f"{n}I", *offsets) + struct.pack(order + f"{n}I", *map(len, strips))
+    path.write_bytes(out + b"".join(strips))
+    return path
+
+
+def _samples(shape, seed=0, maxval=65535):
+    # Odd values everywhere: 8 bits cannot hold them, so a truncation cannot pass unnoticed.
+    return np.random.default_rng(seed).integers(0, maxval // 2, size=shape, dtype=np.int64) * 2 + 1
+
+
+@pytest.mark.parametrize("kind", ["P6", "P3-plain", "P6-maxval-1023", "P5", "P2-plain"])
+def test_16bit_ppm_and_pgm_are_read_at_16_bits(tmp_path, kind):
+    from esr_models.images import read_image
+
+    maxval = 1023 if "1023" in kind else 65535
+    colour = kind[:2] in ("P6", "P3")
+    arr = _samples((5, 7, 3) if colour else (5, 7), maxval=maxval)
+    path = _pnm16(tmp_path / ("a.ppm" if colour else "a.pgm"), arr, maxval, plain="plain" in kind)
+    img = read_image(path)
+    assert img.bit_depth == 16 and img.grayscale == (not colour) and img.alpha is None
+    want = torch.from_numpy(arr / maxval).float()
+    want = want.permute(2, 0, 1) if colour else want[None].expand(3, -1, -1)
+    assert torch.allclose(img.rgb, want, atol=1e-6, rtol=0)
+
+
+def test_16bit_ppm_over_max_pixels_is_refused_before_reading(tmp_path):
+    from esr_models.images import ImageReadError, read_image
+
+    path = _pnm16(tmp_path / "a.ppm", _samples((5, 7, 3)))
+    with pytest.raises(ImageReadError, match="above the limit"):
+        read_image(path, max_pixels=30)
+
+
+@pytest.mark.parametrize("case", ["rgb-le", "rgba-be"])
+def test_16bit_colour_tiff_is_read_at_16_bits(tmp_path, case):
+    from esr_models.images import read_image
+
+    spp = 4 if case.startswith("rgba") else 3
+    arr = _samples((7, 6, spp), seed=2)
+    img = read_image(_tiff16(tmp_path / "a.tif", arr, order="<" if case.endswith("le") else ">"))
+    assert img.bit_depth == 16 and not img.grayscale
+    assert torch.allclose(img.rgb, torch.from_numpy(arr[..., :3] / 65535).float().permute(2, 0, 1), atol=1e-6)
+    if spp == 4:
+        assert torch.allclose(img.alpha, torch.from_numpy(arr[..., 3:] / 65535).float().permute(2, 0, 1), atol=1e-6)
+    else:
+        assert img.alpha is None
+
+
+def test_compressed_16bit_tiff_is_16_bit_or_says_precision_was_reduced(tmp_path):
+    from esr_models.images import read_image
+
+    arr = _samples((7, 6, 3), seed=3)
+    img = read_image(_tiff16(tmp_path / "a.tif", arr, deflate=True))
+    if img.bit_depth == 16:  # tifffile installed
+        assert torch.allclose(img.rgb, torch.from_numpy(arr / 65535).float().permute(2, 0, 1), atol=1e-6)
+    else:
+        assert any("precision reduced" in n and "16-bit" in n for n in img.notes), img.notes
+
+
+def test_cli_writes_a_16bit_png_for_a_16bit_ppm(tmp_path):
+    from esr_models.images import read_image
+
+    (tmp_path / "in").mkdir()
+    src = _pnm16(tmp_path / "in" / "a.ppm", _samples((16, 16, 3)))
+    r = esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite")
+    assert r.returncode == 0, r.stderr
+    out = read_image(tmp_path / "out" / "a_x4.png")
+    assert out.bit_depth == 16 and out.rgb.shape == (3, 64, 64)
