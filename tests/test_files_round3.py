@@ -222,3 +222,59 @@ def test_cli_writes_a_16bit_png_for_a_16bit_ppm(tmp_path):
     assert r.returncode == 0, r.stderr
     out = read_image(tmp_path / "out" / "a_x4.png")
     assert out.bit_depth == 16 and out.rgb.shape == (3, 64, 64)
+
+
+# ---------------------------------------------------------------- (4) training configs and runs that cannot be right
+
+def _png(path: Path, size: int, seed: int = 0) -> Path:
+    from PIL import Image as PILImage
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    PILImage.fromarray(arr).save(path)
+    return path
+
+
+@pytest.mark.parametrize("toml, named", [
+    ('model = "pfdnlite"\n[defualts]\nlr = 1e-3\n', "'defualts' (did you mean 'defaults'?)"),
+    ('model = "pfdnlite"\n[[stage]]\niters = 2\n', "'stage' (did you mean 'stages'?)"),
+    ('model = "pfdnlite"\n[arch]\nchanels = 8\n', "'chanels' (did you mean 'channels'?)"),
+    ('model = "pfdnlite"\n[defaults]\nlearning_rate = 1e-3\n', "[defaults]: unknown setting 'learning_rate'"),
+    ('model = "pfdnlite"\n[[stages]]\niters = 2\n[[stages]]\npatchh = 32\n', "[[stages]] 2: unknown setting 'patchh'"),
+    ('model = "pfdnlite"\nstages = 3\n', "'stages' must be an array of tables"),
+    ('model = "pfdnlitee"\n', "model 'pfdnlitee'"),
+])
+def test_unknown_tables_and_keys_in_a_training_config_are_errors_naming_them(tmp_path, toml, named):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(toml)
+    _png(tmp_path / "train" / "a.png", 64)
+    _png(tmp_path / "val" / "a.png", 64)
+    r = esr("train", "--config", cfg, "--train-hr", tmp_path / "train", "--val-hr", tmp_path / "val",
+            "--out", tmp_path / "run", "--iters", 1, "--num-workers", 0, "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and named in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_is_checked_as_the_recipes_are():
+    from esr_models.training.recipes import RECIPES, ConfigError, check_arch, check_config, load_config
+
+    for name in RECIPES:  # the shipped recipes pass their own check
+        cfg = load_config(name)
+        check_arch(cfg["model"], cfg.get("arch", {}))
+    with pytest.raises(ConfigError, match="'defualts'"):
+        check_config({"defualts": {}})
+
+
+def test_a_run_whose_validation_images_are_all_unusable_is_refused_before_training(tmp_path):
+    _png(tmp_path / "train" / "a.png", 64)
+    _png(tmp_path / "val" / "small.png", 20)  # PFDNLite x4 needs an HR of at least 28x28
+    (tmp_path / "val" / "broken.png").write_bytes(b"not a png")
+    r = esr("train", "--model", "pfdnlite", "--train-hr", tmp_path / "train", "--val-hr", tmp_path / "val",
+            "--out", tmp_path / "run", "--iters", 1, "--patch", 32, "--batch", 1, "--num-workers", 0, "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "none of its 2 validation image(s) can be used" in r.stderr and "small.png (20x20" in r.stderr
+    assert "broken.png (unreadable)" in r.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+

@@ -65,7 +65,11 @@ def cmd_train(args) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except ConfigError as exc:  # refused before training (e.g. no usable validation image)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if "interrupted" in summary:
         return 130
     parts = [f"done: iteration {summary['global_iter']}"]

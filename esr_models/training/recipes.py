@@ -23,6 +23,7 @@ the packaging does with data files; ``esr train --show-recipe NAME`` prints one.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 
 try:
@@ -167,18 +168,71 @@ def parse_config_text(text: str, fmt: str = "toml", origin: str = "config") -> d
     return data
 
 
+# The top level of a config: ``model`` and ``recipe`` (set by load_config for a shipped recipe)
+# are strings, the rest tables; anything else is a typo, never silently ignored.
+TOP_LEVEL = {"model": str, "recipe": str, "arch": dict, "defaults": dict, "stages": list}
+
+
+def _unknown(names, known, what: str) -> str:
+    """'unknown <what> 'x' (did you mean 'y'?), ...; known: ...'"""
+    parts = []
+    for name in sorted(map(str, names)):
+        close = difflib.get_close_matches(name, [str(k) for k in known], n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown {what} {', '.join(parts)}; known: {', '.join(sorted(map(str, known)))}"
+
+
+def check_config(cfg: dict, origin: str = "config") -> dict:
+    """Every table and key of ``cfg`` is one this package reads (ConfigError naming the first
+    that is not: ``[defualts]``, ``[[stage]]``, a misspelt setting); returns ``cfg``."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{origin}: not a table of settings")
+    unknown = set(cfg) - set(TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"{origin}: {_unknown(unknown, TOP_LEVEL, 'top-level table or key')}")
+    for key, kind in TOP_LEVEL.items():
+        if key in cfg and not isinstance(cfg[key], kind):
+            what = {str: "a string", dict: "a table", list: "an array of tables ([[stages]])"}[kind]
+            raise ConfigError(f"{origin}: {key!r} must be {what}, not {type(cfg[key]).__name__}")
+    unknown = set(cfg.get("defaults", {})) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"{origin}: [defaults]: {_unknown(unknown, DEFAULTS, 'setting')}")
+    for i, st in enumerate(cfg.get("stages", []), 1):
+        if not isinstance(st, dict):
+            raise ConfigError(f"{origin}: stage {i} is a {type(st).__name__}, not a table ([[stages]])")
+        unknown = set(st) - set(DEFAULTS)
+        if unknown:
+            raise ConfigError(f"{origin}: [[stages]] {i}: {_unknown(unknown, DEFAULTS, 'setting')}")
+    return cfg
+
+
+def check_arch(model: str, arch: dict, origin: str = "config") -> None:
+    """``[arch]`` keys are constructor arguments of ``model``'s train-time class."""
+    import inspect
+
+    from .models import TRAIN_CLASSES
+
+    if model not in TRAIN_CLASSES or not arch:
+        return
+    known = [n for n in inspect.signature(TRAIN_CLASSES[model]).parameters if n != "self"]
+    unknown = set(arch) - set(known)
+    if unknown:
+        raise ConfigError(f"{origin}: [arch] of {model}: {_unknown(unknown, known, 'key')}")
+
+
 def load_config(name_or_path: str | Path) -> dict:
-    """A shipped recipe by name, or a .toml / .yaml / .yml file."""
+    """A shipped recipe by name, or a .toml / .yaml / .yml file; checked by ``check_config``."""
     key = str(name_or_path)
     if key in RECIPES:
         cfg = parse_config_text(RECIPES[key], origin=f"recipe {key}")
         cfg.setdefault("recipe", key)
-        return cfg
+        return check_config(cfg, f"recipe {key}")
     path = Path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"--config {key!r}: neither a shipped recipe ({', '.join(RECIPES)}) nor a file")
     fmt = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "toml"
-    return parse_config_text(path.read_text(), fmt, origin=str(path))
+    cfg = parse_config_text(path.read_text(), fmt, origin=str(path))
+    return check_config(cfg, str(path))
 
 
 def resolve_stages(cfg: dict | None, overrides: dict, iter_scale: float | None = None,

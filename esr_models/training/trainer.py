@@ -39,8 +39,8 @@ from torch import nn
 
 from ..evaluation.protocol import evaluate_images, list_images, summarise
 from .data import PairedPatches, make_loader
-from .models import deploy, from_training_checkpoint, prune_pfdnlite, trainable
-from .recipes import load_config, resolve_stages
+from .models import ARCH_NAMES, deploy, from_training_checkpoint, prune_pfdnlite, trainable
+from .recipes import ConfigError, check_arch, load_config, resolve_stages
 
 LOG_FIELDS = ["global_iter", "stage", "stage_iter", "loss", "pixel_loss", "distill_loss", "lr",
               "val_psnr", "val_psnr_y", "it_per_s", "elapsed_s"]
@@ -270,6 +270,10 @@ class Trainer:
         if not model_name:
             raise ValueError("no model: pass --model or a config that names one")
         self.model_name = str(model_name).lower()
+        if self.model_name not in ARCH_NAMES:
+            raise ConfigError(f"model {model_name!r}: expected one of {', '.join(ARCH_NAMES)}")
+        if self.resume_state is None:
+            check_arch(self.model_name, self.cfg.get("arch", {}), str(opts.config or "config"))
         self.cfg = {**self.cfg, "model": self.model_name}
         if self.resume_state is not None:
             # The run's own resolved stages, so that a resumed run is the run that was started;
@@ -287,6 +291,29 @@ class Trainer:
             self.val_files = self.val_files[:opts.val_max_images]
         self._teachers: dict[str, Teacher] = {}
         self._base_data: PairedPatches | None = None
+
+    def check_validation_images(self, model: nn.Module) -> None:
+        """ConfigError unless at least one validation image can be used: readable, and large
+        enough that its LR (HR / the model's scale) is at least the model's minimum input.
+        Validation would otherwise give "nan dB on 0 images" every time and no best.pth."""
+        from ..images import image_size
+
+        scale, min_size = int(model.scale), int(getattr(model, "min_size", 1))
+        reasons = []
+        for path in self.val_files:
+            size = image_size(path)
+            if size is None:
+                reasons.append(f"{path.name} (unreadable)")
+                continue
+            w, h = size
+            lw, lh = w // scale, h // scale
+            if lw >= min_size and lh >= min_size:
+                return
+            reasons.append(f"{path.name} ({w}x{h} makes a {lw}x{lh} LR at x{scale})")
+        shown = "; ".join(reasons[:5]) + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
+        raise ConfigError(f"--val-hr {self.opts.val_hr}: none of its {len(self.val_files)} validation image(s) can be "
+                          f"used (the model needs an LR of at least {min_size}x{min_size}, i.e. an HR of at "
+                          f"least {min_size * scale}x{min_size * scale}): {shown}. Nothing was trained.")
 
     def run_files(self) -> list[Path]:
         """The files of a run that ``out`` already holds (a run writes exactly these)."""
@@ -370,6 +397,16 @@ class Trainer:
         from tqdm import tqdm
 
         opts = self.opts
+        rs = self.resume_state
+        # The model first: its scale and minimum input decide which validation images can be
+        # used, and a run none of whose validation images can be used is refused before any
+        # file is written.
+        if rs is not None:
+            model = from_training_checkpoint(rs)
+        else:
+            model = self._initial_model()
+        self._scale = model.scale
+        self.check_validation_images(model)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "log.csv"
         if self.resume_state is None:
@@ -380,15 +417,11 @@ class Trainer:
                 p.unlink()
         _atomic_write_text(self.out / "config.json",
                            json.dumps({"config": self.cfg, "stages": self.stages}, indent=2))
-        rs = self.resume_state
         if rs is not None:
-            model = from_training_checkpoint(rs)
             start_stage, start_iter, best = rs["stage"], rs["iter"], rs.get("best_psnr", -math.inf)
             self._truncate_log(rs["global_iter"])
         else:
-            model = self._initial_model()
             start_stage, start_iter, best = 0, 0, -math.inf
-        self._scale = model.scale
         offsets = np.cumsum([0] + [st["iters"] for st in self.stages]).tolist()
         total = offsets[-1]
         summary = {"best_psnr": best, "val_history": [], "iters_run": 0, "train_time_s": 0.0}
