@@ -58,16 +58,111 @@ def available_bytes(device: torch.device) -> int:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             avail = 8 << 30
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),):
-        try:
-            limit = open(limit_file).read().strip()
-            if limit != "max":
-                avail = min(avail, int(limit) - int(open(usage_file).read()))
-        except (OSError, ValueError):
-            pass
+    limited = cgroup_available_bytes()
+    if limited is not None:
+        avail = min(avail, limited)
     if cap_bytes is not None:
         avail = min(avail, cap_bytes)
     return max(int(avail), 0)
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _read_stat(path: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    out[parts[0]] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def _own_cgroup_dirs(root: str, proc_self_cgroup: str, v1: bool) -> list[str]:
+    """The folders of this process's cgroup and its ancestors up to ``root`` (innermost
+    first; in a container the cgroup root is usually the container's own cgroup)."""
+    rel = ""
+    try:
+        with open(proc_self_cgroup) as f:
+            for line in f:
+                hid, controllers, path = line.rstrip("\n").split(":", 2)
+                if (v1 and "memory" in controllers.split(",")) or (not v1 and hid == "0" and controllers == ""):
+                    rel = path.strip("/")
+    except (OSError, ValueError):
+        pass
+    dirs, parts = [], [p for p in rel.split("/") if p]
+    while True:
+        d = os.path.join(root, *parts)
+        if os.path.isdir(d) and d not in dirs:
+            dirs.append(d)
+        if not parts:
+            break
+        parts.pop()
+    return dirs or [root]
+
+
+def cgroup_available_bytes(root: str = CGROUP_ROOT, proc_self_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Memory this process's cgroup can still use: its limit minus its working set, the
+    tightest over the cgroup and its ancestors; None where no limit is set. The working set
+    leaves out page cache, which the kernel reclaims before it would kill anything (counting
+    it tiled every image at 16-32 px after a run had read many files):
+
+    * cgroup v2 (``memory.max``): ``memory.current`` minus ``file`` (page cache) plus ``shmem``
+      (tmpfs, counted in ``file`` but not reclaimable) from ``memory.stat``; without
+      ``memory.current``, ``anon`` + ``shmem`` + ``kernel``.
+    * cgroup v1 (``memory/memory.limit_in_bytes``, or the files at ``root`` itself):
+      ``memory.usage_in_bytes`` minus ``total_cache`` (or ``cache``) plus its ``shmem``.
+    """
+    best = None
+    v2 = os.path.exists(os.path.join(root, "cgroup.controllers")) or os.path.exists(os.path.join(root, "memory.max"))
+    if v2:
+        for d in _own_cgroup_dirs(root, proc_self_cgroup, v1=False):
+            limit = _read_int(os.path.join(d, "memory.max"))
+            if limit is None:
+                continue
+            stat = _read_stat(os.path.join(d, "memory.stat"))
+            current = _read_int(os.path.join(d, "memory.current"))
+            shmem = stat.get("shmem", 0)
+            if current is not None:
+                used = current - stat.get("file", 0) + shmem
+            else:
+                used = stat.get("anon", 0) + shmem + stat.get("kernel", 0)
+            free = limit - max(used, 0)
+            best = free if best is None else min(best, free)
+        return None if best is None else max(best, 0)
+    v1_root = os.path.join(root, "memory")
+    if not os.path.isdir(v1_root):
+        v1_root = root
+    for d in _own_cgroup_dirs(v1_root, proc_self_cgroup, v1=True):
+        limit = _read_int(os.path.join(d, "memory.limit_in_bytes"))
+        usage = _read_int(os.path.join(d, "memory.usage_in_bytes"))
+        if limit is None or limit >= _NO_LIMIT or usage is None:
+            continue
+        stat = _read_stat(os.path.join(d, "memory.stat"))
+        cache = stat.get("total_cache", stat.get("cache", 0))
+        shmem = stat.get("total_shmem", stat.get("shmem", 0))
+        free = limit - max(usage - cache + shmem, 0)
+        best = free if best is None else min(best, free)
+    return None if best is None else max(best, 0)
 
 
 def choose_tile(model: torch.nn.Module, n: int, h: int, w: int, dtype: torch.dtype, budget: int,
