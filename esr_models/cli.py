@@ -17,7 +17,7 @@ import torch
 from . import MODEL_NAMES
 from .batch import Report, run_job, triage
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
-from .outputs import check_suffix, is_temp_file, plan_outputs
+from .outputs import check_suffix, default_suffix, is_temp_file, plan_outputs
 from .video import VIDEO_SUFFIXES
 from .upscaler import DTYPES, Upscaler
 
@@ -129,7 +129,8 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[str], list[str]]:
 
 
 def _check_upscale_options(args) -> None:
-    check_suffix(args.suffix)
+    if args.suffix is not None:
+        check_suffix(args.suffix)
     if args.tile is not None and args.tile < 1:
         raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
     if args.tile_overlap < 0:
@@ -177,7 +178,8 @@ def cmd_upscale(args) -> int:
     report = Report(write=lambda line: tqdm.write(line, file=sys.stderr))
     for e in errors:
         report.fail(e)
-    jobs, earlier = plan_outputs(files, outdir, args.suffix, out_ext=_output_extension, scale=upscaler.scale)
+    suffix = default_suffix(upscaler.scale) if args.suffix is None else args.suffix
+    jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=_output_extension, scale=upscaler.scale)
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
     for outcome in decided:
         report.add(outcome)
@@ -299,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tile size in input pixels (default: whole image, tiled automatically when "
                          "it would not fit in memory)")
     up.add_argument("--tile-overlap", type=int, default=16, help="overlap between tiles in input pixels")
-    up.add_argument("--suffix", default="_x4", help="added to output file names (default: _x4)")
+    up.add_argument("--suffix", default=None,
+                    help="added to output file names (default: _x<scale>, the model's scale: _x4, or _x2 for a x2 "
+                         "checkpoint)")
     up.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (default: skip them; inputs are never replaced)")
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

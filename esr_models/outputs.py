@@ -71,6 +71,11 @@ def check_suffix(suffix: str) -> None:
                          "not a folder")
 
 
+def default_suffix(scale: int) -> str:
+    """The output suffix when ``--suffix`` is not given: the model's scale, ``_x4`` / ``_x2``."""
+    return f"_x{int(scale)}"
+
+
 def plan_outputs(files: list[Path], outdir: Path, suffix: str,
                  out_ext: Callable[[Path], str] = lambda src: ".png",
                  scale: int = 4) -> tuple[list[Job], list[Path]]:

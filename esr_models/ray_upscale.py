@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from .batch import DONE, FAILED, SKIPPED, Outcome, Report, run_job, triage
-from .outputs import TEMP_PREFIX, Job, file_identity, plan_outputs
+from .outputs import TEMP_PREFIX, Job, default_suffix, file_identity, plan_outputs
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
 LOCAL = "local"                 # --ray without an address: start a Ray for this run
@@ -109,15 +109,16 @@ def _check_options(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
-def _checkpoint_bytes(args) -> bytes:
-    """The model's weights as a checkpoint file's bytes: loaded here (same errors as the local
-    path), shipped to the workers, which load them through the same ``cli._load_model``."""
+def _checkpoint_bytes(args) -> tuple[bytes, int]:
+    """The model's weights as a checkpoint file's bytes, and its scale: loaded here (same errors
+    as the local path), shipped to the workers, which load them through the same
+    ``cli._load_model``. The scale names and checks the outputs here, as the local path does."""
     from .loading import load
 
     model = load(args.model)  # CPU float32: the reference weights, whatever runs them
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return buf.getvalue()
+    return buf.getvalue(), int(getattr(model, "scale", 4))
 
 
 def _check_device_here(args) -> None:
@@ -323,13 +324,14 @@ def upscale_on_ray(args, files: list[Path], errors: list[str]) -> int:
 
     _check_options(args)
     ray = _import_ray()
-    checkpoint = _checkpoint_bytes(args)
+    checkpoint, scale = _checkpoint_bytes(args)
     if args.ray == LOCAL:
         _check_device_here(args)
     else:
         torch.device(args.device)  # a malformed name fails here; availability on the workers
     outdir = Path(args.output)
-    jobs, earlier = plan_outputs(files, outdir, args.suffix, out_ext=_output_extension)
+    suffix = default_suffix(scale) if args.suffix is None else args.suffix
+    jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=_output_extension, scale=scale)
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
     started = _connect(ray, args.ray) if todo else False
     names = {job.dst.name for job in todo}

@@ -339,3 +339,66 @@ def test_available_bytes_takes_the_cgroup_limit(monkeypatch):
     monkeypatch.setattr(memory, "cgroup_available_bytes", lambda *a, **k: 123 * MB)
     monkeypatch.delenv("ESR_MAX_MEMORY_MB", raising=False)
     assert memory.available_bytes(torch.device("cpu")) <= 123 * MB
+
+
+# ---------------------------------------------------------------- (6) the scale comes from the model everywhere
+
+@pytest.fixture
+def x2_checkpoint(tmp_path):
+    from esr_models.pfdnlite import PFDNLite
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "x2.pth"
+    torch.save(PFDNLite(scale=2).state_dict(), ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize("how", ["whole", "tiled", "ray"])
+def test_a_x2_model_writes_x2_images_named_x2(tmp_path, x2_checkpoint, how):
+    from esr_models.images import read_image
+
+    if how == "ray":
+        pytest.importorskip("ray")
+    src = _png(tmp_path / "in" / "a.png", 24)
+    # An earlier x2 output among the inputs is recognised at x2 (by its name and its size).
+    _png(tmp_path / "in" / "b.png", 20, seed=1)
+    _png(tmp_path / "in" / "b_x2.png", 40, seed=2)
+    extra = {"whole": [], "tiled": ["--tile", 12, "--tile-overlap", 2],
+             "ray": ["--ray", "--ray-workers", 1]}[how]
+    r = esr("upscale", tmp_path / "in", "-o", tmp_path / "in", "--model", x2_checkpoint, "-q", *extra,
+            env={"OMP_NUM_THREADS": "1"} if how == "ray" else None)
+    assert r.returncode == 0, r.stderr
+    # a.png upscaled; b_x2.png is b.png's earlier output (exactly 2x its size), so both are skipped
+    assert "1 upscaled, 2 skipped, 0 failed" in r.stderr, r.stderr
+    assert "b_x2.png: an output of an earlier run" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png", "a_x2.png", "b.png", "b_x2.png"]
+    assert read_image(tmp_path / "in" / "a_x2.png").rgb.shape == (3, 48, 48)
+    assert not list((tmp_path / "in").glob("*_x4*"))
+    assert src.exists()
+
+
+def test_an_explicit_suffix_is_kept_with_a_x2_model(tmp_path, x2_checkpoint):
+    _png(tmp_path / "in" / "a.png", 16)
+    r = esr("upscale", tmp_path / "in" / "a.png", "-o", tmp_path / "out", "--model", x2_checkpoint, "-q",
+            "--suffix", "_big")
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_big.png"]
+
+
+def test_a_x2_model_upscales_video_frames_x2(tmp_path, x2_checkpoint):
+    av = pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as out:
+        s = out.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        for i in range(2):
+            arr = np.full((24, 32, 3), 40 * i, np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    r = esr("upscale", clip, "-o", tmp_path / "out", "--model", x2_checkpoint, "-q")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(tmp_path / "out" / "clip_x2.mp4")) as f:
+        v = f.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (64, 48)
