@@ -39,6 +39,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,10 +142,12 @@ def run_session(args) -> int:
     report_path = out_dir / "gpu-session.json"
     if report_path.exists():
         raise SystemExit(f"gpu_session: {report_path} exists (nothing is overwritten: choose another --out)")
-    work = Path(args.work) if args.work else out_dir / "work"
+    # Step files live outside --out: only the report and the log come back from a lent machine.
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="esr-gpu-session-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "args.json").write_text(json.dumps({"wheels": args.wheels, "dry_run": args.dry_run,
-                                                "models": args.models}))
+                                                "models": args.models, "pytest_k": args.pytest_k,
+                                                "timing_filter": args.timing_filter}))
     deadline = time.monotonic() + args.budget_s
     wheels = _install_wheels(args, work)
     report = {"command": shlex.join([sys.executable, "-m", "benchmarks.gpu_session", *sys.argv[1:]]),
@@ -248,6 +251,7 @@ def run_child(args) -> int:
     saved = json.loads((work / "args.json").read_text()) if (work / "args.json").is_file() else {}
     ctx = steps.StepContext(work=work, dry_run=args.dry_run, deadline=time.monotonic() + args.deadline_s - 3,
                             wheels=saved.get("wheels"), models=saved.get("models"),
+                            pytest_k=saved.get("pytest_k"), timing_filter=saved.get("timing_filter"),
                             out=work / f"step-{args.step}.json")
     getattr(steps, f"step_{args.step}")(ctx)
     return 0
@@ -264,6 +268,10 @@ def main(argv=None) -> int:
     p.add_argument("--wheels", default=None, help="folder of wheels to install first (no network)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--models", default=None, help="comma-separated models (default all three)")
+    p.add_argument("--pytest-k", default=None, metavar="EXPR",
+                   help="pytest step: one run of tests/test_gpu.py -k EXPR instead of the default two")
+    p.add_argument("--timing-filter", default=None, metavar="S1,S2",
+                   help="timing step: only cases whose model/size/provider name contains one of these")
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     p.add_argument("--step", default=None, choices=STEPS, help=argparse.SUPPRESS)
     p.add_argument("--deadline-s", type=float, default=60, help=argparse.SUPPRESS)

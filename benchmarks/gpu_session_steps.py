@@ -29,6 +29,8 @@ class StepContext:
     out: Path
     wheels: str | None = None
     models: list | None = None
+    pytest_k: str | None = None
+    timing_filter: str | None = None
     result: dict = field(default_factory=dict)
 
     def left(self) -> float:
@@ -297,7 +299,7 @@ PYTEST_LEFT_OUT = {"tests/test_gpu.py::test_selftest_cuda_quick_passes": "the se
 
 def step_pytest(ctx: StepContext) -> None:
     tests, runs = [], []
-    for name, expr in PYTEST_RUNS:
+    for name, expr in ((("chosen", ctx.pytest_k),) if ctx.pytest_k else PYTEST_RUNS):
         if ctx.left() < 20:
             runs.append({"run": name, "skipped": "no time left"})
             continue

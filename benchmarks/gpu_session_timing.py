@@ -33,10 +33,12 @@ class Case:
     batch: int = 1
     channels_last: bool = False
     graph: bool = False
+    tf32: bool = True        # eager float32 only: cuDNN's TF32 convolutions (PyTorch's default) or IEEE
 
     @property
     def name(self) -> str:
-        parts = [self.provider, self.dtype] + (["channels_last"] if self.channels_last else [])
+        ieee = self.provider in ("eager", "compile") and self.dtype == "float32" and not self.tf32
+        parts = [self.provider, self.dtype] + (["ieee"] if ieee else []) + (["channels_last"] if self.channels_last else [])
         parts += (["cuda_graph"] if self.graph else []) + ([f"batch{self.batch}"] if self.batch > 1 else [])
         return "/".join(parts)
 
@@ -50,6 +52,8 @@ def plan_cases(models, dry_run: bool) -> list[Case]:
     cases = []
     for size, hw in GPU_SIZES.items():
         cases += [Case(m, size, hw, p) for m in models for p in ("eager", "triton", "cuda")]
+        # the fused float32 kernels are IEEE float32: eager without TF32 is their like-for-like
+        cases += [Case(m, size, hw, "eager", tf32=False) for m in models]
     big = ("540x960", GPU_SIZES["540x960"])
     for dt in ("float16", "bfloat16"):
         cases += [Case(m, *big, "eager", dt, channels_last=True) for m in models]
@@ -192,12 +196,16 @@ def _attach_roofline(rows, proc, ceil, timeout) -> str | None:
     return None
 
 
+def _selected(case: Case, filt: str | None) -> bool:
+    return not filt or any(f and f in f"{case.model}/{case.size}/{case.name}" for f in filt.split(","))
+
+
 def step_timing(ctx) -> None:
     import torch
 
     device = ctx.device
     models = ctx.model_names
-    cases = plan_cases(models, ctx.dry_run)
+    cases = [c for c in plan_cases(models, ctx.dry_run) if _selected(c, ctx.timing_filter)]
     shapes = sorted({(*c.hw, "float16" if c.dtype == "bfloat16" else c.dtype) for c in cases})
     roof = start_roofline(models, shapes)
     warmup, iters = (1, 3) if ctx.dry_run else (5, 20)
@@ -213,6 +221,8 @@ def step_timing(ctx) -> None:
             continue
         row = asdict(case) | {"name": case.name}
         t0 = time.monotonic()
+        saved_tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = case.tf32
         try:
             run = build_runner(case, device)
             times = time_ms(run, device, warmup, iters)
@@ -220,6 +230,8 @@ def step_timing(ctx) -> None:
                        frames_per_s=1e3 * case.batch / statistics.median(times))
         except Exception as exc:  # noqa: BLE001  one failing provider is a finding, not the end
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved_tf32
         row["setup_and_run_s"] = round(time.monotonic() - t0, 1)
         rows.append(row)
         ctx.save(rows=rows)

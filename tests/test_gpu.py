@@ -11,13 +11,20 @@ pytestmark = [pytest.mark.gpu, pytest.mark.triton, pytest.mark.shared]
 
 
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
-def test_compile_max_autotune_fullgraph_matches_eager(name):
-    model = esr_models.load(name, device="cuda", dtype=torch.float16, fused=True)
-    x = torch.rand(1, 3, 96, 128, device="cuda", dtype=torch.float16)
+def test_compile_max_autotune_fullgraph_matches_eager(name, _no_tf32):
+    """Compiled and eager fused float16 models, each within the relative rule of the float32
+    reference. (An absolute 1e-3 between the two failed on an H200: on uniform noise the
+    outputs reach 3.4, where one float16 step is 2e-3; compiled and eager differed by 1.5 steps.)"""
+    x = _image(96, 128)
     with torch.inference_mode():
-        eager = model(x)
-        compiled = torch.compile(model, mode="max-autotune", fullgraph=True)(x)
-    assert (compiled.float() - eager.float()).abs().max() <= 1e-3
+        truth = esr_models.load(name, device="cuda")(x)
+        ref_err = (esr_models.load(name, device="cuda", dtype=torch.float16)(x.half()).float() - truth).abs().max()
+        model = esr_models.load(name, device="cuda", dtype=torch.float16, fused=True)
+        eager = model(x.half())
+        compiled = torch.compile(model, mode="max-autotune", fullgraph=True)(x.half())
+    assert compiled.dtype == torch.float16 and compiled.shape == truth.shape
+    assert (eager.float() - truth).abs().max() <= 2 * ref_err
+    assert (compiled.float() - truth).abs().max() <= 2 * ref_err
 
 
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
@@ -39,13 +46,17 @@ def test_cuda_graph_capture_replays_the_same_answer(name):
 
 
 @pytest.mark.slow
-def test_fused_at_real_size_540x960():
+def test_fused_at_real_size_540x960(_no_tf32):
+    """"auto" (Triton) at 540x960 on image content within the float32 bar. With PyTorch's
+    default TF32 convolutions the reference itself is ~1e-3 off (on an H200 the fused IFADNet
+    was 0.39 from a TF32 reference on uniform noise, which drives its output to +-3)."""
+    x = _image(540, 960)
     for name in esr_models.MODEL_NAMES:
         ref = esr_models.load(name, device="cuda")
         fused = esr_models.load(name, device="cuda", fused=True)
-        x = torch.rand(1, 3, 540, 960, device="cuda")
+        assert fused.backend == "triton"
         with torch.inference_mode():
-            assert (fused(x) - ref(x)).abs().max() <= 1e-4, name
+            assert (fused(x) - ref(x)).abs().max() <= 1e-5, name
 
 
 # ---------------------------------------------------------------- backend="cuda", named explicitly
