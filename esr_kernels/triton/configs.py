@@ -104,6 +104,12 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         if sizes.get("gate"):
             # x and the four bilinear taps of att per input tile: half the pixels (32 pixels
             # took 216-254 registers on sm_86; 8 warps, 128 and a 16-byte spill).
+            if arch >= 90 and dtype != torch.float32:
+                # Triton 3.6's ptxas (the lent H200's image) gave PFDNLite's fp16 channels_last
+                # gated residual conv 72 registers and an 8-byte stack at 4 warps; at 8 warps
+                # every gated specialisation fits on sm_90 under Triton 3.6 and 3.9 alike (on
+                # sm_86/89 8 warps spills instead, so they keep 4).
+                return LaunchConfig(block_p=16, num_warps=8, num_stages=1, ci_block=16)
             return LaunchConfig(block_p=16, num_warps=4, num_stages=1, ci_block=16)
         if sizes.get("shuffle") and dtype == torch.float32:
             # ptxas capped this one at 96 registers and spilled 16 bytes; allowed 255, it fits.
