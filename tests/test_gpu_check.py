@@ -108,7 +108,7 @@ def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(configs, "_gpu_config", oversized)
     out_json = tmp_path / "r.json"
     rc = main(["gpu-check", "--arch", "86", "--models", "pfdnlite", "--dtypes", "float32", "--layouts",
-               "nchw", "--kernels", "_la_reduce_kernel", "--cache-dir", str(tmp_path / "cache"),
+               "nchw", "--kernels", "_la_reduce_kernel", "--sizes", "40x40", "--cache-dir", str(tmp_path / "cache"),
                "--json", str(out_json)])
     assert rc == 1
     import json
@@ -118,3 +118,17 @@ def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
     assert row["constexprs"]["BLOCK_P"] == 256 and row["verdict"] == "FAIL"
     assert row["stack"] + row["local"] > 0 or row["shared"] > 101376
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_odd_sizes_reach_the_specialisations_a_square_size_does_not():
+    """Triton specialises int arguments on divisibility by 16: 40x40 and 47x59 give different
+    specialisations of the same launch (both are recorded by default)."""
+    import esr_models
+    from esr_kernels.gpu_check import DEFAULT_SIZES, _input, parse_sizes, record_launches
+
+    assert DEFAULT_SIZES == ((40, 40), (47, 59))
+    assert parse_sizes("40") == ((40, 40),) and parse_sizes("40x40, 47x59") == DEFAULT_SIZES
+    model = esr_models.load("pfdnlite", fused=True, backend="triton", dtype=torch.float16)
+    keys = {hw: {l.spec_key() for l in record_launches(model, _input("float16", "nchw", hw, 1), 90)}
+            for hw in DEFAULT_SIZES}
+    assert keys[(47, 59)] - keys[(40, 40)]
