@@ -174,3 +174,18 @@ def test_tiling_flag_is_backed(spandrel, shared, name):
     mse = (tiled - whole).pow(2).mean().item()
     assert mse > 0  # the tiles did see different pooling windows
     assert 10 * torch.log10(torch.tensor(1.0 / mse)).item() >= 40.0
+
+
+def test_a_real_torchvision_where_one_is_required():
+    """.ci/cuda-build runs this file in the CUDA-torch venv, which has the torchvision built for
+    its torch, with ESR_REQUIRE_REAL_TORCHVISION=1: there spandrel must import the real one,
+    never the stand-in above."""
+    if os.environ.get("ESR_REQUIRE_REAL_TORCHVISION") != "1":
+        pytest.skip("only where a torchvision for this torch is installed (.ci/cuda-build)")
+    assert _torchvision_importable()
+    spandrel = _import_spandrel()
+    import torchvision
+
+    assert sys.modules["torchvision"] is torchvision and hasattr(torchvision, "__version__")
+    assert spandrel.ModelLoader is not None
+
