@@ -2,7 +2,7 @@
 ``esr_kernels._C_cpu`` (torch.ops.esr_native.*):
 - dense convolutions: stride-1 3x3 by Winograd F(2x2, 3x3) and 1x1 as register-blocked GEMMs
   (the AVX-512 conv engine, csrc/cpu/winograd.cpp and conv1x1.cpp) with bias, activation and
-  residual fused; the rest (stride 2, and every conv on a build without AVX-512) through oneDNN
+  residual fused; the rest (stride 2, and every conv at an ISA level without AVX-512) through oneDNN
   (PyTorch's mkldnn, activation fused as a post-op);
 - around them: the LocalAttention gate, the reflect-padded depthwise + GELU of BSB, the conv
   epilogues (partial channels, gated residual, shortcut + pixel shuffle) and the ESA tail.
@@ -136,8 +136,9 @@ class CpuBackend(KernelBackend):
         self.native = native_ops("_C_cpu")
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
         self._binary = torch.ops.mkldnn._convolution_pointwise.binary
-        # The Winograd / GEMM conv engine needs an AVX-512 build (setup.py: -march=native);
-        # ESR_CPU_CONV_ENGINE=0 keeps oneDNN's convolutions (for comparison).
+        # The Winograd / GEMM conv engine runs at the avx512 ISA level (chosen at run time from
+        # the CPU, csrc/cpu/dispatch.cpp; ESR_CPU_ISA forces a lower one); ESR_CPU_CONV_ENGINE=0
+        # keeps oneDNN's convolutions (for comparison).
         self.engine = (bool(self.native.conv_engine_available())
                        and os.environ.get("ESR_CPU_CONV_ENGINE", "1") != "0")
 
@@ -222,7 +223,7 @@ class CpuBackend(KernelBackend):
             if p.w1 is not None:
                 return self.native.conv1x1([x], p.w1, p.bp, c_conv, act, *epilogue)
         attr, scalars, algorithm = _ONEDNN_ACT[act]
-        # The oneDNN path (stride 2, builds without AVX-512). Measured against F.conv2d + the
+        # The oneDNN path (stride 2, ISA levels without the conv engine). Measured against F.conv2d + the
         # activation in the C++ epilogue: the fused post-op was faster for every model.
         y = self._pointwise(_cl(x), p.w, p.b, [p.padding, p.padding], [p.stride, p.stride], [1, 1], 1,
                             attr, scalars, algorithm)

@@ -59,15 +59,68 @@ def native_ops(name: str):
     return torch.ops.esr_native
 
 
+# ---------------------------------------------------------------- the CPU extension's ISA level
+CPU_ISA_LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
+
+
+def cpu_isa() -> dict | None:
+    """The ISA level of the CPU extension's kernels (csrc/cpu/dispatch.cpp), None without the
+    extension: ``running`` (the compiled kernel set that runs: baseline, avx2, avx512, or arch
+    for an ESR_CPU_ARCH build; None if none can), ``running_level`` (its ISA), ``cpu`` (this
+    CPU's highest level), ``compiled`` (the kernel sets built in), ``requested`` (ESR_CPU_ISA,
+    None if unset) and ``error`` (why nothing runs: ESR_CPU_ISA above the CPU's level or not a
+    level; None if fine). ESR_CPU_ISA is read once, when the extension first dispatches."""
+    if _extension("_C_cpu") is None:
+        return None
+    if not hasattr(torch.ops.esr_native, "cpu_isa_info"):
+        # An extension built before run-time dispatch (one -march build): one unnamed level.
+        return {"running": "arch", "running_level": None, "cpu": None, "compiled": ["arch"], "requested": None,
+                "error": None}
+    info = dict(item.split("=", 1) for item in torch.ops.esr_native.cpu_isa_info())
+    return {"running": info["running"] or None, "running_level": info["running_level"] or None,
+            "cpu": info["cpu"], "compiled": [c for c in info["compiled"].split(",") if c],
+            "requested": info["requested"] or None, "error": info["error"] or None}
+
+
+def cpu_auto_reason() -> str | None:
+    """Why "auto" runs the reference instead of the native CPU backend for float32 on this CPU
+    (None: it runs the native backend). "auto" must never make a user slower than eager
+    PyTorch, so it picks the native backend only at ISA levels where it was measured faster
+    than eager channels_last for every model (interleaved in one process, torch capped to the
+    same ISA; README, "Speed (CPU, this machine)"). With the conv engine (avx512) it is
+    1.7-1.8x faster. Without it (avx2, baseline) the fused path is oneDNN's convolutions plus
+    this extension's epilogues, and RLFN ran slower than eager channels_last (avx2: 0.91x;
+    baseline: IFADNet 0.28x), so "auto" runs the reference there. backend="cpu" still runs it."""
+    err = extension_error("_C_cpu")
+    if err is not None:
+        return f"the native CPU extension does not import: {err}"
+    isa = cpu_isa()
+    if isa["error"]:
+        return isa["error"]
+    if not torch.ops.esr_native.conv_engine_available():
+        return (f"no conv engine at the ISA level that runs ({isa['running_level'] or isa['running']}): the "
+                "native backend's oneDNN path measured slower than eager PyTorch there for some models")
+    return None
+
+
 def available_backends() -> dict:
     cpu = _extension("_C_cpu") is not None
+    isa = cpu_isa()
+    cpu_ok = cpu and not isa["error"]
+    auto_reason = cpu_auto_reason()
     return {
         "triton": triton_available(),
         "triton_interpreter": triton_runnable_on_cpu(),
         "cuda_extension": _extension("_C_cuda") is not None,
         "cpu_extension": cpu,
-        # Winograd / GEMM convolutions of the CPU extension (built only with AVX-512).
-        "cpu_conv_engine": cpu and bool(torch.ops.esr_native.conv_engine_available()),
+        # The ISA level whose kernels run (chosen at run time from the CPU's features;
+        # ESR_CPU_ISA forces a lower one), and the whole story: this CPU's level, the levels built.
+        "cpu_isa": isa["running"] if cpu_ok else None,
+        "cpu_isa_detail": isa,
+        # Winograd / GEMM convolutions of the CPU extension (at the avx512 level).
+        "cpu_conv_engine": cpu_ok and bool(torch.ops.esr_native.conv_engine_available()),
+        # What "auto" runs for float32 on CPU, and why when it is not the native backend.
+        "cpu_auto": "cpu" if auto_reason is None else f"reference: {auto_reason}",
         "cuda_device": torch.cuda.is_available(),
         # The import errors of the native extensions that did not load (not built, or built
         # against another torch): the reason, not just False.
@@ -109,7 +162,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
         if device.type == "cuda" and triton_available():
             return "triton"
         if device.type == "cpu" and dtype == torch.float32 and extension_error("_C_cpu") is None:
-            return "cpu"
+            _check_cpu_isa()
+            return "cpu" if cpu_auto_reason() is None else "reference"
         return "reference"
     devices, dtypes = runs(backend)
     if device.type not in devices:
@@ -124,12 +178,22 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
         raise RuntimeError("backend 'cpu' needs the native esr_kernels extension, which this build does not "
                            "have: install with `pip install --no-build-isolation -e .` (see `esr backends`)"
                            + _why_not("_C_cpu"))
+    if backend == "cpu":
+        _check_cpu_isa()
     if backend in ("triton", "cuda") and not triton_available():
         raise RuntimeError(f"backend {backend!r} needs triton: pip install -e '.[triton]'")
     if backend == "triton" and device.type == "cpu" and "triton" in sys.modules and not triton_runnable_on_cpu():
         raise RuntimeError("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1, which must be set "
                            "before triton is first imported")
     return backend
+
+
+def _check_cpu_isa() -> None:
+    """A RuntimeError when ESR_CPU_ISA asks for a level that cannot run (above the CPU's, or
+    not a level): the user asked for something explicit, so it is an error, not a fallback."""
+    isa = cpu_isa()
+    if isa is not None and isa["error"]:
+        raise RuntimeError(f"the native CPU backend cannot run: {isa['error']}")
 
 
 def backend_unavailable_reason(backend: str, device: torch.device) -> str | None:
@@ -140,6 +204,8 @@ def backend_unavailable_reason(backend: str, device: torch.device) -> str | None
     except (RuntimeError, ValueError) as exc:
         return str(exc)
     if chosen == "reference":
+        if torch.device(device).type == "cpu" and cpu_auto_reason() is not None:
+            return f"'auto' runs the reference on this CPU: {cpu_auto_reason()}"
         return f"no fused kernels for {torch.device(device).type} in this build"
     if chosen == "triton" and torch.device(device).type == "cpu":
         return "Triton on CPU is the interpreter: correctness only, not timed"

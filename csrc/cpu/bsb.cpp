@@ -2,7 +2,7 @@
 // pointwise output that oneDNN computed. One pass, channels vectorised.
 #include "common.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 // p (N, C, H, W) float32 channels_last; dw_weight (C, 1, 3, 3); dw_bias (C); residual like p.
 at::Tensor bsb_dw(const at::Tensor& p_in, const at::Tensor& dw_weight, const at::Tensor& dw_bias,
@@ -50,4 +50,4 @@ at::Tensor bsb_dw(const at::Tensor& p_in, const at::Tensor& dw_weight, const at:
   return out;
 }
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

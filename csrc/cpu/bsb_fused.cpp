@@ -4,7 +4,7 @@
 // reading x once and writing the output once.
 #include "gemm_avx512.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 #if defined(ESR_HAVE_CONV_ENGINE)
 
@@ -129,9 +129,9 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
 
 at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const c10::optional<at::Tensor>&) {
-  TORCH_CHECK(false, "bsb_packed: esr_kernels._C_cpu was built without AVX-512");
+  TORCH_CHECK(false, "bsb_packed: no conv engine at the ISA level running (it needs AVX-512; see `esr backends`)");
 }
 
 #endif  // ESR_HAVE_CONV_ENGINE
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

@@ -16,11 +16,38 @@
 #include "../common/spec.h"
 #include "buffer_cache.h"
 
+// Every kernel file of this folder is compiled once per ISA level (setup.py generates a small
+// file per level that sets the target ISA, defines the macros below and includes the kernel
+// file): its code lives in the namespace esr_cpu::<level> (PyTorch's CPU_CAPABILITY pattern),
+// and dispatch.cpp picks one level's kernel table at run time (kernel_table.cpp, isa.h).
+//   ESR_CPU_CAPABILITY  the level's namespace: baseline, avx2, avx512, or arch (an
+//                       ESR_CPU_ARCH build: one level, the compiler's -march)
+//   ESR_CPU_LEVEL       its ISA, one of the ESR_LEVEL_* numbers of isa.h
+// A kernel file compiled on its own (no generated wrapper) is the arch level: its ISA is the
+// compiler's.
+#include "isa.h"
+#ifndef ESR_CPU_CAPABILITY
+#define ESR_CPU_CAPABILITY arch
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__FMA__)
+#define ESR_CPU_LEVEL ESR_LEVEL_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define ESR_CPU_LEVEL ESR_LEVEL_AVX2
+#else
+#define ESR_CPU_LEVEL ESR_LEVEL_BASELINE
+#endif
+#endif
+#define ESR_CPU_NAMESPACE_BEGIN \
+  namespace esr_cpu {           \
+  namespace ESR_CPU_CAPABILITY {
+#define ESR_CPU_NAMESPACE_END \
+  }                           \
+  }
+
 // Forced: in large loop bodies GCC otherwise keeps these as scalar calls and the loop stops
 // vectorising (measured 10x slower).
 #define ESR_INLINE inline __attribute__((always_inline))
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 // Activation codes, residual and shortcut modes, the leaky slope and the pool geometry:
 // csrc/common/spec.h, generated from esr_kernels/spec.py.
@@ -108,4 +135,4 @@ inline at::Tensor empty_nhwc(int64_t n, int64_t c, int64_t h, int64_t w, const a
   return cached_empty_nhwc(n, c, h, w, like);
 }
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

@@ -4,7 +4,7 @@
 #include "epilogue.h"
 #include "gemm_avx512.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 #if defined(ESR_HAVE_CONV_ENGINE)
 
@@ -65,17 +65,9 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
 at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                    const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
                    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
-  TORCH_CHECK(false, "conv1x1: esr_kernels._C_cpu was built without AVX-512");
+  TORCH_CHECK(false, "conv1x1: no conv engine at the ISA level running (it needs AVX-512; see `esr backends`)");
 }
 
 #endif
 
-bool conv_engine_available() {
-#if defined(ESR_HAVE_CONV_ENGINE)
-  return true;
-#else
-  return false;
-#endif
-}
-
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

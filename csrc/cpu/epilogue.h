@@ -9,7 +9,7 @@
 
 #include "common.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 // gate(x)[c] = x[c] * up(att)[c] * sigmoid(x[0]) at pixel (n, y, x), written to out[0..C).
 // att is float32 channels_last (N, C, h, w); same order of operations as the reference.
@@ -162,4 +162,4 @@ class ConvEpilogue {
   at::Tensor pt_, res_, att_, sc_, out_;
 };
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

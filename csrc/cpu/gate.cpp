@@ -1,7 +1,7 @@
 // LocalAttention gate, the conv epilogue after a oneDNN convolution, and the ESA tail.
 #include "epilogue.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 // x (N, C, H, W), att (N, C, h, w) -> x * bilinear_up(att) * sigmoid(x[:, :1]), channels_last.
 at::Tensor gate(const at::Tensor& x_in, const at::Tensor& att_in) {
@@ -93,4 +93,4 @@ at::Tensor esa_tail(const at::Tensor& x_in, const at::Tensor& s_in, const at::Te
   return out;
 }
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

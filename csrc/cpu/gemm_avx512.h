@@ -5,11 +5,11 @@
 
 #include "common.h"
 
-#if defined(__AVX512F__)
+#if ESR_CPU_LEVEL >= ESR_LEVEL_AVX512
 #include <immintrin.h>
 #define ESR_HAVE_CONV_ENGINE 1
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 constexpr int64_t kRows = 8;   // rows (pixels or Winograd tiles) per micro-kernel call
 constexpr int64_t kLanes = 16;  // float32 lanes of a 512-bit register
@@ -82,5 +82,5 @@ inline void gemm_rows(const float* A, int64_t lda, int64_t rows, const float* B,
   for (int64_t r = 0; r < tail; ++r) std::copy(c + r * n_cols, c + (r + 1) * n_cols, C + (full + r) * ldc);
 }
 
-}  // namespace esr_cpu
-#endif  // __AVX512F__
+ESR_CPU_NAMESPACE_END
+#endif  // ESR_CPU_LEVEL >= ESR_LEVEL_AVX512

@@ -3,7 +3,7 @@
 // max_pool2d computes (~4x slower here). The op keeps its name, max_pool_7s3.
 #include "common.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 at::Tensor max_pool_7s3(const at::Tensor& x_in) {
   constexpr int64_t K = kPoolKernel, S = kPoolStride;
@@ -35,4 +35,4 @@ at::Tensor max_pool_7s3(const at::Tensor& x_in) {
   return out;
 }
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

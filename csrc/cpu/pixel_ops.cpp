@@ -8,7 +8,7 @@
 #include "../common/pixel_ops.h"
 #include "common.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 namespace {
 
 // Element (n, c, y, x) of a float32 tensor through its strides (int64 offsets).
@@ -148,4 +148,4 @@ at::Tensor la_reduce(const at::Tensor& x_in, const at::Tensor& reduce_w, const a
   return out;
 }
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END

@@ -3,50 +3,46 @@
 #include <torch/library.h>
 
 #include "../common/schemas.h"
-#include "common.h"
+#include "buffer_cache.h"
+#include "isa.h"
 
+// Each op forwards to the kernels of the ISA level chosen at run time (dispatch.cpp).
 namespace esr_cpu {
-at::Tensor bsb_dw(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
-at::Tensor gate(const at::Tensor&, const at::Tensor&);
-at::Tensor conv_epilogue(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t,
-                         const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&,
-                         const c10::optional<at::Tensor>&, int64_t, int64_t);
-at::Tensor esa_tail(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
-using OptTensor = c10::optional<at::Tensor>;
-at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const OptTensor&,
-                            int64_t, const OptTensor&, int64_t, const OptTensor&, const OptTensor&, int64_t, int64_t);
-at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const OptTensor&, int64_t,
-                   const OptTensor&, int64_t, const OptTensor&, const OptTensor&, int64_t, int64_t);
+
+template <typename Sig, Sig KernelTable::*Field>
+struct Forward;
+template <typename R, typename... Args, R (*KernelTable::*Field)(Args...)>
+struct Forward<R (*)(Args...), Field> {
+  static R call(Args... args) { return (kernels().*Field)(args...); }
+};
+
+#define ESR_OP(name) &esr_cpu::Forward<decltype(esr_cpu::KernelTable::name), &esr_cpu::KernelTable::name>::call
+
+std::vector<std::string> cpu_isa_info();
 bool conv_engine_available();
-at::Tensor max_pool_7s3(const at::Tensor&);
-at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                      const c10::optional<at::Tensor>&);
-// CPU versions of the CUDA extension's single-kernel ops (pixel_ops.cpp).
-at::Tensor bsb(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
-at::Tensor esa_out(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                   const at::Tensor&, const c10::optional<at::Tensor>&);
-at::Tensor la_reduce(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 }  // namespace esr_cpu
 
 // The tensor ops' schemas are defined by esr_schemas::define() (csrc/common/schemas.cpp, shared
-// with the CUDA extension); these two are this extension's own, with their implementations.
+// with the CUDA extension); these are this extension's own, with their implementations.
 TORCH_LIBRARY_FRAGMENT(esr_native, m) {
   m.def("conv_engine_available() -> bool", &esr_cpu::conv_engine_available);
   m.def("empty_cache() -> int", &esr_cpu::empty_cache);
+  // The ISA level that runs and why (dispatch.cpp): "key=value" strings.
+  m.def("cpu_isa_info() -> str[]", &esr_cpu::cpu_isa_info);
 }
 
 TORCH_LIBRARY_IMPL(esr_native, CPU, m) {
-  m.impl("bsb_dw", &esr_cpu::bsb_dw);
-  m.impl("gate", &esr_cpu::gate);
-  m.impl("conv_epilogue", &esr_cpu::conv_epilogue);
-  m.impl("esa_tail", &esr_cpu::esa_tail);
-  m.impl("conv3x3_winograd", &esr_cpu::conv3x3_winograd);
-  m.impl("conv1x1", &esr_cpu::conv1x1);
-  m.impl("bsb_packed", &esr_cpu::bsb_packed);
-  m.impl("max_pool_7s3", &esr_cpu::max_pool_7s3);
-  m.impl("bsb", &esr_cpu::bsb);
-  m.impl("esa_out", &esr_cpu::esa_out);
-  m.impl("la_reduce", &esr_cpu::la_reduce);
+  m.impl("bsb_dw", ESR_OP(bsb_dw));
+  m.impl("gate", ESR_OP(gate));
+  m.impl("conv_epilogue", ESR_OP(conv_epilogue));
+  m.impl("esa_tail", ESR_OP(esa_tail));
+  m.impl("conv3x3_winograd", ESR_OP(conv3x3_winograd));
+  m.impl("conv1x1", ESR_OP(conv1x1));
+  m.impl("bsb_packed", ESR_OP(bsb_packed));
+  m.impl("max_pool_7s3", ESR_OP(max_pool_7s3));
+  m.impl("bsb", ESR_OP(bsb));
+  m.impl("esa_out", ESR_OP(esa_out));
+  m.impl("la_reduce", ESR_OP(la_reduce));
 }
 
 // A Python module so that `import esr_kernels._C_cpu` loads the library (and its registrations)

@@ -19,7 +19,7 @@
 #include "epilogue.h"
 #include "gemm_avx512.h"
 
-namespace esr_cpu {
+ESR_CPU_NAMESPACE_BEGIN
 
 #if defined(ESR_HAVE_CONV_ENGINE)
 
@@ -161,14 +161,15 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   return epi.out();
 }
 
-#else  // no AVX-512: the Python side keeps oneDNN's convolutions (conv_engine_available() is false)
+#else  // no AVX-512 at this level: the Python side keeps oneDNN's convolutions (no conv engine)
 
 at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                             const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
                             const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
-  TORCH_CHECK(false, "conv3x3_winograd: esr_kernels._C_cpu was built without AVX-512");
+  TORCH_CHECK(false, "conv3x3_winograd: no conv engine at the ISA level running (it needs AVX-512; "
+              "see `esr backends`)");
 }
 
 #endif
 
-}  // namespace esr_cpu
+ESR_CPU_NAMESPACE_END
