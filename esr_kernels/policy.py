@@ -119,8 +119,10 @@ def available_backends() -> dict:
         "cpu_isa_detail": isa,
         # Winograd / GEMM convolutions of the CPU extension (at the avx512 level).
         "cpu_conv_engine": cpu_ok and bool(torch.ops.esr_native.conv_engine_available()),
-        # What "auto" runs for float32 on CPU, and why when it is not the native backend.
-        "cpu_auto": "cpu" if auto_reason is None else f"reference: {auto_reason}",
+        # What "auto" runs for float32 on CPU, and why when it is not the native backend (an
+        # ESR_CPU_ISA that cannot run is an error for "auto" too).
+        "cpu_auto": ("cpu" if auto_reason is None else f"error: {auto_reason}" if cpu and isa["error"]
+                     else f"reference: {auto_reason}"),
         "cuda_device": torch.cuda.is_available(),
         # The import errors of the native extensions that did not load (not built, or built
         # against another torch): the reason, not just False.

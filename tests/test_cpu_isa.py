@@ -129,6 +129,7 @@ def test_forcing_a_level(level):
         assert b["cpu_isa"] is None and not b["cpu_conv_engine"]
         assert "asks for more than this CPU has" in detail["error"]
         assert rep["auto"].startswith("error: ") and "asks for more than this CPU has" in rep["auto"]
+        assert b["cpu_auto"].startswith("error: ESR_CPU_ISA=")
         return
     # The highest compiled kernel set at or below the level (avx512_bf16 and amx have no
     # kernels of their own yet: they run avx512's).
