@@ -198,6 +198,19 @@ def _check_cpu_isa() -> None:
         raise RuntimeError(f"the native CPU backend cannot run: {isa['error']}")
 
 
+def auto_reference_reason(device, dtype: torch.dtype) -> str:
+    """Why "auto" runs the PyTorch reference for ``device`` and ``dtype`` (for warnings): on a CPU
+    in float32 the native backend's own reason (an ISA level where it was not measured faster
+    than eager, or an extension that does not import), otherwise what each backend runs."""
+    device = torch.device(device)
+    if device.type == "cpu" and dtype == torch.float32:
+        why = cpu_auto_reason()
+        if why:
+            return why
+    return (f"no fused kernels for {device.type}/{str(dtype).removeprefix('torch.')} in this build (the native "
+            "CPU extension runs float32; Triton needs CUDA, or backend='triton' for its slow CPU interpreter)")
+
+
 def backend_unavailable_reason(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run fused kernels on ``device`` (None if it can). 'auto' counts as
     unavailable when it would fall back to the reference: a benchmark must not call that fused."""

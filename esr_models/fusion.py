@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import nn
 
-from esr_kernels.policy import make_backend, resolve_backend, runs
+from esr_kernels.policy import auto_reference_reason, make_backend, resolve_backend, runs
 
 from .fused_modules import FUSED_TYPES, _Fused, can_fuse
 from .layers import InputError
@@ -37,8 +37,8 @@ def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
     weight = next(model.parameters())
     chosen = resolve_backend(backend, weight.device, weight.dtype)
     if chosen == "reference":
-        warnings.warn(f"fuse_(backend='auto'): no fused kernels for {weight.device.type}/{weight.dtype} in this "
-                      "build; the model stays the reference", stacklevel=2)
+        warnings.warn(f"fuse_(backend='auto'): {auto_reference_reason(weight.device, weight.dtype)}; "
+                      "the model stays the reference", stacklevel=2)
         return {}
     backend = chosen
     kernels = make_backend(backend, weight.device)

@@ -150,7 +150,7 @@ def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "
     ``esr_kernels.policy.resolve_backend``). ``model.backend`` says what runs: 'triton', 'cpu',
     'cuda', or 'reference' when 'auto' finds no fused kernels for the device and dtype; then a
     warning says so and the unfused reference runs."""
-    from esr_kernels.policy import resolve_backend
+    from esr_kernels.policy import auto_reference_reason, resolve_backend
 
     from .fusion import fuse_
 
@@ -158,9 +158,7 @@ def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "
     chosen = resolve_backend(backend, device, dtype)
     model = load(name_or_path, device=device, dtype=dtype)
     if chosen == "reference":
-        warnings.warn(f"fused=True: no fused kernels for {device.type}/{dtype} in this build "
-                      "(the native CPU extension runs float32; Triton needs CUDA, or "
-                      "backend='triton' for its slow CPU interpreter); running the PyTorch reference",
+        warnings.warn(f"fused=True: {auto_reference_reason(device, dtype)}; running the PyTorch reference",
                       stacklevel=2)
     else:
         fuse_(model, chosen)

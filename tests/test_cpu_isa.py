@@ -244,3 +244,17 @@ def test_each_levels_instructions_stay_in_its_code():
         elif "vex" in classes and not any(s in f for s in in_avx512 + in_avx2):
             bad.append(f"AVX outside esr_cpu::avx2/avx512: {f}")
     assert not bad, "\n".join(bad[:20])
+
+
+def test_auto_warning_says_why_it_runs_the_reference():
+    """Where "auto" falls back to the reference, the warning gives the backend's own reason
+    (at an ISA level without the conv engine: that it was not measured faster), not "no fused
+    kernels in this build"."""
+    import torch
+
+    from esr_kernels import policy
+
+    why = policy.auto_reference_reason("cpu", torch.float32)
+    reason = policy.cpu_auto_reason()
+    assert why == reason if reason else "no fused kernels for cpu/float32" in why
+    assert "no fused kernels for cpu/bfloat16" in policy.auto_reference_reason("cpu", torch.bfloat16)
