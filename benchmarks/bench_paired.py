@@ -1,10 +1,24 @@
 """Fused vs the baselines, interleaved: each round runs every provider once, in turn, so that
-slow drift of the machine (large on shared VMs) hits all of them alike. Reported per model and
-size in extra_info: each provider's median ms and the median over rounds of its time divided
-by the fused time (the speedup of the fused path over it). The benchmark's own timing is one
-whole round.
+slow drift of the machine (large on shared VMs) hits all of them alike. The benchmark's own
+timing is one whole round. Reported per model and size in ``extra_info["providers"]``, per
+provider:
 
-    pytest benchmarks/bench_paired.py --benchmark-only [-s]   # -s prints the table
+- ``median_ms``; ``fused_speedup``: the median over rounds of its time / the fused_fp32 time
+  (> 1: the fused path is that much faster); ``bf16_speedup``: the same against fused_bf16,
+  when that provider ran;
+- ``info``: what actually ran (backend, dtype, layout, the precision OpenVINO chose, the
+  torch.compile options, warnings such as a fallback to the reference);
+- ``quality``: its Set5 PSNR change from the float32 reference (``benchmarks.quality``; once
+  per provider and model, after the timing, so compiling for the Set5 sizes costs no timed
+  round).
+
+``extra_info["cpu"]`` (and every JSON's ``machine_info["esr_cpu"]``) says which CPU ISA level ran.
+
+    pytest benchmarks/bench_paired.py --benchmark-only -s \\
+        --benchmark-json benchmarks/results/cpu-paired-<cpu>-<date>.json
+    python benchmarks/plot_frontier.py benchmarks/results/cpu-paired-<cpu>-<date>.json
+
+(benchmarks/README.md: the full command, the smoke-run variables.)
 """
 from __future__ import annotations
 
@@ -14,24 +28,55 @@ import time
 import pytest
 import torch
 
-import esr_models
-from benchmarks.conftest import device_name, full_sweep
+from benchmarks.conftest import bench_models, bench_rounds, bench_sizes, device_name, sweep_reason
+from benchmarks.machine import cpu_record
 from benchmarks.providers import PROVIDERS, build_runner
+from benchmarks.quality import provider_psnr_change
 
-SIZES = {"256x256": (256, 256), "540x960": (540, 960)}
-# The fused provider first, then what it is compared with, per device type.
+SIZES = bench_sizes({"256x256": (256, 256), "540x960": (540, 960)})
+# The fused provider (the denominator) first, then what it is compared with, per device type.
 PAIRINGS = {
-    "cpu": ["fused_fp32", "eager_fp32_channels_last", "onnxruntime_fp32", "openvino_fp32"],
+    "cpu": ["fused_fp32", "fused_bf16", "eager_fp32_channels_last", "compile_fp32", "compile_bf16",
+            "onnxruntime_fp32", "openvino_fp32", "openvino_default"],
     "cuda": ["fused_fp16_cuda_graph", "fused_fp16", "eager_fp16_channels_last", "compile_fp16"],
 }
+# The second denominator: the bf16 fused path against the other reduced-precision providers.
+BF16_BASE = "fused_bf16"
 
 
-def _sizes():
-    return [s for s in SIZES if s == "256x256" or full_sweep()]
+def _ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Per provider, the median over rounds of its time / ``base``'s time in the same round."""
+    b = times[base]
+    return {n: statistics.median(x / y for x, y in zip(t, b)) for n, t in times.items()}
 
 
-@pytest.mark.parametrize("size", _sizes())
-@pytest.mark.parametrize("model_name", esr_models.MODEL_NAMES)
+def _summary(times, runners, model_name: str, device) -> dict:
+    """Per provider: median ms, the ratios, what ran and its Set5 PSNR change."""
+    names = list(times)
+    fused = _ratios(times, names[0])
+    bf16 = _ratios(times, BF16_BASE) if BF16_BASE in times else {}
+    out = {}
+    for n in names:
+        quality = (provider_psnr_change(n, model_name, runners[n].forward) if device.type == "cpu"
+                   else {"skipped": "the Set5 check runs for the CPU pairing"})
+        out[n] = {"median_ms": 1e3 * statistics.median(times[n]), "fused_speedup": fused[n],
+                  **({"bf16_speedup": bf16[n]} if bf16 else {}), "info": runners[n].info, "quality": quality}
+    return out
+
+
+def _print(model_name: str, size: str, result: dict) -> None:
+    print(f"\n{model_name} {size}:")
+    for n, r in result.items():
+        q = r["quality"]
+        dq = f"{q['psnr_change_db']:+.4f} dB" if "psnr_change_db" in q else q.get("skipped", "?")
+        extra = f", bf16 {r['bf16_speedup']:.2f}x" if "bf16_speedup" in r else ""
+        ran = r["info"].get("precision") or f"{r['info'].get('backend')}/{r['info'].get('dtype')}"
+        print(f"  {n:<26} {r['median_ms']:8.1f} ms  fused {r['fused_speedup']:.2f}x{extra}  "
+              f"Set5 {dq}  [{ran}]")
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("model_name", bench_models())
 def test_fused_vs_baselines_interleaved(benchmark, bench_device, size, model_name):
     by_name = {p.name: p for p in PROVIDERS}
     names = PAIRINGS[bench_device.type]
@@ -39,7 +84,8 @@ def test_fused_vs_baselines_interleaved(benchmark, bench_device, size, model_nam
     reason = fused.unavailable_reason(bench_device)
     if reason:
         pytest.skip(reason)
-    available = [n for n in names if by_name[n].unavailable_reason(bench_device) is None]
+    available = [n for n in names if by_name[n].unavailable_reason(bench_device) is None
+                 and sweep_reason(n, bench_device) is None]
     h, w = SIZES[size]
     torch.set_grad_enabled(False)
     runners = {n: build_runner(by_name[n], model_name, (1, 3, h, w), bench_device) for n in available}
@@ -54,13 +100,12 @@ def test_fused_vs_baselines_interleaved(benchmark, bench_device, size, model_nam
             run()
             times[n].append(time.perf_counter() - start)
 
-    rounds = 20 if bench_device.type == "cuda" else (5 if size != "256x256" else 10)
+    rounds = bench_rounds(20 if bench_device.type == "cuda" else (5 if size != "256x256" else 10))
     benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
-    f = times[fused.name]
-    result = {n: {"median_ms": 1e3 * statistics.median(t),
-                  "fused_speedup": statistics.median(a / b for a, b in zip(t, f))} for n, t in times.items()}
+    result = _summary(times, runners, model_name, bench_device)
     benchmark.extra_info.update({"model": model_name, "size": size, "batch": 1, "fused": fused.name,
-                                 "device": device_name(bench_device), "providers": result})
-    print(f"\n{model_name} {size}: " + ", ".join(
-        f"{n} {r['median_ms']:.1f} ms (fused {r['fused_speedup']:.2f}x)" for n, r in result.items()))
+                                 "device": device_name(bench_device), "providers": result,
+                                 **({"cpu": cpu_record()} if bench_device.type == "cpu" else {})})
+    _print(model_name, size, result)
+    f = times[fused.name]
     assert len(f) == rounds and all(t > 0 for t in f)
