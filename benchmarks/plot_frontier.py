@@ -43,11 +43,37 @@ def points(row: dict, ratio: bool) -> tuple[list[tuple[str, float, float]], list
     return drawn, missing
 
 
-def _panel(ax, row: dict, ratio: bool) -> None:
+MARKERS = "osD^v<>ph*"
+
+
+def _style(label: str, styles: dict) -> dict:
+    """One colour and marker per provider, the same in every panel (the figure's legend)."""
+    name = label.split(" ")[0]
+    if name not in styles:
+        i = len(styles)
+        styles[name] = {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "label": name}
+    return styles[name]
+
+
+def _label_offsets(drawn: list[tuple[str, float, float]]) -> list[int]:
+    """Vertical label offsets (points) so that labels of coinciding points do not overprint:
+    each point near an earlier one (within 3% of both axis spans) moves its label down a line."""
+    if not drawn:
+        return []
+    xs, ys = [d[1] for d in drawn], [d[2] for d in drawn]
+    sx, sy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets = []
+    for i, (_, x, y) in enumerate(drawn):
+        near = sum(abs(x - drawn[j][1]) < 0.03 * sx and abs(y - drawn[j][2]) < 0.03 * sy for j in range(i))
+        offsets.append(4 - 9 * near)
+    return offsets
+
+
+def _panel(ax, row: dict, ratio: bool, styles: dict) -> None:
     drawn, missing = points(row, ratio)
-    for label, loss, t in drawn:
-        ax.scatter([loss], [t], s=36, zorder=3)
-        ax.annotate(label, (loss, t), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for (label, loss, t), dy in zip(drawn, _label_offsets(drawn)):
+        ax.scatter([loss], [t], s=36, zorder=3, **_style(label, styles))
+        ax.annotate(label, (loss, t), textcoords="offset points", xytext=(6, dy), fontsize=7)
     ax.axvline(0.0, color="0.8", lw=0.8, zorder=1)
     if ratio:
         ax.axhline(1.0, color="0.8", lw=0.8, zorder=1)
@@ -63,12 +89,12 @@ def _subtitle(data: dict, rows: list[dict]) -> str:
     cpu = rows[0].get("cpu") or data.get("machine_info", {}).get("esr_cpu") or {}
     parts = [rows[0].get("device", "")]
     if cpu:
-        parts.append(f"{cpu.get('cpu_model')}; esr ISA {cpu.get('running')} (CPU {cpu.get('cpu_level')}), "
+        parts.append(f"{cpu.get('cpu_model')}: esr ISA {cpu.get('running')} (CPU {cpu.get('cpu_level')}), "
                      f"torch {cpu.get('torch_cpu_capability')}, {cpu.get('threads')} threads")
     commit = data.get("commit_info", {}).get("id")
     if commit:
         parts.append(f"commit {commit[:10]}")
-    return " | ".join(p for p in parts if p)
+    return "\n".join(p for p in parts if p)  # one line each: a one-panel figure is narrow
 
 
 def plot(data: dict, out: Path, ratio: bool = False) -> Path:
@@ -86,14 +112,19 @@ def plot(data: dict, out: Path, ratio: bool = False) -> Path:
 
     cols = min(3, len(rows))
     nrows = math.ceil(len(rows) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.6 * cols, 4.6 * nrows + 1.0), squeeze=False)
+    styles: dict = {}
     for ax, row in zip(axes.flat, rows):
-        _panel(ax, row, ratio)
+        _panel(ax, row, ratio, styles)
     for ax in list(axes.flat)[len(rows):]:
         ax.set_visible(False)
     fig.suptitle("Speed vs Set5 PSNR loss, per provider (lower left is better)\n" + _subtitle(data, rows),
                  fontsize=9)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], linestyle="", **st) for st in styles.values()]
+    ncol = max(1, min(len(handles), 2 * cols))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    legend_in = 0.22 * math.ceil(len(handles) / ncol) + 0.15  # inches the legend takes at the bottom
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

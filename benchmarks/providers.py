@@ -123,6 +123,10 @@ def _compile(model: torch.nn.Module, device: torch.device, info: dict):
         info["compile_options"] = {"mode": "max-autotune"}
         return torch.compile(model, mode="max-autotune", fullgraph=True)
     info["compile_options"] = opts = compile_options()
+    # Dynamo counts recompilations per code object, across model instances (nn.Module forwards
+    # are inlined): compile_fp32 and compile_bf16, each at the timed size and Set5's five, at
+    # two sizes, pass its default limit of 8 and fullgraph=True would then fail.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     # dynamic=False: the timed shape gets its own static graph; the Set5 sizes, run after the
     # timing, compile their own and can never replace it.
     return torch.compile(model, options=opts, dynamic=False, fullgraph=True)
