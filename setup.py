@@ -11,7 +11,7 @@ Environment:
   ESR_SKIP_CPU_BUILD=1      do not build the CPU extension
   ESR_CPU_ARCH              build the CPU extension for one CPU: -march=$ESR_CPU_ARCH (e.g.
                             native), one code path. By default it is portable: the kernels are
-                            compiled once per ISA level (x86-64: baseline, AVX2, AVX-512) and the
+                            compiled once per ISA level (x86-64: baseline, AVX2, AVX-512, AVX-512 BF16) and the
                             level runs that the CPU has (csrc/cpu/dispatch.cpp; ESR_CPU_ISA at run
                             time forces a lower one)
   TORCH_CUDA_ARCH_LIST      CUDA archs (default "8.0;9.0+PTX")
@@ -68,6 +68,9 @@ CPU_ISA_LEVELS = {
     # the elementwise epilogues (SiLU, GELU) made PFDNLite ~5% faster here (alternating builds,
     # 256x256: 77-85 vs 85-89 ms; IFADNet and RLFN within noise).
     "avx512": "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512",
+    # + vdpbf16ps: the bf16 GEMM of the conv engine (csrc/cpu/gemm_bf16.h); the float32 kernels
+    # are the avx512 ones compiled again (a CPU with AMX runs this level too).
+    "avx512_bf16": "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,prefer-vector-width=512",
 }
 # Compiled once per level (into the namespace esr_cpu::<level>); the other csrc/cpu files
 # (dispatch, registration, buffer cache) once, for the baseline target.

@@ -166,10 +166,13 @@ class KernelBackend(ABC):
     # ---- packing (once, at load)
     @abstractmethod
     def pack_conv(self, weight: Tensor, bias: Optional[Tensor], *, stride: int = 1, padding: Optional[int] = None,
-                  op_channels: Optional[int] = None, weight_scale: float = 1.0) -> ConvPack:
+                  op_channels: Optional[int] = None, weight_scale: float = 1.0, output_layer: bool = False) -> ConvPack:
         """weight (C_conv, C_in, K, K), bias (C_conv,) or None. ``op_channels``: the op's total
         output channels when larger than C_conv (partial convs pass the rest through).
-        ``weight_scale`` multiplies weight and bias (folded in float64)."""
+        ``weight_scale`` multiplies weight and bias (folded in float64). ``output_layer``: the
+        conv writes the model's output, where its rounding goes straight into the image: a
+        backend that computes below the model's precision elsewhere (the CPU's bf16 GEMM) keeps
+        its own full precision here."""
 
     @abstractmethod
     def pack_bsb(self, pointwise: Tensor, depthwise: Tensor, bias: Tensor) -> BsbPack:

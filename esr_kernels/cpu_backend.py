@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
-from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
+from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, RES_TENSOR, SHORTCUT_NONE)
 
@@ -37,7 +37,9 @@ _ONEDNN_ACT = {ACT_NONE: ("none", [], ""), ACT_GELU: ("gelu", [], "none"),
 
 
 def _cl(x: Tensor) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last)
+    """x as float32 channels_last: oneDNN's layout, and the precision of the activations here
+    (a bfloat16 or float16 model's input is converted once, at its first conv)."""
+    return x.to(torch.float32).contiguous(memory_format=torch.channels_last)
 
 
 def padded_channels(c: int) -> int:
@@ -126,12 +128,17 @@ class CpuConcatConv(ConcatConvPack):
 
 
 class CpuBackend(KernelBackend):
+    """Models of every dtype run float32 activations (residual streams, transforms, epilogues)
+    and return the model's dtype. A bfloat16 model's conv-engine GEMMs run in bf16 (bf16 operands,
+    float32 accumulation: csrc/cpu/gemm_bf16.h) at ISA levels with vdpbf16ps (avx512_bf16, amx);
+    elsewhere, and for float16, its (exactly representable) weights run the float32 kernels
+    (policy.cpu_dtype_note says which, for `esr backends` and the load-time note)."""
     name = "cpu"
     devices = ("cpu",)
-    dtypes = (torch.float32,)
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
 
     def __init__(self):
-        from .policy import native_ops
+        from .policy import bf16_gemm_available, native_ops
 
         self.native = native_ops("_C_cpu")
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
@@ -141,18 +148,27 @@ class CpuBackend(KernelBackend):
         # keeps oneDNN's convolutions (for comparison).
         self.engine = (bool(self.native.conv_engine_available())
                        and os.environ.get("ESR_CPU_CONV_ENGINE", "1") != "0")
+        self.bf16_engine = self.engine and bf16_gemm_available()
+
+    def _bf16(self, dtype: torch.dtype) -> bool:
+        """Whether a model of ``dtype`` gets the bf16 GEMM weights."""
+        return dtype == torch.bfloat16 and self.bf16_engine
 
     # ---- packing (once, at load)
-    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0) -> CpuConv:
+    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0,
+                  output_layer=False) -> CpuConv:
         w = weight.detach().double() * weight_scale
         b = bias.detach().double() * weight_scale if bias is not None else None
         k = w.shape[-1]
         # Partial convs (op_channels) keep their layout: their passthrough channels are real.
-        return self._dense(w, b, stride, k // 2 if padding is None else padding, pad=op_channels is None)
+        return self._dense(w, b, stride, k // 2 if padding is None else padding, pad=op_channels is None,
+                           bf16=self._bf16(weight.dtype) and not output_layer)
 
-    def _dense(self, w: Tensor, b: Optional[Tensor], stride: int, padding: int, pad: bool = True) -> CpuConv:
+    def _dense(self, w: Tensor, b: Optional[Tensor], stride: int, padding: int, pad: bool = True,
+               bf16: bool = False) -> CpuConv:
         """A float64 (C_out, C_in, K, K) weight -> CpuConv, zero-padded on both sides to
-        padded_channels if ``pad``, rounded once to float32."""
+        padded_channels if ``pad``, rounded once to float32 (the conv engine's weights to bf16
+        pairs if ``bf16``)."""
         co, ci, k = w.shape[0], w.shape[1], w.shape[-1]
         pco, pci = (padded_channels(co), padded_channels(ci)) if pad else (co, ci)
         wp = w.new_zeros((pco, pci, k, k))
@@ -161,12 +177,14 @@ class CpuBackend(KernelBackend):
         if b is not None:
             bp[:co] = b
         wp, bp = wp.float(), bp.float()
-        engine = self._engine_weights(wp, bp)
+        engine = self._engine_weights(wp, bp, bf16)
         return CpuConv(c_conv=co, c_in=ci, ksize=k, stride=stride, padding=padding, c_pad=pco, c_in_pad=pci,
                        w=_cl(wp), b=bp, **engine)
 
-    def _engine_weights(self, w: Tensor, b: Tensor) -> dict:
-        """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's."""
+    def _engine_weights(self, w: Tensor, b: Tensor, bf16: bool = False, chunks: int = 1) -> dict:
+        """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's; with
+        ``bf16``, its GEMM weights as bf16 pairs (a 1x1 over ``chunks`` concatenated inputs pairs
+        each input's channels on its own)."""
         none = {"u": None, "w1": None, "bp": None}
         if not self.engine or w.shape[-1] not in (1, 3):
             return none
@@ -176,28 +194,34 @@ class CpuBackend(KernelBackend):
             return none
         bp = pad_vector(b, round_up16(w.shape[0]), w)
         if w.shape[-1] == 3:
-            return {**none, "u": pack_winograd_3x3(w), "bp": bp}
-        return {**none, "w1": pack_gemm_1x1(w), "bp": bp}
+            u = pack_winograd_3x3(w)
+            return {**none, "u": vnni_pairs(u) if bf16 else u, "bp": bp}
+        w1 = pack_gemm_1x1(w)
+        return {**none, "w1": vnni_pairs(w1, (w.shape[1] // chunks,) * chunks) if bf16 else w1, "bp": bp}
 
     def pack_bsb(self, pointwise, depthwise, bias) -> BsbPack:
         c = pointwise.shape[0]
         if self.engine:  # pointwise, depthwise and GELU in one pass (csrc/cpu/bsb_fused.cpp)
-            return CpuBsbEngine(channels=c, **pack_bsb_cpu(pointwise, depthwise, bias))
+            packed = pack_bsb_cpu(pointwise, depthwise, bias)
+            if self._bf16(pointwise.dtype):
+                packed["pw"] = vnni_pairs(packed["pw"])
+            return CpuBsbEngine(channels=c, **packed)
         return CpuBsbOneDnn(channels=c, pw=_cl(pointwise.detach().float()), dw=depthwise.detach().float().clone(),
                             b=bias.detach().float().clone())
 
     def pack_esa(self, e: EsaWeights) -> CpuEsa:
+        bf16 = self._bf16(e.dtype)
         return CpuEsa(
             channels=e.channels, c_reduce=e.c_reduce, c_pad=padded_channels(e.channels),
-            reduce=self._dense(e.reduce_w, e.reduce_b, 1, 0),
+            reduce=self._dense(e.reduce_w, e.reduce_b, 1, 0, bf16=bf16),
             down=self._dense(e.down_w, e.down_b, 2, 0),
-            low=self._dense(e.low_w, e.low_b, 1, 1),
+            low=self._dense(e.low_w, e.low_b, 1, 1, bf16=bf16),
             # gate logits = full(x) + up(expand(low)): bilinear interpolation commutes with a 1x1 conv.
-            expand=self._dense(e.expand_w[:, :, None, None], None, 1, 0),
-            full=self._dense(e.gate_w[:, :, None, None], e.gate_b, 1, 0))
+            expand=self._dense(e.expand_w[:, :, None, None], None, 1, 0, bf16=bf16),
+            full=self._dense(e.gate_w[:, :, None, None], e.gate_b, 1, 0, bf16=bf16))
 
     def pack_la_reduce(self, weight, bias) -> CpuLaReduce:
-        conv = self._dense(weight.detach().double(), bias.detach().double(), 1, 0)
+        conv = self._dense(weight.detach().double(), bias.detach().double(), 1, 0, bf16=self._bf16(weight.dtype))
         return CpuLaReduce(c_in=weight.shape[1], c_reduce=weight.shape[0], conv=conv)
 
     def pack_concat_conv(self, weight, bias, chunks) -> CpuConcatConv:
@@ -205,7 +229,7 @@ class CpuBackend(KernelBackend):
         b = bias.detach().float().clone()
         step = w.shape[1] // chunks
         parts = tuple(_cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks))
-        engine = self._engine_weights(w, b)
+        engine = self._engine_weights(w, b, self._bf16(weight.dtype), chunks)
         return CpuConcatConv(c_out=w.shape[0], chunks=chunks, parts=parts, b=b, w1=engine["w1"], bp=engine["bp"])
 
     # ---- ops

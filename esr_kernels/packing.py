@@ -82,6 +82,26 @@ def pack_gemm_1x1(weight: torch.Tensor) -> torch.Tensor:
     return out.contiguous()
 
 
+def vnni_pairs(w: torch.Tensor, chunks: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A GEMM weight (K, N) -> bfloat16 (K2, 2N) for the CPU engine's bf16 GEMM
+    (csrc/cpu/gemm_bf16.h): row k2 holds the pair (w[2 k2, n], w[2 k2 + 1, n]) at columns 2n, 2n + 1.
+    ``chunks`` (row counts summing to K: the inputs of a concatenating 1x1 conv) are paired each
+    on its own, an odd chunk padded with a zero row; K2 = sum ceil(chunk / 2). Works on a leading
+    batch dimension too (Winograd's 16 positions: (16, K, N) -> (16, K2, 2N))."""
+    parts = []
+    start = 0
+    for k in chunks or (w.shape[-2],):
+        part = w[..., start:start + k, :]
+        if k % 2:
+            part = torch.cat([part, torch.zeros_like(part[..., :1, :])], dim=-2)
+        parts.append(part)
+        start += k
+    w = torch.cat(parts, dim=-2)
+    *lead, k, n = w.shape
+    pairs = w.reshape(*lead, k // 2, 2, n).transpose(-1, -2).reshape(*lead, k // 2, 2 * n)
+    return pairs.float().to(torch.bfloat16).contiguous()
+
+
 def pad_vector(v: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(n, dtype=torch.float32, device=like.device)
     if v is not None:

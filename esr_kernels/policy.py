@@ -82,6 +82,29 @@ def cpu_isa() -> dict | None:
             "requested": info["requested"] or None, "error": info["error"] or None}
 
 
+def bf16_gemm_available() -> bool:
+    """Whether the running ISA level has the conv engine's bf16 GEMM (vdpbf16ps: avx512_bf16,
+    amx); ESR_CPU_BF16_GEMM=0 turns it off (bf16 models then run float32 GEMMs, to compare)."""
+    isa = cpu_isa()
+    return (isa is not None and not isa["error"] and isa["running_level"] in ("avx512_bf16", "amx")
+            and os.environ.get("ESR_CPU_BF16_GEMM", "1") != "0")
+
+
+def cpu_dtype_note(dtype: torch.dtype) -> str | None:
+    """How the native CPU backend runs a model of ``dtype`` other than float32 (None for
+    float32): said by `esr backends` and, once per load, as a note."""
+    name = str(dtype).removeprefix("torch.")
+    if dtype == torch.bfloat16 and bf16_gemm_available():
+        return ("bfloat16 on CPU: conv GEMMs in bf16 with float32 accumulation (vdpbf16ps), activations and "
+                "residuals in float32, output bfloat16")
+    if dtype in (torch.bfloat16, torch.float16):
+        level = (cpu_isa() or {}).get("running_level")
+        return (f"{name} on CPU: the fused kernels compute in float32 (the {name} weights are exact in float32) "
+                f"and return {name}; no {name} GEMM at this ISA level ({level})"
+                + ("" if dtype == torch.bfloat16 else ": float16 kernels (AVX512_FP16, AMX-FP16) are not built"))
+    return None
+
+
 def cpu_auto_reason() -> str | None:
     """Why "auto" runs the reference instead of the native CPU backend for float32 on this CPU
     (None: it runs the native backend). "auto" must never make a user slower than eager
@@ -123,6 +146,9 @@ def available_backends() -> dict:
         # ESR_CPU_ISA that cannot run is an error for "auto" too).
         "cpu_auto": ("cpu" if auto_reason is None else f"error: {auto_reason}" if cpu and isa["error"]
                      else f"reference: {auto_reason}"),
+        # How bfloat16 and float16 models run on the native CPU backend here.
+        "cpu_dtypes": {str(d).removeprefix("torch."): cpu_dtype_note(d) for d in (torch.bfloat16, torch.float16)}
+        if cpu_ok else None,
         "cuda_device": torch.cuda.is_available(),
         # The import errors of the native extensions that did not load (not built, or built
         # against another torch): the reason, not just False.
@@ -163,7 +189,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
         # repository yet (benchmarks/results/), so auto does not choose them.
         if device.type == "cuda" and triton_available():
             return "triton"
-        if device.type == "cpu" and dtype == torch.float32 and extension_error("_C_cpu") is None:
+        if device.type == "cpu" and dtype in CpuBackend.dtypes and extension_error("_C_cpu") is None:
             _check_cpu_isa()
             return "cpu" if cpu_auto_reason() is None else "reference"
         return "reference"
@@ -203,12 +229,13 @@ def auto_reference_reason(device, dtype: torch.dtype) -> str:
     in float32 the native backend's own reason (an ISA level where it was not measured faster
     than eager, or an extension that does not import), otherwise what each backend runs."""
     device = torch.device(device)
-    if device.type == "cpu" and dtype == torch.float32:
+    if device.type == "cpu" and dtype in CpuBackend.dtypes:
         why = cpu_auto_reason()
         if why:
             return why
     return (f"no fused kernels for {device.type}/{str(dtype).removeprefix('torch.')} in this build (the native "
-            "CPU extension runs float32; Triton needs CUDA, or backend='triton' for its slow CPU interpreter)")
+            "CPU extension runs float32, bfloat16 and float16; Triton needs CUDA, or backend='triton' for its "
+            "slow CPU interpreter)")
 
 
 def backend_unavailable_reason(backend: str, device: torch.device) -> str | None:

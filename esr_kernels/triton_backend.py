@@ -72,7 +72,8 @@ class TritonBackend(KernelBackend):
         return conv.out_channels <= MAX_CONV_OUT_CHANNELS
 
     # ---- packing (once, at load)
-    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0) -> TritonConv:
+    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0,
+                  output_layer=False) -> TritonConv:
         w = weight.detach()
         c_conv, c_in, k = w.shape[0], w.shape[1], w.shape[-1]
         scaled = w.double() * weight_scale if weight_scale != 1.0 else w

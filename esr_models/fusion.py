@@ -11,7 +11,8 @@ import warnings
 import torch
 from torch import nn
 
-from esr_kernels.policy import auto_reference_reason, make_backend, resolve_backend, runs
+from esr_kernels.policy import (auto_reference_reason, bf16_gemm_available, cpu_dtype_note, make_backend,
+                                resolve_backend, runs)
 
 from .fused_modules import FUSED_TYPES, _Fused, can_fuse
 from .layers import InputError
@@ -41,6 +42,10 @@ def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
                       "the model stays the reference", stacklevel=2)
         return {}
     backend = chosen
+    if backend == "cpu" and weight.dtype != torch.float32 and not (weight.dtype == torch.bfloat16
+                                                                   and bf16_gemm_available()):
+        # float16, or bfloat16 without vdpbf16ps: float32 kernels, said rather than silent.
+        warnings.warn(f"fuse_: {cpu_dtype_note(weight.dtype)}", stacklevel=2)
     kernels = make_backend(backend, weight.device)
     replaced: dict[str, nn.Module] = {}
     fused_types = set(FUSED_TYPES.values())
@@ -62,6 +67,7 @@ def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
         model.requires_grad_(False)
         if getattr(model, "_esr_fused_backend", None) is None:
             model.register_forward_pre_hook(_check_fused_input)
+            model.register_forward_hook(_output_in_input_dtype)
         model._esr_fused_backend = backend
         model._esr_packed_versions = _param_versions(model)
         if not any(h is _note_packed for h in model._load_state_dict_post_hooks.values()):
@@ -105,6 +111,15 @@ def _repack_if_changed(model: nn.Module) -> None:
     if _param_versions(model) == model._esr_packed_versions:
         return
     repack_(model)
+
+
+def _output_in_input_dtype(model: nn.Module, args: tuple, out):
+    """Forward hook of a fused model: its output in the input's dtype, as the reference returns
+    it (the native CPU kernels return float32 for bfloat16 and float16 models)."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and out.dtype != x.dtype:
+        return out.to(x.dtype)
+    return out
 
 
 def _check_fused_input(model: nn.Module, args: tuple) -> None:

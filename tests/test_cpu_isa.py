@@ -257,4 +257,4 @@ def test_auto_warning_says_why_it_runs_the_reference():
     why = policy.auto_reference_reason("cpu", torch.float32)
     reason = policy.cpu_auto_reason()
     assert why == reason if reason else "no fused kernels for cpu/float32" in why
-    assert "no fused kernels for cpu/bfloat16" in policy.auto_reference_reason("cpu", torch.bfloat16)
+    assert "no fused kernels for cpu/float64" in policy.auto_reference_reason("cpu", torch.float64)

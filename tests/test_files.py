@@ -216,7 +216,7 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
     (["--tile", "0"], "--tile"),
     (["--tile", "32", "--tile-overlap", "32"], "--tile-overlap"),
     (["--device", "cuda"], "CUDA is not available"),
-    (["--fused", "--backend", "cpu", "--dtype", "bfloat16"], "float32 only"),
+    (["--fused", "--backend", "cuda", "--device", "cpu"], "runs on cuda tensors, not cpu"),
     (["--model", "nosuchmodel"], "unknown model"),
 ])
 def test_option_errors_create_nothing(tmp_path, options, message):
@@ -235,12 +235,23 @@ def test_output_blocked_by_a_file_is_an_option_error(tmp_path):
     assert proc.returncode == 2 and "not a folder" in proc.stderr
 
 
-def test_fused_low_precision_on_cpu_runs_what_it_says(tmp_path):
-    """--fused --dtype bfloat16 on a CPU: auto cannot fuse it, says so, and runs the reference."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_low_precision_on_cpu_runs_what_it_says(tmp_path, dtype):
+    """--fused --dtype bfloat16/float16 on a CPU: the backend "auto" picks is the one named, and
+    a dtype the kernels compute in float32 (float16; bf16 without AVX512_BF16) is said."""
+    import torch
+
+    from esr_kernels.policy import bf16_gemm_available, resolve_backend
+
+    expected = resolve_backend("auto", torch.device("cpu"), getattr(torch, dtype))
     src = image(tmp_path / "a.png")
-    proc = esr("upscale", src, "-o", tmp_path / "o", "--fused", "--dtype", "bfloat16", "--model", "pfdnlite", "-q")
+    proc = esr("upscale", src, "-o", tmp_path / "o", "--fused", "--dtype", dtype, "--model", "pfdnlite", "-q")
     assert proc.returncode == 0, proc.stderr
-    assert "fused backend: reference" in proc.stderr and "warning:" in proc.stderr
+    assert f"fused backend: {expected}" in proc.stderr
+    if expected == "reference":
+        assert "warning:" in proc.stderr
+    elif dtype == "float16" or not bf16_gemm_available():
+        assert "compute in float32" in proc.stderr
     assert upscaled_from(tmp_path / "o" / "a_x4.png", src)
 
 

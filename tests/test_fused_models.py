@@ -205,10 +205,10 @@ def test_fuse_swaps_in_place_keeps_state_dict_and_returns_replaced():
 
 
 def test_auto_backend_without_fused_kernels_says_it_runs_the_reference():
-    # bfloat16 on CPU: neither the native CPU backend (float32) nor compiled Triton can run it.
+    # float64 on CPU: neither the native CPU backend (float32, bfloat16, float16) nor Triton runs it.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = esr_models.load("rlfn", fused=True, backend="auto", device="cpu", dtype=torch.bfloat16)
+        model = esr_models.load("rlfn", fused=True, backend="auto", device="cpu", dtype=torch.float64)
     assert model.backend == "reference"
     assert any("running the PyTorch reference" in str(w.message) for w in caught)
 
@@ -223,8 +223,8 @@ def test_auto_on_cpu_picks_the_native_backend():
 def test_a_backend_that_cannot_run_is_a_clear_error():
     with pytest.raises(RuntimeError, match="runs on cuda tensors, not cpu"):
         esr_models.load("rlfn", fused=True, backend="cuda", device="cpu")
-    with pytest.raises(RuntimeError, match="float32 only"):
-        esr_models.load("pfdnlite", fused=True, backend="cpu", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="only, not float64"):
+        esr_models.load("pfdnlite", fused=True, backend="cpu", dtype=torch.float64)
     with pytest.raises(ValueError, match="unknown backend"):
         esr_models.load("rlfn", fused=True, backend="tpu")
 

@@ -50,9 +50,9 @@ def test_reference_and_fused_reject_bad_input_alike(pairs, name, case):
 
 def test_fused_rejects_a_dtype_its_backend_does_not_run(pairs):
     _, fused = pairs["rlfn"]
-    fused_bf16 = esr_models.load("rlfn", fused=True, backend="cpu").to(torch.bfloat16)
-    with torch.no_grad(), pytest.raises(InputError, match="runs torch.float32"):
-        fused_bf16(torch.rand(1, 3, 20, 20, dtype=torch.bfloat16))
+    fused_f64 = esr_models.load("rlfn", fused=True, backend="cpu").to(torch.float64)
+    with torch.no_grad(), pytest.raises(InputError, match="not torch.float64"):
+        fused_f64(torch.rand(1, 3, 20, 20, dtype=torch.float64))
 
 
 def test_fused_forward_is_inference_only_and_says_so(pairs):

@@ -3,6 +3,7 @@
 // three pointwise rows the depthwise needs in a small row cache (L2), so the only traffic is
 // reading x once and writing the output once.
 #include "gemm_avx512.h"
+#include "gemm_bf16.h"
 
 ESR_CPU_NAMESPACE_BEGIN
 
@@ -13,11 +14,13 @@ namespace {
 // Pointwise rows of one image, cached by source row (4 slots: the 3 in use plus the next).
 struct PointwiseRows {
   const float* X = nullptr;    // (H, W, C) of the current image (set by reset)
-  const float* Wpw = nullptr;  // (C, CP) packed pointwise weight
+  const void* Wpw = nullptr;  // the packed pointwise weight: float32 (C, CP) or bf16 pairs
+  bool bf16 = false;          // (ceil(C / 2), 2 CP) (gemm_bf16.h)
   int64_t W, C, CP;
   std::vector<float> rows;
   int64_t tag[4] = {-1, -1, -1, -1};
   std::vector<float> scratch;
+  std::vector<uint16_t> a_bf16;
 
   PointwiseRows(int64_t w, int64_t c, int64_t cp) : W(w), C(c), CP(cp), rows(4 * w * c) {}
 
@@ -34,7 +37,13 @@ struct PointwiseRows {
     for (; slot < 4; ++slot)
       if (tag[slot] != keep[0] && tag[slot] != keep[1] && tag[slot] != keep[2]) break;
     float* out = rows.data() + slot * W * C;
-    gemm_rows(X + r * W * C, C, W, Wpw, CP, C, out, C, C, false, scratch);
+#if defined(ESR_HAVE_BF16_ENGINE)
+    if (bf16)
+      gemm_bf16_rows(X + r * W * C, C, W, static_cast<const bf16_t*>(Wpw), 2 * CP, C, out, C, C, false, a_bf16,
+                     scratch);
+    else
+#endif
+      gemm_rows(X + r * W * C, C, W, static_cast<const float*>(Wpw), CP, C, out, C, C, false, scratch);
     tag[slot] = r;
     return out;
   }
@@ -43,7 +52,7 @@ struct PointwiseRows {
 }  // namespace
 
 // x (N, C, H, W); pw (C, CP): the pointwise weight transposed, CP = C rounded up to 16 (zero
-// columns); taps (9, L) and bias (L,): the depthwise taps and bias repeated with period C over
+// columns), or its bf16 pairs (ceil(C / 2), 2 CP) for a bf16 pointwise GEMM; taps (9, L) and bias (L,): the depthwise taps and bias repeated with period C over
 // L = lcm(C, 16), so that the interior of a row is one flat vector loop over (x, c)
 // (esr_kernels/packing.py: pack_bsb_cpu). Returns GELU(dw(pw(x)) + bias) [+ residual], float32
 // channels_last.
@@ -53,11 +62,17 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   TORCH_CHECK(H >= 2 && W >= 2, "bsb: reflect padding needs H, W >= 2, got ", H, "x", W);
   const int64_t CP = (C + kLanes - 1) / kLanes * kLanes, L = taps_in.size(-1);
-  TORCH_CHECK(pw_in.dim() == 2 && pw_in.size(0) == C && pw_in.size(1) == CP && taps_in.dim() == 2 &&
+  const bool bf16 = pw_in.scalar_type() == at::kBFloat16;
+#if !defined(ESR_HAVE_BF16_ENGINE)
+  TORCH_CHECK(!bf16, "bsb_packed: bf16 weights need the avx512_bf16 ISA level (see `esr backends`)");
+#endif
+  const int64_t pw_rows = bf16 ? (C + 1) / 2 : C, pw_cols = bf16 ? 2 * CP : CP;
+  TORCH_CHECK(pw_in.dim() == 2 && pw_in.size(0) == pw_rows && pw_in.size(1) == pw_cols && taps_in.dim() == 2 &&
                   taps_in.size(0) == 9 && L % C == 0 && L % kLanes == 0 && bias_in.numel() == L,
               "bsb_packed: packed weights do not match ", C, " channels");
   at::Tensor x = as_nhwc(x_in);
-  at::Tensor wpw = pw_in.to(at::kFloat).contiguous(), taps = taps_in.to(at::kFloat).contiguous(),
+  at::Tensor wpw = bf16 ? pw_in.contiguous() : pw_in.to(at::kFloat).contiguous();
+  at::Tensor taps = taps_in.to(at::kFloat).contiguous(),
              bias = bias_in.to(at::kFloat).contiguous();
   at::Tensor res;
   if (residual_in.has_value()) res = as_nhwc(*residual_in);
@@ -71,7 +86,8 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
 
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     PointwiseRows pw(W, C, CP);
-    pw.Wpw = wpw.data_ptr<float>();
+    pw.Wpw = wpw.data_ptr();
+    pw.bf16 = bf16;
     int64_t image = -1;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, y = row % H;

@@ -20,7 +20,7 @@
 // file per level that sets the target ISA, defines the macros below and includes the kernel
 // file): its code lives in the namespace esr_cpu::<level> (PyTorch's CPU_CAPABILITY pattern),
 // and dispatch.cpp picks one level's kernel table at run time (kernel_table.cpp, isa.h).
-//   ESR_CPU_CAPABILITY  the level's namespace: baseline, avx2, avx512, or arch (an
+//   ESR_CPU_CAPABILITY  the level's namespace: baseline, avx2, avx512, avx512_bf16, or arch (an
 //                       ESR_CPU_ARCH build: one level, the compiler's -march)
 //   ESR_CPU_LEVEL       its ISA, one of the ESR_LEVEL_* numbers of isa.h
 // A kernel file compiled on its own (no generated wrapper) is the arch level: its ISA is the
@@ -28,7 +28,10 @@
 #include "isa.h"
 #ifndef ESR_CPU_CAPABILITY
 #define ESR_CPU_CAPABILITY arch
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__FMA__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && \
+    defined(__FMA__) && defined(__AVX512BF16__)
+#define ESR_CPU_LEVEL ESR_LEVEL_AVX512_BF16
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__FMA__)
 #define ESR_CPU_LEVEL ESR_LEVEL_AVX512
 #elif defined(__AVX2__) && defined(__FMA__)
 #define ESR_CPU_LEVEL ESR_LEVEL_AVX2

@@ -70,6 +70,9 @@ std::vector<const KernelTable*> compiled_tables() {
 #if defined(ESR_CPU_HAVE_avx512)
   t.push_back(&avx512::kernel_table());
 #endif
+#if defined(ESR_CPU_HAVE_avx512_bf16)
+  t.push_back(&avx512_bf16::kernel_table());
+#endif
 #if defined(ESR_CPU_HAVE_arch)
   t.push_back(&arch::kernel_table());
 #endif

@@ -11,8 +11,8 @@
 #define ESR_LEVEL_BASELINE 0     // the compiler's default target (x86-64; any aarch64)
 #define ESR_LEVEL_AVX2 1         // AVX2 + FMA (+ F16C)
 #define ESR_LEVEL_AVX512 2       // AVX-512 F, BW, VL, DQ
-#define ESR_LEVEL_AVX512_BF16 3  // + AVX512_BF16 (no kernels of its own yet: runs the avx512 ones)
-#define ESR_LEVEL_AMX 4          // + AMX tiles (likewise)
+#define ESR_LEVEL_AVX512_BF16 3  // + AVX512_BF16: the bf16 GEMM of the conv engine (gemm_bf16.h)
+#define ESR_LEVEL_AMX 4          // + AMX tiles (no kernels of its own yet: runs the avx512_bf16 ones)
 
 namespace esr_cpu {
 
@@ -20,7 +20,7 @@ using OptTensor = c10::optional<at::Tensor>;
 
 // One compiled level's kernels (the ops of registration.cpp).
 struct KernelTable {
-  const char* name;  // the namespace: baseline, avx2, avx512, arch
+  const char* name;  // the namespace: baseline, avx2, avx512, avx512_bf16, arch
   int level;         // its ESR_LEVEL_*
   bool conv_engine;  // conv3x3_winograd, conv1x1 and bsb_packed run (else they raise)
   at::Tensor (*bsb_dw)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&);
@@ -50,6 +50,7 @@ struct KernelTable {
 ESR_DECLARE_KERNEL_TABLE(baseline)
 ESR_DECLARE_KERNEL_TABLE(avx2)
 ESR_DECLARE_KERNEL_TABLE(avx512)
+ESR_DECLARE_KERNEL_TABLE(avx512_bf16)
 ESR_DECLARE_KERNEL_TABLE(arch)
 #undef ESR_DECLARE_KERNEL_TABLE
 

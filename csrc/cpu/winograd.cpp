@@ -18,6 +18,7 @@
 // U = G g G^T is computed once at load (esr_kernels/cpu_backend.py, in float64).
 #include "epilogue.h"
 #include "gemm_avx512.h"
+#include "gemm_bf16.h"
 
 ESR_CPU_NAMESPACE_BEGIN
 
@@ -79,6 +80,20 @@ ESR_INLINE void column_pass(const float* T, float* V, int64_t pos_stride) {
   }
 }
 
+#if defined(ESR_HAVE_BF16_ENGINE)
+// The column pass writing V in bf16 (the A operand of the bf16 GEMM; pos_stride in elements).
+ESR_INLINE void column_pass_bf16(const float* T, bf16_t* V, int64_t pos_stride) {
+  for (int i = 0; i < 4; ++i) {
+    const __m512 a = _mm512_load_ps(T + (0 * 4 + i) * kLanes), b = _mm512_load_ps(T + (1 * 4 + i) * kLanes),
+                 c = _mm512_load_ps(T + (2 * 4 + i) * kLanes), d = _mm512_load_ps(T + (3 * 4 + i) * kLanes);
+    store_bf16(V + (i * 4 + 0) * pos_stride, _mm512_sub_ps(a, c));
+    store_bf16(V + (i * 4 + 1) * pos_stride, _mm512_add_ps(b, c));
+    store_bf16(V + (i * 4 + 2) * pos_stride, _mm512_sub_ps(c, b));
+    store_bf16(V + (i * 4 + 3) * pos_stride, _mm512_sub_ps(b, d));
+  }
+}
+#endif
+
 // A^T m A (+ bias is left to the epilogue) for one 16-channel slice of one tile.
 ESR_INLINE void output_transform(const float* M, int64_t pos_stride, __m512 y[2][2]) {
   __m512 m[4][4];
@@ -94,37 +109,73 @@ ESR_INLINE void output_transform(const float* M, int64_t pos_stride, __m512 y[2]
   }
 }
 
+// M[pos] = V[pos] (tiles x Cin) @ U[pos] (Cin x CoutP) for the 16 positions; V and U float32,
+// or (bf16) V's rows of CinP bf16 and U's bf16 pairs.
+void winograd_gemms(const float* V, const void* U, bool bf16, int64_t Cin, int64_t CinP, int64_t CoutP,
+                    int64_t tiles, float* M) {
+  const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;
+  for (int64_t pos = 0; pos < 16; ++pos)
+    for (int64_t r0 = 0; r0 < tiles; r0 += kRows) {  // rows past `tiles` hold stale finite values
+      float* m = M + pos * m_pos + r0 * CoutP;
+#if defined(ESR_HAVE_BF16_ENGINE)
+      if (bf16) {
+        const int64_t K2 = (Cin + 1) / 2;
+        gemm_bf16_8rows(reinterpret_cast<const bf16_t*>(V) + pos * v_pos + r0 * CinP, CinP,
+                        static_cast<const bf16_t*>(U) + pos * K2 * 2 * CoutP, 2 * CoutP, K2, m, CoutP, CoutP, false);
+        continue;
+      }
+#endif
+      gemm_8rows(V + pos * v_pos + r0 * CinP, CinP, static_cast<const float*>(U) + pos * Cin * CoutP, CoutP, Cin,
+                 m, CoutP, CoutP, false);
+    }
+}
+
 }  // namespace
 
-// x (N, Cin, H, W) (a channel slice of a channels_last tensor is read in place); u (16, Cin,
-// CoutP) = G g G^T with CoutP = c_conv rounded up to 16 (zero columns); bias (CoutP,). The conv
-// output's c_conv channels go through the epilogue (epilogue.h) with the remaining arguments.
+// The packed weight u: float32 (16, Cin, CoutP), or bf16 pairs (16, ceil(Cin / 2), 2 CoutP)
+// (gemm_bf16.h's B layout) for the bf16 GEMM. Returns (CoutP, whether bf16).
+static std::pair<int64_t, bool> check_winograd_weight(const at::Tensor& u, int64_t Cin, int64_t c_conv, int64_t n_bias) {
+  const bool bf16 = u.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(u.dim() == 3 && u.size(0) == 16, "conv3x3_winograd: u must be (16, Cin, CoutP) or bf16 pairs");
+#if !defined(ESR_HAVE_BF16_ENGINE)
+  TORCH_CHECK(!bf16, "conv3x3_winograd: bf16 weights need the avx512_bf16 ISA level (see `esr backends`)");
+#endif
+  const int64_t CoutP = bf16 ? u.size(2) / 2 : u.size(2);
+  TORCH_CHECK(u.size(1) == (bf16 ? (Cin + 1) / 2 : Cin), "conv3x3_winograd: u has ", u.size(1),
+              bf16 ? " channel pairs" : " input channels", ", x has ", Cin, " channels");
+  TORCH_CHECK(CoutP % kLanes == 0 && c_conv <= CoutP && CoutP < c_conv + kLanes && n_bias == CoutP,
+              "conv3x3_winograd: bad packed output channels");
+  return {CoutP, bf16};
+}
+
+// x (N, Cin, H, W) (a channel slice of a channels_last tensor is read in place); u = G g G^T
+// (check_winograd_weight) with CoutP = c_conv rounded up to 16 (zero columns); bias (CoutP,). The
+// conv output's c_conv channels go through the epilogue (epilogue.h) with the remaining arguments.
+// With bf16 u, the transformed input V is rounded to bf16 and the 16 GEMMs run in bf16 with
+// float32 accumulation; the transforms, the output and the epilogue stay float32.
 at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, const at::Tensor& bias_in,
                             int64_t c_conv, int64_t act, const c10::optional<at::Tensor>& passthrough,
                             int64_t c_out, const c10::optional<at::Tensor>& residual, int64_t residual_mode,
                             const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
                             int64_t shortcut_mode, int64_t shuffle) {
-  TORCH_CHECK(u_in.dim() == 3 && u_in.size(0) == 16, "conv3x3_winograd: u must be (16, Cin, CoutP)");
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  const int64_t CoutP = u_in.size(2);
-  TORCH_CHECK(u_in.size(1) == Cin, "conv3x3_winograd: u has ", u_in.size(1), " input channels, x has ", Cin);
-  TORCH_CHECK(CoutP % kLanes == 0 && c_conv <= CoutP && CoutP < c_conv + kLanes && bias_in.numel() == CoutP,
-              "conv3x3_winograd: bad packed output channels");
+  const auto [CoutP, bf16] = check_winograd_weight(u_in, Cin, c_conv, bias_in.numel());
   // A channel slice of a channels_last tensor (a partial conv's input) is read in place.
   const bool slice_ok = x_in.scalar_type() == at::kFloat && x_in.stride(1) == 1 && x_in.stride(3) >= Cin &&
                         x_in.stride(2) == W * x_in.stride(3) && x_in.stride(0) == H * W * x_in.stride(3);
   at::Tensor x = slice_ok ? x_in : as_nhwc(x_in);
   // (as_nhwc's result may carry arbitrary strides on size-1 dims: its pixel stride is Cin.)
   const int64_t ldx = slice_ok ? x_in.stride(3) : Cin;
-  at::Tensor u = u_in.to(at::kFloat).contiguous(), bias = bias_in.to(at::kFloat).contiguous();
+  at::Tensor u = bf16 ? u_in.contiguous() : u_in.to(at::kFloat).contiguous();
+  at::Tensor bias = bias_in.to(at::kFloat).contiguous();
   const ConvEpilogue epi("conv3x3_winograd", N, c_conv, H, W, x, passthrough, c_out, residual, residual_mode, att,
                          shortcut, shortcut_mode, shuffle);
   const int64_t CinP = (Cin + kLanes - 1) / kLanes * kLanes;
   const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, strips = (TW + kStrip - 1) / kStrip;
   const float* X = x.data_ptr<float>();
-  const float* U = u.data_ptr<float>();
+  const void* U = u.data_ptr();
   const float* B = bias.data_ptr<float>();
-  const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;  // floats per position
+  const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;  // elements per position
   const int64_t y_row = 2 * kStrip * CoutP;                       // floats per strip output row
 
   dispatch_act(act, [&](auto act_c) {
@@ -138,13 +189,18 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
         const float* Xn = X + n * H * W * ldx;
         for (int64_t c = 0; c < CinP; c += kLanes) {
           row_pass(Xn, W, H, ldx, 2 * ty - 1, 2 * tx0 - 1, 2 * tiles + 2, c, lane_mask(Cin - c), tbuf.data);
-          for (int64_t t = 0; t < tiles; ++t)
-            column_pass(tbuf.data + 2 * t * 4 * kLanes, vbuf.data + t * CinP + c, v_pos);
+          for (int64_t t = 0; t < tiles; ++t) {
+            const float* T = tbuf.data + 2 * t * 4 * kLanes;
+#if defined(ESR_HAVE_BF16_ENGINE)
+            if (bf16) {
+              column_pass_bf16(T, reinterpret_cast<bf16_t*>(vbuf.data) + t * CinP + c, v_pos);
+              continue;
+            }
+#endif
+            column_pass(T, vbuf.data + t * CinP + c, v_pos);
+          }
         }
-        for (int64_t pos = 0; pos < 16; ++pos)
-          for (int64_t r0 = 0; r0 < tiles; r0 += kRows)  // rows past `tiles` hold stale finite values
-            gemm_8rows(vbuf.data + pos * v_pos + r0 * CinP, CinP, U + pos * Cin * CoutP, CoutP, Cin,
-                       mbuf.data + pos * m_pos + r0 * CoutP, CoutP, CoutP, false);
+        winograd_gemms(vbuf.data, U, bf16, Cin, CinP, CoutP, tiles, mbuf.data);
         for (int64_t t = 0; t < tiles; ++t)
           for (int64_t c = 0; c < CoutP; c += kLanes) {
             __m512 yv[2][2];

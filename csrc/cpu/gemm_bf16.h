@@ -1,0 +1,114 @@
+// The bfloat16 GEMM micro-kernel of the conv engine (AVX512_BF16): C[8 x 16*NV] (+)= A[8 x K] *
+// B[K x 16*NV] with bf16 operands and float32 accumulation, through `vdpbf16ps`, which
+// multiplies a pair of bf16 products per float32 lane and adds both to the accumulator: twice
+// the multiply-adds of a float32 FMA per instruction, and half the bytes of A and B.
+//
+// Layouts (K counted in pairs, K2 = ceil(K / 2)):
+//   A: row r at A + r * lda (bf16 elements), K2 pairs of consecutive channels (2k, 2k + 1), the
+//      odd channel past K zero: a pair is broadcast as one 32-bit word.
+//   B: "VNNI" pairs: row k2 at B + k2 * ldb holds, for each output column n, the bf16 pair
+//      (B[2 k2][n], B[2 k2 + 1][n]) at 2n: 16 columns are one 512-bit load
+//      (esr_kernels/packing.py: vnni_pairs).
+//   C: float32, row r at C + r * ldc.
+#pragma once
+
+#include "gemm_avx512.h"
+
+#if ESR_CPU_LEVEL >= ESR_LEVEL_AVX512_BF16
+#define ESR_HAVE_BF16_ENGINE 1
+
+ESR_CPU_NAMESPACE_BEGIN
+
+using bf16_t = uint16_t;  // raw bfloat16 bits (at::BFloat16's layout)
+
+template <int NV>
+ESR_INLINE void gemm_bf16_8xN(const bf16_t* __restrict A, int64_t lda, const bf16_t* __restrict B, int64_t ldb,
+                              int64_t K2, float* __restrict C, int64_t ldc, bool accumulate, __mmask16 last_mask) {
+  __m512 acc[kRows][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(v == NV - 1 ? last_mask : 0xFFFF, C + r * ldc + v * kLanes)
+                             : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k * ldb + v * 2 * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * k, sizeof(pair));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      _mm512_mask_storeu_ps(C + r * ldc + v * kLanes, v == NV - 1 ? last_mask : 0xFFFF, acc[r][v]);
+}
+
+// C[8 x n_cols] for any n_cols, as gemm_8rows (gemm_avx512.h); ldb in bf16 elements.
+inline void gemm_bf16_8rows(const bf16_t* A, int64_t lda, const bf16_t* B, int64_t ldb, int64_t K2, float* C,
+                            int64_t ldc, int64_t n_cols, bool accumulate) {
+  for (int64_t c0 = 0; c0 < n_cols; c0 += 3 * kLanes) {
+    const int64_t cols = std::min<int64_t>(3 * kLanes, n_cols - c0);
+    const int64_t nv = (cols + kLanes - 1) / kLanes;
+    const __mmask16 last = lane_mask(cols - (nv - 1) * kLanes);
+    const bf16_t* b = B + 2 * c0;
+    if (nv == 3) gemm_bf16_8xN<3>(A, lda, b, ldb, K2, C + c0, ldc, accumulate, last);
+    else if (nv == 2) gemm_bf16_8xN<2>(A, lda, b, ldb, K2, C + c0, ldc, accumulate, last);
+    else gemm_bf16_8xN<1>(A, lda, b, ldb, K2, C + c0, ldc, accumulate, last);
+  }
+}
+
+// 16 floats -> 16 bf16 (round to nearest even), stored at dst.
+ESR_INLINE void store_bf16(bf16_t* dst, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// Rows of float32 activations (row r: K floats at src + r * lds) -> bf16 rows of 2 * K2
+// elements at dst + r * ldd, the odd channel past K zero: the A operand of gemm_bf16_8rows.
+inline void rows_to_bf16(const float* src, int64_t lds, int64_t rows, int64_t K, bf16_t* dst, int64_t ldd) {
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * lds;
+    bf16_t* d = dst + r * ldd;
+    for (int64_t k = 0; k < 2 * K2; k += kLanes) {
+      const int64_t n = std::min<int64_t>(kLanes, K - k);
+      const __m512 v = _mm512_maskz_loadu_ps(n > 0 ? lane_mask(n) : 0, s + k);
+      const int64_t m = std::min<int64_t>(kLanes, 2 * K2 - k);
+      _mm256_mask_storeu_epi16(d + k, lane_mask(m), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+// C[rows x n_cols] (+)= bf16(A) @ B for float32 A rows (K floats at stride lda): blocks of 8 rows
+// converted to bf16 in `scratch` (the last block zero-padded), then gemm_bf16_8rows.
+inline void gemm_bf16_rows(const float* A, int64_t lda, int64_t rows, const bf16_t* B, int64_t ldb, int64_t K,
+                           float* C, int64_t ldc, int64_t n_cols, bool accumulate, std::vector<bf16_t>& scratch,
+                           std::vector<float>& c_scratch) {
+  const int64_t K2 = (K + 1) / 2, ld = 2 * K2;
+  scratch.resize(kRows * ld);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const int64_t n = std::min(kRows, rows - r0);
+    if (n < kRows) std::fill(scratch.begin(), scratch.end(), bf16_t{0});
+    rows_to_bf16(A + r0 * lda, lda, n, K, scratch.data(), ld);
+    if (n == kRows) {
+      gemm_bf16_8rows(scratch.data(), ld, B, ldb, K2, C + r0 * ldc, ldc, n_cols, accumulate);
+      continue;
+    }
+    c_scratch.assign(kRows * n_cols, 0.0f);  // a partial block: C through a padded copy
+    for (int64_t r = 0; r < n && accumulate; ++r)
+      std::copy(C + (r0 + r) * ldc, C + (r0 + r) * ldc + n_cols, c_scratch.data() + r * n_cols);
+    gemm_bf16_8rows(scratch.data(), ld, B, ldb, K2, c_scratch.data(), n_cols, n_cols, accumulate);
+    for (int64_t r = 0; r < n; ++r)
+      std::copy(c_scratch.data() + r * n_cols, c_scratch.data() + (r + 1) * n_cols, C + (r0 + r) * ldc);
+  }
+}
+
+ESR_CPU_NAMESPACE_END
+#endif  // ESR_CPU_LEVEL >= ESR_LEVEL_AVX512_BF16

@@ -1,0 +1,178 @@
+"""bfloat16 and float16 on the native CPU backend: the conv engine's bf16 GEMM
+(csrc/cpu/gemm_bf16.h, at the avx512_bf16 and amx ISA levels) op by op, and the fused models in
+bf16 and fp16, by the relative rule: |fused - truth| <= 2 |reference in that dtype - truth| (max
+abs), truth = the float32 (or float64) computation. Levels without vdpbf16ps run bf16 models on
+the float32 kernels; a bf16 weight given to them is a clear error."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esr_kernels import reference as R
+from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
+from esr_kernels.spec import ACT_GELU, ACT_NONE, RES_NONE, RES_TENSOR, SHORTCUT_NONE
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
+                                reason="the native CPU extension is not built")
+
+
+def _bf16_engine() -> bool:
+    from esr_kernels.policy import bf16_gemm_available, native_ops
+
+    return bool(native_ops("_C_cpu").conv_engine_available()) and bf16_gemm_available()
+
+
+needs_bf16 = pytest.mark.skipif("not _bf16_engine()", reason="this CPU (or ESR_CPU_ISA) has no AVX512_BF16 level")
+
+
+@pytest.fixture(scope="module")
+def native():
+    from esr_kernels.policy import native_ops
+
+    return native_ops("_C_cpu")
+
+
+def err(a, b) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def test_vnni_pairs_layout():
+    w = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 3)  # K = 5 (odd), N = 3
+    p = vnni_pairs(w)
+    assert p.dtype == torch.bfloat16 and p.shape == (3, 6)
+    assert p[1].tolist() == [6.0, 9.0, 7.0, 10.0, 8.0, 11.0]  # (w[2, n], w[3, n]) at 2n, 2n + 1
+    assert p[2].tolist() == [12.0, 0.0, 13.0, 0.0, 14.0, 0.0]  # the odd row paired with zero
+    chunked = vnni_pairs(torch.ones(3 + 4, 2), chunks=(3, 4))  # each input paired on its own
+    assert chunked.shape == (2 + 2, 4)
+    assert chunked[1].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def _layouts(x):
+    wide = torch.zeros(x.shape[0], x.shape[1], x.shape[2], x.shape[3] + 5)
+    wide[..., 2:-3] = x
+    return [x, x.contiguous(memory_format=torch.channels_last), wide[..., 2:-3]]
+
+
+@needs_bf16
+@pytest.mark.parametrize("cin", [13, 48])
+def test_winograd_bf16_within_twice_the_bf16_convs_error(native, cin):
+    g = torch.Generator().manual_seed(cin)
+    x = torch.randn(2, cin, 47, 59, generator=g)
+    w, b = torch.randn(36, cin, 3, 3, generator=g) / (3 * cin ** 0.5), torch.randn(36, generator=g)
+    res = torch.randn(2, 36, 47, 59, generator=g)
+    truth = F.conv2d(x.double(), w.double(), b.double(), padding=1) + res.double()
+    own = (F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1) + res.bfloat16()).double()
+    bp, tail = pad_vector(b, round_up16(36), w), (res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
+    y32 = native.conv3x3_winograd(x, pack_winograd_3x3(w), bp, 36, ACT_NONE, None, 36, *tail)
+    for xl in _layouts(x):
+        y = native.conv3x3_winograd(xl, vnni_pairs(pack_winograd_3x3(w)), bp, 36, ACT_NONE, None, 36, *tail)
+        assert y.dtype == torch.float32
+        assert err(y, truth) <= 2 * err(own, truth)
+        assert err(y, truth) > 10 * err(y32, truth)  # the bf16 GEMM ran, not the float32 one
+
+
+@needs_bf16
+def test_conv1x1_bf16_over_concatenated_inputs_of_odd_widths(native):
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2, c, 11, 13, generator=g) for c in (7, 12, 5)]
+    w, b = torch.randn(20, 24, 1, 1, generator=g) / 5, torch.randn(20, generator=g)
+    truth = F.conv2d(torch.cat(xs, 1).double(), w.double(), b.double())
+    own = F.conv2d(torch.cat(xs, 1).bfloat16(), w.bfloat16(), b.bfloat16()).double()
+    w1 = vnni_pairs(pack_gemm_1x1(w), chunks=(7, 12, 5))
+    y = native.conv1x1(xs, w1, pad_vector(b, round_up16(20), w), 20, ACT_NONE, None, 20, None, RES_NONE, None, None,
+                       SHORTCUT_NONE, 0)
+    assert y.shape == (2, 20, 11, 13)
+    assert err(y, truth) <= 2 * err(own, truth)
+
+
+@needs_bf16
+def test_bsb_packed_bf16(native):
+    g = torch.Generator().manual_seed(2)
+    x, pw = torch.randn(2, 13, 9, 14, generator=g), torch.randn(13, 13, 1, 1, generator=g) / 4
+    dw, db = torch.randn(13, 1, 3, 3, generator=g) * 0.3, torch.randn(13, generator=g)
+    p = pack_bsb_cpu(pw, dw, db)
+    y = native.bsb_packed(x, vnni_pairs(p["pw"]), p["taps"], p["bias"], None)
+    truth = R.bsb(x.double(), R.pack_conv_weight(pw).double(), dw.double(), db.double())
+    own = R.bsb(x.bfloat16(), R.pack_conv_weight(pw).bfloat16(), dw.bfloat16(), db.bfloat16()).double()
+    assert err(y, truth) <= 2 * err(own, truth)
+
+
+@needs_bf16
+def test_opcheck_with_bf16_weights(native):
+    x, w, b = torch.randn(1, 16, 6, 7), torch.randn(16, 16, 3, 3) / 12, torch.randn(16)
+    tail = (16, ACT_GELU, None, 16, None, RES_NONE, None, None, SHORTCUT_NONE, 0)
+    torch.library.opcheck(native.conv3x3_winograd.default, (x, vnni_pairs(pack_winograd_3x3(w)), b, *tail))
+    torch.library.opcheck(native.conv1x1.default, ([x], vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, *tail))
+
+
+_NO_BF16_LEVEL = """
+import torch, esr_kernels.policy as P
+from esr_kernels.packing import pack_winograd_3x3, vnni_pairs
+ops = P.native_ops("_C_cpu")
+w = torch.randn(16, 16, 3, 3)
+try:
+    ops.conv3x3_winograd(torch.randn(1, 16, 6, 6), vnni_pairs(pack_winograd_3x3(w)), torch.zeros(16), 16, 0, None, 16,
+                         None, 0, None, None, 0, 0)
+except RuntimeError as e:
+    print("ERROR", str(e).splitlines()[0])
+print("NOTE", P.cpu_dtype_note(torch.bfloat16))
+"""
+
+
+def test_a_level_without_bf16_refuses_bf16_weights_and_says_so():
+    from esr_kernels.policy import cpu_isa
+
+    if (cpu_isa() or {}).get("cpu") not in ("avx512", "avx512_bf16", "amx"):
+        pytest.skip("this CPU has no AVX-512 level to force")
+    out = subprocess.run([sys.executable, "-c", _NO_BF16_LEVEL], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ESR_CPU_ISA": "avx512"})
+    assert out.returncode == 0, out.stderr
+    assert "ERROR conv3x3_winograd: bf16 weights need the avx512_bf16 ISA level" in out.stdout
+    assert "NOTE bfloat16 on CPU: the fused kernels compute in float32" in out.stdout
+
+
+# ---------------------------------------------------------------- models
+@pytest.mark.shared
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ["ifadnet", "pfdnlite", "rlfn"])
+def test_fused_models_in_low_precision(golden, name, dtype):
+    """Odd size and batch 2 in channels_last, by the relative rule; bf16 runs the bf16 GEMM where
+    the CPU has it; fp16 says it runs the float32 kernels."""
+    import esr_models
+    from esr_kernels.policy import bf16_gemm_available
+
+    x, _ = golden(name, "baby", "cpu")  # real image content, two odd-sized crops
+    x = torch.cat([x[..., :47, :59], x[..., 7:54, 11:70]]).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fused = esr_models.load(name, dtype=dtype, fused=True, backend="cpu")
+    noted = any("compute in float32" in str(w.message) for w in caught)
+    assert noted == (dtype == torch.float16 or not bf16_gemm_available())
+    with torch.inference_mode():
+        truth = esr_models.load(name)(x)
+        own = esr_models.load(name, dtype=dtype)(x.to(dtype))
+        out = fused(x.to(dtype))
+    assert fused.backend == "cpu" and out.dtype == dtype and out.shape == truth.shape
+    assert err(out, truth) <= 2 * err(own, truth)
+
+
+@needs_bf16
+@pytest.mark.shared
+def test_bf16_model_keeps_the_output_conv_in_float32():
+    """The tail conv writes the image: its rounding would go straight into the output, so it
+    keeps float32 GEMM weights while the body's convs take bf16 pairs."""
+    import esr_models
+    from esr_models.fused_modules import FusedPixelShuffleTail
+
+    model = esr_models.load("rlfn", dtype=torch.bfloat16, fused=True, backend="cpu")
+    tails = [m for m in model.modules() if isinstance(m, FusedPixelShuffleTail)]
+    assert len(tails) == 1 and tails[0].packs["conv"].u.dtype == torch.float32
+    body = [p.u for m in model.modules() for p in getattr(m, "packs", {}).values() if getattr(p, "u", None) is not None]
+    assert sum(u.dtype == torch.bfloat16 for u in body) >= 6
