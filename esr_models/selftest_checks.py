@@ -25,12 +25,12 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from esr_kernels.policy import runs
+
 FP32_TOL = 1e-5
 REL_TOL = {torch.float32: 1e-6, torch.float16: 4 * 2.0 ** -11, torch.bfloat16: 4 * 2.0 ** -8}
-# dtypes each fused backend runs (the native CPU kernels are float32 only).
-BACKEND_DTYPES = {"cpu": (torch.float32,),
-                  "triton": (torch.float32, torch.float16, torch.bfloat16),
-                  "cuda": (torch.float32, torch.float16, torch.bfloat16)}
+# dtypes each fused backend runs: the backends' own lists (esr_kernels.policy.runs).
+BACKEND_DTYPES = {b: runs(b)[1] for b in ("cpu", "triton", "cuda")}
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") i
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
+ENGINE_LEVELS = ("avx512", "avx512_bf16")  # the compiled levels with the conv engine
 # What torch itself is capped to for a forced level, as on a CPU that has only that level
 # (ATen's own kernels and oneDNN would otherwise still use AVX-512 here).
 TORCH_CAPS = {"baseline": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
@@ -92,7 +93,7 @@ def test_available_backends_reports_the_level_that_runs():
     # Unforced: the highest compiled level that the CPU has.
     assert b["cpu_isa"] == _runnable_levels()[-1] == isa["running"]
     assert isa["error"] is None and isa["requested"] is None
-    assert b["cpu_conv_engine"] == (b["cpu_isa"] == "avx512")
+    assert b["cpu_conv_engine"] == (b["cpu_isa"] in ENGINE_LEVELS)
     assert b["cpu_auto"] == "cpu" if b["cpu_conv_engine"] else b["cpu_auto"].startswith("reference: ")
 
 
@@ -106,13 +107,14 @@ def test_esr_backends_prints_the_level():
 
 
 def test_the_default_build_is_portable():
-    """Every x86-64 default build has the baseline, AVX2 and AVX-512 levels (not -march=native)."""
+    """Every x86-64 default build has the baseline, AVX2, AVX-512 and AVX-512 BF16 levels (not
+    -march=native)."""
     isa = _isa()
     if isa["compiled"] == ["arch"]:
         pytest.skip("built with ESR_CPU_ARCH (one level, for one machine)")
     import platform
 
-    expected = ["baseline", "avx2", "avx512"] if platform.machine() in ("x86_64", "AMD64") else ["baseline"]
+    expected = ["baseline", "avx2", "avx512", "avx512_bf16"] if platform.machine() in ("x86_64", "AMD64") else ["baseline"]
     assert isa["compiled"] == expected
 
 
@@ -131,14 +133,14 @@ def test_forcing_a_level(level):
         assert rep["auto"].startswith("error: ") and "asks for more than this CPU has" in rep["auto"]
         assert b["cpu_auto"].startswith("error: ESR_CPU_ISA=")
         return
-    # The highest compiled kernel set at or below the level (avx512_bf16 and amx have no
-    # kernels of their own yet: they run avx512's).
+    # The highest compiled kernel set at or below the level (amx has no kernels of its own
+    # yet: it runs avx512_bf16's).
     expected = [c for c in isa["compiled"] if LEVELS.index(c) <= LEVELS.index(level)][-1]
     assert detail["error"] is None
     assert b["cpu_isa"] == detail["running"] == expected
-    assert b["cpu_conv_engine"] == (expected == "avx512")
+    assert b["cpu_conv_engine"] == (expected in ENGINE_LEVELS)
     # "auto" picks the native backend only where it was measured faster than eager PyTorch.
-    assert rep["auto"] == ("cpu" if expected == "avx512" else "reference")
+    assert rep["auto"] == ("cpu" if expected in ENGINE_LEVELS else "reference")
     assert b["cpu_auto"] == rep["auto"] or b["cpu_auto"].startswith("reference: no conv engine")
 
 
@@ -218,6 +220,8 @@ def _functions_by_isa(path: str) -> dict[str, set[str]]:
             continue
         insn = line.split("\t", 1)[1].strip()
         mnem = insn.split(" ", 1)[0]
+        if "bf16" in mnem:  # vdpbf16ps, vcvtneps2bf16, vcvtne2ps2bf16
+            funcs[name].add("bf16")
         if "%zmm" in insn or re.search(r"%k[0-7]", insn) or "{%k" in insn:
             funcs[name].add("evex")
         elif mnem.startswith("v") and mnem not in ("verr", "verw"):
@@ -234,12 +238,16 @@ def test_each_levels_instructions_stay_in_its_code():
     spec = importlib.util.find_spec("esr_kernels._C_cpu")
     funcs = _functions_by_isa(spec.origin)
     assert any("esr_cpu::avx512::" in f for f in funcs) or "avx512" not in isa["compiled"]
+    assert any("bf16" in c for c in funcs.values()) or "avx512_bf16" not in isa["compiled"]  # the bf16 GEMM
     # objdump leaves GCC's split-off parts (foo._omp_fn.0.cold) mangled.
-    in_avx512 = ("esr_cpu::avx512::", "7esr_cpu6avx512")
+    in_bf16 = ("esr_cpu::avx512_bf16::", "7esr_cpu11avx512_bf16")
+    in_avx512 = ("esr_cpu::avx512::", "7esr_cpu6avx512") + in_bf16
     in_avx2 = ("esr_cpu::avx2::", "7esr_cpu4avx2")
     bad = []
     for f, classes in funcs.items():
-        if "evex" in classes and not any(s in f for s in in_avx512):
+        if "bf16" in classes and not any(s in f for s in in_bf16):
+            bad.append(f"AVX512_BF16 outside esr_cpu::avx512_bf16: {f}")
+        elif "evex" in classes and not any(s in f for s in in_avx512):
             bad.append(f"AVX-512 outside esr_cpu::avx512: {f}")
         elif "vex" in classes and not any(s in f for s in in_avx512 + in_avx2):
             bad.append(f"AVX outside esr_cpu::avx2/avx512: {f}")
