@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
 # What torch itself is capped to for a forced level, as on a CPU that has only that level
 # (ATen's own kernels and oneDNN would otherwise still use AVX-512 here).
-# The compiled kernel sets that have the conv engine (Winograd / GEMM convs, csrc/cpu/gemm.h).
-ENGINE_LEVELS = ("avx2", "avx512")
+# The kernel sets that have the conv engine (Winograd / GEMM convs, csrc/cpu/gemm.h): avx2 and up.
+ENGINE_LEVELS = LEVELS[LEVELS.index("avx2"):]
 TORCH_CAPS = {"baseline": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
               "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
