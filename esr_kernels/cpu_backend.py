@@ -1,8 +1,9 @@
 """The native CPU backend, float32 channels_last throughout, all in the C++ kernels of
 ``esr_kernels._C_cpu`` (torch.ops.esr_native.*):
 - dense convolutions: stride-1 3x3 by Winograd F(2x2, 3x3) and 1x1 as register-blocked GEMMs
-  (the AVX-512 conv engine, csrc/cpu/winograd.cpp and conv1x1.cpp) with bias, activation and
-  residual fused; the rest (stride 2, and every conv at an ISA level without AVX-512) through oneDNN
+  (the conv engine, csrc/cpu/winograd.cpp and conv1x1.cpp, at the avx2 and avx512 ISA levels)
+  with bias, activation and residual fused; the rest (stride 2, and every conv at the baseline
+  level) through oneDNN
   (PyTorch's mkldnn, activation fused as a post-op);
 - around them: the LocalAttention gate, the reflect-padded depthwise + GELU of BSB, the conv
   epilogues (partial channels, gated residual, shortcut + pixel shuffle) and the ESA tail.
@@ -143,9 +144,9 @@ class CpuBackend(KernelBackend):
         self.native = native_ops("_C_cpu")
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
         self._binary = torch.ops.mkldnn._convolution_pointwise.binary
-        # The Winograd / GEMM conv engine runs at the avx512 ISA level (chosen at run time from
-        # the CPU, csrc/cpu/dispatch.cpp; ESR_CPU_ISA forces a lower one); ESR_CPU_CONV_ENGINE=0
-        # keeps oneDNN's convolutions (for comparison).
+        # The Winograd / GEMM conv engine runs at the avx2 and avx512 ISA levels (chosen at run
+        # time from the CPU, csrc/cpu/dispatch.cpp; ESR_CPU_ISA forces a lower one);
+        # ESR_CPU_CONV_ENGINE=0 keeps oneDNN's convolutions (for comparison).
         self.engine = (bool(self.native.conv_engine_available())
                        and os.environ.get("ESR_CPU_CONV_ENGINE", "1") != "0")
         self.bf16_engine = self.engine and bf16_gemm_available()

@@ -110,10 +110,12 @@ def cpu_auto_reason() -> str | None:
     (None: it runs the native backend). "auto" must never make a user slower than eager
     PyTorch, so it picks the native backend only at ISA levels where it was measured faster
     than eager channels_last for every model (interleaved in one process, torch capped to the
-    same ISA; README, "Speed (CPU, this machine)"). With the conv engine (avx512) it is
-    1.7-1.8x faster. Without it (avx2, baseline) the fused path is oneDNN's convolutions plus
-    this extension's epilogues, and RLFN ran slower than eager channels_last (avx2: 0.91x;
-    baseline: IFADNet 0.28x), so "auto" runs the reference there. backend="cpu" still runs it."""
+    same ISA; README, "Speed (CPU, this machine)" and "One build for every x86-64 CPU"). The
+    conv engine (Winograd / GEMM convolutions, csrc/cpu) runs at avx512 (1.7-1.8x faster than
+    eager) and at avx2 (1.9-2.0x faster than eager capped to AVX2, 256x256). Without it
+    (baseline) the fused path is oneDNN's convolutions plus this extension's epilogues, which
+    ran slower than eager there (IFADNet 0.28x), so "auto" runs the reference. backend="cpu"
+    still runs it."""
     err = extension_error("_C_cpu")
     if err is not None:
         return f"the native CPU extension does not import: {err}"
@@ -140,7 +142,7 @@ def available_backends() -> dict:
         # ESR_CPU_ISA forces a lower one), and the whole story: this CPU's level, the levels built.
         "cpu_isa": isa["running"] if cpu_ok else None,
         "cpu_isa_detail": isa,
-        # Winograd / GEMM convolutions of the CPU extension (at the avx512 level).
+        # Winograd / GEMM convolutions of the CPU extension (at the avx2 and avx512 levels).
         "cpu_conv_engine": cpu_ok and bool(torch.ops.esr_native.conv_engine_available()),
         # What "auto" runs for float32 on CPU, and why when it is not the native backend (an
         # ESR_CPU_ISA that cannot run is an error for "auto" too).

@@ -1,5 +1,6 @@
-"""The AVX-512 conv engine of the CPU backend (csrc/cpu/winograd.cpp, conv1x1.cpp) and its
-buffer cache, against float64 F.conv2d."""
+"""The conv engine of the CPU backend (csrc/cpu/winograd.cpp, conv1x1.cpp, bsb_fused.cpp; at
+the avx2 and avx512 ISA levels) and its buffer cache, against float64 F.conv2d. At the level
+that runs here; tests/test_cpu_isa.py runs this file again at each lower level, forced."""
 from __future__ import annotations
 
 import importlib.util
@@ -23,7 +24,7 @@ def native():
 
     ops = torch.ops.esr_native
     if not ops.conv_engine_available():
-        pytest.skip("no conv engine at the ISA level that runs (it needs AVX-512): the backend uses "
+        pytest.skip("no conv engine at the ISA level that runs (it needs AVX2): the backend uses "
                     "oneDNN's convs")
     return ops
 
@@ -69,6 +70,30 @@ def test_winograd_reads_channel_slices_and_nchw(native):
     for inp in (x[:, :24], x[:, 24:], x[:, :24].contiguous()):  # slices read in place; NCHW converted
         ref = F.conv2d(inp.double(), w.double(), b.double(), padding=1)
         assert (native.conv3x3_winograd(inp, u, bp, 24, 0, *plain(24)).double() - ref).abs().max() <= FP32_TOL
+
+
+def test_engine_ops_take_noncontiguous_inputs(native):
+    """A pixel-strided view (a crop of a wider channels_last image) and a channels_last input
+    whose channel count is no multiple of 16, into all three engine ops, batch 2."""
+    from esr_kernels.packing import pack_bsb_cpu
+
+    torch.manual_seed(7)
+    wide = cl(torch.randn(2, 20, 13, 31))
+    x = wide[..., 3:26]  # non-contiguous in every memory format
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    w3, w1, b = torch.randn(20, 20, 3, 3) / 13, torch.randn(20, 20, 1, 1) / 4, torch.randn(20)
+    bp = pad_vector(b, 32, b)
+    xd = x.double()
+    out = native.conv3x3_winograd(x, pack_winograd_3x3(w3), bp, 20, 0, *plain(20))
+    assert (out.double() - F.conv2d(xd, w3.double(), b.double(), padding=1)).abs().max() <= FP32_TOL
+    out = native.conv1x1([x, x], pack_gemm_1x1(torch.cat([w1, w1], 1)), bp, 20, 0, *plain(20))
+    assert (out.double() - F.conv2d(xd, 2 * w1.double(), b.double())).abs().max() <= FP32_TOL
+    dw = torch.randn(20, 1, 3, 3) / 3
+    p = pack_bsb_cpu(w1, dw, b)
+    out = native.bsb_packed(x, p["pw"], p["taps"], p["bias"], None)
+    ref = F.gelu(F.conv2d(F.pad(F.conv2d(xd, w1.double()), (1, 1, 1, 1), mode="reflect"), dw.double(), b.double(),
+                          groups=20))
+    assert (out.double() - ref).abs().max() <= FP32_TOL
 
 
 @pytest.mark.parametrize("widths,co", [([48], 48), ([36, 36, 36, 36, 36, 36], 36), ([48], 16), ([16], 48),

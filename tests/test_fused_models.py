@@ -6,6 +6,7 @@ channels_last, non-contiguous, the minimum size, low precision where the backend
 Set5 PSNR, torch.compile; then the swapping contract, which does not depend on the backend."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
@@ -56,6 +57,22 @@ def max_err(a, b):
     return (a.float() - b.float()).abs().max().item()
 
 
+def assert_matches_reference(out, ref_model, x, ref=None):
+    """|out - ref| <= 1e-5 for the float32 reference's output ``ref`` (computed if None). Where
+    that fails, the float32 reference's own rounding may be why: with ATen and oneDNN running
+    AVX2 kernels (a CPU without AVX-512, or torch capped as in the forced-level tests),
+    PFDNLite's float32 reference lands 1.04e-5 from its float64 run at 47x59 (3.2e-6 with
+    AVX-512), so the bar is then the float64 reference, the exact answer both approximate."""
+    with torch.inference_mode():
+        ref = ref_model(x) if ref is None else ref
+        err = max_err(out, ref)
+        if err <= FP32_TOL:
+            return
+        exact = copy.deepcopy(ref_model).double()(x.double())
+    assert max_err(out, exact) <= FP32_TOL, f"{err:.3g} from the float32 reference, {max_err(out, exact):.3g} " \
+                                            "from the float64 one"
+
+
 def image_crops(golden, dev, n, h, w):
     """Real image content (the bar is on images: uniform noise drives these models far outside
     [0, 1], where float32 reassociation shows up to ~3e-5)."""
@@ -71,7 +88,7 @@ def test_matches_reference_and_golden(fused, refs, golden, dev, backend, name, i
         out, ref = fused[name](x), refs[name](x)
     assert fused[name].backend == backend
     assert out.shape == ref.shape
-    assert max_err(out, ref) <= FP32_TOL
+    assert_matches_reference(out, refs[name], x, ref)
     assert max_err(out, expected) <= FP32_TOL
 
 
@@ -81,11 +98,11 @@ def test_batch2_channels_last_noncontiguous(fused, refs, golden, dev, name):
     x = image_crops(golden, dev, 2, 29, 37)
     with torch.inference_mode():
         ref = refs[name](x)
-        assert max_err(fused[name](x.contiguous(memory_format=torch.channels_last)), ref) <= FP32_TOL
+        assert_matches_reference(fused[name](x.contiguous(memory_format=torch.channels_last)), refs[name], x, ref)
         wide = image_crops(golden, dev, 2, 29, 45)
         wide[..., 3:40] = x
         assert not wide[..., 3:40].is_contiguous()
-        assert max_err(fused[name](wide[..., 3:40]), ref) <= FP32_TOL
+        assert_matches_reference(fused[name](wide[..., 3:40]), refs[name], x, ref)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -93,7 +110,7 @@ def test_minimum_size(fused, refs, golden, dev, name):
     size = esr_models.min_input_size(refs[name])
     x = image_crops(golden, dev, 1, size, size + 1)
     with torch.inference_mode():
-        assert max_err(fused[name](x), refs[name](x)) <= FP32_TOL
+        assert_matches_reference(fused[name](x), refs[name], x)
         with pytest.raises(ValueError, match=f"at least {size}x{size}"):
             fused[name](torch.rand(1, 3, size - 1, size, device=dev))
 
@@ -214,9 +231,11 @@ def test_auto_backend_without_fused_kernels_says_it_runs_the_reference():
 
 
 def test_auto_on_cpu_picks_the_native_backend():
-    from esr_kernels.policy import extension_error
+    """Where the policy says the native backend is faster than eager on this CPU (its ISA level,
+    esr_kernels.policy.cpu_auto_reason), "auto" runs it; elsewhere the reference."""
+    from esr_kernels.policy import cpu_auto_reason
 
-    expected = "cpu" if extension_error("_C_cpu") is None else "reference"
+    expected = "cpu" if cpu_auto_reason() is None else "reference"
     assert esr_models.load("pfdnlite", fused=True).backend == expected
 
 

@@ -2,7 +2,7 @@
 // bias + GELU [+ residual]. The pointwise output never goes to memory: each thread keeps the
 // three pointwise rows the depthwise needs in a small row cache (L2), so the only traffic is
 // reading x once and writing the output once.
-#include "gemm_avx512.h"
+#include "gemm.h"
 #include "gemm_bf16.h"
 
 ESR_CPU_NAMESPACE_BEGIN
@@ -145,7 +145,7 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
 
 at::Tensor bsb_packed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const c10::optional<at::Tensor>&) {
-  TORCH_CHECK(false, "bsb_packed: no conv engine at the ISA level running (it needs AVX-512; see `esr backends`)");
+  TORCH_CHECK(false, "bsb_packed: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
 }
 
 #endif  // ESR_HAVE_CONV_ENGINE

@@ -2,7 +2,7 @@
 // with the conv epilogue (epilogue.h) fused: one pass over each input, and the concatenation
 // (IFADNet's 216-channel fusion input) is never materialised.
 #include "epilogue.h"
-#include "gemm_avx512.h"
+#include "gemm.h"
 #include "gemm_bf16.h"
 
 ESR_CPU_NAMESPACE_BEGIN
@@ -93,7 +93,7 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
 at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                    const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
                    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
-  TORCH_CHECK(false, "conv1x1: no conv engine at the ISA level running (it needs AVX-512; see `esr backends`)");
+  TORCH_CHECK(false, "conv1x1: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
 }
 
 #endif

@@ -3,20 +3,13 @@
 // registers (8*NV <= 24 accumulators, NV weight vectors, one broadcast).
 #pragma once
 
-#include "common.h"
+#include "simd.h"  // kLanes (16: the float32 lanes of a 512-bit register), lane_mask
 
 #if ESR_CPU_LEVEL >= ESR_LEVEL_AVX512
-#include <immintrin.h>
-#define ESR_HAVE_CONV_ENGINE 1
 
 ESR_CPU_NAMESPACE_BEGIN
 
-constexpr int64_t kRows = 8;   // rows (pixels or Winograd tiles) per micro-kernel call
-constexpr int64_t kLanes = 16;  // float32 lanes of a 512-bit register
-
-inline __mmask16 lane_mask(int64_t valid) {
-  return valid >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1u);
-}
+constexpr int64_t kRows = 8;  // rows (pixels or Winograd tiles) per micro-kernel call
 
 // A: rows r at A + r * lda, K contiguous floats each. B: row k at B + k * ldb, 16 * NV floats
 // (zero-padded past the real output channels). C: row r at C + r * ldc; the last of the NV

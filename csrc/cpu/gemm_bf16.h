@@ -12,7 +12,7 @@
 //   C: float32, row r at C + r * ldc.
 #pragma once
 
-#include "gemm_avx512.h"
+#include "gemm.h"
 
 #if ESR_CPU_LEVEL >= ESR_LEVEL_AVX512_BF16
 #define ESR_HAVE_BF16_ENGINE 1

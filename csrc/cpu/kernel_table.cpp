@@ -1,5 +1,5 @@
 // This level's kernel table (isa.h): compiled once per ISA level, like every kernel file.
-#include "gemm_avx512.h"  // ESR_HAVE_CONV_ENGINE at the levels that have the conv engine
+#include "gemm.h"  // ESR_HAVE_CONV_ENGINE at the levels that have the conv engine
 
 ESR_CPU_NAMESPACE_BEGIN
 

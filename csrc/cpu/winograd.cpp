@@ -17,8 +17,9 @@
 //      from it into the output.
 // U = G g G^T is computed once at load (esr_kernels/cpu_backend.py, in float64).
 #include "epilogue.h"
-#include "gemm_avx512.h"
+#include "gemm.h"
 #include "gemm_bf16.h"
+#include "simd.h"
 
 ESR_CPU_NAMESPACE_BEGIN
 
@@ -45,38 +46,38 @@ struct AlignedBuffer {
 // Row pass, for one 16-channel slice c: input columns xs .. xs + ncols - 1 of rows y0 .. y0 + 3
 // (pixel stride ldx floats; outside the image: zero) -> T[col][i] = (B^T d)[i] for each column.
 ESR_INLINE void row_pass(const float* Xn, int64_t W, int64_t H, int64_t ldx, int64_t y0, int64_t xs, int64_t ncols,
-                         int64_t c, __mmask16 cmask, float* T) {
-  __mmask16 row_mask[4];
+                         int64_t c, Mask16 cmask, float* T) {
+  Mask16 row_mask[4];
   const float* row[4];
   for (int i = 0; i < 4; ++i) {
     const int64_t yy = y0 + i;
     const bool ok = yy >= 0 && yy < H;
-    row_mask[i] = ok ? cmask : 0;
+    row_mask[i] = ok ? cmask : no_lanes();
     row[i] = Xn + (ok ? yy : 0) * W * ldx + c;
   }
   for (int64_t col = 0; col < ncols; ++col) {
     const int64_t xx = xs + col;
     const bool ok = xx >= 0 && xx < W;
     const int64_t off = (ok ? xx : 0) * ldx;
-    __m512 d[4];
-    for (int i = 0; i < 4; ++i) d[i] = _mm512_maskz_loadu_ps(ok ? row_mask[i] : 0, row[i] + off);
+    Vec16 d[4];
+    for (int i = 0; i < 4; ++i) d[i] = load_masked(row[i] + off, ok ? row_mask[i] : no_lanes());
     float* t = T + col * 4 * kLanes;
-    _mm512_store_ps(t + 0 * kLanes, _mm512_sub_ps(d[0], d[2]));
-    _mm512_store_ps(t + 1 * kLanes, _mm512_add_ps(d[1], d[2]));
-    _mm512_store_ps(t + 2 * kLanes, _mm512_sub_ps(d[2], d[1]));
-    _mm512_store_ps(t + 3 * kLanes, _mm512_sub_ps(d[1], d[3]));
+    store_aligned(t + 0 * kLanes, d[0] - d[2]);
+    store_aligned(t + 1 * kLanes, d[1] + d[2]);
+    store_aligned(t + 2 * kLanes, d[2] - d[1]);
+    store_aligned(t + 3 * kLanes, d[1] - d[3]);
   }
 }
 
 // Column pass for one tile: T at the tile's first column -> V[4 i + j] = (B^T d B)[i][j].
 ESR_INLINE void column_pass(const float* T, float* V, int64_t pos_stride) {
   for (int i = 0; i < 4; ++i) {
-    const __m512 a = _mm512_load_ps(T + (0 * 4 + i) * kLanes), b = _mm512_load_ps(T + (1 * 4 + i) * kLanes),
-                 c = _mm512_load_ps(T + (2 * 4 + i) * kLanes), d = _mm512_load_ps(T + (3 * 4 + i) * kLanes);
-    _mm512_store_ps(V + (i * 4 + 0) * pos_stride, _mm512_sub_ps(a, c));
-    _mm512_store_ps(V + (i * 4 + 1) * pos_stride, _mm512_add_ps(b, c));
-    _mm512_store_ps(V + (i * 4 + 2) * pos_stride, _mm512_sub_ps(c, b));
-    _mm512_store_ps(V + (i * 4 + 3) * pos_stride, _mm512_sub_ps(b, d));
+    const Vec16 a = load_aligned(T + (0 * 4 + i) * kLanes), b = load_aligned(T + (1 * 4 + i) * kLanes),
+                c = load_aligned(T + (2 * 4 + i) * kLanes), d = load_aligned(T + (3 * 4 + i) * kLanes);
+    store_aligned(V + (i * 4 + 0) * pos_stride, a - c);
+    store_aligned(V + (i * 4 + 1) * pos_stride, b + c);
+    store_aligned(V + (i * 4 + 2) * pos_stride, c - b);
+    store_aligned(V + (i * 4 + 3) * pos_stride, b - d);
   }
 }
 
@@ -95,17 +96,17 @@ ESR_INLINE void column_pass_bf16(const float* T, bf16_t* V, int64_t pos_stride) 
 #endif
 
 // A^T m A (+ bias is left to the epilogue) for one 16-channel slice of one tile.
-ESR_INLINE void output_transform(const float* M, int64_t pos_stride, __m512 y[2][2]) {
-  __m512 m[4][4];
-  for (int p = 0; p < 16; ++p) m[p / 4][p % 4] = _mm512_load_ps(M + p * pos_stride);
-  __m512 s[2][4];
+ESR_INLINE void output_transform(const float* M, int64_t pos_stride, Vec16 y[2][2]) {
+  Vec16 m[4][4];
+  for (int p = 0; p < 16; ++p) m[p / 4][p % 4] = load_aligned(M + p * pos_stride);
+  Vec16 s[2][4];
   for (int j = 0; j < 4; ++j) {
-    s[0][j] = _mm512_add_ps(_mm512_add_ps(m[0][j], m[1][j]), m[2][j]);
-    s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m[1][j], m[2][j]), m[3][j]);
+    s[0][j] = (m[0][j] + m[1][j]) + m[2][j];
+    s[1][j] = (m[1][j] - m[2][j]) - m[3][j];
   }
   for (int i = 0; i < 2; ++i) {
-    y[i][0] = _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]);
-    y[i][1] = _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]);
+    y[i][0] = (s[i][0] + s[i][1]) + s[i][2];
+    y[i][1] = (s[i][1] - s[i][2]) - s[i][3];
   }
 }
 
@@ -203,10 +204,10 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
         winograd_gemms(vbuf.data, U, bf16, Cin, CinP, CoutP, tiles, mbuf.data);
         for (int64_t t = 0; t < tiles; ++t)
           for (int64_t c = 0; c < CoutP; c += kLanes) {
-            __m512 yv[2][2];
+            Vec16 yv[2][2];
             output_transform(mbuf.data + t * CoutP + c, m_pos, yv);
             for (int i = 0; i < 2; ++i)
-              for (int j = 0; j < 2; ++j) _mm512_store_ps(ybuf.data + i * y_row + (2 * t + j) * CoutP + c, yv[i][j]);
+              for (int j = 0; j < 2; ++j) store_aligned(ybuf.data + i * y_row + (2 * t + j) * CoutP + c, yv[i][j]);
           }
         const int64_t oy0 = 2 * ty, ox0 = 2 * tx0, ox1 = std::min(W, 2 * (tx0 + tiles));
         for (int64_t i = 0; i < 2 && oy0 + i < H; ++i)
@@ -217,12 +218,12 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   return epi.out();
 }
 
-#else  // no AVX-512 at this level: the Python side keeps oneDNN's convolutions (no conv engine)
+#else  // below AVX2: the Python side keeps oneDNN's convolutions (no conv engine)
 
 at::Tensor conv3x3_winograd(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                             const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
                             const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
-  TORCH_CHECK(false, "conv3x3_winograd: no conv engine at the ISA level running (it needs AVX-512; "
+  TORCH_CHECK(false, "conv3x3_winograd: no conv engine at the ISA level running (it needs AVX2; "
               "see `esr backends`)");
 }
 
