@@ -176,3 +176,20 @@ def test_bf16_model_keeps_the_output_conv_in_float32():
     assert len(tails) == 1 and tails[0].packs["conv"].u.dtype == torch.float32
     body = [p.u for m in model.modules() for p in getattr(m, "packs", {}).values() if getattr(p, "u", None) is not None]
     assert sum(u.dtype == torch.bfloat16 for u in body) >= 6
+
+
+@pytest.mark.shared
+def test_a_fused_model_converted_to_bf16_packs_again():
+    """``fused.to(torch.bfloat16)`` packs from the converted weights (the CPU packs' dtypes are
+    the backend's: bf16 GEMM pairs beside float32 biases), so it computes what
+    ``load(dtype=bfloat16, fused=True)`` does, and back to float32 what the float32 model does."""
+    import esr_models
+
+    x = torch.rand(1, 3, 20, 18)
+    direct = esr_models.load("pfdnlite", dtype=torch.bfloat16, fused=True, backend="cpu")
+    converted = esr_models.load("pfdnlite", fused=True, backend="cpu").to(torch.bfloat16)
+    back = esr_models.load("pfdnlite", dtype=torch.bfloat16, fused=True, backend="cpu").float()
+    with torch.inference_mode():
+        assert torch.equal(converted(x.bfloat16()), direct(x.bfloat16()))
+        from_bf16 = esr_models.load("pfdnlite", dtype=torch.bfloat16).float()  # the bf16-rounded weights
+        assert err(back(x), from_bf16(x)) <= 1e-5
