@@ -5,7 +5,6 @@ all ask here. Nothing here imports triton or CUDA code eagerly.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -15,6 +14,10 @@ import torch
 from .contract import KernelBackend
 from .cpu_backend import CpuBackend
 from .cuda_backend import CudaBackend
+# Extension loading lives in extensions.py, which the backends use too (IMPORT_ERRORS,
+# native_ops: still importable from here).
+from .extensions import IMPORT_ERRORS, extension_error, native_ops  # noqa: F401
+from .extensions import load_extension as _extension
 from .triton_backend import TritonBackend
 
 BACKEND_CLASSES: dict[str, type[KernelBackend]] = {"triton": TritonBackend, "cpu": CpuBackend, "cuda": CudaBackend}
@@ -29,34 +32,6 @@ def triton_available() -> bool:
 def triton_runnable_on_cpu() -> bool:
     """Triton kernels run on CPU tensors only through its interpreter."""
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-# Why a native extension did not import, kept so that an ABI mismatch or a missing library is
-# shown (``esr backends``, backend errors) instead of looking like "not built".
-IMPORT_ERRORS: dict[str, str] = {}
-
-
-def _extension(name: str):
-    try:
-        return importlib.import_module(f"esr_kernels.{name}")
-    except ImportError as exc:
-        IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
-        return None
-
-
-def extension_error(name: str) -> str | None:
-    """Why ``esr_kernels.<name>`` cannot be imported (None if it can)."""
-    return None if _extension(name) is not None else IMPORT_ERRORS.get(name)
-
-
-def native_ops(name: str):
-    """Import the native extension ``name`` ("_C_cpu" or "_C_cuda") with the Python fakes of
-    its ops, and return ``torch.ops.esr_native``; a RuntimeError keeps the import error."""
-    if _extension(name) is None:
-        raise RuntimeError(f"the native extension esr_kernels.{name} does not import: {IMPORT_ERRORS.get(name)}")
-    from . import native  # noqa: F401  fake implementations (torch.compile, opcheck)
-
-    return torch.ops.esr_native
 
 
 # ---------------------------------------------------------------- the CPU extension's ISA level

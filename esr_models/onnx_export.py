@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from esr_kernels.errors import EsrError
+
 DEFAULT_OPSET = 17
 MIN_OPSET = 11
 MAX_OPSET = 20
@@ -45,7 +47,7 @@ VERIFY_TOLERANCE = 1e-3
 VERIFY_SHAPES_HW = ((1, 47, 59), (2, 32, 40))
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(EsrError, RuntimeError):
     """The model cannot be exported, or the exported graph does not reproduce it."""
 
 

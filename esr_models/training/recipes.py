@@ -26,6 +26,8 @@ import copy
 import difflib
 from pathlib import Path
 
+from esr_kernels.errors import EsrError
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (setup.py asks for it)
@@ -147,7 +149,7 @@ prune_blocks = [1, 2]
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(EsrError, ValueError):
     """A config file or recipe that cannot be used."""
 
 
