@@ -161,6 +161,7 @@ def record_launches(model, x, arch: int) -> list[Launch]:
     Nothing is computed: the model's outputs are garbage."""
     import torch
 
+    # Here, not at the top: ops and triton/ import triton, which reads TRITON_INTERPRET once.
     from . import ops
     from .triton.common import target_arch
 

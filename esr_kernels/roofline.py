@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from unittest import mock
 
+from .spec import POOL_KERNEL, POOL_STRIDE
+
 DEVICES = {  # bytes/s, dense fp16 FLOP/s (tensor cores; vendor datasheets)
     "H100 SXM": {"bandwidth": 3.35e12, "fp16_flops": 989e12},
     "RTX 3090": {"bandwidth": 936e9, "fp16_flops": 71e12},
@@ -102,8 +104,6 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
         # the 1x1 reduction is computed for every tap of each 7x7 window (pooled in registers)
         return [Launch("esr::la_reduce", read_all, nbytes(out), n * hp * wp_ * 49 * c * cr)]
     if op == "esa":
-        from .spec import POOL_KERNEL, POOL_STRIDE
-
         (x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w, skip_b, expand_w, expand_b,
          residual) = args
         cr = reduce_w.shape[-1]  # the packed width: esr::esa allocates d and low with it (16 here)

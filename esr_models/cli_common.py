@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from esr_kernels.errors import EsrError
-from esr_kernels.policy import resolve_backend
+from esr_kernels.policy import resolve_backend, triton_available
 
 from .loading import load
 from .media import is_video
@@ -54,6 +54,12 @@ def check_backend(backend: str, device: torch.device, dtype_name: str) -> None:
         resolve_backend(backend, device, DTYPES[dtype_name])
     except RuntimeError as exc:
         raise UsageError(f"--fused --backend {backend}: {exc}") from None
+
+
+def require_triton(command: str) -> None:
+    """A UsageError unless triton is installed (``command`` needs it whatever the device)."""
+    if not triton_available():
+        raise UsageError(f"{command} needs triton: pip install -e '.[triton]'")
 
 
 def check_environment() -> None:

@@ -13,6 +13,9 @@ from pathlib import Path
 from esr_kernels.gpu_check import (DEFAULT_ARCHS, DEFAULT_SIZES, check_archs, check_launches, format_table,
                                    make_input, parse_sizes, record_launches)
 
+from .cli_common import require_triton
+from .loading import load
+
 MODELS = ("ifadnet", "pfdnlite", "rlfn")
 DTYPES = ("float32", "float16", "bfloat16")
 LAYOUTS = ("nchw", "channels_last")
@@ -25,8 +28,6 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
     # Set before triton's first import (it reads it once): the fused models record on CPU tensors.
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
-
-    from .loading import load
 
     out = []
     for name in models:
@@ -70,6 +71,7 @@ def _csv(choices):
 
 
 def cmd_gpu_check(args) -> int:
+    require_triton("esr gpu-check")
     report = run_check(args.arch, args.models, args.dtypes, args.layouts, args.sizes, args.batch,
                        args.jobs, args.cache_dir, args.kernels)
     print(format_table(report))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from esr_kernels.roofline import combine, format_table, interpreter_usable, model_report
 
+from .cli_common import UsageError, require_triton, run
 from .loading import load
 
 MODELS = ("ifadnet", "pfdnlite", "rlfn")
@@ -44,9 +45,10 @@ def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16") -> di
 
 
 def cmd_roofline(args) -> int:
+    require_triton("esr roofline (it traces the fused Triton models)")
     out = Path(args.json) if args.json else None
     if out is not None and out.exists() and not args.overwrite:
-        raise ValueError(f"--json {out}: the file exists (add --overwrite to replace it)")
+        raise UsageError(f"--json {out}: the file exists (add --overwrite to replace it)")
     report = build_report(dtype_name=args.dtype)
     print(f"Memory traffic and roofline, {args.dtype}, {LR_SIZE[0]}x{LR_SIZE[1]} -> "
           f"{4 * LR_SIZE[0]}x{4 * LR_SIZE[1]} (a model, not a measurement)\n")
@@ -74,6 +76,5 @@ if __name__ == "__main__":
         print(json.dumps(build_report(tuple(sys.argv[2].split(",")), (h, w), sys.argv[4])))
         sys.exit(0)
     parser = argparse.ArgumentParser(prog="esr")
-    add_parser(parser.add_subparsers(dest="cmd", required=True))
-    a = parser.parse_args(["roofline", *sys.argv[1:]])
-    sys.exit(a.func(a))
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    sys.exit(run(parser, ["roofline", *sys.argv[1:]]))

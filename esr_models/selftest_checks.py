@@ -25,6 +25,8 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from esr_kernels import reference as R
+
 FP32_TOL = 1e-5
 REL_TOL = {torch.float32: 1e-6, torch.float16: 4 * 2.0 ** -11, torch.bfloat16: 4 * 2.0 ** -8}
 # dtypes each fused backend runs (the native CPU kernels are float32 only).
@@ -80,8 +82,6 @@ def _unpack_depthwise(dw_packed: torch.Tensor, c: int) -> torch.Tensor:
 
 def reference_of(op_name: str, args: tuple) -> torch.Tensor:
     """esr_kernels.reference of one esr:: call, in float32 on the same arguments."""
-    from esr_kernels import reference as R
-
     a = [_f32(t) for t in args]
     if op_name == "conv":
         return R.conv(*a)

@@ -19,14 +19,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..loading import load_state_dict_file
+from ..loading import CheckpointError, load_state_dict_file
 from ..upstream_keys import to_upstream_keys
 from ..weights import protected_reason
 from .models import _arch_name, deploy_state_dict, from_training_checkpoint, _is_training_checkpoint
 
 def _models_from_source(source: str | Path) -> tuple[str, nn.Module, nn.Module | None]:
     """(arch name, raw train-time or deploy model, EMA model or None) from a checkpoint file."""
-    state = torch.load(Path(source), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(Path(source), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+        raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if isinstance(state, dict) and _is_training_checkpoint(state):
         raw = from_training_checkpoint(state, use_ema=False)
         ema = from_training_checkpoint(state, use_ema=True) if state.get("params_ema") is not None else None

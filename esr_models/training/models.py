@@ -23,7 +23,7 @@ from torch import nn
 from esr_kernels.errors import InvalidValueError
 
 from ..ifadnet import IFADNet, RFMB
-from ..loading import load, load_state_dict_file
+from ..loading import CheckpointError, load, load_state_dict_file
 from ..pfdnlite import PartialBlock, PFDNLite
 from ..registry import detect
 from ..rlfn import RLFN
@@ -177,7 +177,10 @@ def trainable(name_or_checkpoint, pretrained: bool = True, use_ema: bool = False
     if not path.is_file():
         raise InvalidValueError(f"unknown model {name_or_checkpoint!r}: expected one of {list(ARCH_NAMES)} "
                                 "or the path of a checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if _is_training_checkpoint(state):
         return from_training_checkpoint(state, use_ema=use_ema).train()
     return from_deploy(load_state_dict_file(path)).train()
