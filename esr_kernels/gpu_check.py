@@ -338,7 +338,7 @@ def _cache_dir() -> Path:
 
 
 def check_archs(archs) -> None:
-    """A ValueError for an arch without known limits (before anything is recorded)."""
+    """An InvalidValueError (a ValueError) for an arch without known limits, before recording."""
     unknown = [arch for arch in archs if arch not in ARCH_LIMITS]
     if unknown:
         raise InvalidValueError(f"no limits known for sm_{unknown[0]}; known: {sorted(ARCH_LIMITS)}")
