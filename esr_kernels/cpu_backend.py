@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
+from .extensions import bf16_gemm_available, native_ops
 from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, RES_TENSOR, SHORTCUT_NONE)
@@ -139,8 +140,6 @@ class CpuBackend(KernelBackend):
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
 
     def __init__(self):
-        from .policy import bf16_gemm_available, native_ops
-
         self.native = native_ops("_C_cpu")
         self._pointwise = torch.ops.mkldnn._convolution_pointwise
         self._binary = torch.ops.mkldnn._convolution_pointwise.binary

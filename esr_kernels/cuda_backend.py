@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .contract import BsbPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
+from .extensions import native_ops
 from .spec import POOL_KERNEL, POOL_STRIDE
 from .triton_backend import TritonBackend
 
@@ -60,8 +61,6 @@ class CudaBackend(KernelBackend):
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def __init__(self):
-        from .policy import native_ops
-
         self.native = native_ops("_C_cuda")
         self.dense = TritonBackend()  # conv and concat_conv
 

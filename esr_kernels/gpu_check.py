@@ -1,8 +1,9 @@
-"""``esr gpu-check``: compile every Triton specialisation the fused models launch for real GPU
-architectures, without a GPU, and check its resources.
+"""Compile every Triton specialisation a fused model launches for real GPU architectures,
+without a GPU, and check its resources. The models it records and the ``esr gpu-check`` command
+live in the app layer (esr_models/gpu_check_cmd.py): this module takes models or launches.
 
-Recording (no GPU, no compilation): the fused models (``esr_models.load(name, fused=True,
-backend="triton")``) run on CPU under ``TRITON_INTERPRET=1`` while ``esr_kernels.ops`` launches
+Recording (no GPU, no compilation): a model fused with backend "triton" runs on CPU under
+``TRITON_INTERPRET=1`` while ``esr_kernels.ops`` launches
 through a recording wrapper instead of ``wrap_triton``: each launch is recorded, not executed
 (outputs stay uninitialised: only shapes, strides and dtypes matter), inside
 ``common.target_arch(arch, recording=True)`` so that the launchers choose the configuration
@@ -17,6 +18,7 @@ API (also used for memory-traffic models)::
     launch.scalars                    # {arg name: int or float}
     launch.constexprs                 # {arg name: value}, BLOCK_P included
     launch.num_warps, launch.num_stages
+    report = check_launches(recorded, inputs)   # recorded: (arch, Launch, used_by) triples
 
 Compilation: ``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` in worker processes started
 without ``TRITON_INTERPRET`` (the interpreter replaces ``triton.jit``), with the specialisation
@@ -29,29 +31,24 @@ specialisation, options, arch, triton version).
 
 Verdict per (specialisation, arch): a violation is a compile failure, shared memory above the
 arch's per-block opt-in limit, or any local memory (stack or local: spills are slow, and every
-kernel here is meant to fit in registers). The command exits 1 on any violation.
+kernel here is meant to fit in registers). ``esr gpu-check`` exits 1 on any violation.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
 import os
 import re
-import shlex
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .errors import InvalidValueError
+
 DEFAULT_ARCHS = (80, 86, 89, 90)
-MODELS = ("ifadnet", "pfdnlite", "rlfn")
-DTYPES = ("float32", "float16", "bfloat16")
-LAYOUTS = ("nchw", "channels_last")
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-resources.json"
 
 # Per-SM and per-block limits (CUDA C Programming Guide, "Technical Specifications per Compute
 # Capability"): registers per SM, resident warps and blocks per SM, shared memory per SM and the
@@ -160,10 +157,11 @@ class _Recorder:
 def record_launches(model, x, arch: int) -> list[Launch]:
     """The Triton launches of ``model(x)`` (a model fused with backend "triton", x on CPU) as a
     GPU of ``arch`` (86 = sm_86) would make them, in order. Needs TRITON_INTERPRET=1 (set
-    before triton is imported: ``esr_models.load(..., backend="triton")`` on CPU does it).
+    before triton is imported: loading a model fused with backend "triton" on CPU does it).
     Nothing is computed: the model's outputs are garbage."""
     import torch
 
+    # Here, not at the top: ops and triton/ import triton, which reads TRITON_INTERPRET once.
     from . import ops
     from .triton.common import target_arch
 
@@ -198,31 +196,13 @@ def parse_sizes(text) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _input(dtype_name: str, layout: str, hw: tuple[int, int], batch: int):
+def make_input(dtype_name: str, layout: str, hw: tuple[int, int], batch: int):
+    """A seeded (batch, 3, H, W) input of that dtype and layout ("nchw" or "channels_last")."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *hw, generator=g).to(getattr(torch, dtype_name))
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
-
-
-def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
-                  batch: int = 2) -> list[tuple[Launch, str]]:
-    """(Launch, "model/dtype/layout/HxW") for every launch of every combination."""
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-
-    import esr_models
-
-    out = []
-    for name in models:
-        for dt in dtypes:
-            model = esr_models.load(name, fused=True, backend="triton", dtype=getattr(torch, dt))
-            for layout in layouts:
-                for hw in parse_sizes(",".join(f"{h}x{w}" for h, w in sizes)):
-                    for launch in record_launches(model, _input(dt, layout, hw, batch), arch):
-                        out.append((launch, f"{name}/{dt}/{layout}/{hw[0]}x{hw[1]}"))
-    return out
 
 
 # ------------------------------------------------------------------ compiling (workers)
@@ -357,83 +337,103 @@ def _cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "esr-kernels" / "gpu-check"
 
 
-def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
-              batch: int = 2, jobs: int = 2, cache_dir: str | Path | None = None,
-              kernels=None) -> dict:
-    """Record, compile and judge; returns the report (the JSON ``esr gpu-check`` writes).
-    ``kernels``: only these kernel names (e.g. ``("_conv_kernel",)``), default all."""
-    import triton
+def check_archs(archs) -> None:
+    """An InvalidValueError (a ValueError) for an arch without known limits, before recording."""
+    unknown = [arch for arch in archs if arch not in ARCH_LIMITS]
+    if unknown:
+        raise InvalidValueError(f"no limits known for sm_{unknown[0]}; known: {sorted(ARCH_LIMITS)}")
+
+
+def _specialisations(recorded, kernels) -> dict[tuple[int, str], dict]:
+    """The distinct (arch, specialisation) of ``recorded`` ((arch, Launch, used_by) triples),
+    each with its first launch and every input that made it."""
+    specs: dict[tuple[int, str], dict] = {}
+    for arch, launch, used_by in recorded:
+        if kernels and launch.kernel not in kernels:
+            continue
+        entry = specs.setdefault((arch, launch.spec_key()), {"launch": launch, "used_by": []})
+        if used_by not in entry["used_by"]:
+            entry["used_by"].append(used_by)
+    return specs
+
+
+def _compile_all(jobs_list: list[dict], jobs: int, cache_dir: str) -> list[dict]:
+    """compile_one for every job, in ``jobs`` spawned worker processes."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    cache_dir = str(cache_dir or _cache_dir())
-    t0 = time.perf_counter()
-    specs: dict[tuple[int, str], dict] = {}
-    for arch in archs:
-        if arch not in ARCH_LIMITS:
-            raise ValueError(f"no limits known for sm_{arch}; known: {sorted(ARCH_LIMITS)}")
-        for launch, used_by in record_models(arch, models, dtypes, layouts, sizes, batch):
-            if kernels and launch.kernel not in kernels:
-                continue
-            key = (arch, launch.spec_key())
-            entry = specs.setdefault(key, {"launch": launch, "used_by": []})
-            if used_by not in entry["used_by"]:
-                entry["used_by"].append(used_by)
-    t_record = time.perf_counter() - t0
-
-    jobs_list = []
-    for (arch, spec_key), entry in specs.items():
-        d = asdict(entry["launch"])
-        d["tensors"] = {k: asdict(v) for k, v in entry["launch"].tensors.items()}
-        jobs_list.append(d | {"arch": arch, "spec_key": spec_key, "cache_dir": cache_dir})
-    t1 = time.perf_counter()
     # Workers must import triton without TRITON_INTERPRET, which this process has set.
     saved = os.environ.pop("TRITON_INTERPRET", None)
     try:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                                  initargs=(cache_dir,)) as pool:
-            results = list(pool.map(compile_one, jobs_list))
+            return list(pool.map(compile_one, jobs_list))
     finally:
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
+
+
+def _row(key: tuple[int, str], entry: dict, result: dict) -> dict:
+    """One specialisation's line of the report: its launch, resources, occupancy and verdict."""
+    arch, launch = key[0], entry["launch"]
+    row = {"kernel": launch.kernel, "spec": key[1], "used_by": entry["used_by"],
+           "constexprs": launch.constexprs, "num_warps": launch.num_warps, "num_stages": launch.num_stages}
+    row.update({k: result.get(k) for k in ("regs", "shared", "stack", "local", "local_stores", "error")
+                if k in result})
+    if result.get("ok"):
+        row.update(occupancy(result["regs"], result["shared"], launch.num_warps, arch))
+    row["violations"] = verdict(result, arch)
+    row["verdict"] = "FAIL" if row["violations"] else "ok"
+    return row
+
+
+def _summary(rows: list[dict]) -> dict:
+    good = [r for r in rows if r.get("regs") is not None]
+    return {"specialisations": len(rows),
+            "failed": sum(r["verdict"] == "FAIL" for r in rows),
+            "compile_errors": sum("error" in r for r in rows),
+            "max_regs": max((r["regs"] for r in good), default=None),
+            "at_255_regs": sum(r["regs"] >= MAX_REGS_PER_THREAD for r in good),
+            "max_shared": max((r["shared"] for r in good), default=None),
+            "with_local_memory": sum(bool(r["stack"] or r["local"]) for r in good),
+            "max_local": max((r["stack"] + r["local"] for r in good), default=None),
+            "min_warps_per_sm": min((r["warps_per_sm"] for r in good), default=None)}
+
+
+def check_launches(recorded, inputs: dict, jobs: int = 2, cache_dir: str | Path | None = None,
+                   kernels=None) -> dict:
+    """Compile and judge every specialisation of ``recorded``, an iterable of (arch, Launch,
+    used_by) triples (used_by names the input that made it, e.g. "rlfn/float16/nchw/40x40");
+    iterating it is timed as the recording. ``inputs`` describes them in the report ("input");
+    ``kernels``: only these kernel names (e.g. ``("_conv_kernel",)``), default all. Returns the
+    report (the JSON ``esr gpu-check`` writes; its "command" is left None for the caller)."""
+    import triton
+
+    cache_dir = str(cache_dir or _cache_dir())
+    t0 = time.perf_counter()
+    specs = _specialisations(recorded, kernels)
+    t_record = time.perf_counter() - t0
+    jobs_list = []
+    for (arch, spec_key), entry in specs.items():
+        d = asdict(entry["launch"])
+        d["tensors"] = {k: asdict(v) for k, v in entry["launch"].tensors.items()}
+        jobs_list.append(d | {"arch": arch, "spec_key": spec_key, "cache_dir": cache_dir})
+    t1 = time.perf_counter()
+    results = _compile_all(jobs_list, jobs, cache_dir)
     t_compile = time.perf_counter() - t1
 
-    report = {"triton": triton.__version__, "command": "esr gpu-check " + " ".join(
-                  shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["gpu-check"] else None,
-              "input": {"batch": batch, "sizes": [list(hw) for hw in sizes], "models": list(models), "dtypes": list(dtypes),
-                        "layouts": list(layouts)},
-              "archs": {}, "violations": 0,
+    report = {"triton": triton.__version__, "command": None, "input": inputs, "archs": {}, "violations": 0,
               "timing_s": {"record": round(t_record, 1), "compile": round(t_compile, 1),
                            "compiled": sum(not r.get("cached") for r in results),
                            "cached": sum(bool(r.get("cached")) for r in results)}}
-    for job, (key, entry), result in zip(jobs_list, specs.items(), results):
-        arch = key[0]
-        launch: Launch = entry["launch"]
-        row = {"kernel": launch.kernel, "spec": key[1], "used_by": entry["used_by"],
-               "constexprs": launch.constexprs, "num_warps": launch.num_warps,
-               "num_stages": launch.num_stages}
-        row.update({k: result.get(k) for k in ("regs", "shared", "stack", "local", "local_stores", "error")
-                    if k in result})
-        if result.get("ok"):
-            row.update(occupancy(result["regs"], result["shared"], launch.num_warps, arch))
-        row["violations"] = verdict(result, arch)
-        row["verdict"] = "FAIL" if row["violations"] else "ok"
+    for (key, entry), result in zip(specs.items(), results):
+        row = _row(key, entry, result)
         report["violations"] += len(row["violations"])
-        report["archs"].setdefault(str(arch), {"limits": ARCH_LIMITS[arch], "specialisations": []})[
+        report["archs"].setdefault(str(key[0]), {"limits": ARCH_LIMITS[key[0]], "specialisations": []})[
             "specialisations"].append(row)
-    for arch, a in report["archs"].items():
-        rows = a["specialisations"]
-        good = [r for r in rows if r.get("regs") is not None]
-        a["summary"] = {"specialisations": len(rows),
-                        "failed": sum(r["verdict"] == "FAIL" for r in rows),
-                        "compile_errors": sum("error" in r for r in rows),
-                        "max_regs": max((r["regs"] for r in good), default=None),
-                        "at_255_regs": sum(r["regs"] >= MAX_REGS_PER_THREAD for r in good),
-                        "max_shared": max((r["shared"] for r in good), default=None),
-                        "with_local_memory": sum(bool(r["stack"] or r["local"]) for r in good),
-                        "max_local": max((r["stack"] + r["local"] for r in good), default=None),
-                        "min_warps_per_sm": min((r["warps_per_sm"] for r in good), default=None)}
+    for a in report["archs"].values():
+        a["summary"] = _summary(a["specialisations"])
     return report
 
 
@@ -472,48 +472,3 @@ def format_table(report: dict) -> str:
     lines.append(f"recorded in {t['record']} s, compiled {t['compiled']} (+{t['cached']} cached) in "
                  f"{t['compile']} s; {report['violations']} violation(s)")
     return "\n".join(lines)
-
-
-def _csv_ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-
-
-def _csv(choices):
-    def parse(text):
-        vals = tuple(v.strip() for v in text.split(",") if v.strip())
-        bad = [v for v in vals if v not in choices]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {list(choices)}")
-        return vals
-    return parse
-
-
-def cmd_gpu_check(args) -> int:
-    report = run_check(args.arch, args.models, args.dtypes, args.layouts, args.sizes, args.batch,
-                       args.jobs, args.cache_dir, args.kernels)
-    print(format_table(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    return 1 if report["violations"] else 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("gpu-check", help="compile the Triton kernels for GPU archs (no GPU needed) "
-                                         "and check registers, shared and local memory")
-    p.add_argument("--arch", type=_csv_ints, default=DEFAULT_ARCHS,
-                   help="comma-separated compute capabilities (default 80,86,89,90)")
-    p.add_argument("--json", metavar="PATH", help=f"write the report here (e.g. {RESULTS})")
-    p.add_argument("--models", type=_csv(MODELS), default=MODELS)
-    p.add_argument("--dtypes", type=_csv(DTYPES), default=DTYPES)
-    p.add_argument("--layouts", type=_csv(LAYOUTS), default=LAYOUTS)
-    p.add_argument("--kernels", type=lambda t: tuple(v for v in t.split(",") if v), default=None,
-                   help="only these kernels (e.g. _conv_kernel,_bsb_kernel)")
-    p.add_argument("--size", "--sizes", dest="sizes", type=parse_sizes, default=DEFAULT_SIZES,
-                   help="input sizes while recording, HxW[,HxW...] (default 40x40,47x59: both "
-                        "divisibility classes of the size and stride arguments)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--jobs", type=int, default=2, help="compiler processes")
-    p.add_argument("--cache-dir", default=None, help="default $ESR_GPU_CHECK_CACHE or "
-                                                     "~/.cache/esr-kernels/gpu-check")
-    p.set_defaults(func=cmd_gpu_check)

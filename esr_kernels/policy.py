@@ -5,7 +5,6 @@ all ask here. Nothing here imports triton or CUDA code eagerly.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -15,6 +14,11 @@ import torch
 from .contract import KernelBackend
 from .cpu_backend import CpuBackend
 from .cuda_backend import CudaBackend
+# Extension loading lives in extensions.py, which the backends use too (IMPORT_ERRORS,
+# native_ops: still importable from here).
+from .extensions import (CPU_ISA_LEVELS, IMPORT_ERRORS, bf16_gemm_available, cpu_isa,  # noqa: F401
+                         extension_error, native_ops)
+from .extensions import load_extension as _extension
 from .triton_backend import TritonBackend
 
 BACKEND_CLASSES: dict[str, type[KernelBackend]] = {"triton": TritonBackend, "cpu": CpuBackend, "cuda": CudaBackend}
@@ -31,63 +35,8 @@ def triton_runnable_on_cpu() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# Why a native extension did not import, kept so that an ABI mismatch or a missing library is
-# shown (``esr backends``, backend errors) instead of looking like "not built".
-IMPORT_ERRORS: dict[str, str] = {}
-
-
-def _extension(name: str):
-    try:
-        return importlib.import_module(f"esr_kernels.{name}")
-    except ImportError as exc:
-        IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
-        return None
-
-
-def extension_error(name: str) -> str | None:
-    """Why ``esr_kernels.<name>`` cannot be imported (None if it can)."""
-    return None if _extension(name) is not None else IMPORT_ERRORS.get(name)
-
-
-def native_ops(name: str):
-    """Import the native extension ``name`` ("_C_cpu" or "_C_cuda") with the Python fakes of
-    its ops, and return ``torch.ops.esr_native``; a RuntimeError keeps the import error."""
-    if _extension(name) is None:
-        raise RuntimeError(f"the native extension esr_kernels.{name} does not import: {IMPORT_ERRORS.get(name)}")
-    from . import native  # noqa: F401  fake implementations (torch.compile, opcheck)
-
-    return torch.ops.esr_native
-
-
 # ---------------------------------------------------------------- the CPU extension's ISA level
-CPU_ISA_LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
-
-
-def cpu_isa() -> dict | None:
-    """The ISA level of the CPU extension's kernels (csrc/cpu/dispatch.cpp), None without the
-    extension: ``running`` (the compiled kernel set that runs: baseline, avx2, avx512, or arch
-    for an ESR_CPU_ARCH build; None if none can), ``running_level`` (its ISA), ``cpu`` (this
-    CPU's highest level), ``compiled`` (the kernel sets built in), ``requested`` (ESR_CPU_ISA,
-    None if unset) and ``error`` (why nothing runs: ESR_CPU_ISA above the CPU's level or not a
-    level; None if fine). ESR_CPU_ISA is read once, when the extension first dispatches."""
-    if _extension("_C_cpu") is None:
-        return None
-    if not hasattr(torch.ops.esr_native, "cpu_isa_info"):
-        # An extension built before run-time dispatch (one -march build): one unnamed level.
-        return {"running": "arch", "running_level": None, "cpu": None, "compiled": ["arch"], "requested": None,
-                "error": None}
-    info = dict(item.split("=", 1) for item in torch.ops.esr_native.cpu_isa_info())
-    return {"running": info["running"] or None, "running_level": info["running_level"] or None,
-            "cpu": info["cpu"], "compiled": [c for c in info["compiled"].split(",") if c],
-            "requested": info["requested"] or None, "error": info["error"] or None}
-
-
-def bf16_gemm_available() -> bool:
-    """Whether the running ISA level has the conv engine's bf16 GEMM (vdpbf16ps: avx512_bf16,
-    amx); ESR_CPU_BF16_GEMM=0 turns it off (bf16 models then run float32 GEMMs, to compare)."""
-    isa = cpu_isa()
-    return (isa is not None and not isa["error"] and isa["running_level"] in ("avx512_bf16", "amx")
-            and os.environ.get("ESR_CPU_BF16_GEMM", "1") != "0")
+# (cpu_isa, bf16_gemm_available: extensions.py, beside the extension they ask)
 
 
 def cpu_dtype_note(dtype: torch.dtype) -> str | None:

@@ -1,5 +1,6 @@
-"""Memory-traffic and roofline model of the fused models against the eager references
-(``esr roofline``). A model, not a measurement.
+"""Memory-traffic and roofline model of a fused model against its eager reference (the models
+are given: ``esr roofline``, in esr_models/roofline_cmd.py, loads them). A model, not a
+measurement.
 
 What is counted, per kernel launch: the bytes of every tensor argument it reads (each read
 once) and of every tensor it writes, and its multiply-accumulates (MACs) as the kernel executes
@@ -23,23 +24,19 @@ a model's time is the sum over its launches (launch overheads and occupancy are 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from unittest import mock
 
-MODELS = ("ifadnet", "pfdnlite", "rlfn")
-LR_SIZE = (540, 960)  # -> 2160x3840 (4K UHD)
+from .spec import POOL_KERNEL, POOL_STRIDE
+
 DEVICES = {  # bytes/s, dense fp16 FLOP/s (tensor cores; vendor datasheets)
     "H100 SXM": {"bandwidth": 3.35e12, "fp16_flops": 989e12},
     "RTX 3090": {"bandwidth": 936e9, "fp16_flops": 71e12},
 }
 TARGET_RATIO = 1 / 3  # issue #10: fused traffic at most a third of eager's
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "roofline.json"
 _ALLOC_PREFIXES = ("empty", "new_empty", "zeros_like", "full_like")
 
 
@@ -107,8 +104,6 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
         # the 1x1 reduction is computed for every tap of each 7x7 window (pooled in registers)
         return [Launch("esr::la_reduce", read_all, nbytes(out), n * hp * wp_ * 49 * c * cr)]
     if op == "esa":
-        from .spec import POOL_KERNEL, POOL_STRIDE
-
         (x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w, skip_b, expand_w, expand_b,
          residual) = args
         cr = reduce_w.shape[-1]  # the packed width: esr::esa allocates d and low with it (16 here)
@@ -197,26 +192,24 @@ def summarise(launches) -> dict:
             "modelled_ms": {k: 1e3 * modelled_seconds(launches, d) for k, d in DEVICES.items()}}
 
 
-def model_report(name: str, size=LR_SIZE, dtype_name: str = "float16") -> dict:
-    """Fused (Triton) and eager traffic of one model at (1, 3, *size); needs Triton's
-    interpreter in this process (``build_report`` arranges it)."""
+def model_report(name: str, fused, eager, size, dtype_name: str = "float16") -> dict:
+    """Fused and eager traffic of one model (``fused``: fused with backend "triton"; ``eager``:
+    its reference) at (1, 3, *size); the fused model is traced, so this process needs Triton's
+    interpreter (``interpreter_usable``)."""
     import torch
-
-    import esr_models
 
     dtype = getattr(torch, dtype_name)
     shape = (1, 3, *size)
-    fused = record(esr_models.load(name, fused=True, backend="triton", dtype=dtype), shape, dtype)
-    eager = record(esr_models.load(name, dtype=dtype), shape, dtype)
-    f, e = summarise(fused), summarise(eager)
+    fused_launches, eager_launches = record(fused, shape, dtype), record(eager, shape, dtype)
+    f, e = summarise(fused_launches), summarise(eager_launches)
     return {"model": name, "dtype": dtype_name, "input": list(shape),
             "output": [1, 3, 4 * size[0], 4 * size[1]], "fused": f, "eager": e,
             "traffic_ratio": f["bytes"] / e["bytes"], "meets_one_third": f["bytes"] <= TARGET_RATIO * e["bytes"],
-            "fused_launches": [asdict(l) for l in fused]}
+            "fused_launches": [asdict(l) for l in fused_launches]}
 
 
-def _interpreter_usable() -> bool:
-    """The fused Triton model can be loaded on CPU here: TRITON_INTERPRET=1 is set, or triton is
+def interpreter_usable() -> bool:
+    """A fused Triton model can be traced on CPU here: TRITON_INTERPRET=1 is set, or triton is
     not imported yet (then it is set now: it is read once, at triton's import)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
@@ -226,23 +219,12 @@ def _interpreter_usable() -> bool:
     return True
 
 
-def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16") -> dict:
-    """The report for ``models``; in a subprocess under Triton's interpreter when this process
-    imported triton for a GPU (nothing runs either way: the fused model is only traced)."""
-    if not _interpreter_usable():
-        import subprocess
-
-        proc = subprocess.run([sys.executable, "-m", "esr_kernels.roofline", "--report-json", ",".join(models),
-                               f"{size[0]}x{size[1]}", dtype_name], capture_output=True, text=True,
-                              env=dict(os.environ, TRITON_INTERPRET="1"), check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"roofline subprocess failed: {proc.stderr.strip()[-2000:]}")
-        return json.loads(proc.stdout)
+def combine(model_reports: list[dict]) -> dict:
+    """The whole report: what is modelled, the devices, the target, one entry per model."""
     return {"what": "a model, not a measurement: bytes each launch reads and writes (each tensor once: "
                     "a lower bound, halo re-reads and cache misses ignored) and its MACs; modelled time = "
                     "sum over launches of max(bytes / bandwidth, 2 MACs / peak)",
-            "devices": DEVICES, "target_ratio": TARGET_RATIO,
-            "models": [model_report(m, size, dtype_name) for m in models]}
+            "devices": DEVICES, "target_ratio": TARGET_RATIO, "models": model_reports}
 
 
 def format_table(report: dict) -> str:
@@ -258,40 +240,3 @@ def format_table(report: dict) -> str:
         row += [f"{f['modelled_ms'][d]:.2f} / {e['modelled_ms'][d]:.2f}" for d in devs]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- CLI
-def cmd_roofline(args) -> int:
-    out = Path(args.json) if args.json else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise ValueError(f"--json {out}: the file exists (add --overwrite to replace it)")
-    report = build_report(dtype_name=args.dtype)
-    print(f"Memory traffic and roofline, {args.dtype}, {LR_SIZE[0]}x{LR_SIZE[1]} -> "
-          f"{4 * LR_SIZE[0]}x{4 * LR_SIZE[1]} (a model, not a measurement)\n")
-    print(format_table(report))
-    for m in report["models"]:
-        verdict = "meets" if m["meets_one_third"] else "misses"
-        print(f"{m['model']}: fused traffic {m['traffic_ratio']:.2f} of eager: {verdict} the 1/3 target")
-    if out is not None:
-        out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"report: {out}")
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("roofline", help="memory-traffic / roofline model of fused vs eager (a model, not a measurement)")
-    p.add_argument("--json", default=None, metavar="PATH", help=f"write the report (e.g. {RESULTS})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.set_defaults(func=cmd_roofline)
-
-
-if __name__ == "__main__":  # python -m esr_kernels.roofline [options of esr roofline]
-    if sys.argv[1:2] == ["--report-json"]:  # build_report's subprocess: MODELS HxW DTYPE -> JSON on stdout
-        h, w = (int(v) for v in sys.argv[3].split("x"))
-        print(json.dumps(build_report(tuple(sys.argv[2].split(",")), (h, w), sys.argv[4])))
-        sys.exit(0)
-    parser = argparse.ArgumentParser(prog="esr")
-    add_parser(parser.add_subparsers(dest="cmd", required=True))
-    a = parser.parse_args(["roofline", *sys.argv[1:]])
-    sys.exit(a.func(a))

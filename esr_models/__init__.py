@@ -5,6 +5,8 @@ unclamped.
 """
 from __future__ import annotations
 
+from esr_kernels.errors import EsrError
+
 from .loading import MODEL_NAMES, load, load_state_dict_file, min_input_size
 from .fusion import fuse_
 from .registry import UnknownArchitectureError, detect
@@ -14,4 +16,4 @@ from .training.models import deploy, trainable
 
 __all__ = ["MODEL_NAMES", "load", "fuse_", "load_state_dict_file", "detect", "min_input_size",
            "UnknownArchitectureError", "WeightsError", "trainable", "deploy",
-           "register_spandrel"]
+           "register_spandrel", "EsrError"]

@@ -1,93 +1,41 @@
-"""The ``esr`` command: ``eval``, ``upscale``, ``info``, ``backends``.
+"""The ``esr`` command: ``eval``, ``upscale``, ``info``, ``backends``, and the parser that adds
+the other commands (train, export, gpu-check, selftest, roofline) from their modules. What they
+share (UsageError, device and model loading, the error policy) is in cli_common.py.
 
 Exit codes: 0 everything done (files skipped because their output exists count as done);
-1 some inputs failed (each reported by name, the rest still ran); 2 a usage or setup error
-found before any file was touched (bad options, no model, no device)."""
+1 some inputs failed (each reported by name, the rest still ran), or a bug (an unexpected
+exception: its traceback is shown); 2 a usage or setup error found before any file was touched
+(bad options, no model, no device)."""
 from __future__ import annotations
 
 import argparse
 import glob
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
-from . import MODEL_NAMES
+import esr_kernels
+
+from . import export, gpu_check_cmd, ray_upscale, roofline_cmd, selftest
 from .batch import Report, run_job, triage
+from .cli_common import UsageError, check_device, load_model, output_extension, run  # noqa: F401  (re-exported)
+from .complexity import count_flops, count_parameters
+from .evaluation.protocol import evaluate_images, left_out_entries, list_images, summarise
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from .loading import MODEL_NAMES, load, min_input_size
+from .media import VIDEO_SUFFIXES, is_video
 from .outputs import check_suffix, default_suffix, is_temp_file, plan_outputs
-from .video import VIDEO_SUFFIXES
+from .sample import SAMPLE_PATH
+from .training import cli as training_cli
 from .upscaler import DTYPES, Upscaler
+from .video import DEFAULT_BATCH_FRAMES, DEFAULT_CRF, batch_frames_arg, codec_arg, crf_arg, upscale_video
 
 
-class UsageError(ValueError):
-    """An option or setup problem: reported in one line before anything is written."""
-
-
-def check_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name!r} is not a device name ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
-        raise UsageError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
-def _load_model(args) -> torch.nn.Module:
-    """The model the options ask for, on its device and dtype; for --fused, through the same
-    backend resolution as ``esr_models.load(fused=True)``, and says which backend runs."""
-    from .loading import load
-
-    device, dtype = check_device(args.device), DTYPES[args.dtype]
-    if not getattr(args, "fused", False):
-        return load(args.model, device=device, dtype=dtype)
-    from esr_kernels.policy import resolve_backend
-
-    from .loading import load_fused
-
-    try:
-        resolve_backend(args.backend, device, dtype)
-    except RuntimeError as exc:
-        raise UsageError(f"--fused --backend {args.backend}: {exc}") from None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = load_fused(args.model, device=device, dtype=dtype, backend=args.backend)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    print(f"fused backend: {model.backend}", file=sys.stderr)
-    return model
-
-
-def check_environment() -> None:
-    """Every environment variable the tool reads, checked once before anything is done: a bad
-    value is a usage error naming the variable (not a failure of every file later)."""
-    import os
-
-    from .memory import memory_cap_bytes
-
-    try:
-        memory_cap_bytes()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    text = os.environ.get("ESR_CPU_CACHE_MB", "").strip()
-    if text and not text.isdigit():
-        raise UsageError(f"environment variable ESR_CPU_CACHE_MB={text!r}: expected a whole number of "
-                         "megabytes (0 or more; default 1024)")
-    text = os.environ.get("ESR_CPU_CONV_ENGINE", "").strip()
-    if text and text not in ("0", "1"):
-        raise UsageError(f"environment variable ESR_CPU_CONV_ENGINE={text!r}: expected 0 or 1")
-    for name in ("ESR_WEIGHTS_DIR", "ESR_CACHE_DIR"):
-        value = os.environ.get(name)
-        if value and os.path.lexists(value) and not os.path.isdir(value):
-            raise UsageError(f"environment variable {name}={value!r}: not a folder")
+def _model_of(args) -> torch.nn.Module:
+    """The model ``--model``, ``--device``, ``--dtype``, ``--fused`` and ``--backend`` ask for."""
+    return load_model(args.model, args.device, args.dtype, args.fused, args.backend)
 
 
 def expand_inputs(items: list[str]) -> tuple[list[Path], list[str], list[str]]:
@@ -152,8 +100,6 @@ def cmd_upscale(args) -> int:
     _check_upscale_options(args)
     if not args.inputs and not args.sample:
         raise UsageError("nothing to upscale: give image files, folders or patterns (or --sample)")
-    from .sample import SAMPLE_PATH
-
     files, errors, notes = expand_inputs(args.inputs + ([str(SAMPLE_PATH)] if args.sample else []))
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
@@ -163,23 +109,21 @@ def cmd_upscale(args) -> int:
         print("error: nothing to upscale", file=sys.stderr)
         return 2
     if any(getattr(args, k, None) for k in ("ray", "ray_workers", "ray_cpus_per_worker")):  # on Ray
-        from .ray_upscale import upscale_on_ray
-
-        return upscale_on_ray(args, files, errors)
+        return ray_upscale.upscale_on_ray(args, files, errors)
     outdir = Path(args.output)
-    upscaler = Upscaler(_load_model(args), device=args.device, dtype=DTYPES[args.dtype],
+    upscaler = Upscaler(_model_of(args), device=args.device, dtype=DTYPES[args.dtype],
                         tile=args.tile, tile_overlap=args.tile_overlap, auto_tile=args.tile is None)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {outdir}: {exc.strerror or exc}") from None
-    from tqdm import tqdm
+    from tqdm import tqdm  # here, not at the top: only upscaling needs it
 
     report = Report(write=lambda line: tqdm.write(line, file=sys.stderr))
     for e in errors:
         report.fail(e)
     suffix = default_suffix(upscaler.scale) if args.suffix is None else args.suffix
-    jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=_output_extension, scale=upscaler.scale)
+    jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=output_extension, scale=upscaler.scale)
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
     for outcome in decided:
         report.add(outcome)
@@ -187,10 +131,8 @@ def cmd_upscale(args) -> int:
     try:
         for job in tqdm(todo, desc="upscaling", unit="file", disable=args.quiet or None, file=sys.stderr):
             upscaler.notify = lambda msg, src=job.src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
-            if _is_video(job.src):
-                from .video import upscale_video  # never raises: failures are outcomes
-
-                report.add(upscale_video(upscaler, job, args))
+            if is_video(job.src):
+                report.add(upscale_video(upscaler, job, args))  # never raises: failures are outcomes
             else:
                 report.add(run_job(upscaler.upscale_image, job, args.overwrite, args.max_pixels))
     except KeyboardInterrupt:
@@ -201,24 +143,11 @@ def cmd_upscale(args) -> int:
     return report.finish()
 
 
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
-
-
-def _output_extension(src: Path) -> str:
-    """Images become PNG (lossless, 16-bit and alpha capable); videos keep their container."""
-    return src.suffix.lower() if _is_video(src) else ".png"
-
-
 def cmd_eval(args) -> int:
-    from .evaluation.protocol import evaluate_images, list_images, summarise
-
-    upscaler = Upscaler(_load_model(args), device=args.device, dtype=DTYPES[args.dtype])
+    upscaler = Upscaler(_model_of(args), device=args.device, dtype=DTYPES[args.dtype])
     files, skipped = list_images(args.hr)
     for s in skipped:
         print(f"note: {s}", file=sys.stderr)
-    from .evaluation.protocol import left_out_entries
-
     left_out = [{"image": name, "error": why} for name, why in left_out_entries(args.hr)]
     records, failures = [], []
     for rec in evaluate_images(files, upscaler, scale=upscaler.scale, with_ssim=not args.no_ssim,
@@ -252,9 +181,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .complexity import count_flops, count_parameters
-    from .loading import load, min_input_size
-
     model = load(args.model)
     info = {"model": args.model, "architecture": type(model).__name__,
             "parameters": count_parameters(model), "flops_256x256": count_flops(model, 256, 256),
@@ -271,8 +197,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_backends(args) -> int:
-    import esr_kernels
-
     print(json.dumps(esr_kernels.available_backends(), indent=2))
     return 0
 
@@ -309,8 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                     help=f"refuse input images with more pixels (default {DEFAULT_MAX_PIXELS:,}, "
                          "Pillow's decompression-bomb limit; 0: no limit)")
-    from .video import DEFAULT_BATCH_FRAMES, DEFAULT_CRF, batch_frames_arg, codec_arg, crf_arg
-
     up.add_argument("--codec", type=codec_arg, default=None,
                     help="video encoder (default: libx264, libvpx-vp9 for .webm; e.g. libx265, libsvtav1)")
     up.add_argument("--crf", type=crf_arg, default=DEFAULT_CRF,
@@ -319,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--batch-frames", type=batch_frames_arg, default=DEFAULT_BATCH_FRAMES,
                     help=f"video frames per model call (default {DEFAULT_BATCH_FRAMES})")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    from .ray_upscale import add_arguments as _add_ray_args; _add_ray_args(up)
+    ray_upscale.add_arguments(up)
     up.set_defaults(func=cmd_upscale)
 
     ev = sub.add_parser("eval", help="PSNR/SSIM on a folder of HR images (LR made by bicubic)")
@@ -336,25 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("backends", help="which fused-kernel backends this install has")
     be.set_defaults(func=cmd_backends)
-    from .training.cli import add_parser as _add_train; _add_train(sub)
-    from .export import add_parser as _add_export; _add_export(sub)
-    from esr_kernels.gpu_check import add_parser as _add_gpu_check; _add_gpu_check(sub)
-    from .selftest import add_parser as _add_selftest; _add_selftest(sub)
-    from esr_kernels.roofline import add_parser as _add_roofline; _add_roofline(sub)
+    for command in (training_cli, export, gpu_check_cmd, selftest, roofline_cmd):
+        command.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_environment()
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, RuntimeError) as exc:  # setup problems: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,22 @@ output exists without ``--overwrite``, unknown model, missing optional package).
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import warnings
 from pathlib import Path
 
-from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+import torch
+
+from . import weights
+from .cli_common import UsageError, run
+from .loading import MODEL_NAMES, load
+from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
+from .training.models import deploy, trainable
 
 
 def add_parser(sub) -> None:
-    from .loading import MODEL_NAMES
-
     p = sub.add_parser(
         "export", help="write a deploy checkpoint (-o) and/or an ONNX model (--onnx)",
         description="Export a model: the deploy-form checkpoint in the upstream layout (-o) and/or "
@@ -48,8 +53,6 @@ def add_parser(sub) -> None:
 
 def _is_training_checkpoint(path: Path) -> bool:
     # Same test as esr_models.training.models: a dict with the "arch" config and "model" weights.
-    import torch
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
@@ -59,36 +62,25 @@ def _is_training_checkpoint(path: Path) -> bool:
 
 def deploy_model(source: str, use_ema: bool = True):
     """The deploy (reference) model of ``source``, float32 on the CPU, in eval mode."""
-    from .loading import MODEL_NAMES, load
-
     if source.lower() not in MODEL_NAMES and _is_training_checkpoint(Path(source)):
-        from .training.models import deploy, trainable
-
         return deploy(trainable(source, use_ema=use_ema)).eval()
     return load(source)
 
 
 def _checkpoint_path(source: str) -> str:
     """A model name's checkpoint file (found, or downloaded, as esr_models.load finds it)."""
-    from . import weights
-
     return str(weights.resolve(source.lower())) if source.lower() in weights.CHECKPOINTS else source
 
 
 def _source_files(source: str) -> tuple[Path, ...]:
     """The checkpoint files an export of ``source`` reads (a model name: wherever its upstream
     file may be found), found without downloading anything."""
-    from . import weights
-
     if source.lower() in weights.CHECKPOINTS:
         return tuple(weights.candidate_paths(weights.CHECKPOINTS[source.lower()]))
     return (Path(source),)
 
 
 def _check(args) -> None:
-    from .cli import UsageError
-    from .loading import MODEL_NAMES
-
     if not args.out and not args.onnx:
         raise UsageError("nothing to export: give -o OUT.pth and/or --onnx OUT.onnx")
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
@@ -98,13 +90,11 @@ def _check(args) -> None:
     outs = [Path(o) for o in (args.out, args.onnx) if o]
     if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
         raise UsageError("-o and --onnx name the same file")
-    from .weights import protected_reason
-
     sources = _source_files(args.source)
     for out in outs:
         # Never written, even with --overwrite: the file being exported and the weights folders
         # (replacing an upstream checkpoint there would fail every later load's checksum).
-        reason = protected_reason(out, sources)
+        reason = weights.protected_reason(out, sources)
         if reason:
             raise UsageError(reason)
         if out.is_dir():
@@ -129,6 +119,7 @@ def cmd_export(args) -> int:
     _check(args)  # UsageError (a ValueError): the CLI prints it and exits 2
     failures = 0
     if args.out:
+        # Imported here: _check refuses -o with a clear error on an install without it.
         from .training.export import export_deploy_checkpoint
 
         try:
@@ -142,8 +133,6 @@ def cmd_export(args) -> int:
             print(f"error: -o {args.out}: {exc}", file=sys.stderr)
             failures += 1
     if args.onnx:
-        from .onnx_export import export_onnx
-
         try:
             model = deploy_model(args.source, use_ema=not args.raw)
             res = export_onnx(model, args.onnx, opset=args.opset, dynamic=True, overwrite=args.overwrite)
@@ -162,9 +151,9 @@ def cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m esr_models.export``: the same as ``esr export``."""
-    from .cli import main as cli_main
-
-    return cli_main(["export", *(argv if argv is not None else sys.argv[1:])])
+    parser = argparse.ArgumentParser(prog="esr")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser, ["export", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from torch import nn
 
 from esr_kernels import spec
 from esr_kernels.packing import fold_esa
+from esr_kernels.policy import make_backend
 
 from .ifadnet import BFEB, RFMB
 from .layers import AffineInputConv2d, ConcatFuse, ConvAdd, PixelShuffleTail
@@ -124,8 +125,6 @@ class _BackendRef:
 
 
 def _make_backend(name: str, device: str):
-    from esr_kernels.policy import make_backend
-
     return make_backend(name, torch.device(device))
 
 

@@ -68,6 +68,8 @@ import torch
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from esr_kernels.errors import EsrError
+
 # Every still-image suffix read_image accepts through Pillow; folders expand to exactly these,
 # so a folder never skips a file that would be accepted on its own.
 IMAGE_SUFFIXES = {
@@ -83,7 +85,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ORIENTATION_TAG = 0x0112
 
 
-class ImageReadError(ValueError):
+class ImageReadError(EsrError, ValueError):
     """A file could not be read as an image."""
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esr_kernels import reference as R
+from esr_kernels.errors import EsrError
 from esr_kernels.spec import ACT_GELU
 
 
@@ -84,11 +85,11 @@ class LocalAttention(nn.Module):
         return R.gate(x, self.attention_map(x))
 
 
-class InputTooSmallError(ValueError):
+class InputTooSmallError(EsrError, ValueError):
     """The input is smaller than a model's attention pooling window allows."""
 
 
-class InputError(ValueError):
+class InputError(EsrError, ValueError):
     """The input is not what the models take: (N, C, H, W) float in [0, 1] on the weights'
     device and in their dtype."""
 

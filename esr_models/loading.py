@@ -7,13 +7,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from esr_kernels.errors import EsrError, InvalidValueError
+from esr_kernels.policy import auto_reference_reason, resolve_backend
+
 from . import weights
-from .registry import detect
+from .fusion import fuse_
+from .registry import ARCHITECTURES, IFADNet, PFDNLite, RLFN, UnknownArchitectureError, detect, unwrap
+from .upstream_keys import TO_UPSTREAM
 
 MODEL_NAMES = tuple(weights.CHECKPOINTS)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EsrError, ValueError):
     """A checkpoint file that is not a usable state dict."""
 
 
@@ -27,11 +32,8 @@ def _key_list(keys: list[str], limit: int = 8) -> str:
 
 def _default_keys(name: str) -> dict[bool, list[str]]:
     """{upstream layout?: keys} of the architecture's upstream configuration."""
-    from .registry import IFADNet, PFDNLite, RLFN
-    from .training.export import _TO_UPSTREAM
-
     own = list({"ifadnet": IFADNet, "pfdnlite": PFDNLite, "rlfn": RLFN}[name]().state_dict())
-    return {False: own, True: [_TO_UPSTREAM[name](k) for k in own]}
+    return {False: own, True: [TO_UPSTREAM[name](k) for k in own]}
 
 
 class CheckpointKeysError(CheckpointError):
@@ -42,8 +44,6 @@ def explain_mismatch(state: dict, exc: BaseException | None = None) -> str | Non
     """For a state dict whose architecture is recognised but whose weights do not fit it: which
     architecture was detected, and the missing and unexpected keys (in the file's own key
     layout). None when no architecture is recognised."""
-    from .registry import ARCHITECTURES, unwrap
-
     sd = unwrap(state)
     for arch in ARCHITECTURES:
         upstream = all(k in sd for k in arch.upstream_keys)
@@ -62,9 +62,7 @@ def explain_mismatch(state: dict, exc: BaseException | None = None) -> str | Non
     try:
         expected = list(arch.build(mapped).state_dict())
         if upstream:
-            from .training.export import _TO_UPSTREAM
-
-            expected = [_TO_UPSTREAM[arch.name](k) for k in expected]
+            expected = [TO_UPSTREAM[arch.name](k) for k in expected]
     except Exception:  # the hyper-parameters themselves cannot be read: the upstream configuration
         expected = list(_default_keys(arch.name)[upstream])
     have = set(sd)
@@ -81,18 +79,13 @@ def explain_mismatch(state: dict, exc: BaseException | None = None) -> str | Non
     return "; ".join(parts)
 
 
-from .registry import UnknownArchitectureError as _Unknown  # noqa: E402
-
-
-class _KeysAndUnknown(CheckpointKeysError, _Unknown):
+class _KeysAndUnknown(CheckpointKeysError, UnknownArchitectureError):
     """Identifying keys are missing, but most keys are those of one architecture."""
 
 
 def detect_checked(state: dict, path: str | Path | None = None):
     """``registry.detect`` with every failure of a recognised architecture turned into one
     CheckpointError naming the architecture and the missing and unexpected keys."""
-    from .registry import UnknownArchitectureError
-
     try:
         return detect(state)
     except UnknownArchitectureError as exc:
@@ -139,8 +132,8 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu",
     elif Path(name_or_path).is_file():
         path = Path(name_or_path)
     else:
-        raise ValueError(f"unknown model {name_or_path!r}: expected one of {list(MODEL_NAMES)} "
-                         "or the path of a checkpoint file")
+        raise InvalidValueError(f"unknown model {name_or_path!r}: expected one of {list(MODEL_NAMES)} "
+                                "or the path of a checkpoint file")
     model = load_state_dict_file(path)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -150,10 +143,6 @@ def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "
     ``esr_kernels.policy.resolve_backend``). ``model.backend`` says what runs: 'triton', 'cpu',
     'cuda', or 'reference' when 'auto' finds no fused kernels for the device and dtype; then a
     warning says so and the unfused reference runs."""
-    from esr_kernels.policy import auto_reference_reason, resolve_backend
-
-    from .fusion import fuse_
-
     device = torch.device(device)
     chosen = resolve_backend(backend, device, dtype)
     model = load(name_or_path, device=device, dtype=dtype)

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from esr_kernels.errors import InvalidValueError
+
 # Peak bytes a float32 whole-image forward allocates per LR pixel (batch 1): the peak RSS
 # growth of 256x256 and 768x768 forwards on CPU was, reference / fused, IFADNet 3052 / 1608,
 # PFDNLite 2279 / 668, RLFN 1662 / 1080 (2026-11-22). These bounds, with a margin, are the
@@ -32,8 +34,8 @@ def memory_cap_bytes() -> int | None:
     except ValueError:
         mb = float("nan")
     if not (mb > 0 and mb != float("inf")):
-        raise ValueError(f"environment variable ESR_MAX_MEMORY_MB={text!r}: expected a positive number of "
-                         "megabytes (e.g. 2048), or leave it unset for no cap")
+        raise InvalidValueError(f"environment variable ESR_MAX_MEMORY_MB={text!r}: expected a positive number of "
+                                "megabytes (e.g. 2048), or leave it unset for no cap")
     return int(mb * 2**20)
 
 

@@ -29,6 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from esr_kernels.errors import EsrError
+
+from .loading import load
+from .outputs import write_atomically
+
 DEFAULT_OPSET = 17
 MIN_OPSET = 11
 MAX_OPSET = 20
@@ -45,7 +50,7 @@ VERIFY_TOLERANCE = 1e-3
 VERIFY_SHAPES_HW = ((1, 47, 59), (2, 32, 40))
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(EsrError, RuntimeError):
     """The model cannot be exported, or the exported graph does not reproduce it."""
 
 
@@ -64,8 +69,6 @@ def _resolve_model(model_or_name) -> nn.Module:
     if isinstance(model_or_name, nn.Module):
         model = model_or_name
     else:
-        from .loading import load
-
         model = load(model_or_name)
     if getattr(model, "backend", None) is not None or not hasattr(model, "min_size"):
         raise OnnxExportError(f"{type(model).__name__} is not a reference model: export the model "
@@ -162,8 +165,6 @@ def export_onnx(model_or_name, path: str | Path, opset: int = DEFAULT_OPSET, dyn
     The file is written under a temporary name and moved into place; an existing ``path`` is
     an error (``esr_models.outputs.OutputExistsError``, a FileExistsError) unless
     ``overwrite``."""
-    from .outputs import write_atomically
-
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} "
                          f"(default {DEFAULT_OPSET})")

@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from esr_kernels.errors import EsrError, InvalidValueError
+
+from .media import media_size
+
 TEMP_PREFIX = ".esr-tmp-"
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(EsrError, FileExistsError):
     """The output file exists and overwriting was not asked for."""
 
 
@@ -67,8 +71,8 @@ def check_suffix(suffix: str) -> None:
     """``--suffix`` becomes part of a file name: no folder separators, no NUL."""
     bad = [c for c in ("/", os.sep, os.altsep or "/", "\0") if c in suffix]
     if bad:
-        raise ValueError(f"--suffix {suffix!r} must not contain {bad[0]!r}: it is part of a file name, "
-                         "not a folder")
+        raise InvalidValueError(f"--suffix {suffix!r} must not contain {bad[0]!r}: it is part of a file name, "
+                                "not a folder")
 
 
 def default_suffix(scale: int) -> str:
@@ -136,21 +140,11 @@ def _earlier_outputs(inputs: list[Path], dst_of: dict[Path, Path], scale: int) -
     return sorted(found, key=lambda p: str(_abs(p)))
 
 
-def _media_size(path: Path) -> tuple[int, int] | None:
-    from .images import IMAGE_SUFFIXES, image_size
-
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return image_size(path)
-    from .video import frame_size
-
-    return frame_size(path)
-
-
 def _is_upscaled_from(candidate: Path, src: Path, scale: int) -> bool:
     """Evidence that ``candidate`` is ``src`` upscaled: its size is exactly ``scale`` times
     ``src``'s (either way round: EXIF orientation and rotated videos are turned upright).
     Unknown sizes are no evidence."""
-    a, b = _media_size(candidate), _media_size(src)
+    a, b = media_size(candidate), media_size(src)
     if a is None or b is None:
         return False
     return a in ((scale * b[0], scale * b[1]), (scale * b[1], scale * b[0]))

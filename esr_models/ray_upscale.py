@@ -53,7 +53,12 @@ from pathlib import Path
 import torch
 
 from .batch import DONE, FAILED, SKIPPED, Outcome, Report, run_job, triage
+from .cli_common import UsageError, check_backend, check_device, load_model, output_extension, parse_device
+from .loading import load
+from .media import is_video
 from .outputs import TEMP_PREFIX, Job, default_suffix, file_identity, plan_outputs
+from .upscaler import DTYPES, Upscaler
+from .video import upscale_video
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
 LOCAL = "local"                 # --ray without an address: start a Ray for this run
@@ -88,8 +93,6 @@ def ray_address(value: str) -> str:
 
 
 def _import_ray():
-    from .cli import UsageError
-
     try:
         import ray
         import ray.data  # noqa: F401  (the [data] extra)
@@ -99,8 +102,6 @@ def _import_ray():
 
 
 def _check_options(args) -> None:
-    from .cli import UsageError
-
     for name in ("ray_workers", "ray_cpus_per_worker"):
         value = getattr(args, name)
         if value is not None and args.ray is None:
@@ -112,9 +113,7 @@ def _check_options(args) -> None:
 def _checkpoint_bytes(args) -> tuple[bytes, int]:
     """The model's weights as a checkpoint file's bytes, and its scale: loaded here (same errors
     as the local path), shipped to the workers, which load them through the same
-    ``cli._load_model``. The scale names and checks the outputs here, as the local path does."""
-    from .loading import load
-
+    ``cli_common.load_model``. The scale names and checks the outputs here, as the local path does."""
     model = load(args.model)  # CPU float32: the reference weights, whatever runs them
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -123,17 +122,9 @@ def _checkpoint_bytes(args) -> tuple[bytes, int]:
 
 def _check_device_here(args) -> None:
     """With a local Ray the workers run on this machine: the local path's device checks."""
-    from .cli import UsageError, check_device
-    from .upscaler import DTYPES
-
     device = check_device(args.device)
     if getattr(args, "fused", False):
-        from esr_kernels.policy import resolve_backend
-
-        try:
-            resolve_backend(args.backend, device, DTYPES[args.dtype])
-        except RuntimeError as exc:
-            raise UsageError(f"--fused --backend {args.backend}: {exc}") from None
+        check_backend(args.backend, device, args.dtype)
 
 
 def _connect(ray, address: str) -> bool:
@@ -154,8 +145,6 @@ def _connect(ray, address: str) -> bool:
 
 def _worker_plan(ray, args) -> tuple[int, int, int]:
     """(workers, CPUs per worker, GPUs per worker) for this cluster and these options."""
-    from .cli import UsageError
-
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     node_cpus = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
@@ -186,8 +175,6 @@ def _worker_plan(ray, args) -> tuple[int, int, int]:
 def _check_fits(args, workers: int, kind: str, each: int, have: int) -> None:
     """A local Ray cannot grow: refuse a pool it cannot hold (Ray would wait for it forever).
     A cluster may be autoscaling: say so and let Ray wait for the resources."""
-    from .cli import UsageError
-
     if workers * each <= have:
         return
     msg = f"{workers} worker(s) x {each} {kind}(s) need {workers * each} {kind}s; the Ray cluster has {have}"
@@ -252,10 +239,7 @@ class UpscaleWorker:
     returns one outcome per row (columns src, status, message, notes). Never raises for a file."""
 
     def __init__(self, options: dict, shared: list, threads: int):
-        import ray
-
-        from .cli import _load_model
-        from .upscaler import DTYPES, Upscaler
+        import ray  # here, not at the top: Ray is optional (and the driver checks it first)
 
         torch.set_num_threads(max(1, threads))
         if torch.device(options["device"]).type == "cuda":
@@ -267,7 +251,8 @@ class UpscaleWorker:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(checkpoint)
-            model = _load_model(argparse.Namespace(**{**options, "model": path}))
+            model = load_model(path, options["device"], options["dtype"], options.get("fused", False),
+                               options.get("backend", "auto"))
         finally:
             os.unlink(path)
         o = self.options
@@ -299,10 +284,8 @@ class UpscaleWorker:
                            f"{MAX_ATTEMPTS} attempts (out of memory? a crash in a native library?)")
         notes: list[str] = []
         self.upscaler.notify = lambda msg: notes.append(f"{job.src}: {msg}")
-        if job.src.suffix.lower() in _video_suffixes():
-            from .video import upscale_video  # never raises: failures are outcomes
-
-            outcome = upscale_video(self.upscaler, job, self.options)
+        if is_video(job.src):
+            outcome = upscale_video(self.upscaler, job, self.options)  # never raises: failures are outcomes
         else:
             o = self.options
             outcome = run_job(self.upscaler.upscale_image, job, o.overwrite, o.max_pixels)
@@ -312,26 +295,18 @@ class UpscaleWorker:
         return outcome
 
 
-def _video_suffixes() -> set[str]:
-    from .video import VIDEO_SUFFIXES
-
-    return set(VIDEO_SUFFIXES)
-
-
 def upscale_on_ray(args, files: list[Path], errors: list[str]) -> int:
     """``cmd_upscale`` from the input expansion on, with the files upscaled by Ray workers."""
-    from .cli import _output_extension
-
     _check_options(args)
     ray = _import_ray()
     checkpoint, scale = _checkpoint_bytes(args)
     if args.ray == LOCAL:
         _check_device_here(args)
     else:
-        torch.device(args.device)  # a malformed name fails here; availability on the workers
+        parse_device(args.device)  # a malformed name fails here; availability on the workers
     outdir = Path(args.output)
     suffix = default_suffix(scale) if args.suffix is None else args.suffix
-    jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=_output_extension, scale=scale)
+    jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=output_extension, scale=scale)
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
     started = _connect(ray, args.ray) if todo else False
     names = {job.dst.name for job in todo}

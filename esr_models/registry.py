@@ -10,12 +10,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from esr_kernels.errors import EsrError
+
 from .ifadnet import IFADNet
 from .pfdnlite import PFDNLite
 from .rlfn import RLFN
 
 
-class UnknownArchitectureError(ValueError):
+class UnknownArchitectureError(EsrError, ValueError):
     """The state dict matches none of the known architectures."""
 
 

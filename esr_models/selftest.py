@@ -23,9 +23,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+import esr_kernels
+
 from . import selftest_checks as C
+from .cli_common import UsageError, check_device, run
+from .loading import MODEL_NAMES, load
+from .sample import SAMPLE_PATH, make_sample
 
 SIZES = {("cuda", False): (540, 960), ("cuda", True): (135, 240),
          ("cpu", False): (256, 256), ("cpu", True): (96, 128)}  # (H, W) of the LR input
@@ -52,20 +58,14 @@ def add_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------- setup
-def _usage(msg: str):
-    from .cli import UsageError
-
-    return UsageError(msg)
-
-
 def _json_path(arg: str | None) -> Path:
     """The report path: never an existing file (an explicit one is a usage error)."""
     if arg is not None:
         path = Path(arg)
         if path.exists():
-            raise _usage(f"--json {arg}: the file exists (choose another path; nothing is overwritten)")
+            raise UsageError(f"--json {arg}: the file exists (choose another path; nothing is overwritten)")
         if not path.parent.is_dir():
-            raise _usage(f"--json {arg}: the folder {path.parent} does not exist")
+            raise UsageError(f"--json {arg}: the folder {path.parent} does not exist")
         return path
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path, i = Path(f"esr-selftest-{stamp}.json"), 2
@@ -80,7 +80,7 @@ def _parse_list(arg: str | None, allowed, what: str) -> list[str]:
     items = [s.strip() for s in arg.split(",") if s.strip()]
     bad = [s for s in items if s not in allowed]
     if bad or not items:
-        raise _usage(f"--{what} {arg}: expected some of {', '.join(allowed)}")
+        raise UsageError(f"--{what} {arg}: expected some of {', '.join(allowed)}")
     return items
 
 
@@ -93,16 +93,12 @@ def _parse_size(arg: str | None, default: tuple[int, int]) -> tuple[int, int]:
             return h, w
     except ValueError:
         pass
-    raise _usage(f"--size {arg}: expected HxW, e.g. 540x960")
+    raise UsageError(f"--size {arg}: expected HxW, e.g. 540x960")
 
 
 def sample_image(h: int, w: int, device) -> tuple[torch.Tensor, str]:
     """(1, 3, h, w) float32 in [0, 1]: the shipped sample image, or the same generator at
     (h, w) (real image content: uniform noise drives these models far outside [0, 1])."""
-    import numpy as np
-
-    from .sample import SAMPLE_PATH, make_sample
-
     if (h, w) == (96, 128):
         from PIL import Image
 
@@ -147,8 +143,6 @@ def _versions() -> dict:
 def _backend_available(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run on ``device`` in this install (None if it can), from
     ``esr_kernels.available_backends()``."""
-    import esr_kernels
-
     have = esr_kernels.available_backends()
     errors = have.get("import_errors", {})
     if backend == "triton":
@@ -180,8 +174,6 @@ def _print_check(c: dict) -> None:
 
 
 def run_checks(device, models, backends, x) -> list[dict]:
-    from .loading import load
-
     checks: list[dict] = []
 
     def add(c):
@@ -251,8 +243,6 @@ def _median_ms(fn, device, warmup: int, iters: int) -> float:
 def run_timings(device, models, backends, x, quick: bool) -> dict:
     """Median ms per forward: eager reference, torch.compile'd reference (CUDA, not --quick),
     each fused backend; float16 on CUDA (the deployment dtype), float32 on CPU."""
-    from .loading import load
-
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     warmup, iters = (1, 3) if quick else (3, 10)
     xd = x.to(dtype)
@@ -291,9 +281,6 @@ def _print_timings(t: dict, backends) -> None:
 
 # ---------------------------------------------------------------- command
 def cmd_selftest(args) -> int:
-    from .cli import check_device
-    from .loading import MODEL_NAMES
-
     device = check_device(args.device)
     models = _parse_list(args.models, MODEL_NAMES, "models")
     backends = _parse_list(args.backends, DEVICE_BACKENDS[device.type] if args.backends is None
@@ -345,10 +332,10 @@ def cmd_selftest(args) -> int:
     return 0 if verdict == "PASS" else 1
 
 
-def main(argv=None) -> int:  # python -m esr_models.selftest
-    from .cli import main as cli_main
-
-    return cli_main(["selftest", *(sys.argv[1:] if argv is None else argv)])
+def main(argv=None) -> int:  # python -m esr_models.selftest: the same as ``esr selftest``
+    parser = argparse.ArgumentParser(prog="esr")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser, ["selftest", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from esr_kernels import reference as R
 from esr_kernels.policy import runs
 
 FP32_TOL = 1e-5
@@ -80,8 +81,6 @@ def _unpack_depthwise(dw_packed: torch.Tensor, c: int) -> torch.Tensor:
 
 def reference_of(op_name: str, args: tuple) -> torch.Tensor:
     """esr_kernels.reference of one esr:: call, in float32 on the same arguments."""
-    from esr_kernels import reference as R
-
     a = [_f32(t) for t in args]
     if op_name == "conv":
         return R.conv(*a)

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from esr_kernels.errors import InvalidValueError
+
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``
@@ -19,7 +21,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
         return [0]
     step = tile - overlap
     if step <= 0:
-        raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
+        raise InvalidValueError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
     return starts

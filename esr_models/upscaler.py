@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esr_kernels.errors import InvalidValueError
+
 from .images import Image
 from .loading import min_input_size
 from .memory import available_bytes, choose_tile
@@ -40,9 +42,9 @@ class Upscaler:
         self.scale = int(getattr(model, "scale", 4))
         self.min_size = min_input_size(model)
         if tile is not None and tile < self.min_size:
-            raise ValueError(f"tile size {tile} is below the model's minimum input size {self.min_size}")
+            raise InvalidValueError(f"tile size {tile} is below the model's minimum input size {self.min_size}")
         if tile is not None and not 0 <= tile_overlap < tile:
-            raise ValueError(f"tile overlap must be in [0, tile size); got {tile_overlap} for tile {tile}")
+            raise InvalidValueError(f"tile overlap must be in [0, tile size); got {tile_overlap} for tile {tile}")
         self.tile, self.tile_overlap = tile, tile_overlap
         self.auto_tile = auto_tile and tile is None
         self.notify = notify or (lambda msg: None)

@@ -59,11 +59,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .batch import DONE, FAILED, SKIPPED, Outcome, describe_error
-from .outputs import Job, OutputExistsError, write_atomically
+from esr_kernels.errors import EsrError
 
-# Containers `esr upscale` takes as video; the output keeps the input's container.
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm"}
+from .batch import DONE, FAILED, SKIPPED, Outcome, describe_error
+from .media import VIDEO_SUFFIXES, frame_size  # noqa: F401  (importable from here, as before)
+from .outputs import Job, OutputExistsError, write_atomically
 
 # FFmpeg muxer of each suffix (the output's format comes from its final name).
 MUXERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
@@ -84,7 +84,7 @@ _STALE_TAGS = ("encoder", "duration", "number_of_frames", "number_of_bytes", "bp
                "_statistics", "rotate", "handler_name", "vendor_id")
 
 
-class VideoError(ValueError):
+class VideoError(EsrError, ValueError):
     """A video that cannot be read or written; the message says why."""
 
 
@@ -138,21 +138,6 @@ def batch_frames_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"--batch-frames must be at least 1, got {value}")
     return value
-
-
-def frame_size(path: str | Path) -> tuple[int, int] | None:
-    """(width, height) of the first video stream, from the container's header (no frame
-    decoded); None if PyAV is missing or the file cannot be read."""
-    try:
-        import av
-        with av.open(str(path), "r") as inp:
-            vs = [s for s in inp.streams if s.type == "video"]
-            if not vs:
-                return None
-            cc = vs[0].codec_context
-            return (cc.width, cc.height) if cc.width > 0 and cc.height > 0 else None
-    except Exception:
-        return None
 
 
 # ---- settings ---------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from esr_kernels.errors import EsrError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(EsrError, RuntimeError):
     """A checkpoint could not be found, downloaded or verified."""
 
 

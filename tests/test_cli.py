@@ -169,3 +169,45 @@ def test_upscale_tiles_automatically_when_memory_is_short(tmp_path, models, shar
     tiled = np.asarray(PILImage.open(tmp_path / "o" / "a_x4.png")).astype(float)
     mse = ((tiled - whole) ** 2).mean()
     assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 35  # tiled, close to the whole image
+
+
+@pytest.mark.parametrize("raised, code, bug", [
+    ("usage", 2, False), ("oserror", 2, False), ("valueerror", 1, True), ("keyerror", 1, True)])
+def test_error_policy_one_line_for_ours_traceback_for_a_bug(raised, code, bug, capsys):
+    """EsrError (and OSError: a missing file, a permission) is one "error:" line, exit 2; any
+    other exception is a bug: its traceback and a line saying so, exit 1."""
+    import argparse
+
+    from esr_models.cli_common import UsageError, run
+
+    def fail(args):
+        raise {"usage": UsageError("--tile must be positive"), "oserror": FileNotFoundError("no such file: x"),
+               "valueerror": ValueError("internal slip"), "keyerror": KeyError("k")}[raised]
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=fail)
+    assert run(parser, []) == code
+    err = capsys.readouterr().err
+    assert ("Traceback" in err and "This is a bug" in err) == bug
+    if not bug:
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_every_package_error_is_an_esr_error():
+    """The package's own error classes share the EsrError base (and keep their builtin one)."""
+    import esr_models
+    from esr_models.cli_common import UsageError
+    from esr_models.images import ImageReadError
+    from esr_models.layers import InputError, InputTooSmallError
+    from esr_models.loading import CheckpointError
+    from esr_models.onnx_export import OnnxExportError
+    from esr_models.outputs import OutputExistsError
+    from esr_models.training.recipes import ConfigError
+    from esr_models.training.trainer import ResumeError
+    from esr_models.video import VideoError
+
+    for cls in (UsageError, ImageReadError, InputError, InputTooSmallError, CheckpointError, OnnxExportError,
+                OutputExistsError, ConfigError, ResumeError, VideoError, esr_models.WeightsError,
+                esr_models.UnknownArchitectureError):
+        assert issubclass(cls, esr_models.EsrError), cls
+    assert issubclass(OutputExistsError, FileExistsError) and issubclass(UsageError, ValueError)

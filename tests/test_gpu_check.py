@@ -22,10 +22,10 @@ def _interpreter(device):
 @pytest.fixture(scope="module")
 def pfdnlite_launches():
     import esr_models
-    from esr_kernels.gpu_check import _input, record_launches
+    from esr_kernels.gpu_check import make_input, record_launches
 
     model = esr_models.load("pfdnlite", fused=True, backend="triton")
-    x = _input("float32", "channels_last", (40, 40), 2)
+    x = make_input("float32", "channels_last", (40, 40), 2)
     return {arch: record_launches(model, x, arch) for arch in (80, 90)}
 
 
@@ -57,15 +57,15 @@ def test_record_launches_gives_the_gpu_parameters(pfdnlite_launches):
 
 def test_recording_bf16_takes_the_tensor_core_dot():
     import esr_models
-    from esr_kernels.gpu_check import _input, record_launches
+    from esr_kernels.gpu_check import make_input, record_launches
 
     model = esr_models.load("rlfn", fused=True, backend="triton", dtype=torch.bfloat16)
-    launches = record_launches(model, _input("bfloat16", "nchw", (32, 32), 1), 86)
+    launches = record_launches(model, make_input("bfloat16", "nchw", (32, 32), 1), 86)
     assert launches and all(launch.constexprs["IEEE"] is False for launch in launches)
 
 
 def test_check_subset_has_no_violation(tmp_path):
-    from esr_kernels.gpu_check import run_check
+    from esr_models.gpu_check_cmd import run_check
 
     report = run_check(archs=(86, 90), models=("rlfn",), dtypes=("float16",), layouts=("channels_last",),
                        cache_dir=os.environ.get("ESR_GPU_CHECK_CACHE") or None)
@@ -124,11 +124,11 @@ def test_odd_sizes_reach_the_specialisations_a_square_size_does_not():
     """Triton specialises int arguments on divisibility by 16: 40x40 and 47x59 give different
     specialisations of the same launch (both are recorded by default)."""
     import esr_models
-    from esr_kernels.gpu_check import DEFAULT_SIZES, _input, parse_sizes, record_launches
+    from esr_kernels.gpu_check import DEFAULT_SIZES, make_input, parse_sizes, record_launches
 
     assert DEFAULT_SIZES == ((40, 40), (47, 59))
     assert parse_sizes("40") == ((40, 40),) and parse_sizes("40x40, 47x59") == DEFAULT_SIZES
     model = esr_models.load("pfdnlite", fused=True, backend="triton", dtype=torch.float16)
-    keys = {hw: {l.spec_key() for l in record_launches(model, _input("float16", "nchw", hw, 1), 90)}
+    keys = {hw: {l.spec_key() for l in record_launches(model, make_input("float16", "nchw", hw, 1), 90)}
             for hw in DEFAULT_SIZES}
     assert keys[(47, 59)] - keys[(40, 40)]

@@ -116,13 +116,15 @@ def test_fuse_auto_resolves_like_load(models):
 
 
 def test_backends_keep_the_import_error(monkeypatch):
-    from esr_kernels import policy
+    from esr_kernels import extensions, policy
 
     def broken(name):
         raise ImportError("undefined symbol: _ZN3c10 (built against another torch)")
 
-    monkeypatch.setattr(policy.importlib, "import_module", broken)
-    monkeypatch.setattr(policy, "IMPORT_ERRORS", {})
+    monkeypatch.setattr(extensions.importlib, "import_module", broken)
+    # A fresh record, so that the error does not outlive the test (policy reads the same dict).
+    monkeypatch.setattr(extensions, "IMPORT_ERRORS", {})
+    monkeypatch.setattr(policy, "IMPORT_ERRORS", extensions.IMPORT_ERRORS)
     assert "another torch" in policy.extension_error("_C_cpu")
     with pytest.raises(RuntimeError, match="import failed: ImportError: undefined symbol"):
         policy.resolve_backend("cpu", torch.device("cpu"))

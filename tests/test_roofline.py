@@ -1,5 +1,6 @@
-"""esr_kernels.roofline: the traffic of one launch by hand, the models' totals, fused < eager,
-and the fused launch list against the Triton launches gpu_check records."""
+"""esr_kernels.roofline (and ``esr roofline``'s report, esr_models.roofline_cmd): the traffic of one
+launch by hand, the models' totals, fused < eager, and the fused launch list against the Triton
+launches gpu_check records."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import torch
 import esr_models
 from esr_kernels import reference as R
 from esr_kernels import roofline
+from esr_models.roofline_cmd import build_report
 from esr_kernels.spec import ACT_NONE, RES_NONE, SHORTCUT_NONE
 
 pytestmark = pytest.mark.triton  # the fused models' esr:: ops (fake implementations only)
@@ -61,7 +63,7 @@ def test_eager_conv_counts_inputs_outputs_and_macs():
 @pytest.mark.shared
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
 def test_model_totals_positive_and_fused_below_eager(name):
-    (rep,) = roofline.build_report(models=(name,))["models"]
+    (rep,) = build_report(models=(name,))["models"]
     f, e = rep["fused"], rep["eager"]
     assert rep["output"] == [1, 3, 2160, 3840]
     for side in (f, e):
@@ -96,7 +98,7 @@ def test_report_from_a_process_that_compiles_triton_goes_through_a_subprocess(mo
     in a subprocess under TRITON_INTERPRET=1."""
     import triton  # noqa: F401  imported, as a GPU test session has
 
-    direct = roofline.build_report(models=("pfdnlite",), size=(60, 80))
+    direct = build_report(models=("pfdnlite",), size=(60, 80))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    via_subprocess = roofline.build_report(models=("pfdnlite",), size=(60, 80))
+    via_subprocess = build_report(models=("pfdnlite",), size=(60, 80))
     assert via_subprocess == json.loads(json.dumps(direct))

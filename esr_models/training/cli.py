@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from ..cli_common import check_device
+from ..loading import MODEL_NAMES
 from .recipes import RECIPES, ConfigError
 
 
@@ -25,7 +27,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_train(args) -> int:
-    from .trainer import TrainOptions, Trainer
+    from .trainer import TrainOptions, Trainer  # here: every `esr` run imports this module, few train
 
     if args.show_recipe:
         if args.show_recipe not in RECIPES:
@@ -40,6 +42,8 @@ def cmd_train(args) -> int:
     if args.iters is not None and args.iter_scale is not None:
         print("error: give --iters or --iter-scale, not both", file=sys.stderr)
         return 2
+    if args.device:
+        check_device(args.device)  # a UsageError before anything is read
     overrides = {"patch": args.patch, "batch": args.batch, "teacher": args.teacher, "lr": args.lr, "loss": args.loss, "ema_decay": args.ema_decay,
                  "num_workers": args.num_workers, "val_every": args.val_every, "seed": args.seed,
                  "compile": True if args.compile else None,
@@ -87,8 +91,6 @@ def cmd_train(args) -> int:
 
 def add_parser(sub) -> None:
     """Add the ``train`` subcommand to the ``esr`` argparse subparsers ``sub``."""
-    from ..loading import MODEL_NAMES
-
     p = sub.add_parser("train", help="train or fine-tune a model (staged recipes, EMA, resume)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES, help="architecture (or taken from --config)")

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from esr_kernels.errors import InvalidValueError
+
 from ..evaluation.protocol import list_images, make_lr, modcrop
 from ..images import read_rgb_uint8
 
@@ -35,7 +37,7 @@ class PairedPatches(Dataset):
 
     def __init__(self, folder: str | Path, patch: int, scale: int = 4, seed: int = 0):
         if patch % scale:
-            raise ValueError(f"patch size {patch} is not a multiple of the scale {scale}")
+            raise InvalidValueError(f"patch size {patch} is not a multiple of the scale {scale}")
         files, _ = list_images(folder)
         self.patch, self.scale, self.seed = patch, scale, seed
         self.names, self.hr, self.lr = [], [], []
@@ -61,7 +63,7 @@ class PairedPatches(Dataset):
             warnings.warn(f"{len(small)} image(s) in {folder} smaller than the {patch}px patch left out: "
                           + ", ".join(small[:5]) + ("..." if len(small) > 5 else ""), stacklevel=2)
         if not self.hr:
-            raise ValueError(f"no image in {folder} is at least {patch}x{patch} pixels (after modcrop)")
+            raise InvalidValueError(f"no image in {folder} is at least {patch}x{patch} pixels (after modcrop)")
 
     def with_patch(self, patch: int) -> "PairedPatches":
         """Same decoded images, another patch size (images now too small are left out)."""
@@ -69,7 +71,7 @@ class PairedPatches(Dataset):
         new.patch, new.scale, new.seed = patch, self.scale, self.seed
         keep = [i for i, h in enumerate(self.hr) if min(h.shape[-2:]) >= patch]
         if not keep:
-            raise ValueError(f"no training image is at least {patch}x{patch} pixels")
+            raise InvalidValueError(f"no training image is at least {patch}x{patch} pixels")
         new.names = [self.names[i] for i in keep]
         new.hr = [self.hr[i] for i in keep]
         new.lr = [self.lr[i] for i in keep]

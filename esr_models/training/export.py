@@ -1,7 +1,7 @@
 """Deploy-checkpoint export: a training checkpoint -> the upstream checkpoint layout.
 
-The written file uses the upstream repositories' key names (the inverse of
-``esr_models.registry``'s renames, checked key by key against them), so ``esr_models.load``
+The written file uses the upstream repositories' key names (``esr_models.upstream_keys``: the
+inverse of ``esr_models.registry``'s renames, checked key by key against them), so ``esr_models.load``
 detects it and the upstream code loads it:
 
 * IFADNet: ``{"params": raw deploy weights, "params_ema": EMA deploy weights}``, the BasicSR
@@ -12,7 +12,6 @@ detects it and the upstream code loads it:
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,77 +19,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..registry import ARCHITECTURES
+from ..loading import CheckpointError, load_state_dict_file
+from ..upstream_keys import to_upstream_keys
+from ..weights import protected_reason
 from .models import _arch_name, deploy_state_dict, from_training_checkpoint, _is_training_checkpoint
-
-_SLOT_IFADNET = {"0": "c1_r", "1": "c2_r", "2": "c4"}
-_SLOT_RLFN = {"0": "c1_r", "1": "c2_r", "2": "c3_r"}
-_ESA_BACK = [(".esa.reduce.", ".esa.conv1."), (".esa.skip.", ".esa.conv_f."),
-             (".esa.down.", ".esa.conv2."), (".esa.low.", ".esa.conv3."), (".esa.expand.", ".esa.conv4.")]
-
-
-def _esa_back(k: str) -> str:
-    for a, b in _ESA_BACK:
-        k = k.replace(a, b)
-    return k
-
-
-def _ifadnet_upstream(k: str) -> str:
-    k = re.sub(r"^head\.", "fea_conv.", k)
-    k = re.sub(r"^fuse\.", "c1.", k)
-    k = re.sub(r"^tail\.", "upsampler.upsampleOneStep.0.", k)
-    k = re.sub(r"^blocks\.(\d+)\.", lambda m: f"B{int(m.group(1)) + 1}.", k)
-    k = re.sub(r"\.convs\.(\d)\.", lambda m: f".{_SLOT_IFADNET[m.group(1)]}.rbr_reparam.", k)
-    k = k.replace(".pointwise.", ".pw.").replace(".depthwise.", ".dw.")
-    return _esa_back(k)
-
-
-def _pfdnlite_upstream(k: str) -> str:
-    k = re.sub(r"^tail\.", "tail.0.", k)
-    k = re.sub(r"^blocks\.(\d+)\.", lambda m: f"block{int(m.group(1)) + 1}.", k)
-    return (k.replace(".attn.reduce.", ".attn.body.0.").replace(".attn.down.", ".attn.body.2.")
-            .replace(".attn.expand.", ".attn.body.3."))
-
-
-def _rlfn_upstream(k: str) -> str:
-    k = re.sub(r"^head\.", "conv_1.", k)
-    k = re.sub(r"^body_tail\.", "conv_2.", k)
-    k = re.sub(r"^tail\.", "upsampler.0.", k)
-    k = re.sub(r"^blocks\.(\d+)\.", lambda m: f"block_{int(m.group(1)) + 1}.", k)
-    k = re.sub(r"\.convs\.(\d)\.", lambda m: f".{_SLOT_RLFN[m.group(1)]}.", k)
-    k = k.replace(".mix.", ".c5.")
-    return _esa_back(k)
-
-
-_TO_UPSTREAM = {"ifadnet": _ifadnet_upstream, "pfdnlite": _pfdnlite_upstream, "rlfn": _rlfn_upstream}
-
-
-def to_upstream_keys(name: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This package's deploy key names -> the upstream checkpoint's, for architecture ``name``.
-    Every mapped key is checked to map back through the registry's rename to where it came
-    from, so the two can never drift apart silently."""
-    arch = next(a for a in ARCHITECTURES if a.name == name)
-    out = {}
-    for k, v in sd.items():
-        up = _TO_UPSTREAM[name](k)
-        if arch.rename(up) != k:
-            raise AssertionError(f"export key mapping is not the registry's inverse: {k} -> {up} -> {arch.rename(up)}")
-        out[up] = v.detach().cpu().float().contiguous().clone()
-    missing = [k for k in arch.upstream_keys if k not in out]
-    if missing:
-        raise AssertionError(f"exported {name} state dict lacks the detection keys {missing}")
-    return out
-
 
 def _models_from_source(source: str | Path) -> tuple[str, nn.Module, nn.Module | None]:
     """(arch name, raw train-time or deploy model, EMA model or None) from a checkpoint file."""
-    state = torch.load(Path(source), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(Path(source), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+        raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if isinstance(state, dict) and _is_training_checkpoint(state):
         raw = from_training_checkpoint(state, use_ema=False)
         ema = from_training_checkpoint(state, use_ema=True) if state.get("params_ema") is not None else None
         return raw.arch_config["name"], raw, ema
-    from ..loading import load_state_dict_file
-
     model = load_state_dict_file(source)
     return _arch_name(model), model, None
 
@@ -110,8 +53,6 @@ def export_deploy_checkpoint(source: str | Path, out: str | Path, use_ema: bool 
     raw weights, with a warning. Written through a temp file and a rename; an existing ``out``
     is an error (``FileExistsError``) unless ``overwrite=True``."""
     out = Path(out)
-    from ..weights import protected_reason
-
     reason = protected_reason(out, (Path(source),))
     if reason:  # even with overwrite: the source, and the folders weights are read from
         raise ValueError(reason)

@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from esr_kernels.errors import InvalidValueError
+
 from ..ifadnet import IFADNet, RFMB
+from ..loading import CheckpointError, load, load_state_dict_file
 from ..pfdnlite import PartialBlock, PFDNLite
 from ..registry import detect
 from ..rlfn import RLFN
@@ -87,7 +90,7 @@ def build(arch_config: dict) -> nn.Module:
     cfg = dict(arch_config)
     name = cfg.pop("name")
     if name not in TRAIN_CLASSES:
-        raise ValueError(f"unknown architecture {name!r}; expected one of {list(TRAIN_CLASSES)}")
+        raise InvalidValueError(f"unknown architecture {name!r}; expected one of {list(TRAIN_CLASSES)}")
     return TRAIN_CLASSES[name](**cfg)
 
 
@@ -169,18 +172,17 @@ def trainable(name_or_checkpoint, pretrained: bool = True, use_ema: bool = False
         if not pretrained:
             cls = TRAIN_CLASSES[key]
             return cls(**arch).train()
-        from ..loading import load
-
         return from_deploy(load(key)).train()
     path = Path(name_or_checkpoint)
     if not path.is_file():
-        raise ValueError(f"unknown model {name_or_checkpoint!r}: expected one of {list(ARCH_NAMES)} "
-                         "or the path of a checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise InvalidValueError(f"unknown model {name_or_checkpoint!r}: expected one of {list(ARCH_NAMES)} "
+                                "or the path of a checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if _is_training_checkpoint(state):
         return from_training_checkpoint(state, use_ema=use_ema).train()
-    from ..loading import load_state_dict_file
-
     return from_deploy(load_state_dict_file(path)).train()
 
 

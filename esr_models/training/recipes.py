@@ -26,6 +26,10 @@ import copy
 import difflib
 from pathlib import Path
 
+from esr_kernels.errors import EsrError
+
+from .models import TRAIN_CLASSES
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (setup.py asks for it)
@@ -147,7 +151,7 @@ prune_blocks = [1, 2]
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(EsrError, ValueError):
     """A config file or recipe that cannot be used."""
 
 
@@ -209,8 +213,6 @@ def check_config(cfg: dict, origin: str = "config") -> dict:
 def check_arch(model: str, arch: dict, origin: str = "config") -> None:
     """``[arch]`` keys are constructor arguments of ``model``'s train-time class."""
     import inspect
-
-    from .models import TRAIN_CLASSES
 
     if model not in TRAIN_CLASSES or not arch:
         return

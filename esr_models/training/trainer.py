@@ -37,7 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from esr_kernels.errors import EsrError, InvalidValueError
+
 from ..evaluation.protocol import evaluate_images, list_images, summarise
+from ..images import image_size
+from ..loading import load
 from .data import PairedPatches, make_loader
 from .models import ARCH_NAMES, deploy, from_training_checkpoint, prune_pfdnlite, trainable
 from .recipes import ConfigError, check_arch, load_config, resolve_stages
@@ -89,8 +93,6 @@ class Teacher:
     under ``torch.no_grad`` so no graph is built through it."""
 
     def __init__(self, spec: str, device: torch.device):
-        from ..loading import load
-
         self.spec = spec
         self.model = load(spec, device=device).eval()
         self.model.requires_grad_(False)
@@ -181,7 +183,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-class ResumeError(ValueError):
+class ResumeError(EsrError, ValueError):
     """``--resume`` found a ``last.pth`` that is not a checkpoint of ``esr train``."""
 
 
@@ -251,7 +253,7 @@ class Trainer:
         if self.out.exists() and not self.out.is_dir():
             raise FileExistsError(f"--out {self.out} exists and is not a folder")
         if opts.resume and opts.overwrite:
-            raise ValueError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+            raise InvalidValueError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
         if opts.resume:
             if not last.is_file():
                 raise FileNotFoundError(f"--resume: no checkpoint at {last}")
@@ -266,9 +268,9 @@ class Trainer:
             self.cfg = load_config(opts.config) if opts.config else {}
         model_name = self.cfg.get("model") or opts.model
         if opts.model and self.cfg.get("model") and opts.model != self.cfg["model"]:
-            raise ValueError(f"--model {opts.model} but the config trains {self.cfg['model']}")
+            raise InvalidValueError(f"--model {opts.model} but the config trains {self.cfg['model']}")
         if not model_name:
-            raise ValueError("no model: pass --model or a config that names one")
+            raise InvalidValueError("no model: pass --model or a config that names one")
         self.model_name = str(model_name).lower()
         if self.model_name not in ARCH_NAMES:
             raise ConfigError(f"model {model_name!r}: expected one of {', '.join(ARCH_NAMES)}")
@@ -296,8 +298,6 @@ class Trainer:
         """ConfigError unless at least one validation image can be used: readable, and large
         enough that its LR (HR / the model's scale) is at least the model's minimum input.
         Validation would otherwise give "nan dB on 0 images" every time and no best.pth."""
-        from ..images import image_size
-
         scale, min_size = int(model.scale), int(getattr(model, "min_size", 1))
         reasons = []
         for path in self.val_files:
@@ -330,7 +330,7 @@ class Trainer:
         if opts.stages:
             bad = [i for i in opts.stages if not 1 <= i <= len(stages)]
             if bad:
-                raise ValueError(f"--stages {bad}: the config has stages 1..{len(stages)}")
+                raise InvalidValueError(f"--stages {bad}: the config has stages 1..{len(stages)}")
             stages = [stages[i - 1] for i in opts.stages]
         return stages
 
@@ -341,8 +341,8 @@ class Trainer:
             # An esr train checkpoint starts from its EMA weights (the validated, exported ones).
             model = trainable(self.opts.init, use_ema=True)
             if model.arch_config["name"] != self.model_name:
-                raise ValueError(f"--init {self.opts.init} is a {model.arch_config['name']} model, "
-                                 f"not {self.model_name}")
+                raise InvalidValueError(f"--init {self.opts.init} is a {model.arch_config['name']} model, "
+                                        f"not {self.model_name}")
             return model
         torch.manual_seed(self.stages[0]["seed"])
         return trainable(self.model_name, pretrained=False, **self.cfg.get("arch", {}))
@@ -443,7 +443,7 @@ class Trainer:
                 if not resuming_here:
                     if st["prune_blocks"]:
                         if self.model_name != "pfdnlite":
-                            raise ValueError("prune_blocks applies to pfdnlite only")
+                            raise InvalidValueError("prune_blocks applies to pfdnlite only")
                         model = prune_pfdnlite(model.cpu(), st["prune_blocks"])
                     it0 = 0
                 else:
@@ -465,7 +465,7 @@ class Trainer:
                     summary["start_psnr"] = last_val["psnr"]
                 teacher = self._teacher(st["teacher"]) if st["distill_weight"] > 0 else None
                 if st["distill_weight"] > 0 and teacher is None:
-                    raise ValueError(f"stage {st['name']}: distill_weight > 0 needs a teacher (--teacher)")
+                    raise InvalidValueError(f"stage {st['name']}: distill_weight > 0 needs a teacher (--teacher)")
                 data = self._data(st)
                 data.seed = st["seed"] * 1000 + si  # each stage its own crop stream
                 loader = make_loader(data, st["batch"], it0 * st["batch"], st["num_workers"],
