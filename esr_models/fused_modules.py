@@ -80,19 +80,17 @@ class _Fused:
             self.register_buffer(_buffer_name(name, path), t, persistent=False)
 
     def _apply(self, fn, recurse=True):
-        weight = next(self.parameters(), None)
-        dtype = weight.dtype if weight is not None else None
         out = super()._apply(fn, recurse)
-        weight = next(self.parameters(), None)
-        if weight is not None and weight.dtype != dtype:
-            # A new dtype: pack again from the converted weights. The packs' dtypes are the
-            # backend's choice for the model's dtype (the CPU's bf16 GEMM pairs beside float32
-            # biases), which converting them with the model would break.
+        moved = {name: pack.map_tensors(lambda path, _t, name=name: getattr(self, _buffer_name(name, path)))
+                 for name, pack in self.packs.items()}
+        if any(t.dtype != self.packs[name].tensors()[path].dtype
+               for name, pack in moved.items() for path, t in pack.tensors().items()):
+            # A dtype conversion (model.to(dtype), .half(), even to the dtype it has) converted the
+            # packs too, but their dtypes are the backend's choice for the model's dtype (the
+            # CPU's bf16 GEMM pairs beside float32 biases): pack again from the weights.
             self.repack()
             return out
-        # The buffers moved: rebuild the packs around them.
-        self.packs = {name: pack.map_tensors(lambda path, _t, name=name: getattr(self, _buffer_name(name, path)))
-                      for name, pack in self.packs.items()}
+        self.packs = moved  # the buffers moved: the packs around them
         return out
 
 

@@ -189,7 +189,9 @@ def test_a_fused_model_converted_to_bf16_packs_again():
     direct = esr_models.load("pfdnlite", dtype=torch.bfloat16, fused=True, backend="cpu")
     converted = esr_models.load("pfdnlite", fused=True, backend="cpu").to(torch.bfloat16)
     back = esr_models.load("pfdnlite", dtype=torch.bfloat16, fused=True, backend="cpu").float()
+    again = esr_models.load("pfdnlite", dtype=torch.bfloat16, fused=True, backend="cpu").to(torch.bfloat16)
     with torch.inference_mode():
         assert torch.equal(converted(x.bfloat16()), direct(x.bfloat16()))
+        assert torch.equal(again(x.bfloat16()), direct(x.bfloat16()))  # .to(its own dtype), as Upscaler does
         from_bf16 = esr_models.load("pfdnlite", dtype=torch.bfloat16).float()  # the bf16-rounded weights
         assert err(back(x), from_bf16(x)) <= 1e-5
