@@ -192,10 +192,10 @@ def test_workers_that_cannot_start_are_a_setup_error(cluster, tmp_path):
     Their failure is reported in one error line with exit 2, and the output folder is gone."""
     address, _ = cluster
     src = _images(tmp_path / "in", 2)
-    proc = esr("upscale", src, "-o", tmp_path / "out", "--model", MODEL, "--fused", "--backend", "cpu",
-               "--dtype", "float16", "--ray", address, "-q", check=2)
+    proc = esr("upscale", src, "-o", tmp_path / "out", "--model", MODEL, "--fused", "--backend", "cuda",
+               "--device", "cpu", "--ray", address, "-q", check=2)
     # (Ray's own log lines, the worker's traceback among them, may come before or after it.)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: the Ray workers could not run: ")]
-    assert len(errors) == 1 and "--backend cpu" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "--backend cuda" in errors[0], proc.stderr[-2000:]
     assert "upscaled" not in proc.stderr
     assert not (tmp_path / "out").exists()
