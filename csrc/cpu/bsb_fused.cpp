@@ -2,6 +2,7 @@
 // bias + GELU [+ residual]. The pointwise output never goes to memory: each thread keeps the
 // three pointwise rows the depthwise needs in a small row cache (L2), so the only traffic is
 // reading x once and writing the output once.
+#include "activation_span.h"
 #include "gemm.h"
 #include "gemm_bf16.h"
 
@@ -128,14 +129,7 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
             for (int64_t c = 0; c < C; ++c) op[c] += k[c] * s[c];
           }
       }
-      const float* r = R ? R + row * row_len : nullptr;
-      if (r) {
-#pragma omp simd
-        for (int64_t i = 0; i < row_len; ++i) o[i] = gelu(o[i]) + r[i];
-      } else {
-#pragma omp simd
-        for (int64_t i = 0; i < row_len; ++i) o[i] = gelu(o[i]);
-      }
+      activate_span<ACT_GELU>(o, R ? R + row * row_len : nullptr, row_len);
     }
   });
   return out;

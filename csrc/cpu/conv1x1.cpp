@@ -60,6 +60,9 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
   const ConvEpilogue epi("conv1x1", N, c_conv, H, W, xs[0], passthrough, c_out, residual, residual_mode, att,
                          shortcut, shortcut_mode, shuffle);
   const int64_t P = N * H * W;
+  // Columns of y computed: the conv's channels rounded up to 8 (the GEMM's last vector can be
+  // half width); the epilogue reads c_conv of them.
+  const int64_t n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);
   const float* B = bias.data_ptr<float>();
 
   dispatch_act(act, [&](auto act_c) {
@@ -74,11 +77,11 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
 #if defined(ESR_HAVE_BF16_ENGINE)
           if (bf16) {
             gemm_bf16_rows(a, Ci, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()) + w_row[i] * 2 * CoutP,
-                           2 * CoutP, Ci, ybuf.data(), CoutP, CoutP, i > 0, a_bf16, gemm_scratch);
+                           2 * CoutP, Ci, ybuf.data(), CoutP, n_cols, i > 0, a_bf16, gemm_scratch);
             continue;
           }
 #endif
-          gemm_rows(a, Ci, p1 - p0, w.data_ptr<float>() + w_row[i] * CoutP, CoutP, Ci, ybuf.data(), CoutP, CoutP,
+          gemm_rows(a, Ci, p1 - p0, w.data_ptr<float>() + w_row[i] * CoutP, CoutP, Ci, ybuf.data(), CoutP, n_cols,
                     i > 0, gemm_scratch);
         }
         epi.pixels<decltype(act_c)::value>(p0, p1, ybuf.data(), CoutP, B, scratch.data());

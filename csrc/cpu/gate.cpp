@@ -73,21 +73,15 @@ at::Tensor esa_tail(const at::Tensor& x_in, const at::Tensor& s_in, const at::Te
         const float* a10 = L + ((n * lh + ty.i1) * lw + tx.i0) * C;
         const float* a11 = L + ((n * lh + ty.i1) * lw + tx.i1) * C;
         const int64_t off = ((n * H + yy) * W + xx) * C;
-        const float* xp = X + off;
         const float* sp = S + off;
         float* o = O + off;
-        // Two short loops: the logits first, then the gate (one fused body ran ~7x slower).
+        // The logits per pixel; the gate below over the whole row (one vector loop).
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c)
           o[c] = sp[c] + (ty.l0 * (tx.l0 * a00[c] + tx.l1 * a01[c]) + ty.l1 * (tx.l0 * a10[c] + tx.l1 * a11[c]));
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = xp[c] * sigmoid(o[c]);
-        if (R) {
-          const float* rp = R + off;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) o[c] += rp[c];
-        }
       }
+      const int64_t row0 = (n * H + yy) * W * C;
+      sigmoid_gate_span(O + row0, X + row0, R ? R + row0 : nullptr, W * C);
     }
   });
   return out;

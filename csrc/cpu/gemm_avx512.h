@@ -11,12 +11,33 @@ ESR_CPU_NAMESPACE_BEGIN
 
 constexpr int64_t kRows = 8;  // rows (pixels or Winograd tiles) per micro-kernel call
 
-// A: rows r at A + r * lda, K contiguous floats each. B: row k at B + k * ldb, 16 * NV floats
-// (zero-padded past the real output channels). C: row r at C + r * ldc; the last of the NV
-// vectors is stored (and, with accumulate, loaded) through last_mask.
-template <int NV>
-ESR_INLINE void gemm_8xN(const float* __restrict A, int64_t lda, const float* __restrict B, int64_t ldb,
-                         int64_t K, float* __restrict C, int64_t ldc, bool accumulate, __mmask16 last_mask) {
+// The operands of the float32 micro-kernel: one float of A broadcast per k step, B rows of 16
+// floats per 16 columns, one FMA per (row, vector). (gemm_bf16.h: the bf16 pairs.)
+struct F32Operands {
+  using AType = float;
+  using BType = float;
+  using BVec = __m512;
+  static constexpr int64_t kPack = 1;  // elements of a row of A (and of a B column) per k step
+  static ESR_INLINE BVec load_b(const float* p) { return _mm512_loadu_ps(p); }
+  static ESR_INLINE BVec broadcast_a(const float* p) { return _mm512_set1_ps(*p); }
+  static ESR_INLINE __m512 madd(__m512 acc, BVec a, BVec b) { return _mm512_fmadd_ps(a, b, acc); }
+  static ESR_INLINE __m512 madd_low_half(__m512 acc, BVec a, BVec b) {
+    return _mm512_castps256_ps512(
+        _mm256_fmadd_ps(_mm512_castps512_ps256(a), _mm512_castps512_ps256(b), _mm512_castps512_ps256(acc)));
+  }
+};
+
+// C[8 x 16*NV] (+)= A[8 x K] * B[K x 16*NV] for Ops' operands (K in k steps of Ops::kPack
+// elements). A: row r at A + r * lda. B: row k at B + k * ldb, 16 * NV columns readable
+// (zero-padded past the real output channels). C: float32, row r at C + r * ldc; the last of the
+// NV vectors is stored (and, with accumulate, loaded) through last_mask. HALF: the last vector's
+// columns all lie in its low 8 lanes, so it is computed with 256-bit instructions (AMD's Zen 4
+// executes a 512-bit FMA as two 256-bit halves: IFADNet's 36 channels take 2.5 vectors' work,
+// not 3; on Intel's cores the two cost the same).
+template <class Ops, int NV, bool HALF>
+ESR_INLINE void gemm_8xN(const typename Ops::AType* __restrict A, int64_t lda, const typename Ops::BType* __restrict B,
+                         int64_t ldb, int64_t K, float* __restrict C, int64_t ldc, bool accumulate,
+                         __mmask16 last_mask) {
   __m512 acc[kRows][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r)
@@ -25,14 +46,15 @@ ESR_INLINE void gemm_8xN(const float* __restrict A, int64_t lda, const float* __
       acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(v == NV - 1 ? last_mask : 0xFFFF, C + r * ldc + v * kLanes)
                              : _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
-    __m512 b[NV];
+    typename Ops::BVec b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(B + k * ldb + v * kLanes);
+    for (int v = 0; v < NV; ++v) b[v] = Ops::load_b(B + k * ldb + v * Ops::kPack * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      const typename Ops::BVec a = Ops::broadcast_a(A + r * lda + Ops::kPack * k);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = (HALF && v == NV - 1) ? Ops::madd_low_half(acc[r][v], a, b[v]) : Ops::madd(acc[r][v], a, b[v]);
     }
   }
 #pragma GCC unroll 8
@@ -42,17 +64,30 @@ ESR_INLINE void gemm_8xN(const float* __restrict A, int64_t lda, const float* __
       _mm512_mask_storeu_ps(C + r * ldc + v * kLanes, v == NV - 1 ? last_mask : 0xFFFF, acc[r][v]);
 }
 
-// C[8 x n_cols] for any n_cols: column blocks of up to 48 (3 vectors; 24 accumulators).
-inline void gemm_8rows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C,
-                       int64_t ldc, int64_t n_cols, bool accumulate) {
+// C[8 x n_cols] for any n_cols: column blocks of up to 48 (3 vectors; 24 accumulators), a last
+// vector of at most 8 columns in 256-bit halves. ldb in elements of Ops::BType.
+template <class Ops>
+inline void gemm_8rows_of(const typename Ops::AType* A, int64_t lda, const typename Ops::BType* B, int64_t ldb,
+                          int64_t K, float* C, int64_t ldc, int64_t n_cols, bool accumulate) {
   for (int64_t c0 = 0; c0 < n_cols; c0 += 3 * kLanes) {
     const int64_t cols = std::min<int64_t>(3 * kLanes, n_cols - c0);
-    const int64_t nv = (cols + kLanes - 1) / kLanes;
-    const __mmask16 last = lane_mask(cols - (nv - 1) * kLanes);
-    if (nv == 3) gemm_8xN<3>(A, lda, B + c0, ldb, K, C + c0, ldc, accumulate, last);
-    else if (nv == 2) gemm_8xN<2>(A, lda, B + c0, ldb, K, C + c0, ldc, accumulate, last);
-    else gemm_8xN<1>(A, lda, B + c0, ldb, K, C + c0, ldc, accumulate, last);
+    const int64_t nv = (cols + kLanes - 1) / kLanes, last_cols = cols - (nv - 1) * kLanes;
+    const __mmask16 last = lane_mask(last_cols);
+    const auto* b = B + Ops::kPack * c0;
+    const bool half = last_cols <= kLanes / 2;
+    if (nv == 3 && half) gemm_8xN<Ops, 3, true>(A, lda, b, ldb, K, C + c0, ldc, accumulate, last);
+    else if (nv == 3) gemm_8xN<Ops, 3, false>(A, lda, b, ldb, K, C + c0, ldc, accumulate, last);
+    else if (nv == 2 && half) gemm_8xN<Ops, 2, true>(A, lda, b, ldb, K, C + c0, ldc, accumulate, last);
+    else if (nv == 2) gemm_8xN<Ops, 2, false>(A, lda, b, ldb, K, C + c0, ldc, accumulate, last);
+    else if (half) gemm_8xN<Ops, 1, true>(A, lda, b, ldb, K, C + c0, ldc, accumulate, last);
+    else gemm_8xN<Ops, 1, false>(A, lda, b, ldb, K, C + c0, ldc, accumulate, last);
   }
+}
+
+// The float32 GEMM: C[8 x n_cols] (+)= A[8 x K] * B[K x n_cols].
+inline void gemm_8rows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C,
+                       int64_t ldc, int64_t n_cols, bool accumulate) {
+  gemm_8rows_of<F32Operands>(A, lda, B, ldb, K, C, ldc, n_cols, accumulate);
 }
 
 // C[rows x n_cols] for any number of rows: blocks of 8, the last partial block through

@@ -21,48 +21,31 @@ ESR_CPU_NAMESPACE_BEGIN
 
 using bf16_t = uint16_t;  // raw bfloat16 bits (at::BFloat16's layout)
 
-template <int NV>
-ESR_INLINE void gemm_bf16_8xN(const bf16_t* __restrict A, int64_t lda, const bf16_t* __restrict B, int64_t ldb,
-                              int64_t K2, float* __restrict C, int64_t ldc, bool accumulate, __mmask16 last_mask) {
-  __m512 acc[kRows][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(v == NV - 1 ? last_mask : 0xFFFF, C + r * ldc + v * kLanes)
-                             : _mm512_setzero_ps();
-  for (int64_t k = 0; k < K2; ++k) {
-    __m512bh b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k * ldb + v * 2 * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, A + r * lda + 2 * k, sizeof(pair));
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
-    }
+// gemm_avx512.h's micro-kernel with bf16 operands: a pair of A broadcast as one 32-bit word per
+// k step, B rows of 16 pairs per 16 columns, one vdpbf16ps per (row, vector).
+struct Bf16Operands {
+  using AType = bf16_t;
+  using BType = bf16_t;
+  using BVec = __m512bh;
+  static constexpr int64_t kPack = 2;
+  static ESR_INLINE BVec load_b(const bf16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static ESR_INLINE BVec broadcast_a(const bf16_t* p) {
+    int32_t pair;
+    std::memcpy(&pair, p, sizeof(pair));
+    return (__m512bh)_mm512_set1_epi32(pair);
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      _mm512_mask_storeu_ps(C + r * ldc + v * kLanes, v == NV - 1 ? last_mask : 0xFFFF, acc[r][v]);
-}
+  static ESR_INLINE __m512 madd(__m512 acc, BVec a, BVec b) { return _mm512_dpbf16_ps(acc, a, b); }
+  static ESR_INLINE __m512 madd_low_half(__m512 acc, BVec a, BVec b) {
+    return _mm512_castps256_ps512(_mm256_dpbf16_ps(_mm512_castps512_ps256(acc),
+                                                   (__m256bh)_mm512_castsi512_si256((__m512i)a),
+                                                   (__m256bh)_mm512_castsi512_si256((__m512i)b)));
+  }
+};
 
-// C[8 x n_cols] for any n_cols, as gemm_8rows (gemm_avx512.h); ldb in bf16 elements.
+// C[8 x n_cols] for any n_cols, as gemm_8rows (gemm_avx512.h); K2 pairs, ldb in bf16 elements.
 inline void gemm_bf16_8rows(const bf16_t* A, int64_t lda, const bf16_t* B, int64_t ldb, int64_t K2, float* C,
                             int64_t ldc, int64_t n_cols, bool accumulate) {
-  for (int64_t c0 = 0; c0 < n_cols; c0 += 3 * kLanes) {
-    const int64_t cols = std::min<int64_t>(3 * kLanes, n_cols - c0);
-    const int64_t nv = (cols + kLanes - 1) / kLanes;
-    const __mmask16 last = lane_mask(cols - (nv - 1) * kLanes);
-    const bf16_t* b = B + 2 * c0;
-    if (nv == 3) gemm_bf16_8xN<3>(A, lda, b, ldb, K2, C + c0, ldc, accumulate, last);
-    else if (nv == 2) gemm_bf16_8xN<2>(A, lda, b, ldb, K2, C + c0, ldc, accumulate, last);
-    else gemm_bf16_8xN<1>(A, lda, b, ldb, K2, C + c0, ldc, accumulate, last);
-  }
+  gemm_8rows_of<Bf16Operands>(A, lda, B, ldb, K2, C, ldc, n_cols, accumulate);
 }
 
 // 16 floats -> 16 bf16 (round to nearest even), stored at dst.

@@ -111,9 +111,10 @@ ESR_INLINE void output_transform(const float* M, int64_t pos_stride, Vec16 y[2][
 }
 
 // M[pos] = V[pos] (tiles x Cin) @ U[pos] (Cin x CoutP) for the 16 positions; V and U float32,
-// or (bf16) V's rows of CinP bf16 and U's bf16 pairs.
+// or (bf16) V's rows of CinP bf16 and U's bf16 pairs. Only M's first n_cols columns are written
+// (the conv's channels rounded up to 8: the GEMM's last vector can be half width).
 void winograd_gemms(const float* V, const void* U, bool bf16, int64_t Cin, int64_t CinP, int64_t CoutP,
-                    int64_t tiles, float* M) {
+                    int64_t n_cols, int64_t tiles, float* M) {
   const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;
   for (int64_t pos = 0; pos < 16; ++pos)
     for (int64_t r0 = 0; r0 < tiles; r0 += kRows) {  // rows past `tiles` hold stale finite values
@@ -122,12 +123,12 @@ void winograd_gemms(const float* V, const void* U, bool bf16, int64_t Cin, int64
       if (bf16) {
         const int64_t K2 = (Cin + 1) / 2;
         gemm_bf16_8rows(reinterpret_cast<const bf16_t*>(V) + pos * v_pos + r0 * CinP, CinP,
-                        static_cast<const bf16_t*>(U) + pos * K2 * 2 * CoutP, 2 * CoutP, K2, m, CoutP, CoutP, false);
+                        static_cast<const bf16_t*>(U) + pos * K2 * 2 * CoutP, 2 * CoutP, K2, m, CoutP, n_cols, false);
         continue;
       }
 #endif
       gemm_8rows(V + pos * v_pos + r0 * CinP, CinP, static_cast<const float*>(U) + pos * Cin * CoutP, CoutP, Cin,
-                 m, CoutP, CoutP, false);
+                 m, CoutP, n_cols, false);
     }
 }
 
@@ -178,6 +179,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   const float* B = bias.data_ptr<float>();
   const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;  // elements per position
   const int64_t y_row = 2 * kStrip * CoutP;                       // floats per strip output row
+  const int64_t n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);  // M's columns written (the rest stay 0)
 
   dispatch_act(act, [&](auto act_c) {
     constexpr int64_t ACT = decltype(act_c)::value;
@@ -201,7 +203,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
             column_pass(T, vbuf.data + t * CinP + c, v_pos);
           }
         }
-        winograd_gemms(vbuf.data, U, bf16, Cin, CinP, CoutP, tiles, mbuf.data);
+        winograd_gemms(vbuf.data, U, bf16, Cin, CinP, CoutP, n_cols, tiles, mbuf.data);
         for (int64_t t = 0; t < tiles; ++t)
           for (int64_t c = 0; c < CoutP; c += kLanes) {
             Vec16 yv[2][2];
