@@ -18,11 +18,6 @@ from PIL import Image as PILImage
 pytestmark = pytest.mark.shared  # the CLI loads the upstream weights
 
 
-def esr(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
 def image(path: Path, seed: int = 0, size=(20, 20)) -> Path:
     """An RGB PNG of ``size`` (height, width) with random pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +34,7 @@ def weights_dir() -> Path:
 
 @pytest.mark.parametrize("case", ["model-name-into-weights", "source-file-itself", "other-name-in-weights",
                                   "symlink-to-source", "onnx-into-weights"])
-def test_export_never_writes_over_its_source_or_the_weights_folder(tmp_path, case):
+def test_export_never_writes_over_its_source_or_the_weights_folder(run_esr, tmp_path, case):
     wdir = tmp_path / "weights"  # a copy, so that a failure of this test cannot break the others
     wdir.mkdir()
     shutil.copy(weights_dir() / "team01_pfdnlite.pth", wdir / "team01_pfdnlite.pth")
@@ -60,7 +55,7 @@ def test_export_never_writes_over_its_source_or_the_weights_folder(tmp_path, cas
         args = ["pfdnlite", "-o", tmp_path / "link.pth"]
     else:
         args = ["pfdnlite", "--onnx", wdir / "pfdnlite.onnx"]
-    proc = esr("export", *args, "--overwrite", env=env)
+    proc = run_esr("export", *args, "--overwrite", env=env)
     assert proc.returncode == 2, proc.stderr
     assert "write the export elsewhere" in proc.stderr and "Traceback" not in proc.stderr
     assert src.read_bytes() == before
@@ -94,13 +89,13 @@ _TINY = ["--model", "pfdnlite", "--iters", "1", "--patch", "32", "--batch", "1",
 
 
 @pytest.mark.parametrize("held", ["config.json", "log.csv", "checkpoints/best.pth", "checkpoints/last.pth"])
-def test_train_refuses_a_folder_holding_another_run(tmp_path, held):
+def test_train_refuses_a_folder_holding_another_run(run_esr, tmp_path, held):
     train, val = _train_folders(tmp_path)
     out = tmp_path / "run"
     foreign = out / held
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"another run's file")
-    proc = esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out)
+    proc = run_esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -108,14 +103,14 @@ def test_train_refuses_a_folder_holding_another_run(tmp_path, held):
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [held]
 
 
-def test_train_overwrite_replaces_the_whole_old_run(tmp_path):
+def test_train_overwrite_replaces_the_whole_old_run(run_esr, tmp_path):
     train, val = _train_folders(tmp_path)
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "log.csv").write_text("foreign,log\n1,2\n")
     (out / "config.json").write_text("{}")
     (out / "checkpoints" / "best.pth").write_bytes(b"foreign")
-    proc = esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out, "--overwrite")
+    proc = run_esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out, "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert "foreign" not in (out / "log.csv").read_text()
     assert (out / "log.csv").read_text().startswith("global_iter,")
@@ -125,12 +120,12 @@ def test_train_overwrite_replaces_the_whole_old_run(tmp_path):
 
 # ---------------------------------------------------------------- (b) earlier outputs only on evidence
 
-def test_overwrite_into_the_input_folder_never_replaces_an_input_named_like_an_output(tmp_path):
+def test_overwrite_into_the_input_folder_never_replaces_an_input_named_like_an_output(run_esr, tmp_path):
     folder = tmp_path / "in"
     image(folder / "a.png", seed=1)
     photo = image(folder / "a_x4.png", seed=2, size=(20, 24))  # a different photo, not 4x a.png
     before = photo.read_bytes()
-    proc = esr("upscale", folder, "-o", folder, "--overwrite", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", folder, "-o", folder, "--overwrite", "--model", "pfdnlite", "-q")
     # a.png's output would land on the input a_x4.png: refused; a_x4.png itself is upscaled.
     assert proc.returncode == 1, proc.stderr
     assert "would overwrite an input" in proc.stderr
@@ -138,11 +133,11 @@ def test_overwrite_into_the_input_folder_never_replaces_an_input_named_like_an_o
     assert PILImage.open(folder / "a_x4_x4.png").size == (96, 80)
 
 
-def test_a_real_earlier_output_is_still_recognised(tmp_path):
+def test_a_real_earlier_output_is_still_recognised(run_esr, tmp_path):
     folder = tmp_path / "in"
     image(folder / "a.png", seed=1)
     image(folder / "a_x4.png", seed=2, size=(80, 80))  # exactly 4x a.png: an earlier output
-    proc = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
     assert proc.returncode == 0 and "0 upscaled, 2 skipped, 0 failed" in proc.stderr, proc.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png"]
 
@@ -151,7 +146,7 @@ def test_a_real_earlier_output_is_still_recognised(tmp_path):
 
 @pytest.mark.parametrize("blocker", ["folder", "dangling-symlink", "fifo"])
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_a_blocked_output_path_is_a_failure_not_a_skip(tmp_path, blocker, overwrite):
+def test_a_blocked_output_path_is_a_failure_not_a_skip(run_esr, tmp_path, blocker, overwrite):
     src = image(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     out.mkdir()
@@ -163,8 +158,8 @@ def test_a_blocked_output_path_is_a_failure_not_a_skip(tmp_path, blocker, overwr
     else:
         dst.symlink_to(out / "gone.png")
     image(tmp_path / "in" / "b.png", seed=3)
-    proc = esr("upscale", src, tmp_path / "in" / "b.png", "-o", out, "--model", "pfdnlite", "-q",
-               *(["--overwrite"] if overwrite else []))
+    proc = run_esr("upscale", src, tmp_path / "in" / "b.png", "-o", out, "--model", "pfdnlite", "-q",
+                   *(["--overwrite"] if overwrite else []))
     assert proc.returncode == 1, proc.stderr
     assert "1 upscaled, 0 skipped, 1 failed" in proc.stderr
     assert "blocked" in proc.stderr and str(dst) in proc.stderr
@@ -189,11 +184,11 @@ def test_write_atomically_does_not_call_a_blocked_path_an_existing_output(tmp_pa
                                         ("ESR_MAX_MEMORY_MB", "nan"), ("ESR_CPU_CACHE_MB", "lots"),
                                         ("ESR_CPU_CONV_ENGINE", "maybe"), ("ESR_WEIGHTS_DIR", "FILE"),
                                         ("ESR_CACHE_DIR", "FILE")])
-def test_a_bad_environment_variable_is_a_usage_error_naming_it(tmp_path, name, value):
+def test_a_bad_environment_variable_is_a_usage_error_naming_it(run_esr, tmp_path, name, value):
     src = image(tmp_path / "a.png")
     if value == "FILE":
         value = str(image(tmp_path / "not-a-folder.png"))
-    proc = esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite", "-q", env={name: value})
+    proc = run_esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite", "-q", env={name: value})
     assert proc.returncode == 2, proc.stderr
     assert name in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -231,17 +226,17 @@ def _names_keys(text: str, missing, unexpected, arch) -> bool:
 
 @pytest.mark.parametrize("which", ["ifadnet", "pfdnlite"])
 @pytest.mark.parametrize("command", ["upscale", "eval", "export-o", "export-onnx"])
-def test_a_checkpoint_with_missing_keys_is_one_clear_error(tmp_path, which, command):
+def test_a_checkpoint_with_missing_keys_is_one_clear_error(run_esr, tmp_path, which, command):
     ckpt, missing, unexpected, arch = _broken_checkpoints(tmp_path)[which]
     src = image(tmp_path / "hr" / "a.png", size=(80, 80))
     if command == "upscale":
-        proc = esr("upscale", src, "-o", tmp_path / "out", "--model", ckpt, "-q")
+        proc = run_esr("upscale", src, "-o", tmp_path / "out", "--model", ckpt, "-q")
     elif command == "eval":
-        proc = esr("eval", "--hr", tmp_path / "hr", "--model", ckpt, "--no-ssim")
+        proc = run_esr("eval", "--hr", tmp_path / "hr", "--model", ckpt, "--no-ssim")
     elif command == "export-o":
-        proc = esr("export", ckpt, "-o", tmp_path / "x.pth")
+        proc = run_esr("export", ckpt, "-o", tmp_path / "x.pth")
     else:
-        proc = esr("export", ckpt, "--onnx", tmp_path / "x.onnx")
+        proc = run_esr("export", ckpt, "--onnx", tmp_path / "x.onnx")
     assert proc.returncode in (1, 2), proc.stderr
     assert _names_keys(proc.stderr, missing, unexpected, arch), proc.stderr
     assert str(ckpt) in proc.stderr
@@ -263,7 +258,7 @@ def test_missing_keys_through_the_library_and_spandrels_loader(tmp_path):
 
 @pytest.mark.parametrize("content", ["random-bytes", "deploy-checkpoint", "a-list", "truncated-zip",
                                      "missing-entries"])
-def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(tmp_path, content):
+def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(run_esr, tmp_path, content):
     train, val = _train_folders(tmp_path)
     last = tmp_path / "run" / "checkpoints" / "last.pth"
     last.parent.mkdir(parents=True)
@@ -278,8 +273,8 @@ def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(tmp_path
         last.write_bytes(last.read_bytes()[:600])
     else:
         torch.save({"config": {}, "stages": [], "model": {}}, last)
-    proc = esr("train", "--resume", "--train-hr", train, "--val-hr", val, "--out", tmp_path / "run",
-               "--no-progress")
+    proc = run_esr("train", "--resume", "--train-hr", train, "--val-hr", val, "--out", tmp_path / "run",
+                   "--no-progress")
     assert proc.returncode == 2, proc.stderr
     assert str(last) in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1
@@ -287,11 +282,11 @@ def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(tmp_path
 
 # ---------------------------------------------------------------- (f) odd file names are per-file outcomes
 
-def test_an_over_long_output_name_fails_that_file_only(tmp_path):
+def test_an_over_long_output_name_fails_that_file_only(run_esr, tmp_path):
     folder = tmp_path / "in"
     image(folder / ("n" * 250 + ".png"))  # 254 bytes: its output, n..._x4.png, would be 257
     image(folder / "ok.png", seed=1)
-    proc = esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
     assert proc.returncode == 1, proc.stderr
     assert "1 upscaled, 0 skipped, 1 failed" in proc.stderr
     assert "257 bytes" in proc.stderr and "255" in proc.stderr and "Traceback" not in proc.stderr
@@ -299,11 +294,11 @@ def test_an_over_long_output_name_fails_that_file_only(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")
-def test_a_non_utf8_name_just_works(tmp_path):
+def test_a_non_utf8_name_just_works(run_esr, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     image(Path(os.fsdecode(bytes(folder) + b"/bad\xff.png")))
-    proc = esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
     assert proc.returncode == 0 and "1 upscaled" in proc.stderr, proc.stderr
     assert os.listdir(bytes(tmp_path / "out")) == [b"bad\xff_x4.png"]
 
@@ -395,9 +390,9 @@ def _tiny_clip(path: Path, w: int = 32, h: int = 24, frames: int = 2) -> Path:
 
 
 @pytest.mark.parametrize("limit,what", [(100, "frame size 32x24"), (5000, "upscaled frame size 128x96")])
-def test_video_honours_max_pixels_from_the_stream_header(tmp_path, limit, what):
+def test_video_honours_max_pixels_from_the_stream_header(run_esr, tmp_path, limit, what):
     clip = _tiny_clip(tmp_path / "clip.mp4")
-    proc = esr("upscale", clip, "-o", tmp_path / "out", "--model", "pfdnlite", "-q", "--max-pixels", limit)
+    proc = run_esr("upscale", clip, "-o", tmp_path / "out", "--model", "pfdnlite", "-q", "--max-pixels", limit)
     assert proc.returncode == 1, proc.stderr
     assert what in proc.stderr and "--max-pixels" in proc.stderr and "0 upscaled, 0 skipped, 1 failed" in proc.stderr
     assert list((tmp_path / "out").iterdir()) == []
@@ -431,7 +426,7 @@ def test_ctrl_c_mid_batch_prints_the_summary_and_exits_130(tmp_path):
 
 # ---------------------------------------------------------------- (i) eval names every left-out entry
 
-def test_eval_names_and_counts_every_left_out_entry(tmp_path):
+def test_eval_names_and_counts_every_left_out_entry(run_esr, tmp_path):
     import json
 
     hr = tmp_path / "hr"
@@ -439,19 +434,19 @@ def test_eval_names_and_counts_every_left_out_entry(tmp_path):
     (hr / "dangling.png").symlink_to(hr / "gone.png")
     os.mkfifo(hr / "pipe.png")
     (hr / "folder.png").mkdir()
-    proc = esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim")
+    proc = run_esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim")
     assert proc.returncode == 1, proc.stderr
     for name, what in (("dangling.png", "broken symbolic link"), ("pipe.png", "FIFO"), ("folder.png", "folder")):
         assert name in proc.stderr and what in proc.stderr, proc.stderr
     assert "(over 1 of 1 images); 3 entries named like images left out" in proc.stdout
-    data = json.loads(esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim", "--json").stdout)
+    data = json.loads(run_esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim", "--json").stdout)
     assert data["images"] == 1
     assert sorted(e["image"] for e in data["left_out"]) == ["dangling.png", "folder.png", "pipe.png"]
 
 
 # ---------------------------------------------------------------- (j) the scale comes from the model
 
-def test_eval_uses_the_checkpoints_scale(tmp_path):
+def test_eval_uses_the_checkpoints_scale(run_esr, tmp_path):
     import json
 
     from esr_models.pfdnlite import PFDNLite
@@ -461,6 +456,6 @@ def test_eval_uses_the_checkpoints_scale(tmp_path):
     torch.save(PFDNLite(scale=2).state_dict(), ckpt)
     hr = tmp_path / "hr"
     image(hr / "a.png", size=(40, 40))
-    proc = esr("eval", "--model", ckpt, "--hr", hr, "--no-ssim", "--json")
+    proc = run_esr("eval", "--model", ckpt, "--hr", hr, "--no-ssim", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["images"] == 1

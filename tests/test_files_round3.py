@@ -5,10 +5,7 @@ Tiny images and the smallest model keep each case fast."""
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +15,6 @@ import torch
 import esr_models
 
 pytestmark = pytest.mark.shared  # the upstream weights
-
-
-def esr(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def _cpu_backend_or_skip():
@@ -213,12 +205,12 @@ def test_compressed_16bit_tiff_is_16_bit_or_says_precision_was_reduced(tmp_path)
         assert any("precision reduced" in n and "16-bit" in n for n in img.notes), img.notes
 
 
-def test_cli_writes_a_16bit_png_for_a_16bit_ppm(tmp_path):
+def test_cli_writes_a_16bit_png_for_a_16bit_ppm(run_esr, tmp_path):
     from esr_models.images import read_image
 
     (tmp_path / "in").mkdir()
     src = _pnm16(tmp_path / "in" / "a.ppm", _samples((16, 16, 3)))
-    r = esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite")
+    r = run_esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite")
     assert r.returncode == 0, r.stderr
     out = read_image(tmp_path / "out" / "a_x4.png")
     assert out.bit_depth == 16 and out.rgb.shape == (3, 64, 64)
@@ -244,13 +236,13 @@ def _png(path: Path, size: int, seed: int = 0) -> Path:
     ('model = "pfdnlite"\nstages = 3\n', "'stages' must be an array of tables"),
     ('model = "pfdnlitee"\n', "model 'pfdnlitee'"),
 ])
-def test_unknown_tables_and_keys_in_a_training_config_are_errors_naming_them(tmp_path, toml, named):
+def test_unknown_tables_and_keys_in_a_training_config_are_errors_naming_them(run_esr, tmp_path, toml, named):
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(toml)
     _png(tmp_path / "train" / "a.png", 64)
     _png(tmp_path / "val" / "a.png", 64)
-    r = esr("train", "--config", cfg, "--train-hr", tmp_path / "train", "--val-hr", tmp_path / "val",
-            "--out", tmp_path / "run", "--iters", 1, "--num-workers", 0, "--no-progress")
+    r = run_esr("train", "--config", cfg, "--train-hr", tmp_path / "train", "--val-hr", tmp_path / "val",
+                "--out", tmp_path / "run", "--iters", 1, "--num-workers", 0, "--no-progress")
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and named in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
@@ -266,12 +258,13 @@ def test_a_config_file_is_checked_as_the_recipes_are():
         check_config({"defualts": {}})
 
 
-def test_a_run_whose_validation_images_are_all_unusable_is_refused_before_training(tmp_path):
+def test_a_run_whose_validation_images_are_all_unusable_is_refused_before_training(run_esr, tmp_path):
     _png(tmp_path / "train" / "a.png", 64)
     _png(tmp_path / "val" / "small.png", 20)  # PFDNLite x4 needs an HR of at least 28x28
     (tmp_path / "val" / "broken.png").write_bytes(b"not a png")
-    r = esr("train", "--model", "pfdnlite", "--train-hr", tmp_path / "train", "--val-hr", tmp_path / "val",
-            "--out", tmp_path / "run", "--iters", 1, "--patch", 32, "--batch", 1, "--num-workers", 0, "--no-progress")
+    r = run_esr("train", "--model", "pfdnlite", "--train-hr", tmp_path / "train", "--val-hr", tmp_path / "val",
+                "--out", tmp_path / "run", "--iters", 1, "--patch", 32, "--batch", 1, "--num-workers", 0,
+                "--no-progress")
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert "none of its 2 validation image(s) can be used" in r.stderr and "small.png (20x20" in r.stderr
@@ -354,7 +347,7 @@ def x2_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["whole", "tiled", "ray"])
-def test_a_x2_model_writes_x2_images_named_x2(tmp_path, x2_checkpoint, how):
+def test_a_x2_model_writes_x2_images_named_x2(run_esr, tmp_path, x2_checkpoint, how):
     from esr_models.images import read_image
 
     if how == "ray":
@@ -365,8 +358,8 @@ def test_a_x2_model_writes_x2_images_named_x2(tmp_path, x2_checkpoint, how):
     _png(tmp_path / "in" / "b_x2.png", 40, seed=2)
     extra = {"whole": [], "tiled": ["--tile", 12, "--tile-overlap", 2],
              "ray": ["--ray", "--ray-workers", 1]}[how]
-    r = esr("upscale", tmp_path / "in", "-o", tmp_path / "in", "--model", x2_checkpoint, "-q", *extra,
-            env={"OMP_NUM_THREADS": "1"} if how == "ray" else None)
+    r = run_esr("upscale", tmp_path / "in", "-o", tmp_path / "in", "--model", x2_checkpoint, "-q", *extra,
+                env={"OMP_NUM_THREADS": "1"} if how == "ray" else None)
     assert r.returncode == 0, r.stderr
     # a.png upscaled; b_x2.png is b.png's earlier output (exactly 2x its size), so both are skipped
     assert "1 upscaled, 2 skipped, 0 failed" in r.stderr, r.stderr
@@ -377,15 +370,15 @@ def test_a_x2_model_writes_x2_images_named_x2(tmp_path, x2_checkpoint, how):
     assert src.exists()
 
 
-def test_an_explicit_suffix_is_kept_with_a_x2_model(tmp_path, x2_checkpoint):
+def test_an_explicit_suffix_is_kept_with_a_x2_model(run_esr, tmp_path, x2_checkpoint):
     _png(tmp_path / "in" / "a.png", 16)
-    r = esr("upscale", tmp_path / "in" / "a.png", "-o", tmp_path / "out", "--model", x2_checkpoint, "-q",
-            "--suffix", "_big")
+    r = run_esr("upscale", tmp_path / "in" / "a.png", "-o", tmp_path / "out", "--model", x2_checkpoint, "-q",
+                "--suffix", "_big")
     assert r.returncode == 0, r.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_big.png"]
 
 
-def test_a_x2_model_upscales_video_frames_x2(tmp_path, x2_checkpoint):
+def test_a_x2_model_upscales_video_frames_x2(run_esr, tmp_path, x2_checkpoint):
     av = pytest.importorskip("av")
     clip = tmp_path / "clip.mp4"
     with av.open(str(clip), "w") as out:
@@ -397,7 +390,7 @@ def test_a_x2_model_upscales_video_frames_x2(tmp_path, x2_checkpoint):
                 out.mux(packet)
         for packet in s.encode():
             out.mux(packet)
-    r = esr("upscale", clip, "-o", tmp_path / "out", "--model", x2_checkpoint, "-q")
+    r = run_esr("upscale", clip, "-o", tmp_path / "out", "--model", x2_checkpoint, "-q")
     assert r.returncode == 0, r.stderr
     with av.open(str(tmp_path / "out" / "clip_x2.mp4")) as f:
         v = f.streams.video[0]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +15,6 @@ from esr_models import cli
 from esr_models.outputs import TEMP_PREFIX, OutputExistsError, plan_outputs, write_atomically
 
 pytestmark = pytest.mark.shared  # the CLI loads the upstream weights
-
-
-def esr(*args):
-    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ})
 
 
 def image(path: Path, seed: int = 0, size=(20, 18)) -> Path:
@@ -47,10 +40,10 @@ def upscaled_from(out: Path, src: Path) -> bool:
     ["a_png.png", "a.jpg", "a.png"],        # the disambiguated name of one is another's stem
     ["x/a.PNG", "y/a.png", "a.png.png"],     # case and double extensions
 ])
-def test_every_input_gets_its_own_output(tmp_path, names):
+def test_every_input_gets_its_own_output(run_esr, tmp_path, names):
     srcs = [image(tmp_path / "in" / n, seed=i) for i, n in enumerate(names)]
     out = tmp_path / "out"
-    proc = esr("upscale", *srcs, "-o", out, "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", *srcs, "-o", out, "--model", "pfdnlite", "-q")
     assert proc.returncode == 0, proc.stderr
     assert f"{len(srcs)} upscaled, 0 skipped, 0 failed" in proc.stderr
     outputs = sorted(out.iterdir())
@@ -69,39 +62,39 @@ def test_naming_is_deterministic_whatever_the_order(tmp_path):
     assert len({j.dst for j in jobs1}) == 3
 
 
-def test_one_file_through_two_paths_is_one_input(tmp_path):
+def test_one_file_through_two_paths_is_one_input(run_esr, tmp_path):
     src = image(tmp_path / "in" / "a.png")
     (tmp_path / "in" / "link.png").symlink_to(src)
     os.link(src, tmp_path / "in" / "hard.png")
-    proc = esr("upscale", src, tmp_path / "in" / ".." / "in" / "a.png", tmp_path / "in" / "link.png",
-               tmp_path / "in" / "hard.png", "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", src, tmp_path / "in" / ".." / "in" / "a.png", tmp_path / "in" / "link.png",
+                   tmp_path / "in" / "hard.png", "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
     assert proc.returncode == 0 and "1 upscaled" in proc.stderr, proc.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_x4.png"]
 
 
 # ---------------------------------------------------------------- the overwrite rule
 
-def test_existing_files_are_skipped_unless_overwrite(tmp_path):
+def test_existing_files_are_skipped_unless_overwrite(run_esr, tmp_path):
     src = image(tmp_path / "in" / "photo.jpg")
     out = tmp_path / "out"
     out.mkdir()
     mine = image(out / "photo.png", seed=9)           # the user's own file
     before = mine.read_bytes()
-    proc = esr("upscale", src, "-o", out, "--suffix", "", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", src, "-o", out, "--suffix", "", "--model", "pfdnlite", "-q")
     assert proc.returncode == 0 and "0 upscaled, 1 skipped, 0 failed" in proc.stderr
     assert "--overwrite" in proc.stderr and mine.read_bytes() == before
-    proc = esr("upscale", src, "-o", out, "--suffix", "", "--model", "pfdnlite", "-q", "--overwrite")
+    proc = run_esr("upscale", src, "-o", out, "--suffix", "", "--model", "pfdnlite", "-q", "--overwrite")
     assert proc.returncode == 0 and "1 upscaled" in proc.stderr
     assert upscaled_from(mine, src)
 
 
-def test_rerun_resumes_and_never_upscales_its_own_outputs(tmp_path):
+def test_rerun_resumes_and_never_upscales_its_own_outputs(run_esr, tmp_path):
     folder = tmp_path / "photos"
     srcs = [image(folder / f"{n}.png", seed=i) for i, n in enumerate("abc")]
-    first = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    first = run_esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
     assert first.returncode == 0 and "3 upscaled" in first.stderr
     (folder / "b_x4.png").unlink()                    # as if the first run was interrupted
-    again = esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    again = run_esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
     assert again.returncode == 0, again.stderr
     assert "1 upscaled, 4 skipped, 0 failed" in again.stderr  # a, c done; a_x4, c_x4 are outputs
     names = sorted(p.name for p in folder.iterdir())
@@ -109,10 +102,10 @@ def test_rerun_resumes_and_never_upscales_its_own_outputs(tmp_path):
     assert upscaled_from(folder / "b_x4.png", srcs[1])
 
 
-def test_inputs_are_never_overwritten_even_with_overwrite(tmp_path):
+def test_inputs_are_never_overwritten_even_with_overwrite(run_esr, tmp_path):
     src = image(tmp_path / "a.png")
     before = src.read_bytes()
-    proc = esr("upscale", src, "-o", tmp_path, "--suffix", "", "--overwrite", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", src, "-o", tmp_path, "--suffix", "", "--overwrite", "--model", "pfdnlite", "-q")
     assert proc.returncode == 1 and "would overwrite an input" in proc.stderr
     assert src.read_bytes() == before
 
@@ -151,7 +144,7 @@ def test_leftover_temp_files_are_not_inputs(tmp_path):
 
 # ---------------------------------------------------------------- one failure does not stop the batch
 
-def test_bad_files_are_reported_and_the_rest_run(tmp_path):
+def test_bad_files_are_reported_and_the_rest_run(run_esr, tmp_path):
     d = tmp_path / "in"
     image(d / "a.png")
     image(d / "tiny.png", size=(5, 5))                       # below the minimum size
@@ -161,7 +154,7 @@ def test_bad_files_are_reported_and_the_rest_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "z_x4.png").mkdir()                               # output path blocked by a folder
-    proc = esr("upscale", d, "-o", out, "--model", "pfdnlite", "--max-pixels", "1000", "--overwrite", "-q")
+    proc = run_esr("upscale", d, "-o", out, "--model", "pfdnlite", "--max-pixels", "1000", "--overwrite", "-q")
     assert proc.returncode == 1
     assert "1 upscaled, 0 skipped, 4 failed" in proc.stderr
     summary = proc.stderr.split("failed:")[-1]
@@ -219,24 +212,24 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
     (["--fused", "--backend", "cuda", "--device", "cpu"], "runs on cuda tensors, not cpu"),
     (["--model", "nosuchmodel"], "unknown model"),
 ])
-def test_option_errors_create_nothing(tmp_path, options, message):
+def test_option_errors_create_nothing(run_esr, tmp_path, options, message):
     src = image(tmp_path / "a.png")
     out = tmp_path / "new" / "out"
-    proc = esr("upscale", src, "-o", out, *options, "-q")
+    proc = run_esr("upscale", src, "-o", out, *options, "-q")
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
 
 
-def test_output_blocked_by_a_file_is_an_option_error(tmp_path):
+def test_output_blocked_by_a_file_is_an_option_error(run_esr, tmp_path):
     src = image(tmp_path / "a.png")
     (tmp_path / "out").write_text("a file, not a folder")
-    proc = esr("upscale", src, "-o", tmp_path / "out" / "sub", "-q")
+    proc = run_esr("upscale", src, "-o", tmp_path / "out" / "sub", "-q")
     assert proc.returncode == 2 and "not a folder" in proc.stderr
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_fused_low_precision_on_cpu_runs_what_it_says(tmp_path, dtype):
+def test_fused_low_precision_on_cpu_runs_what_it_says(run_esr, tmp_path, dtype):
     """--fused --dtype bfloat16/float16 on a CPU: the backend "auto" picks is the one named, and
     a dtype the kernels compute in float32 (float16; bf16 without AVX512_BF16) is said."""
     import torch
@@ -245,7 +238,7 @@ def test_fused_low_precision_on_cpu_runs_what_it_says(tmp_path, dtype):
 
     expected = resolve_backend("auto", torch.device("cpu"), getattr(torch, dtype))
     src = image(tmp_path / "a.png")
-    proc = esr("upscale", src, "-o", tmp_path / "o", "--fused", "--dtype", dtype, "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", src, "-o", tmp_path / "o", "--fused", "--dtype", dtype, "--model", "pfdnlite", "-q")
     assert proc.returncode == 0, proc.stderr
     assert f"fused backend: {expected}" in proc.stderr
     if expected == "reference":
@@ -293,8 +286,8 @@ def test_odd_entries_in_folders_are_noted_not_dropped_silently(tmp_path):
     assert errors == [f"{folder / 'pipe.png'}: not a regular file"]
 
 
-def test_unwritable_output_folder_is_one_line(tmp_path):
+def test_unwritable_output_folder_is_one_line(run_esr, tmp_path):
     src = image(tmp_path / "a.png")
-    proc = esr("upscale", src, "-o", "/proc/esr-cannot-be-made", "--model", "pfdnlite", "-q")
+    proc = run_esr("upscale", src, "-o", "/proc/esr-cannot-be-made", "--model", "pfdnlite", "-q")
     assert proc.returncode == 2 and "cannot create the output folder" in proc.stderr
     assert "Traceback" not in proc.stderr
