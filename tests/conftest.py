@@ -131,3 +131,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _random_png(path: Path, seed: int = 0, size=(20, 20)) -> Path:
+    """An RGB PNG of ``size`` (height, width) with random pixels from ``seed``; its folder is made."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_png():
+    """``random_png(path, seed=0, size=(20, 20))`` -> path (see ``_random_png``)."""
+    return _random_png

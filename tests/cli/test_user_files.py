@@ -1,14 +1,20 @@
-"""What happens to the user's files: output naming, the overwrite rule, temporary files,
-per-file failures and option errors (issue #8). The CLI through subprocess, as users meet it;
-failures that cannot be provoked from outside (a full disk) through ``cli.main``."""
+"""What happens to the user's files (issues #8 and #18): output naming, the overwrite rule (upscale,
+export, train), earlier outputs recognised on evidence only, temporary files, per-file failures,
+blocked output paths and odd file names, option errors, Ctrl-C's summary, the entries eval leaves
+out. The CLI through subprocess, as users meet it (tiny images and the smallest model keep each
+case fast); failures that cannot be provoked from outside (a full disk) through ``cli.main``."""
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 
 from esr_models import cli
@@ -22,6 +28,10 @@ def image(path: Path, seed: int = 0, size=(20, 18)) -> Path:
     arr = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
     PILImage.fromarray(arr).save(path)
     return path
+
+
+def weights_dir() -> Path:
+    return Path(os.environ["ESR_WEIGHTS_DIR"])
 
 
 def upscaled_from(out: Path, src: Path) -> bool:
@@ -291,3 +301,244 @@ def test_unwritable_output_folder_is_one_line(run_esr, tmp_path):
     proc = run_esr("upscale", src, "-o", "/proc/esr-cannot-be-made", "--model", "pfdnlite", "-q")
     assert proc.returncode == 2 and "cannot create the output folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- export never replaces a source
+
+@pytest.mark.parametrize("case", ["model-name-into-weights", "source-file-itself", "other-name-in-weights",
+                                  "symlink-to-source", "onnx-into-weights"])
+def test_export_never_writes_over_its_source_or_the_weights_folder(run_esr, tmp_path, case):
+    wdir = tmp_path / "weights"  # a copy, so that a failure of this test cannot break the others
+    wdir.mkdir()
+    shutil.copy(weights_dir() / "team01_pfdnlite.pth", wdir / "team01_pfdnlite.pth")
+    src = wdir / "team01_pfdnlite.pth"
+    before = src.read_bytes()
+    env = {"ESR_WEIGHTS_DIR": str(wdir)}
+    if case == "model-name-into-weights":
+        args = ["pfdnlite", "-o", src]
+    elif case == "source-file-itself":
+        mine = tmp_path / "mine.pth"
+        shutil.copy(src, mine)
+        src, before = mine, mine.read_bytes()
+        args = [mine, "-o", mine]
+    elif case == "other-name-in-weights":
+        args = ["pfdnlite", "-o", wdir / "team00_rlfn.pth"]
+    elif case == "symlink-to-source":
+        (tmp_path / "link.pth").symlink_to(src)
+        args = ["pfdnlite", "-o", tmp_path / "link.pth"]
+    else:
+        args = ["pfdnlite", "--onnx", wdir / "pfdnlite.onnx"]
+    proc = run_esr("export", *args, "--overwrite", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "write the export elsewhere" in proc.stderr and "Traceback" not in proc.stderr
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in wdir.iterdir()) == ["team01_pfdnlite.pth"]
+
+
+def test_export_library_refuses_its_source(tmp_path):
+    from esr_models.training.export import export_deploy_checkpoint
+
+    mine = tmp_path / "mine.pth"
+    shutil.copy(weights_dir() / "team01_pfdnlite.pth", mine)
+    before = mine.read_bytes()
+    with pytest.raises(ValueError, match="being exported"):
+        export_deploy_checkpoint(mine, mine, overwrite=True)
+    assert mine.read_bytes() == before
+
+
+# ---------------------------------------------------------------- train never replaces another run
+
+def _train_folders(root: Path) -> tuple[Path, Path]:
+    train = root / "train"
+    val = root / "val"
+    for i in range(2):
+        image(train / f"t{i}.png", seed=i, size=(40, 40))
+    image(val / "v.png", seed=7, size=(40, 40))
+    return train, val
+
+
+_TINY = ["--model", "pfdnlite", "--iters", "1", "--patch", "32", "--batch", "1", "--val-every", "1",
+         "--num-workers", "0", "--no-progress", "--threads", "1"]
+
+
+@pytest.mark.parametrize("held", ["config.json", "log.csv", "checkpoints/best.pth", "checkpoints/last.pth"])
+def test_train_refuses_a_folder_holding_another_run(run_esr, tmp_path, held):
+    train, val = _train_folders(tmp_path)
+    out = tmp_path / "run"
+    foreign = out / held
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"another run's file")
+    proc = run_esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out)
+    assert proc.returncode == 2, proc.stderr
+    assert "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert foreign.read_bytes() == b"another run's file"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [held]
+
+
+def test_train_overwrite_replaces_the_whole_old_run(run_esr, tmp_path):
+    train, val = _train_folders(tmp_path)
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "log.csv").write_text("foreign,log\n1,2\n")
+    (out / "config.json").write_text("{}")
+    (out / "checkpoints" / "best.pth").write_bytes(b"foreign")
+    proc = run_esr("train", *_TINY, "--train-hr", train, "--val-hr", val, "--out", out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert "foreign" not in (out / "log.csv").read_text()
+    assert (out / "log.csv").read_text().startswith("global_iter,")
+    assert torch.load(out / "checkpoints" / "best.pth", weights_only=True)["format"] == "esr-train-1"
+    assert b"foreign" not in (out / "config.json").read_bytes()
+
+
+@pytest.mark.parametrize("content", ["random-bytes", "deploy-checkpoint", "a-list", "truncated-zip",
+                                     "missing-entries"])
+def test_resume_with_a_bad_last_checkpoint_is_one_error_naming_the_file(run_esr, tmp_path, content):
+    train, val = _train_folders(tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.pth"
+    last.parent.mkdir(parents=True)
+    if content == "random-bytes":
+        last.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif content == "deploy-checkpoint":
+        shutil.copy(weights_dir() / "team01_pfdnlite.pth", last)
+    elif content == "a-list":
+        torch.save([1, 2, 3], last)
+    elif content == "truncated-zip":
+        torch.save({"model": {"w": torch.zeros(1000)}, "config": {}}, last)
+        last.write_bytes(last.read_bytes()[:600])
+    else:
+        torch.save({"config": {}, "stages": [], "model": {}}, last)
+    proc = run_esr("train", "--resume", "--train-hr", train, "--val-hr", val, "--out", tmp_path / "run",
+                   "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert str(last) in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1
+
+
+# ---------------------------------------------------------------- earlier outputs only on evidence
+
+def test_overwrite_into_the_input_folder_never_replaces_an_input_named_like_an_output(run_esr, tmp_path):
+    folder = tmp_path / "in"
+    image(folder / "a.png", seed=1, size=(20, 20))
+    photo = image(folder / "a_x4.png", seed=2, size=(20, 24))  # a different photo, not 4x a.png
+    before = photo.read_bytes()
+    proc = run_esr("upscale", folder, "-o", folder, "--overwrite", "--model", "pfdnlite", "-q")
+    # a.png's output would land on the input a_x4.png: refused; a_x4.png itself is upscaled.
+    assert proc.returncode == 1, proc.stderr
+    assert "would overwrite an input" in proc.stderr
+    assert photo.read_bytes() == before
+    assert PILImage.open(folder / "a_x4_x4.png").size == (96, 80)
+
+
+def test_a_real_earlier_output_is_still_recognised(run_esr, tmp_path):
+    folder = tmp_path / "in"
+    image(folder / "a.png", seed=1, size=(20, 20))
+    image(folder / "a_x4.png", seed=2, size=(80, 80))  # exactly 4x a.png: an earlier output
+    proc = run_esr("upscale", folder, "-o", folder, "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0 and "0 upscaled, 2 skipped, 0 failed" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png"]
+
+
+# ---------------------------------------------------------------- blocked output paths fail
+
+@pytest.mark.parametrize("blocker", ["folder", "dangling-symlink", "fifo"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_blocked_output_path_is_a_failure_not_a_skip(run_esr, tmp_path, blocker, overwrite):
+    src = image(tmp_path / "in" / "a.png", size=(20, 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "a_x4.png"
+    if blocker == "folder":
+        dst.mkdir()
+    elif blocker == "fifo":
+        os.mkfifo(dst)
+    else:
+        dst.symlink_to(out / "gone.png")
+    image(tmp_path / "in" / "b.png", seed=3, size=(20, 20))
+    proc = run_esr("upscale", src, tmp_path / "in" / "b.png", "-o", out, "--model", "pfdnlite", "-q",
+                   *(["--overwrite"] if overwrite else []))
+    assert proc.returncode == 1, proc.stderr
+    assert "1 upscaled, 0 skipped, 1 failed" in proc.stderr
+    assert "blocked" in proc.stderr and str(dst) in proc.stderr
+    assert os.path.lexists(dst) and not dst.is_file()  # left as it was
+    assert (out / "b_x4.png").is_file()
+
+
+def test_write_atomically_does_not_call_a_blocked_path_an_existing_output(tmp_path):
+    from esr_models.outputs import OutputExistsError, write_atomically
+
+    dst = tmp_path / "x.png"
+    dst.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(OSError, match="blocked") as info:
+        write_atomically(dst, lambda tmp: tmp.write_bytes(b"x"), overwrite=False)
+    assert not isinstance(info.value, OutputExistsError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+# ---------------------------------------------------------------- odd file names are per-file outcomes
+
+def test_an_over_long_output_name_fails_that_file_only(run_esr, tmp_path):
+    folder = tmp_path / "in"
+    image(folder / ("n" * 250 + ".png"), size=(20, 20))  # 254 bytes: its output, n..._x4.png, would be 257
+    image(folder / "ok.png", seed=1, size=(20, 20))
+    proc = run_esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 upscaled, 0 skipped, 1 failed" in proc.stderr
+    assert "257 bytes" in proc.stderr and "255" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok_x4.png"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")
+def test_a_non_utf8_name_just_works(run_esr, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image(Path(os.fsdecode(bytes(folder) + b"/bad\xff.png")), size=(20, 20))
+    proc = run_esr("upscale", folder, "-o", tmp_path / "out", "--model", "pfdnlite", "-q")
+    assert proc.returncode == 0 and "1 upscaled" in proc.stderr, proc.stderr
+    assert os.listdir(bytes(tmp_path / "out")) == [b"bad\xff_x4.png"]
+
+
+# ---------------------------------------------------------------- Ctrl-C prints what was done
+
+def test_ctrl_c_mid_batch_prints_the_summary_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    folder = tmp_path / "in"
+    for i in range(40):
+        image(folder / f"{i:02d}.png", seed=i, size=(32, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00_x4.png").write_bytes(b"an earlier output")  # one skip in the summary
+    proc = subprocess.Popen([sys.executable, "-m", "esr_models.cli", "upscale", str(folder), "-o", str(out),
+                             "--model", "pfdnlite", "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*_x4.png"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    done = len(list(out.glob("*_x4.png"))) - 1
+    assert 0 < done < 39, err
+    assert f"{done} upscaled, 1 skipped, 0 failed, {39 - done} not done (interrupted)" in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".esr-tmp-")]
+
+
+# ---------------------------------------------------------------- eval names every left-out entry
+
+def test_eval_names_and_counts_every_left_out_entry(run_esr, tmp_path):
+    import json
+
+    hr = tmp_path / "hr"
+    image(hr / "a.png", size=(64, 64))
+    (hr / "dangling.png").symlink_to(hr / "gone.png")
+    os.mkfifo(hr / "pipe.png")
+    (hr / "folder.png").mkdir()
+    proc = run_esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim")
+    assert proc.returncode == 1, proc.stderr
+    for name, what in (("dangling.png", "broken symbolic link"), ("pipe.png", "FIFO"), ("folder.png", "folder")):
+        assert name in proc.stderr and what in proc.stderr, proc.stderr
+    assert "(over 1 of 1 images); 3 entries named like images left out" in proc.stdout
+    data = json.loads(run_esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim", "--json").stdout)
+    assert data["images"] == 1
+    assert sorted(e["image"] for e in data["left_out"]) == ["dangling.png", "folder.png", "pipe.png"]
