@@ -118,7 +118,7 @@ def cpu_isa_sources(common_sources: list[str]) -> tuple[list[str], list[str]]:
     helper) is linked from its first copy, and code of every level calls that one. So the
     objects go generic code first (it runs on every CPU), then the levels by ascending ISA:
     each function is linked from its lowest-level copy, and no code ever calls instructions of a
-    level above its own (tests/test_cpu_isa.py checks the built library). setuptools sorts an
+    level above its own (tests/kernels/test_cpu_isa.py checks the built library). setuptools sorts an
     extension's sources by path: the numbered folder names make that order this one.
 
     ESR_CPU_ARCH=<arch>: every file compiled once, with -march=<arch> (one level, "arch"), for

@@ -17,7 +17,7 @@ nothing that finished; a timed-out step keeps the rows it had written):
    bandwidth and dense bf16 / fp32 matrix-product rates.
 3. ``selftest``: ``esr selftest --device cuda --no-timings`` (triton and cuda backends, every
    model and dtype, ops, CUDA graphs) at 540x960.
-4. ``pytest``: ``tests/test_gpu.py``.
+4. ``pytest``: ``tests/kernels/test_gpu.py``.
 5. ``timing``: the challenge's protocol (batch 1, CUDA events around the forward, warm-up
    excluded, median): float32 eager / fused Triton / fused CUDA at a DIV2K-validation-like LR
    size (339x510) and 540x960, then float16/bfloat16, a CUDA graph, batch 4 frames/s, and
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--models", default=None, help="comma-separated models (default all three)")
     p.add_argument("--pytest-k", default=None, metavar="EXPR",
-                   help="pytest step: one run of tests/test_gpu.py -k EXPR instead of the default two")
+                   help="pytest step: one run of tests/kernels/test_gpu.py -k EXPR instead of the default two")
     p.add_argument("--timing-filter", default=None, metavar="S1,S2",
                    help="timing step: only cases whose model/size/provider name contains one of these")
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)

@@ -110,7 +110,7 @@ def step_install(ctx: StepContext) -> None:
 
 
 # ---------------------------------------------------------------- 1b. warm (beside install)
-# What the later steps launch: selftest and timing at 540x960, timing at 339x510, tests/test_gpu.py
+# What the later steps launch: selftest and timing at 540x960, timing at 339x510, tests/kernels/test_gpu.py
 # at 96x128 and 64x80. Compiled in parallel into the Triton cache every step shares.
 WARM_SIZES = "540x960,339x510,96x128,64x80"
 
@@ -290,11 +290,12 @@ def parse_junit(path: Path) -> dict:
             "summary": ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no tests"}
 
 
-# tests/test_gpu.py in two runs: everything but torch.compile(max-autotune) first (its autotuning
+# tests/kernels/test_gpu.py in two runs: everything but torch.compile(max-autotune) first (its autotuning
 # is the slowest part), then that test with the time left. test_selftest_cuda_quick_passes is
 # left out: the selftest step has just run the full (not --quick) command.
 PYTEST_RUNS = (("main", "not max_autotune and not selftest_cuda_quick"), ("max_autotune", "max_autotune"))
-PYTEST_LEFT_OUT = {"tests/test_gpu.py::test_selftest_cuda_quick_passes": "the selftest step ran the full command"}
+PYTEST_LEFT_OUT = {"tests/kernels/test_gpu.py::test_selftest_cuda_quick_passes":
+                   "the selftest step ran the full command"}
 
 
 def step_pytest(ctx: StepContext) -> None:
@@ -305,7 +306,7 @@ def step_pytest(ctx: StepContext) -> None:
             continue
         junit = ctx.work / f"junit-{name}.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rfE",
-               "--durations=10", f"--junitxml={junit}", "-k", expr, "tests/test_gpu.py"]
+               "--durations=10", f"--junitxml={junit}", "-k", expr, "tests/kernels/test_gpu.py"]
         code, tail = _run(cmd, ctx.left() - 5)
         run = {"run": name, "command": " ".join(cmd[1:]), "exit": code, "tail": tail[-2500:]}
         if junit.is_file():

@@ -66,37 +66,6 @@ def plan_cases(models, dry_run: bool) -> list[Case]:
     return cases
 
 
-def _sync(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, device: str, warmup: int, iters: int) -> list[float]:
-    """Per-call ms of ``fn`` after ``warmup`` calls: CUDA events around each call on a GPU,
-    perf_counter on CPU."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    out = []
-    for _ in range(iters):
-        if device == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            out.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def build_runner(case: Case, device: str):
     """A zero-argument forward for ``case`` (inference mode, a CUDA graph replay if asked)."""
     import torch
@@ -203,6 +172,8 @@ def _selected(case: Case, filt: str | None) -> bool:
 def step_timing(ctx) -> None:
     import torch
 
+    from esr_kernels.timing import time_ms
+
     device = ctx.device
     models = ctx.model_names
     cases = [c for c in plan_cases(models, ctx.dry_run) if _selected(c, ctx.timing_filter)]
@@ -282,6 +253,8 @@ class _SweepModel:
 
     def run(self):
         import torch
+
+        from esr_kernels.timing import time_ms
 
         with torch.inference_mode():
             t0 = time.perf_counter()

@@ -3,7 +3,7 @@ constants cannot drift from the Python side. Run after editing spec.py:
 
     python -m esr_kernels._spec_header          # rewrites csrc/common/spec.h
 
-tests/test_spec_header.py regenerates the text and asserts it equals the committed file.
+tests/kernels/test_spec_header.py regenerates the text and asserts it equals the committed file.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 torch.compile can trace models that call them. Imported once an extension is loaded.
 
 Each fake gives the real kernel's output dtype, shape and strides on every device
-(tests/test_native_ops.py checks them against the kernels):
+(tests/kernels/test_native_ops.py checks them against the kernels):
 - CPU kernels (csrc/cpu) return float32 channels_last, except conv outputs with a fused pixel
   shuffle, which are float32 contiguous.
 - CUDA kernels (csrc/cuda) of bsb and esa_out return ``empty_like(x)`` (x's dtype and layout);

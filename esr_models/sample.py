@@ -1,7 +1,7 @@
 """The sample image shipped with the package (``esr upscale --sample``): a small synthetic
 landscape made by the code below, so it is ours to redistribute (MIT, like the package) and
 needs nothing beside the clone. ``esr_models/data/sample.png`` is ``make_sample()`` written as
-an 8-bit PNG; tests/test_sample.py checks that the two agree."""
+an 8-bit PNG; tests/cli/test_sample.py checks that the two agree."""
 from __future__ import annotations
 
 from pathlib import Path

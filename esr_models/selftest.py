@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 import esr_kernels
+from esr_kernels.timing import median_ms
 
 from . import selftest_checks as C
 from .cli_common import UsageError, check_device, run
@@ -222,22 +222,7 @@ def run_checks(device, models, backends, x) -> list[dict]:
 # ---------------------------------------------------------------- timing
 def _median_ms(fn, device, warmup: int, iters: int) -> float:
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(iters):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return median_ms(fn, device, warmup, iters)
 
 
 def run_timings(device, models, backends, x, quick: bool) -> dict:

@@ -4,13 +4,13 @@ Each check returns a dict: ``kind`` (available / op / model / cuda_graph), what 
 (model, backend, dtype, op variant, input shape), ``metric``, ``error``, ``tolerance``,
 ``passed``, and ``detail`` when something raised. Tolerances are the test suite's:
 
-- models, float32: max |fused - reference| <= 1e-5 on image content (tests/test_fused.py,
-  tests/test_cpu_backend.py FP32_TOL);
+- models, float32: max |fused - reference| <= 1e-5 on image content (tests/models/test_fused_models.py,
+  tests/kernels/test_cpu_backend.py FP32_TOL);
 - models, float16/bfloat16: max |fused - ref_fp32| <= 2 max |ref_lowp - ref_fp32| (the relative
-  rule of tests/test_fused.py: the fused model may be at most twice as far from the float32
+  rule of tests/models/test_fused_models.py: the fused model may be at most twice as far from the float32
   reference as the reference itself is in that dtype);
 - ops: ||op - reference|| / ||reference|| <= REL_TOL[dtype], the reference in float32 on the
-  same (low-precision) inputs (tests/test_kernels.py REL_TOL);
+  same (low-precision) inputs (tests/kernels/test_kernels.py REL_TOL);
 - CUDA graphs: a replay equals an eager forward on the same new input exactly.
 
 Op checks take every ``torch.ops.esr.*`` call the fused Triton model makes on the image (each

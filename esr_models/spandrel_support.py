@@ -21,7 +21,7 @@ What the descriptors declare, and why:
   attention branches pool 7x7 windows of a stride-2 map, then upsample), so tiles with an
   overlap stitch without seams; ``esr upscale --tile`` relies on the same property.
 - ``supports_half`` / ``supports_bfloat16``: True. Every op the models use runs in float16 and
-  bfloat16 on CUDA and, with torch >= 2.1, on CPU; tests/test_spandrel.py runs each model in
+  bfloat16 on CUDA and, with torch >= 2.1, on CPU; tests/models/test_spandrel.py runs each model in
   both dtypes through the descriptor and bounds the error against float32.
 """
 from __future__ import annotations

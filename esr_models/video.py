@@ -111,7 +111,7 @@ def codec_arg(name: str) -> str:
     offered = ", ".join(c for c in COMMON_ENCODERS if c in av.codecs_available)
     try:
         codec = av.Codec(name, "w")
-    except Exception:
+    except ValueError:  # av.codec.codec.UnknownCodecError: no encoder of that name
         raise argparse.ArgumentTypeError(f"unknown video encoder {name!r} (this PyAV has: {offered})") from None
     if codec.type != "video":
         raise argparse.ArgumentTypeError(f"{name!r} encodes {codec.type}, not video "
@@ -244,13 +244,14 @@ def transcode(upscaler: Callable, src: Path, dst: Path, suffix: str, settings: V
         out, copies = _open_output(av, inp, vin, dst, muxer, suffix, codec, settings, upscaler, src,
                                    notes, turns)
         try:
-            _pipeline(av, inp, vin, out, copies, upscaler, src, settings, notes, turns)
+            _pipeline(_Transcode(av=av, inp=inp, vin=vin, out=out, copies=copies, upscaler=upscaler,
+                                 src=src, settings=settings, notes=notes, turns=turns))
         except BaseException:
-            _close_quietly(out)
+            _close_quietly(av, out)
             raise
         out.close()
     finally:
-        _close_quietly(inp)
+        _close_quietly(av, inp)
 
 
 def _check_frame_size(src: Path, width: int, height: int, scale: int, max_pixels: int | None) -> None:
@@ -267,21 +268,24 @@ def _check_frame_size(src: Path, width: int, height: int, scale: int, max_pixels
 def _display_turns(av, src: Path, index: int) -> int:
     """Quarter turns counterclockwise (np.rot90's ``k``) that show the stored frames the way
     players do, from the display matrix (phone videos); 0 when there is none or it cannot be
-    read here (the pipeline then reports the real problem)."""
+    read here (the pipeline then reports the real problem) or this PyAV does not say (PyAV
+    14.0's frames have no ``rotation``)."""
     try:
         with av.open(str(src)) as probe:
             stream = probe.streams[index]
             for frame in probe.decode(stream):
-                return int(round((frame.rotation or 0) / 90)) % 4
-    except Exception:
+                return int(round((getattr(frame, "rotation", None) or 0) / 90)) % 4
+    except av.FFmpegError:
         pass
     return 0
 
 
-def _close_quietly(container) -> None:
+def _close_quietly(av, container) -> None:
+    """Close ``container`` while another failure is on its way: FFmpeg's error about the
+    half-written file (the trailer, packets buffered for it) would only hide that one."""
     try:
         container.close()
-    except Exception:
+    except av.FFmpegError:
         pass
 
 
@@ -297,20 +301,15 @@ def _pick_video_stream(inp, src: Path, notes: list[str]):
 
 
 def _is_cover_art(stream) -> bool:
-    try:
-        return bool(stream.disposition & stream.disposition.__class__.attached_pic)
-    except Exception:
-        return False
+    disposition = getattr(stream, "disposition", None)  # PyAV 14.0 has no stream.disposition
+    return disposition is not None and bool(disposition & disposition.__class__.attached_pic)
 
 
 def _codec_id_name(stream) -> str | None:
     cc = stream.codec_context
     if cc is None:
         return None
-    try:
-        return cc.codec.canonical_name
-    except Exception:
-        return getattr(cc, "name", None)
+    return cc.codec.canonical_name
 
 
 def _copy_tags(src_meta, dst_meta) -> None:
@@ -359,29 +358,22 @@ def _open_output(av, inp, vin, dst, muxer, suffix, codec, settings, upscaler, sr
                 else:
                     o = out.add_stream_from_template(s)
                     _copy_tags(s.metadata, o.metadata)
-                    try:
+                    if hasattr(s, "disposition"):  # PyAV 14.0 has no stream.disposition
                         o.disposition = s.disposition
-                    except Exception:
-                        pass
                     copies[s.index] = o
             _copy_tags(inp.metadata, out.metadata)
-            try:
-                chapters = inp.chapters()
-                if chapters:
-                    out.set_chapters(chapters)
-            except Exception as exc:
-                extra.append(f"{src}: chapters not copied ({_describe(exc)})")
+            _copy_chapters(av, inp, out, src, extra)
             try:
                 out.start_encoding()
             except av.FFmpegError as exc:
                 if attempt == "all" and copies:
                     why = _ffmpeg_reason(exc)
-                    _close_quietly(out)
+                    _close_quietly(av, out)
                     continue
                 raise VideoError(f"cannot start encoding with {codec} ({_ffmpeg_reason(exc)})") from None
             break
         except BaseException:
-            _close_quietly(out)
+            _close_quietly(av, out)
             raise
     notes.extend(n if n.startswith(str(src)) else f"{src}: {n}" for n in extra)
     if dropped:
@@ -389,13 +381,26 @@ def _open_output(av, inp, vin, dst, muxer, suffix, codec, settings, upscaler, sr
     return out, copies
 
 
+def _copy_chapters(av, inp, out, src: Path, notes: list[str]) -> None:
+    if not (hasattr(inp, "chapters") and hasattr(out, "set_chapters")):  # PyAV 14.0 has neither
+        notes.append(f"{src}: chapters not copied (PyAV {av.__version__} cannot copy them; a newer one can)")
+        return
+    try:
+        chapters = inp.chapters()
+        if chapters:
+            out.set_chapters(chapters)
+    except (av.FFmpegError, ValueError) as exc:  # ValueError: a title that is not UTF-8
+        notes.append(f"{src}: chapters not copied ({_describe(exc)})")
+
+
 def _codec_is_lossless(codec: str) -> bool:
     import av
 
     try:
-        return bool(av.Codec(codec, "w").lossless) and not av.Codec(codec, "w").lossy
-    except Exception:
+        found = av.Codec(codec, "w")
+    except ValueError:  # av.codec.codec.UnknownCodecError
         return False
+    return bool(found.lossless) and not found.lossy
 
 
 def _add_video_stream(out, vin, codec, settings, upscaler, notes, turns):
@@ -464,10 +469,7 @@ def _tag_seconds(text) -> float | None:
 
 
 def _is_deep(frame) -> bool:
-    try:
-        return max(c.bits for c in frame.format.components) > 8
-    except Exception:
-        return False
+    return max((c.bits for c in frame.format.components), default=0) > 8
 
 
 def _to_rgb(frame) -> np.ndarray:
@@ -493,23 +495,79 @@ def _upscale_batch(upscaler, frames: list[np.ndarray]) -> np.ndarray:
     return sr.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _pipeline(av, inp, vin, out, copies, upscaler, src, settings, notes, turns) -> None:
-    vout = out.streams.video[0]
-    batch = settings.batch_frames
-    stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(maxsize=2 * batch)   # ("frame", rgb, pts, duration) / ("packet", p)
-    upscaled: queue.Queue = queue.Queue(maxsize=2)          # (uint8 batch, items in order)
-    failures: dict[str, BaseException] = {}
-    time_base = vin.time_base or Fraction(1, 90000)
-    step = max(1, round(1 / (_frame_rate(vin) * time_base)))  # one frame, for frames without pts
-    dst_matrix = _output_matrix(vin.codec_context.colorspace)[0]
-    total = vin.frames or None
-    if total is None and inp.duration and vin.average_rate:
-        total = int(round(inp.duration / 1_000_000 * float(vin.average_rate))) or None
+# ---- the pipeline: decode thread -> model (calling thread) -> encode thread ------------------
 
-    def put(q: queue.Queue, item) -> None:
+@dataclass
+class _Frame:
+    """A decoded frame of the upscaled stream, turned upright: (H, W, 3) uint8 or uint16 RGB,
+    with its presentation time and duration (in the stream's time base)."""
+    rgb: np.ndarray
+    pts: int
+    duration: int | None
+
+
+@dataclass
+class _Packet:
+    """A packet of a copied stream, passed through in demux order."""
+    packet: object
+
+
+@dataclass
+class _Upscaled:
+    """A batch from the model to the encoder: its frames upscaled ((N, sH, sW, 3) uint8, N the
+    number of frames among ``items``; None when there are none) and its items in demux order."""
+    pixels: np.ndarray | None
+    items: list  # of _Frame | _Packet
+
+
+@dataclass(frozen=True)
+class _Transcode:
+    """What the stages of one video's pipeline share."""
+    av: object
+    inp: object                 # the input container
+    vin: object                 # its video stream that is upscaled
+    out: object                 # the output container, header written
+    copies: dict                # input stream index -> output stream, for the copied streams
+    upscaler: Callable
+    src: Path
+    settings: VideoSettings
+    notes: list[str]
+    turns: int                  # quarter turns that show the frames upright (np.rot90's k)
+
+    @property
+    def time_base(self) -> Fraction:
+        return self.vin.time_base or Fraction(1, 90000)
+
+    @property
+    def step(self) -> int:
+        """One frame, in the time base: the pts given to frames without one."""
+        return max(1, round(1 / (_frame_rate(self.vin) * self.time_base)))
+
+    def total_frames(self) -> int | None:
+        """The frame count the file declares or its duration implies (for the progress bar)."""
+        vin, inp = self.vin, self.inp
+        if vin.frames:
+            return vin.frames
+        if inp.duration and vin.average_rate:
+            return int(round(inp.duration / 1_000_000 * float(vin.average_rate))) or None
+        return None
+
+
+class _Channel:
+    """The bounded queues joining the stages, the stop flag they all watch and the first failure
+    of each stage. ``put``/``get`` raise ``_Stopped`` once the flag is set."""
+
+    STAGES = ("decode", "model", "encode")  # a failure of an earlier stage explains later ones
+
+    def __init__(self, batch_frames: int):
+        self.stop = threading.Event()
+        self.decoded: queue.Queue = queue.Queue(maxsize=2 * batch_frames)  # _Frame / _Packet / _END
+        self.upscaled: queue.Queue = queue.Queue(maxsize=2)                # _Upscaled / _END
+        self.failures: dict[str, BaseException] = {}
+
+    def put(self, q: queue.Queue, item) -> None:
         while True:
-            if stop.is_set():
+            if self.stop.is_set():
                 raise _Stopped
             try:
                 q.put(item, timeout=0.1)
@@ -517,164 +575,227 @@ def _pipeline(av, inp, vin, out, copies, upscaler, src, settings, notes, turns) 
             except queue.Full:
                 continue
 
-    def get(q: queue.Queue):
+    def get(self, q: queue.Queue):
         while True:
-            if stop.is_set():
+            if self.stop.is_set():
                 raise _Stopped
             try:
                 return q.get(timeout=0.1)
             except queue.Empty:
                 continue
 
-    def _note_short(count: int, last_pts: int) -> None:
+    def fail(self, stage: str, exc: BaseException) -> None:
+        self.failures.setdefault(stage, exc)
+        self.stop.set()
+
+    def run_stage(self, stage: str, body: Callable[[], None]) -> None:
+        """A thread's body: any failure is kept (raised by the caller after the join) and stops
+        the other stages."""
+        try:
+            body()
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 (kept and raised in the calling thread)
+            self.fail(stage, exc)
+
+    def raise_failure(self, av) -> None:
+        for stage in self.STAGES:
+            if stage in self.failures:
+                exc = self.failures[stage]
+                if isinstance(exc, av.FFmpegError):
+                    raise VideoError(f"{stage} error ({_ffmpeg_reason(exc)})") from None
+                raise exc
+
+
+class _DecodeStage:
+    """Demuxes the input; decodes the video stream to upright RGB ``_Frame``s and passes the
+    copied streams' packets through as ``_Packet``s, in demux order; ``_END`` when done."""
+
+    def __init__(self, job: _Transcode, channel: _Channel):
+        self.job, self.channel = job, channel
+        self.count, self.last_pts, self.shape = 0, None, None
+
+    def run(self) -> None:
+        job = self.job
+        job.vin.thread_type = "AUTO"   # frame and slice threads in the decoder
+        streams = [job.vin] + [job.inp.streams[i] for i in job.copies]
+        try:
+            for packet in job.inp.demux(streams):
+                if packet.stream.index == job.vin.index:
+                    for frame in packet.decode():
+                        self.channel.put(self.channel.decoded, self._frame(frame))
+                elif packet.size and (packet.dts is not None or packet.pts is not None):
+                    if packet.dts is None:   # some demuxers leave it unset on subtitles
+                        packet.dts = packet.pts
+                    self.channel.put(self.channel.decoded, _Packet(packet))
+        except job.av.FFmpegError as exc:
+            raise VideoError(f"decode error after {self.count} frame(s) ({_ffmpeg_reason(exc)})") from None
+        if self.count == 0:
+            raise VideoError("the video stream has no decodable frames")
+        self._note_missing_frames()
+        self.channel.put(self.channel.decoded, _END)
+
+    def _frame(self, frame) -> _Frame:
+        rgb = _to_rgb(frame)
+        if self.job.turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, self.job.turns))
+        self._check_shape(frame, rgb)
+        pts = frame.pts
+        if pts is None:
+            pts = 0 if self.last_pts is None else self.last_pts + self.job.step
+        self.last_pts = pts
+        self.count += 1
+        return _Frame(rgb, pts, frame.duration)
+
+    def _check_shape(self, frame, rgb: np.ndarray) -> None:
+        """The first frame's notes (alpha dropped, deep colour); later frames must match its size."""
+        src, shape = self.job.src, self.shape
+        if shape is None:
+            self.shape = rgb.shape
+            if len(frame.format.components) == 4:
+                self.job.notes.append(f"{src}: {frame.format.name} frames have an alpha channel; "
+                                      f"it is not kept ({PIXEL_FORMAT} has none)")
+            if rgb.dtype == np.uint16:
+                self.job.notes.append(f"{src}: {frame.format.name} frames (more than 8 bits) are "
+                                      f"upscaled from 16-bit RGB and written as 8-bit {PIXEL_FORMAT}")
+        elif rgb.shape != shape:
+            raise VideoError(f"frame {self.count} is {rgb.shape[1]}x{rgb.shape[0]}, earlier "
+                             f"frames {shape[1]}x{shape[0]}: a frame size change "
+                             "mid-stream is not supported")
+
+    def _note_missing_frames(self) -> None:
+        vin, src = self.job.vin, self.job.src
+        if vin.frames and self.count < vin.frames:
+            self.job.notes.append(f"{src}: {self.count} of the {vin.frames} frames the file declares could be "
+                                  "decoded (truncated file?); the output has these")
+        elif not vin.frames:
+            self._note_short()
+
+    def _note_short(self) -> None:
         """Containers without a frame count (Matroska, WebM): compare where the video ends
         with the duration the file declares for it (its DURATION tag), or for the file (with
         a margin: other streams may run longer)."""
+        job = self.job
+        vin, time_base, step = job.vin, job.time_base, job.step
         start = float((vin.start_time or 0) * time_base)
-        ended = float((last_pts + step) * time_base) - start
+        ended = float((self.last_pts + step) * time_base) - start
         frame = float(step * time_base)
         declared, margin = _tag_seconds(vin.metadata.get("DURATION")), 2 * frame
         if declared is None and vin.duration:
             declared = float(vin.duration * time_base)
-        if declared is None and inp.duration:
-            declared, margin = inp.duration / 1_000_000 - start, 0.5 + 2 * frame
+        if declared is None and job.inp.duration:
+            declared, margin = job.inp.duration / 1_000_000 - start, 0.5 + 2 * frame
         if declared is not None and declared - ended > margin:
-            notes.append(f"{src}: the video ends at {ended:.2f} s but the file declares {declared:.2f} s "
-                         f"(truncated file?); the output has the {count} decodable frames")
+            job.notes.append(f"{job.src}: the video ends at {ended:.2f} s but the file declares {declared:.2f} s "
+                             f"(truncated file?); the output has the {self.count} decodable frames")
 
-    def decode_stage() -> None:
-        count, last_pts, shape = 0, None, None
-        try:
-            vin.thread_type = "AUTO"   # frame and slice threads in the decoder
-            streams = [vin] + [inp.streams[i] for i in copies]
-            try:
-                for packet in inp.demux(streams):
-                    if packet.stream.index == vin.index:
-                        for frame in packet.decode():
-                            rgb = _to_rgb(frame)
-                            if turns:
-                                rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-                            if shape is None:
-                                shape = rgb.shape
-                                if len(frame.format.components) == 4:
-                                    notes.append(f"{src}: {frame.format.name} frames have an alpha channel; "
-                                                 f"it is not kept ({PIXEL_FORMAT} has none)")
-                                if rgb.dtype == np.uint16:
-                                    notes.append(f"{src}: {frame.format.name} frames (more than 8 bits) are "
-                                                 f"upscaled from 16-bit RGB and written as 8-bit {PIXEL_FORMAT}")
-                            elif rgb.shape != shape:
-                                raise VideoError(f"frame {count} is {rgb.shape[1]}x{rgb.shape[0]}, earlier "
-                                                 f"frames {shape[1]}x{shape[0]}: a frame size change "
-                                                 "mid-stream is not supported")
-                            pts = frame.pts
-                            if pts is None:
-                                pts = 0 if last_pts is None else last_pts + step
-                            last_pts = pts
-                            put(decoded, ("frame", rgb, pts, frame.duration))
-                            count += 1
-                    elif packet.size and (packet.dts is not None or packet.pts is not None):
-                        if packet.dts is None:   # some demuxers leave it unset on subtitles
-                            packet.dts = packet.pts
-                        put(decoded, ("packet", packet))
-            except av.FFmpegError as exc:
-                raise VideoError(f"decode error after {count} frame(s) ({_ffmpeg_reason(exc)})") from None
-            if count == 0:
-                raise VideoError("the video stream has no decodable frames")
-            if vin.frames and count < vin.frames:
-                notes.append(f"{src}: {count} of the {vin.frames} frames the file declares could be "
-                             "decoded (truncated file?); the output has these")
-            elif not vin.frames:
-                _note_short(count, last_pts)
-            put(decoded, _END)
-        except _Stopped:
-            pass
-        except BaseException as exc:
-            failures.setdefault("decode", exc)
-            stop.set()
 
-    def encode_stage() -> None:
-        try:
-            while True:
-                item = get(upscaled)
-                if item is _END:
-                    break
-                pixels, items = item
-                k = 0
-                for entry in items:
-                    if entry[0] == "frame":
-                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[k]), format="rgb24")
-                        k += 1
-                        frame = frame.reformat(format=PIXEL_FORMAT, src_colorspace=dst_matrix,
-                                               dst_colorspace=dst_matrix, dst_color_range="MPEG")
-                        frame.pts, frame.time_base = entry[2], time_base
-                        if entry[3]:
-                            frame.duration = entry[3]
-                        for p in vout.encode(frame):
-                            out.mux(p)
-                    else:
-                        packet = entry[1]
-                        packet.stream = copies[packet.stream.index]
-                        out.mux(packet)
-                if bar is not None:
-                    bar.update(k)
-            for p in vout.encode(None):
-                out.mux(p)
-        except _Stopped:
-            pass
-        except BaseException as exc:
-            failures.setdefault("encode", exc)
-            stop.set()
+class _ModelStage:
+    """In the calling thread: gathers ``batch_frames`` frames (with the packets between them),
+    upscales them and hands the batch on as ``_Upscaled``; ``_END`` when done."""
 
-    bar = None
-    if settings.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=Path(src).name, unit="frame", leave=False, file=sys.stderr,
-                   dynamic_ncols=True)
-    decoder = threading.Thread(target=decode_stage, name="esr-video-decode", daemon=True)
-    encoder = threading.Thread(target=encode_stage, name="esr-video-encode", daemon=True)
+    def __init__(self, job: _Transcode, channel: _Channel):
+        self.job, self.channel = job, channel
+        self.pending: list = []              # _Frame / _Packet, in order
+        self.frames: list[np.ndarray] = []   # the RGB of the _Frames among them
+
+    def run(self) -> None:
+        batch = self.job.settings.batch_frames
+        while True:
+            item = self.channel.get(self.channel.decoded)
+            if item is _END:
+                self._flush()
+                self.channel.put(self.channel.upscaled, _END)
+                return
+            self.pending.append(item)
+            if isinstance(item, _Frame):
+                if self.frames and item.rgb.shape != self.frames[0].shape:
+                    raise VideoError("frame size changed mid-stream")  # the decoder says so first
+                self.frames.append(item.rgb)
+                if len(self.frames) >= batch:
+                    self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        pixels = _upscale_batch(self.job.upscaler, self.frames) if self.frames else None
+        self.channel.put(self.channel.upscaled, _Upscaled(pixels, list(self.pending)))
+        self.pending.clear()
+        self.frames.clear()
+
+
+class _EncodeStage:
+    """Encodes the upscaled frames (8-bit, the output's matrix, each with its input frame's
+    pts and duration) and muxes them with the copied packets, in order; flushes the encoder."""
+
+    def __init__(self, job: _Transcode, channel: _Channel, bar):
+        self.job, self.channel, self.bar = job, channel, bar
+        self.vout = job.out.streams.video[0]
+        self.matrix = _output_matrix(job.vin.codec_context.colorspace)[0]
+
+    def run(self) -> None:
+        out = self.job.out
+        while True:
+            batch = self.channel.get(self.channel.upscaled)
+            if batch is _END:
+                break
+            k = 0
+            for item in batch.items:
+                if isinstance(item, _Frame):
+                    self._encode(batch.pixels[k], item)
+                    k += 1
+                else:
+                    packet = item.packet
+                    packet.stream = self.job.copies[packet.stream.index]
+                    out.mux(packet)
+            if self.bar is not None:
+                self.bar.update(k)
+        for p in self.vout.encode(None):
+            out.mux(p)
+
+    def _encode(self, pixels: np.ndarray, item: _Frame) -> None:
+        frame = self.job.av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+        frame = frame.reformat(format=PIXEL_FORMAT, src_colorspace=self.matrix,
+                               dst_colorspace=self.matrix, dst_color_range="MPEG")
+        frame.pts, frame.time_base = item.pts, self.job.time_base
+        if item.duration:
+            frame.duration = item.duration
+        for p in self.vout.encode(frame):
+            self.job.out.mux(p)
+
+
+def _progress_bar(job: _Transcode):
+    if not job.settings.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=job.total_frames(), desc=Path(job.src).name, unit="frame", leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def _pipeline(job: _Transcode) -> None:
+    """Decode, upscale and encode ``job``'s video: the decode and encode stages in their own
+    threads, the model in this one. The first failure (by stage order) is raised once all
+    stages have stopped; Ctrl-C stops them too."""
+    channel = _Channel(job.settings.batch_frames)
+    bar = _progress_bar(job)
+    decoder = threading.Thread(target=channel.run_stage, args=("decode", _DecodeStage(job, channel).run),
+                               name="esr-video-decode", daemon=True)
+    encoder = threading.Thread(target=channel.run_stage, args=("encode", _EncodeStage(job, channel, bar).run),
+                               name="esr-video-encode", daemon=True)
     decoder.start()
     encoder.start()
     try:
-        pending, frames = [], []
-
-        def flush() -> None:
-            if not pending:
-                return
-            pixels = _upscale_batch(upscaler, frames) if frames else None
-            put(upscaled, (pixels, list(pending)))
-            pending.clear()
-            frames.clear()
-
-        while True:
-            item = get(decoded)
-            if item is _END:
-                flush()
-                put(upscaled, _END)
-                break
-            pending.append(item)
-            if item[0] == "frame":
-                if frames and item[1].shape != frames[0].shape:
-                    raise VideoError("frame size changed mid-stream")  # the decoder says so first
-                frames.append(item[1])
-                if len(frames) >= batch:
-                    flush()
+        _ModelStage(job, channel).run()
         encoder.join()
     except _Stopped:
         pass
-    except BaseException as exc:
-        stop.set()
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt: the finally below stops the stages
-        failures.setdefault("model", exc)
-    finally:
-        stop.set()  # on the normal path both stages have finished already
+    except Exception as exc:  # kept, and raised below once the stages have stopped
+        channel.fail("model", exc)
+    finally:  # KeyboardInterrupt goes on from here, the stages stopped
+        channel.stop.set()  # on the normal path both stages have finished already
         encoder.join()
         decoder.join()
         if bar is not None:
             bar.close()
-    for stage in ("decode", "model", "encode"):
-        if stage in failures:
-            exc = failures[stage]
-            if isinstance(exc, av.FFmpegError):
-                raise VideoError(f"{stage} error ({_ffmpeg_reason(exc)})") from None
-            raise exc
+    channel.raise_failure(job.av)

@@ -1,18 +1,20 @@
-"""Shared fixtures and device/data gating (never at import time: through markers)."""
+"""Shared fixtures and device/data gating (never at import time: through markers and hooks).
+
+Markers (declared in pyproject.toml): ``shared`` (needs ../shared), ``gpu`` (a CUDA device),
+``triton`` (triton installed), ``native_cpu`` (the native CPU extension built); a test whose
+need is not met is skipped with the reason. Fixtures: ``run_esr`` (the ``esr`` command in a
+subprocess), ``one_thread`` (one intra-op thread for a module), the data and device ones below.
+"""
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-# Triton reads this once, at its first import: without a GPU, its kernels can only run on CPU
-# tensors through the interpreter. Setting it selects nothing and skips nothing by itself.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 
 
 def _shared_dir() -> Path | None:
@@ -25,8 +27,16 @@ def _shared_dir() -> Path | None:
 
 
 SHARED = _shared_dir()
-if SHARED is not None and (SHARED / "weights").is_dir():
-    os.environ.setdefault("ESR_WEIGHTS_DIR", str(SHARED / "weights"))
+
+
+def pytest_configure(config):
+    """Environment for the whole session, set before any test module is imported."""
+    # Triton reads this once, at its first import: without a GPU, its kernels can only run on
+    # CPU tensors through the interpreter. Setting it selects nothing and skips nothing by itself.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if SHARED is not None and (SHARED / "weights").is_dir():
+        os.environ.setdefault("ESR_WEIGHTS_DIR", str(SHARED / "weights"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,6 +50,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "triton" in item.keywords and importlib.util.find_spec("triton") is None:
             item.add_marker(pytest.mark.skip(reason="triton is not installed (pip install -e '.[triton]')"))
+        if "native_cpu" in item.keywords and importlib.util.find_spec("esr_kernels._C_cpu") is None:
+            item.add_marker(pytest.mark.skip(reason="native CPU extension not built "
+                                                    "(pip install --no-build-isolation -e .)"))
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +101,50 @@ def device() -> torch.device:
 @pytest.fixture(scope="session")
 def on_gpu(device) -> bool:
     return device.type == "cuda"
+
+
+def _run_esr(*args, env: dict[str, str] | None = None, cwd=None, timeout: float = 600,
+             check: int | None = None) -> subprocess.CompletedProcess:
+    """``esr ARGS`` as users run it (``python -m esr_models.cli`` in a subprocess, this
+    environment plus ``env``), output captured as text. ``check``: the exit status it must
+    have (AssertionError with its stderr otherwise); None: any."""
+    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check is not None and proc.returncode != check:
+        raise AssertionError(f"esr {args}: exit {proc.returncode}, expected {check}:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def run_esr():
+    """The ``esr`` command in a subprocess: ``run_esr(*args, env=None, cwd=None, timeout=600,
+    check=None)`` -> CompletedProcess (see ``_run_esr``)."""
+    return _run_esr
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a small machine shared with other jobs, OpenMP's spinning threads make small convs
+    10-50x slower than a single thread. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _random_png(path: Path, seed: int = 0, size=(20, 20)) -> Path:
+    """An RGB PNG of ``size`` (height, width) with random pixels from ``seed``; its folder is made."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_png():
+    """``random_png(path, seed=0, size=(20, 20))`` -> path (see ``_random_png``)."""
+    return _random_png

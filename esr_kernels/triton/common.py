@@ -80,7 +80,7 @@ _TARGET: contextvars.ContextVar = contextvars.ContextVar("esr_triton_target", de
 def target_arch(arch, recording: bool = False):
     """Within this block, launchers pick the configuration of GPU arch ``arch`` (an int, 86 for
     sm_86) whatever the tensors' device: under the interpreter this runs the GPU's pixel blocks
-    (tests/test_triton_gpu_configs.py); ``recording=True`` says the launches are recorded, not
+    (tests/kernels/test_triton_gpu_configs.py); ``recording=True`` says the launches are recorded, not
     executed, so the GPU's arithmetic (tensor-core bf16 dots) is chosen even under the
     interpreter."""
     token = _TARGET.set((int(arch) if arch is not None else None, recording))

@@ -9,7 +9,7 @@ The table is checked by ``esr gpu-check`` (esr_kernels/gpu_check.py): every conf
 fused models launch must compile for sm_80/86/89/90 with no local memory (no spills, no stack)
 and within the arch's per-block shared memory. Changing a number here changes no answer: every
 program computes whole pixels, and the reduction order over input channels and taps is the
-same for any BLOCK_P (tests/test_triton_gpu_configs.py runs each arch's configuration through
+same for any BLOCK_P (tests/kernels/test_triton_gpu_configs.py runs each arch's configuration through
 the interpreter against esr_kernels.reference).
 """
 from __future__ import annotations

@@ -236,6 +236,84 @@ def validate(model: nn.Module, files: list[Path], device: torch.device, scale: i
     return {**summarise(records), "images": len(records)}
 
 
+@dataclass
+class Stage:
+    """One stage of a run while it trains: its resolved settings (``st``, the dict saved in
+    checkpoints and config.json), where it sits in the run, and what trains it. ``it`` is the
+    number of iterations done in the stage; this run stops the stage at ``end`` (its ``iters``,
+    or earlier with ``stop_at``)."""
+
+    index: int
+    st: dict
+    offset: int                        # iterations of the run before this stage
+    model: nn.Module
+    ema: EMA | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    it: int
+    end: int
+    teacher: Teacher | None = None
+    data: PairedPatches | None = None
+
+    @property
+    def global_iter(self) -> int:
+        return self.offset + self.it
+
+    @property
+    def at_end(self) -> bool:
+        """All the stage's iterations are done (not only this run's share of them)."""
+        return self.it == self.st["iters"]
+
+    def val_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None and self.st["val_use_ema"] else self.model
+
+    def next_model(self) -> nn.Module:
+        """What the next stage starts from: the averaged weights when there are some (they are
+        the ones validated and exported), as a separate BasicSR run loading params_ema would."""
+        return self.ema.model if self.ema else self.model
+
+    def checkpoint(self) -> dict:
+        """The state that resumes this stage at ``it`` (``Trainer._save`` adds the rest)."""
+        ema = self.ema
+        return dict(arch=self.model.arch_config, model=self.model.state_dict(),
+                    params_ema=ema.model.state_dict() if ema else None,
+                    optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+                    stage=self.index, iter=self.it, global_iter=self.global_iter,
+                    ema_updates=ema.updates if ema else 0,
+                    sampler={"seed": self.data.seed, "next_sample": self.it * self.st["batch"]})
+
+    def boundary_checkpoint(self, state: dict) -> dict:
+        """``state`` taken at the stage's end, turned into the start of the next stage: its
+        weights, no optimiser state (the next stage starts fresh, pruning included)."""
+        model = self.next_model()
+        return {**state, "arch": model.arch_config, "model": model.state_dict(), "params_ema": None,
+                "optimizer": None, "scheduler": None, "stage": self.index + 1, "iter": 0, "ema_updates": 0,
+                "sampler": {"seed": None, "next_sample": 0}}
+
+
+@dataclass
+class _Window:
+    """Losses summed over the iterations since the last log row, and when the window began
+    (training steps only: validation and saving restart the clock)."""
+
+    loss: float = 0.0
+    pixel_loss: float = 0.0
+    distill_loss: float = 0.0
+    n: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, pixel_loss: float, distill_loss: float) -> None:
+        self.loss += loss
+        self.pixel_loss += pixel_loss
+        self.distill_loss += distill_loss
+        self.n += 1
+
+    def reset(self) -> None:
+        self.loss = self.pixel_loss = self.distill_loss = 0.0
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+
 class Trainer:
     """Runs ``TrainOptions``. ``run()`` returns a summary dict (final iteration, best and
     last validation PSNR, throughput)."""
@@ -396,199 +474,219 @@ class Trainer:
     def run(self) -> dict:
         from tqdm import tqdm
 
-        opts = self.opts
+        model = self._start_run()
         rs = self.resume_state
-        # The model first: its scale and minimum input decide which validation images can be
-        # used, and a run none of whose validation images can be used is refused before any
-        # file is written.
-        if rs is not None:
-            model = from_training_checkpoint(rs)
-        else:
-            model = self._initial_model()
+        start_stage, start_iter = (rs["stage"], rs["iter"]) if rs is not None else (0, 0)
+        self._best = rs.get("best_psnr", -math.inf) if rs is not None else -math.inf
+        self._offsets = np.cumsum([0] + [st["iters"] for st in self.stages]).tolist()
+        self._summary = {"best_psnr": self._best, "val_history": [], "iters_run": 0, "train_time_s": 0.0}
+        self._last_val = None
+        self._bar = tqdm(total=self._offsets[-1], initial=self._offsets[start_stage] + start_iter,
+                         disable=not self.opts.progress, dynamic_ncols=True, desc="train")
+        stage = None
+        previous_handler = self._install_sigint(self._bar)
+        try:
+            for si in range(start_stage, len(self.stages)):
+                stage = self._start_stage(si, model, rs if si == start_stage else None, start_iter)
+                if self._run_stage(stage):
+                    break
+                model = copy.deepcopy(stage.next_model()).train().requires_grad_(True)
+        finally:
+            self._bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        return self._finish(stage, start_stage, start_iter)
+
+    def _start_run(self) -> nn.Module:
+        """The model to train, and the run's files: a run none of whose validation images can be
+        used is refused before any file is written; a new run removes an old one's files
+        (--overwrite), a resumed one drops the log rows written after its checkpoint."""
+        rs = self.resume_state
+        # The model first: its scale and minimum input decide which validation images can be used.
+        model = from_training_checkpoint(rs) if rs is not None else self._initial_model()
         self._scale = model.scale
         self.check_validation_images(model)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "log.csv"
-        if self.resume_state is None:
+        if rs is None:
             held = self.run_files()
-            if held and not opts.overwrite:  # another run started in ``out`` since __init__
+            if held and not self.opts.overwrite:  # another run started in ``out`` since __init__
                 raise FileExistsError(f"{self.out} already holds a run ({', '.join(map(str, held))})")
             for p in held:  # --overwrite: the old run's files go, so that none is mixed into this one
                 p.unlink()
         _atomic_write_text(self.out / "config.json",
                            json.dumps({"config": self.cfg, "stages": self.stages}, indent=2))
         if rs is not None:
-            start_stage, start_iter, best = rs["stage"], rs["iter"], rs.get("best_psnr", -math.inf)
             self._truncate_log(rs["global_iter"])
-        else:
-            start_stage, start_iter, best = 0, 0, -math.inf
-        offsets = np.cumsum([0] + [st["iters"] for st in self.stages]).tolist()
-        total = offsets[-1]
-        summary = {"best_psnr": best, "val_history": [], "iters_run": 0, "train_time_s": 0.0}
-        bar = tqdm(total=total, initial=offsets[start_stage] + start_iter, disable=not opts.progress,
-                   dynamic_ncols=True, desc="train")
-        last_val = None
-        si, it = start_stage, start_iter
-        previous_handler = self._install_sigint(bar)
-        try:
-            for si in range(start_stage, len(self.stages)):
-                st = self.stages[si]
-                # A checkpoint written at a stage boundary has no optimiser state: that stage
-                # starts fresh (pruning included) from the checkpoint's weights.
-                resuming_here = rs is not None and si == start_stage and rs.get("optimizer") is not None
-                if rs is not None and si == start_stage:
-                    # First, so that everything after (pruning's module construction included)
-                    # draws from the stream the interrupted run would have continued.
-                    set_rng_state(rs["rng"])
-                if not resuming_here:
-                    if st["prune_blocks"]:
-                        if self.model_name != "pfdnlite":
-                            raise InvalidValueError("prune_blocks applies to pfdnlite only")
-                        model = prune_pfdnlite(model.cpu(), st["prune_blocks"])
-                    it0 = 0
-                else:
-                    it0 = start_iter
-                model = self._prepare(model.train(), st)
-                ema = EMA(model, st["ema_decay"]) if st["ema_decay"] > 0 else None
-                opt = _make_optimizer(model, st)
-                sched = torch.optim.lr_scheduler.MultiStepLR(opt, st["milestones"], st["gamma"])
-                if resuming_here:
-                    if ema is not None and rs.get("params_ema") is not None:
-                        ema.model.load_state_dict(rs["params_ema"])
-                        ema.updates = rs.get("ema_updates", 0)
-                    opt.load_state_dict(rs["optimizer"])
-                    sched.load_state_dict(rs["scheduler"])
-                if rs is None and si == 0:
-                    # The starting point, to compare every later validation with.
-                    last_val = self._validate(self._val_model(model, ema, st), st, si, 0, offsets[si], bar)
-                    summary["val_history"].append((0, last_val["psnr"]))
-                    summary["start_psnr"] = last_val["psnr"]
-                teacher = self._teacher(st["teacher"]) if st["distill_weight"] > 0 else None
-                if st["distill_weight"] > 0 and teacher is None:
-                    raise InvalidValueError(f"stage {st['name']}: distill_weight > 0 needs a teacher (--teacher)")
-                data = self._data(st)
-                data.seed = st["seed"] * 1000 + si  # each stage its own crop stream
-                loader = make_loader(data, st["batch"], it0 * st["batch"], st["num_workers"],
-                                     pin_memory=self.device.type == "cuda")
-                fwd = torch.compile(model) if st["compile"] else model
-                use_amp = st["amp"] and self.device.type == "cuda"
-                window = {"loss": 0.0, "pixel_loss": 0.0, "distill_loss": 0.0, "n": 0}
-                t_window = time.perf_counter()
-                it = it0
-                stage_end = st["iters"]
-                if opts.stop_at is not None:
-                    stage_end = min(stage_end, max(it0, opts.stop_at - offsets[si]))
-                batches = iter(loader)
+        return model
 
-                def state_now() -> dict:
-                    return dict(arch=model.arch_config, model=model.state_dict(),
-                                params_ema=ema.model.state_dict() if ema else None,
-                                optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                stage=si, iter=it, global_iter=offsets[si] + it,
-                                ema_updates=ema.updates if ema else 0,
-                                sampler={"seed": data.seed, "next_sample": it * st["batch"]})
+    def _start_stage(self, si: int, model: nn.Module, resume: dict | None, resume_iter: int) -> Stage:
+        """Stage ``si`` ready to train from ``model``; ``resume``: the checkpoint this run
+        continues, when it was taken in this stage."""
+        st = self.stages[si]
+        # A checkpoint written at a stage boundary has no optimiser state: that stage starts
+        # fresh (pruning included) from the checkpoint's weights.
+        resuming_here = resume is not None and resume.get("optimizer") is not None
+        if resume is not None:
+            # First, so that everything after (pruning's module construction included) draws
+            # from the stream the interrupted run would have continued.
+            set_rng_state(resume["rng"])
+        if not resuming_here and st["prune_blocks"]:
+            if self.model_name != "pfdnlite":
+                raise InvalidValueError("prune_blocks applies to pfdnlite only")
+            model = prune_pfdnlite(model.cpu(), st["prune_blocks"])
+        model = self._prepare(model.train(), st)
+        ema = EMA(model, st["ema_decay"]) if st["ema_decay"] > 0 else None
+        opt = _make_optimizer(model, st)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, st["milestones"], st["gamma"])
+        it0 = 0
+        if resuming_here:
+            self._restore_optimisation(resume, ema, opt, sched)
+            it0 = resume_iter
+        end = st["iters"]
+        if self.opts.stop_at is not None:
+            end = min(end, max(it0, self.opts.stop_at - self._offsets[si]))
+        stage = Stage(si, st, self._offsets[si], model, ema, opt, sched, it=it0, end=end)
+        if self.resume_state is None and si == 0:
+            # The starting point, to compare every later validation with.
+            self._validate(stage)
+            self._summary["start_psnr"] = self._last_val["psnr"]
+        stage.teacher = self._teacher(st["teacher"]) if st["distill_weight"] > 0 else None
+        if st["distill_weight"] > 0 and stage.teacher is None:
+            raise InvalidValueError(f"stage {st['name']}: distill_weight > 0 needs a teacher (--teacher)")
+        stage.data = self._data(st)
+        stage.data.seed = st["seed"] * 1000 + si  # each stage its own crop stream
+        return stage
 
-                saved_at = it0
-                while it < stage_end and not self._stop_requested:
-                    try:
-                        lr8, hr8 = next(batches)
-                    except Exception:
-                        # Ctrl-C also reaches the loader's worker processes, which then exit:
-                        # the state is still that of the last completed iteration.
-                        if not self._stop_requested:
-                            raise
-                        break
-                    lr_t = lr8.to(self.device, non_blocking=True).float().div_(255.0)
-                    hr_t = hr8.to(self.device, non_blocking=True).float().div_(255.0)
-                    if self.device.type == "cuda" and st["channels_last"]:
-                        lr_t = lr_t.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        sr = fwd(lr_t)
-                    loss_pix = pixel_loss(st["loss"], sr, hr_t, st["charbonnier_eps"])
-                    loss = loss_pix
-                    loss_kd = torch.zeros((), device=self.device)
-                    if teacher is not None:
-                        loss_kd = st["distill_weight"] * pixel_loss(st["distill_loss"], sr, teacher(lr_t))
-                        loss = loss + loss_kd
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if st["grad_clip"] > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), st["grad_clip"])
-                    opt.step()
-                    sched.step()
-                    if ema is not None:
-                        ema.update(model)
-                    it += 1
-                    summary["iters_run"] += 1
-                    window["loss"] += loss.item()
-                    window["pixel_loss"] += loss_pix.item()
-                    window["distill_loss"] += float(loss_kd.item())
-                    window["n"] += 1
-                    g = offsets[si] + it
-                    bar.update(1)
-                    lr_now = opt.param_groups[0]["lr"]
-                    post = {"loss": f"{loss.item():.4g}", "lr": f"{lr_now:.3g}"}
-                    if last_val is not None:
-                        post["val"] = f"{last_val['psnr']:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                    if window["n"] >= min(opts.log_every, st["val_every"]) or it == stage_end:
-                        dt = time.perf_counter() - t_window
-                        summary["train_time_s"] += dt
-                        n = window["n"]
-                        self._log({"global_iter": g, "stage": st["name"], "stage_iter": it,
-                                   "loss": window["loss"] / n, "pixel_loss": window["pixel_loss"] / n,
-                                   "distill_loss": window["distill_loss"] / n, "lr": lr_now,
-                                   "it_per_s": n / dt if dt > 0 else "", "elapsed_s": summary["train_time_s"]})
-                        summary.setdefault("loss_history", []).append((g, window["loss"] / n))
-                        window = {"loss": 0.0, "pixel_loss": 0.0, "distill_loss": 0.0, "n": 0}
-                        t_window = time.perf_counter()
-                    at_val = it % st["val_every"] == 0 or it == st["iters"]
-                    stopping = (it == stage_end and it < st["iters"]) or self._stop_requested
-                    if at_val or stopping:
-                        if at_val:
-                            last_val = self._validate(self._val_model(model, ema, st), st, si, it, g, bar)
-                            summary["val_history"].append((g, last_val["psnr"]))
-                        state = state_now()
-                        if at_val and last_val["psnr"] > best:
-                            best = last_val["psnr"]
-                            self._save(self.ckpt_dir / "best.pth", **state, best_psnr=best)
-                        # A checkpoint taken at a stage's end resumes into the next stage.
-                        if it == st["iters"] and si + 1 < len(self.stages):
-                            model_next = ema.model if ema else model
-                            state.update(arch=model_next.arch_config, model=model_next.state_dict(),
-                                         params_ema=None, optimizer=None, scheduler=None,
-                                         stage=si + 1, iter=0, ema_updates=0,
-                                         sampler={"seed": None, "next_sample": 0})
-                        self._save(self.ckpt_dir / "last.pth", **state, best_psnr=best)
-                        saved_at = it
-                        t_window = time.perf_counter()  # throughput counts training steps only
-                del batches, loader
-                if self._stop_requested:
-                    # Ctrl-C may land after the in-loop save decision: the state is that of the
-                    # last completed iteration either way, so write it if it is not yet written.
-                    if saved_at != it:
-                        self._save(self.ckpt_dir / "last.pth", **state_now(), best_psnr=best)
-                    summary["interrupted"] = offsets[si] + it
-                    bar.write(f"interrupted: saved {self.ckpt_dir / 'last.pth'} at iteration "
-                              f"{offsets[si] + it}; --resume continues")
-                    break
-                if opts.stop_at is not None and offsets[si] + it >= opts.stop_at and it < st["iters"]:
-                    summary["stopped_at"] = offsets[si] + it
-                    break
-                # The next stage starts from the averaged weights when there are some (they are
-                # the ones validated and exported), as a separate BasicSR run loading
-                # params_ema would.
-                model = (ema.model if ema else model)
-                model = copy.deepcopy(model).train().requires_grad_(True)
-                if rs is not None and si == start_stage:
-                    rs = None
-        finally:
-            bar.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-        summary["best_psnr"] = best
-        summary["last_psnr"] = last_val["psnr"] if last_val else None
-        summary["global_iter"] = offsets[min(si, len(self.stages))] + it
+    @staticmethod
+    def _restore_optimisation(resume: dict, ema: EMA | None, opt, sched) -> None:
+        if ema is not None and resume.get("params_ema") is not None:
+            ema.model.load_state_dict(resume["params_ema"])
+            ema.updates = resume.get("ema_updates", 0)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+
+    def _run_stage(self, stage: Stage) -> bool:
+        """Train ``stage`` up to its ``end``, validating and saving on the way; True when the
+        run stops here (Ctrl-C, ``stop_at``)."""
+        st = stage.st
+        loader = make_loader(stage.data, st["batch"], stage.it * st["batch"], st["num_workers"],
+                             pin_memory=self.device.type == "cuda")
+        fwd = torch.compile(stage.model) if st["compile"] else stage.model
+        window = _Window()
+        saved_at = stage.it
+        batches = iter(loader)
+        while stage.it < stage.end and not self._stop_requested:
+            try:
+                lr8, hr8 = next(batches)
+            except Exception:
+                # Ctrl-C also reaches the loader's worker processes, which then exit: the state
+                # is still that of the last completed iteration.
+                if not self._stop_requested:
+                    raise
+                break
+            losses = self._step(stage, fwd, lr8, hr8)
+            stage.it += 1
+            self._record(stage, window, *losses)
+            if self._checkpoint_due(stage):
+                self._validate_and_save(stage)
+                saved_at = stage.it
+                window.t0 = time.perf_counter()  # throughput counts training steps only
+        del batches, loader
+        return self._end_stage(stage, saved_at)
+
+    def _step(self, stage: Stage, fwd, lr8: torch.Tensor, hr8: torch.Tensor):
+        """One optimisation step on a uint8 batch; (loss, pixel loss, distillation loss)."""
+        st, device = stage.st, self.device
+        lr_t = lr8.to(device, non_blocking=True).float().div_(255.0)
+        hr_t = hr8.to(device, non_blocking=True).float().div_(255.0)
+        if device.type == "cuda" and st["channels_last"]:
+            lr_t = lr_t.contiguous(memory_format=torch.channels_last)
+        use_amp = st["amp"] and device.type == "cuda"
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            sr = fwd(lr_t)
+        loss_pix = pixel_loss(st["loss"], sr, hr_t, st["charbonnier_eps"])
+        loss = loss_pix
+        loss_kd = torch.zeros((), device=device)
+        if stage.teacher is not None:
+            loss_kd = st["distill_weight"] * pixel_loss(st["distill_loss"], sr, stage.teacher(lr_t))
+            loss = loss + loss_kd
+        stage.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if st["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(stage.model.parameters(), st["grad_clip"])
+        stage.opt.step()
+        stage.sched.step()
+        if stage.ema is not None:
+            stage.ema.update(stage.model)
+        return loss, loss_pix, loss_kd
+
+    def _record(self, stage: Stage, window: _Window, loss, loss_pix, loss_kd) -> None:
+        """The iteration just done: the progress bar, and a log row when the window is full."""
+        st, summary, g = stage.st, self._summary, stage.global_iter
+        summary["iters_run"] += 1
+        window.add(loss.item(), loss_pix.item(), float(loss_kd.item()))
+        self._bar.update(1)
+        lr_now = stage.opt.param_groups[0]["lr"]
+        post = {"loss": f"{loss.item():.4g}", "lr": f"{lr_now:.3g}"}
+        if self._last_val is not None:
+            post["val"] = f"{self._last_val['psnr']:.3f}"
+        self._bar.set_postfix(post, refresh=False)
+        if window.n >= min(self.opts.log_every, st["val_every"]) or stage.it == stage.end:
+            dt = time.perf_counter() - window.t0
+            summary["train_time_s"] += dt
+            n = window.n
+            self._log({"global_iter": g, "stage": st["name"], "stage_iter": stage.it,
+                       "loss": window.loss / n, "pixel_loss": window.pixel_loss / n,
+                       "distill_loss": window.distill_loss / n, "lr": lr_now,
+                       "it_per_s": n / dt if dt > 0 else "", "elapsed_s": summary["train_time_s"]})
+            summary.setdefault("loss_history", []).append((g, window.loss / n))
+            window.reset()
+
+    def _at_validation(self, stage: Stage) -> bool:
+        return stage.it % stage.st["val_every"] == 0 or stage.at_end
+
+    def _checkpoint_due(self, stage: Stage) -> bool:
+        """A validation is due, or the stage stops here short of its end (``stop_at``, Ctrl-C)."""
+        stopping = (stage.it == stage.end and stage.it < stage.st["iters"]) or self._stop_requested
+        return self._at_validation(stage) or stopping
+
+    def _validate_and_save(self, stage: Stage) -> None:
+        """Validate when due, then write ``best.pth`` (a better PSNR) and ``last.pth``; a
+        checkpoint taken at a stage's end resumes into the next stage."""
+        at_val = self._at_validation(stage)
+        if at_val:
+            self._validate(stage)
+        state = stage.checkpoint()
+        if at_val and self._last_val["psnr"] > self._best:
+            self._best = self._last_val["psnr"]
+            self._save(self.ckpt_dir / "best.pth", **state, best_psnr=self._best)
+        if stage.at_end and stage.index + 1 < len(self.stages):
+            state = stage.boundary_checkpoint(state)
+        self._save(self.ckpt_dir / "last.pth", **state, best_psnr=self._best)
+
+    def _end_stage(self, stage: Stage, saved_at: int) -> bool:
+        """After the stage's loop: True (and the summary says why) when the run stops here."""
+        g = stage.global_iter
+        if self._stop_requested:
+            # Ctrl-C may land after the in-loop save decision: the state is that of the last
+            # completed iteration either way, so write it if it is not yet written.
+            if saved_at != stage.it:
+                self._save(self.ckpt_dir / "last.pth", **stage.checkpoint(), best_psnr=self._best)
+            self._summary["interrupted"] = g
+            self._bar.write(f"interrupted: saved {self.ckpt_dir / 'last.pth'} at iteration {g}; --resume continues")
+            return True
+        if self.opts.stop_at is not None and g >= self.opts.stop_at and stage.it < stage.st["iters"]:
+            self._summary["stopped_at"] = g
+            return True
+        return False
+
+    def _finish(self, stage: Stage | None, start_stage: int, start_iter: int) -> dict:
+        summary = self._summary
+        summary["best_psnr"] = self._best
+        summary["last_psnr"] = self._last_val["psnr"] if self._last_val else None
+        si, it = (stage.index, stage.it) if stage is not None else (start_stage, start_iter)
+        summary["global_iter"] = self._offsets[min(si, len(self.stages))] + it
         if summary["train_time_s"] > 0:
             summary["it_per_s"] = summary["iters_run"] / summary["train_time_s"]
         return summary
@@ -609,18 +707,17 @@ class Trainer:
 
         return signal.signal(signal.SIGINT, handler)
 
-    @staticmethod
-    def _val_model(model: nn.Module, ema: EMA | None, st: dict) -> nn.Module:
-        return ema.model if ema is not None and st["val_use_ema"] else model
-
-    def _validate(self, model: nn.Module, st: dict, si: int, it: int, g: int, bar) -> dict:
-        res = validate(model, self.val_files, self.device, self._scale)
-        self._log({"global_iter": g, "stage": st["name"], "stage_iter": it,
+    def _validate(self, stage: Stage) -> None:
+        """Validate ``stage``'s model (its EMA with ``val_use_ema``) at its ``it``: a log row,
+        a line above the bar, the summary's history and ``_last_val``."""
+        st, g = stage.st, stage.global_iter
+        res = validate(stage.val_model(), self.val_files, self.device, self._scale)
+        self._log({"global_iter": g, "stage": st["name"], "stage_iter": stage.it,
                    "val_psnr": res["psnr"], "val_psnr_y": res["psnr_y"]})
-        bar.write(f"[{st['name']}] iter {g}: val PSNR {res['psnr']:.3f} dB "
-                  f"(Y {res['psnr_y']:.3f}) on {res['images']} image(s)")
-        return res
-
+        self._bar.write(f"[{st['name']}] iter {g}: val PSNR {res['psnr']:.3f} dB "
+                        f"(Y {res['psnr_y']:.3f}) on {res['images']} image(s)")
+        self._summary["val_history"].append((g, res["psnr"]))
+        self._last_val = res
 
 def train(opts: TrainOptions) -> dict:
     """Run training; see ``Trainer``."""

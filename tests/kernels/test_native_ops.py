@@ -4,7 +4,6 @@ torch.library.opcheck, and its values match esr_kernels/reference.py where refer
 semantics. Inputs: batch 2, odd sizes, contiguous / channels_last / non-contiguous."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, 
 from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SILU, RES_GATED_INPUT, RES_NONE, RES_TENSOR,
                               SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
-                                reason="native CPU extension not built (pip install --no-build-isolation -e .)")
+pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 FP32_TOL = 1e-5
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 # Every tensor op of the esr_native namespace (conv_engine_available, empty_cache and cpu_isa_info
@@ -113,7 +111,7 @@ def make_case(native, name: str, kind: str):
                               randn(2, 36, 9, 14))
         return (L(x), pw, dw, db, L(res)), R.bsb(x, R.pack_conv_weight(pw[:, :, None, None]), dw.reshape(36, 1, 3, 3),
                                                  db, res)
-    if name == "esa_out":  # values against reference.esa: tests/test_shared_maths.py
+    if name == "esa_out":  # values against reference.esa: tests/kernels/test_shared_maths.py
         x = randn(2, 46, 15, 17)
         return (L(x), randn(2, 16, 1, 2), randn(16, 46, scale=0.1), randn(16), randn(46, 16, scale=0.2), randn(46),
                 None), None
@@ -193,7 +191,7 @@ def schema_stub(tmp_path_factory):
     if shutil.which("ninja") is None:
         pytest.skip("ninja not installed: cannot build the stub extension")
     root = tmp_path_factory.mktemp("stub")
-    common = Path(__file__).resolve().parent.parent / "csrc" / "common"
+    common = Path(__file__).resolve().parents[2] / "csrc" / "common"
     (root / "stub.cpp").write_text(STUB)
     mod = cpp_extension.load("esr_schema_stub", [str(root / "stub.cpp"), str(common / "schemas.cpp")],
                              extra_include_paths=[str(common)], build_directory=str(root), is_python_module=False,

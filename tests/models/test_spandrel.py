@@ -56,7 +56,7 @@ def _import_spandrel():
         BICUBIC = "bicubic"
 
     def unavailable(*args, **kwargs):
-        raise RuntimeError("torchvision stand-in (tests/test_spandrel.py): not available")
+        raise RuntimeError("torchvision stand-in (tests/models/test_spandrel.py): not available")
 
     tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
                                                  "torchvision.transforms.functional"))
@@ -165,7 +165,7 @@ def test_half_precision_flags_are_backed(spandrel, models, name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_tiling_flag_is_backed(spandrel, shared, name):
     """ModelTiling.SUPPORTED: tiles with an overlap, blended, give the whole-image output to
-    within 40 dB PSNR (measured 42-44 dB; tests/test_tiling.py checks the same through esr upscale)."""
+    within 40 dB PSNR (measured 42-44 dB; tests/models/test_tiling.py checks the same through esr upscale)."""
     desc = spandrel.ModelLoader().load_from_file(_file(name))
     x = read_image(shared / "data" / "Set14" / "baboon.png").rgb[None, :, :56, :64].contiguous()
     with torch.inference_mode():

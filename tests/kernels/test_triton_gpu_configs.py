@@ -58,7 +58,7 @@ DISTINCT_ARCHS = tuple({_configs_used(a): a for a in reversed(ARCHS)}.values())[
 def _interpreter_only(device):
     if device.type != "cpu":
         pytest.skip("runs the GPU configurations through the interpreter (CPU); on a GPU "
-                    "tests/test_kernels.py runs them natively")
+                    "tests/kernels/test_kernels.py runs them natively")
     import esr_kernels.ops  # noqa: F401  registers torch.ops.esr
 
 

@@ -23,14 +23,7 @@ from esr_models.training.trainer import TrainOptions, Trainer, pixel_loss
 # (recipes, losses, export layouts of fresh models, CLI usage) run anywhere.
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on this 2-core machine, shared with other jobs, OpenMP's spinning
-    threads make small convs 10-50x slower than a single thread. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small convs, a shared machine
 
 
 def _crops(src: Path, dst: Path, size: int, per_image: int = 1, limit: int | None = None) -> Path:

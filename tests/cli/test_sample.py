@@ -1,9 +1,6 @@
 """The shipped sample image is what its code makes, and the quick start upscales it."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,12 +18,11 @@ def test_shipped_sample_is_made_by_its_code():
 
 
 @pytest.mark.shared
-def test_quick_start_needs_only_the_weights(tmp_path):
+def test_quick_start_needs_only_the_weights(run_esr, tmp_path):
     """`esr upscale --sample -o out` from another folder, with nothing from ../shared but the
     weights (ESR_WEIGHTS_DIR, set by conftest)."""
-    env = {**os.environ, "ESR_SHARED_DIR": str(tmp_path / "absent")}
-    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", "upscale", "--sample", "-o", "out", "-q"],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    proc = run_esr("upscale", "--sample", "-o", "out", "-q", cwd=tmp_path,
+                   env={"ESR_SHARED_DIR": str(tmp_path / "absent")})
     assert proc.returncode == 0, proc.stderr
     out = Image.open(tmp_path / "out" / "sample_x4.png")
     assert out.size == (512, 384) and out.mode == "RGB"

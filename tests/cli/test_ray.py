@@ -23,14 +23,6 @@ pytestmark = pytest.mark.shared
 MODEL = "pfdnlite"
 
 
-def esr(*args, env=None, check=None):
-    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
-    if check is not None and proc.returncode != check:
-        raise AssertionError(f"esr {args}: exit {proc.returncode}, expected {check}:\n{proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray of 2 CPUs for this module: (its address, its temporary folder)."""
@@ -71,17 +63,17 @@ def _outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_same_outputs_and_report_as_the_local_run_then_resumes(cluster, tmp_path):
+def test_same_outputs_and_report_as_the_local_run_then_resumes(run_esr, cluster, tmp_path):
     address, _ = cluster
     src = _images(tmp_path / "in", 5, corrupt=True)
     # Byte-identical, as like with like: the workers run the local loop's code (batch.run_job,
     # Upscaler, one image at a time, NCHW) with the same weights (a torch.save round trip is
     # exact) on this CPU. Torch's CPU convolutions can differ in the last bit with the number of
     # threads: the local run uses the one thread each Ray worker gets here.
-    local = esr("upscale", src, "-o", tmp_path / "local", "--model", MODEL, "-q",
-                env={"OMP_NUM_THREADS": "1"}, check=1)
-    on_ray = esr("upscale", src, "-o", tmp_path / "ray", "--model", MODEL, "-q", "--ray", address,
-                 "--ray-workers", "2", check=1)
+    local = run_esr("upscale", src, "-o", tmp_path / "local", "--model", MODEL, "-q",
+                    env={"OMP_NUM_THREADS": "1"}, check=1, timeout=300)
+    on_ray = run_esr("upscale", src, "-o", tmp_path / "ray", "--model", MODEL, "-q", "--ray", address,
+                     "--ray-workers", "2", check=1, timeout=300)
     for proc in (local, on_ray):
         assert "5 upscaled, 0 skipped, 1 failed" in proc.stderr
         assert f"{src / 'corrupt.png'}: " in proc.stderr.split("failed:")[1]
@@ -91,8 +83,8 @@ def test_same_outputs_and_report_as_the_local_run_then_resumes(cluster, tmp_path
     assert all(ray_out[k] == local_out[k] for k in local_out), "outputs differ from the local run"
 
     # A re-run skips the finished outputs (decided by the driver: no worker starts for them).
-    again = esr("upscale", src / "im*.png", "-o", tmp_path / "ray", "--model", MODEL, "--ray", address,
-                check=0)
+    again = run_esr("upscale", src / "im*.png", "-o", tmp_path / "ray", "--model", MODEL, "--ray", address,
+                    check=0, timeout=300)
     assert "0 upscaled, 5 skipped, 0 failed" in again.stderr
     assert _outputs(tmp_path / "ray") == ray_out
 
@@ -187,13 +179,13 @@ def test_an_input_after_ray_is_not_taken_for_an_address(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_workers_that_cannot_start_are_a_setup_error(cluster, tmp_path):
+def test_workers_that_cannot_start_are_a_setup_error(run_esr, cluster, tmp_path):
     """Joining a cluster, the device and backend are checked where they run: on the workers.
     Their failure is reported in one error line with exit 2, and the output folder is gone."""
     address, _ = cluster
     src = _images(tmp_path / "in", 2)
-    proc = esr("upscale", src, "-o", tmp_path / "out", "--model", MODEL, "--fused", "--backend", "cuda",
-               "--device", "cpu", "--ray", address, "-q", check=2)
+    proc = run_esr("upscale", src, "-o", tmp_path / "out", "--model", MODEL, "--fused", "--backend", "cuda",
+                   "--device", "cpu", "--ray", address, "-q", check=2, timeout=300)
     # (Ray's own log lines, the worker's traceback among them, may come before or after it.)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: the Ray workers could not run: ")]
     assert len(errors) == 1 and "--backend cuda" in errors[0], proc.stderr[-2000:]

@@ -5,7 +5,6 @@ abs), truth = the float32 (or float64) computation. Levels without vdpbf16ps run
 the float32 kernels; a bf16 weight given to them is a clear error."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,8 +18,7 @@ from esr_kernels import reference as R
 from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
 from esr_kernels.spec import ACT_GELU, ACT_NONE, RES_NONE, RES_TENSOR, SHORTCUT_NONE
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
-                                reason="the native CPU extension is not built")
+pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 
 
 def _bf16_engine() -> bool:

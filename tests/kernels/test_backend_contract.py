@@ -13,7 +13,7 @@ import torch
 from esr_kernels import contract, cuda_backend, policy
 from esr_kernels.contract import KernelBackend, Pack
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", list(policy.BACKEND_CLASSES))

@@ -9,7 +9,7 @@ from pathlib import Path
 from esr_kernels import spec
 from esr_kernels._spec_header import HEADER_PATH, cpp_header
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 
 def test_committed_header_equals_the_generated_one():

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,15 +14,9 @@ import esr_models
 pytestmark = pytest.mark.shared
 
 
-def _esr(args, cwd, env_extra=None, timeout=600):
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "esr_models.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def test_selftest_cpu_quick_passes_with_a_complete_report(tmp_path):
+def test_selftest_cpu_quick_passes_with_a_complete_report(run_esr, tmp_path):
     report = tmp_path / "r.json"
-    proc = _esr(["selftest", "--device", "cpu", "--quick", "--json", str(report)], tmp_path)
+    proc = run_esr("selftest", "--device", "cpu", "--quick", "--json", report, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "selftest: PASS" in proc.stdout
     data = json.loads(report.read_text())
@@ -53,19 +44,20 @@ def test_selftest_cpu_quick_passes_with_a_complete_report(tmp_path):
     assert all(r["eager_ms"] > 0 and r["cpu_ms"] > 0 for r in rows)
 
 
-def test_selftest_cuda_without_cuda_is_a_usage_error(tmp_path):
+def test_selftest_cuda_without_cuda_is_a_usage_error(run_esr, tmp_path):
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so this runs on GPU machines too.
-    proc = _esr(["selftest", "--device", "cuda", "--quick"], tmp_path, {"CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    proc = run_esr("selftest", "--device", "cuda", "--quick", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""},
+                   timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--device cuda" in lines[0] and "CUDA is not available" in lines[0]
     assert not list(tmp_path.iterdir())  # no report written
 
 
-def test_selftest_never_overwrites_a_report(tmp_path):
+def test_selftest_never_overwrites_a_report(run_esr, tmp_path):
     report = tmp_path / "r.json"
     report.write_text("mine")
-    proc = _esr(["selftest", "--device", "cpu", "--quick", "--json", str(report)], tmp_path, timeout=120)
+    proc = run_esr("selftest", "--device", "cpu", "--quick", "--json", report, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "exists" in proc.stderr
     assert report.read_text() == "mine"
 

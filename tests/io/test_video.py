@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -21,11 +19,6 @@ from esr_models.outputs import Job  # noqa: E402
 from esr_models.video import upscale_video  # noqa: E402
 
 W, H, FPS, N = 32, 24, 10, 20          # 2 s at 10 frames/s, upscaled to 128x96
-
-
-def esr(*args, env: dict[str, str] | None = None):
-    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def pattern(i: int) -> np.ndarray:
@@ -116,11 +109,11 @@ def no_stage_threads() -> bool:
 
 
 @pytest.mark.shared
-def test_cli_upscales_clip_with_audio_skips_existing_output_and_fails_corrupt_video(tmp_path):
+def test_cli_upscales_clip_with_audio_skips_existing_output_and_fails_corrupt_video(run_esr, tmp_path):
     clip = tmp_path / "clip.mp4"
     make_clip(clip)
     out = tmp_path / "out"
-    proc = esr("upscale", clip, "-o", out, "--model", "pfdnlite", "--batch-frames", "3", "-q")
+    proc = run_esr("upscale", clip, "-o", out, "--model", "pfdnlite", "--batch-frames", "3", "-q", timeout=300)
     assert proc.returncode == 0, proc.stderr
     dst = out / "clip_x4.mp4"
     src, res = probe(clip), probe(dst)
@@ -137,7 +130,7 @@ def test_cli_upscales_clip_with_audio_skips_existing_output_and_fails_corrupt_vi
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
     before = dst.stat().st_mtime_ns
-    again = esr("upscale", clip, bad, "-o", out, "--model", "pfdnlite", "-q")
+    again = run_esr("upscale", clip, bad, "-o", out, "--model", "pfdnlite", "-q", timeout=300)
     assert again.returncode == 1
     assert f"skipped: {clip}: {dst} exists" in again.stderr
     assert f"error: {bad}: not a readable video" in again.stderr and "Traceback" not in again.stderr
@@ -146,7 +139,7 @@ def test_cli_upscales_clip_with_audio_skips_existing_output_and_fails_corrupt_vi
 
 
 @pytest.mark.shared
-def test_cli_output_frames_match_the_image_path(tmp_path):
+def test_cli_output_frames_match_the_image_path(run_esr, tmp_path):
     """Frame k of the output is the model's output for frame k of the input, byte for byte
     after the one lossy step (RGB -> yuv420p; x264 at crf 0 is lossless from there).
 
@@ -170,8 +163,8 @@ def test_cli_output_frames_match_the_image_path(tmp_path):
     make_clip(clip, audio=None, frames=8)
     out = tmp_path / "out"
     threads = torch.get_num_threads()
-    proc = esr("upscale", clip, "-o", out, "--model", "pfdnlite", "--crf", "0", "--batch-frames", batch, "-q",
-               env={"OMP_NUM_THREADS": str(threads)})
+    proc = run_esr("upscale", clip, "-o", out, "--model", "pfdnlite", "--crf", "0", "--batch-frames", batch, "-q",
+                   env={"OMP_NUM_THREADS": str(threads)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "fused backend" not in proc.stderr    # the reference model ran, as below
 
@@ -322,10 +315,10 @@ def test_unreadable_inputs_fail_by_name(tmp_path):
     assert no_stage_threads()
 
 
-def test_cli_rejects_bad_video_options_before_anything_runs(tmp_path, capsys):
+def test_cli_rejects_bad_video_options_before_anything_runs(run_esr, tmp_path, capsys):
     from esr_models.cli import main
 
-    proc = esr("upscale", tmp_path / "x.mp4", "-o", tmp_path / "out", "--codec", "nope")
+    proc = run_esr("upscale", tmp_path / "x.mp4", "-o", tmp_path / "out", "--codec", "nope", timeout=300)
     assert proc.returncode == 2 and "unknown video encoder 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
     for flags, text in ((["--codec", "aac"], "encodes audio, not video"),

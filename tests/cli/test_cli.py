@@ -2,24 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 
 pytestmark = pytest.mark.shared
-
-
-def esr(*args, check=True, env: dict[str, str] | None = None):
-    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"esr {args} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture
@@ -35,9 +24,9 @@ def inputs(tmp_path, shared):
     return d
 
 
-def test_upscale_folder_reports_bad_file_and_does_the_rest(inputs, tmp_path):
+def test_upscale_folder_reports_bad_file_and_does_the_rest(run_esr, inputs, tmp_path):
     out = tmp_path / "out"
-    proc = esr("upscale", inputs, "-o", out, "--model", "pfdnlite", "-q", check=False)
+    proc = run_esr("upscale", inputs, "-o", out, "--model", "pfdnlite", "-q")
     assert proc.returncode == 1
     assert "corrupt.png" in proc.stderr and "3 upscaled, 0 skipped, 1 failed" in proc.stderr
     rgb = PILImage.open(out / "rgb_x4.png")
@@ -47,15 +36,15 @@ def test_upscale_folder_reports_bad_file_and_does_the_rest(inputs, tmp_path):
     assert PILImage.open(out / "gray_x4.png").mode == "L"
 
 
-def test_upscale_matches_python_api_and_glob(inputs, tmp_path, models):
+def test_upscale_matches_python_api_and_glob(run_esr, inputs, tmp_path, models):
     import torch
 
     out = tmp_path / "out"
     # Exact, so like with like: the CLI runs the reference model on one (1, 3, H, W) contiguous
     # (NCHW) image; oneDNN's float32 convs differ in the last bits between layouts and can between
     # thread counts, so the input is made contiguous here too and the CLI gets this thread count.
-    esr("upscale", str(inputs / "rgb.*"), "-o", out, "--model", "rlfn", "-q",
-        env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
+    run_esr("upscale", str(inputs / "rgb.*"), "-o", out, "--model", "rlfn", "-q",
+            env={"OMP_NUM_THREADS": str(torch.get_num_threads())}, check=0)
     x = torch.from_numpy(np.array(PILImage.open(inputs / "rgb.png"))).permute(2, 0, 1)[None].float() / 255
     x = x.contiguous()
     with torch.inference_mode():
@@ -63,78 +52,79 @@ def test_upscale_matches_python_api_and_glob(inputs, tmp_path, models):
     assert np.array_equal(np.asarray(PILImage.open(out / "rgb_x4.png")), ref)
 
 
-def test_never_overwrites_inputs(inputs):
+def test_never_overwrites_inputs(run_esr, inputs):
     before = (inputs / "rgb.png").read_bytes()
-    proc = esr("upscale", inputs / "rgb.png", "-o", inputs, "--suffix", "", "-q", check=False)
+    proc = run_esr("upscale", inputs / "rgb.png", "-o", inputs, "--suffix", "", "-q")
     assert proc.returncode == 1 and "overwrite an input" in proc.stderr
     assert (inputs / "rgb.png").read_bytes() == before
 
 
-def test_16bit_in_16bit_out_and_tiling(tmp_path, shared):
+def test_16bit_in_16bit_out_and_tiling(run_esr, tmp_path, shared):
     import png
 
     arr = (np.random.default_rng(0).random((24, 30, 3)) * 65535).astype(np.uint16)
     png.from_array(arr.reshape(24, 90), mode="RGB;16").save(str(tmp_path / "deep.png"))
-    esr("upscale", tmp_path / "deep.png", "-o", tmp_path / "o", "--tile", "16", "--tile-overlap", "4", "-q")
+    run_esr("upscale", tmp_path / "deep.png", "-o", tmp_path / "o", "--tile", "16", "--tile-overlap", "4", "-q",
+            check=0)
     _, _, _, info = png.Reader(filename=str(tmp_path / "o" / "deep_x4.png")).read()
     assert info["bitdepth"] == 16 and info["size"] == (120, 96)
 
 
-def test_too_small_input_is_a_clear_error(tmp_path):
+def test_too_small_input_is_a_clear_error(run_esr, tmp_path):
     PILImage.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "tiny.png")
-    proc = esr("upscale", tmp_path / "tiny.png", "-o", tmp_path / "o", "--model", "ifadnet", "-q", check=False)
+    proc = run_esr("upscale", tmp_path / "tiny.png", "-o", tmp_path / "o", "--model", "ifadnet", "-q")
     assert proc.returncode == 1 and "at least 15x15" in proc.stderr and "tiny.png" in proc.stderr
 
 
-def test_missing_input_and_float16(tmp_path, inputs):
-    proc = esr("upscale", tmp_path / "nope.png", inputs / "rgb.png", "-o", tmp_path / "o",
-               "--dtype", "bfloat16", "-q", check=False)
+def test_missing_input_and_float16(run_esr, tmp_path, inputs):
+    proc = run_esr("upscale", tmp_path / "nope.png", inputs / "rgb.png", "-o", tmp_path / "o",
+                   "--dtype", "bfloat16", "-q")
     assert proc.returncode == 1 and "nope.png: no such file" in proc.stderr
     assert (tmp_path / "o" / "rgb_x4.png").exists()
 
 
-def test_eval_json_reports_published_psnr(shared, tmp_path):
+def test_eval_json_reports_published_psnr(run_esr, shared, tmp_path):
     hr = tmp_path / "hr"
     hr.mkdir()
     for name in ("baby", "bird"):
         shutil.copy(shared / "data" / "Set5" / f"{name}.png", hr)
-    data = json.loads(esr("eval", "--model", "ifadnet", "--hr", hr, "--json").stdout)
+    data = json.loads(run_esr("eval", "--model", "ifadnet", "--hr", hr, "--json", check=0).stdout)
     assert len(data["per_image"]) == 2
     assert data["psnr"] == pytest.approx(sum(r["psnr"] for r in data["per_image"]) / 2)
     assert 25 < data["psnr"] < 40 and 0 < data["ssim"] < 1
 
 
-def test_eval_text_and_info(shared):
-    full = esr("eval", "--model", "pfdnlite", "--hr", shared / "data" / "Set5", "--no-ssim").stdout
+def test_eval_text_and_info(run_esr, shared):
+    full = run_esr("eval", "--model", "pfdnlite", "--hr", shared / "data" / "Set5", "--no-ssim", check=0).stdout
     # The mean prints as 30.126: 0.004 dB inside "30.12x", against the ~1e-5 dB that another CPU's
     # last-bit differences (a uint8 flip here and there) can move it.
     assert "mean" in full and "30.12" in full.splitlines()[-1]
-    info = json.loads(esr("info", "--model", "rlfn", "--json").stdout)
+    info = json.loads(run_esr("info", "--model", "rlfn", "--json", check=0).stdout)
     assert info["min_input_size"] == 15 and abs(info["parameters"] - 317e3) < 0.01 * 317e3
 
 
 @pytest.mark.triton
-def test_upscale_fused_triton_matches_reference(inputs, tmp_path):
-    esr("upscale", inputs / "rgb.png", "-o", tmp_path / "ref", "--model", "pfdnlite", "-q")
-    proc = esr("upscale", inputs / "rgb.png", "-o", tmp_path / "fused", "--model", "pfdnlite",
-               "--fused", "--backend", "triton", "-q")
+def test_upscale_fused_triton_matches_reference(run_esr, inputs, tmp_path):
+    run_esr("upscale", inputs / "rgb.png", "-o", tmp_path / "ref", "--model", "pfdnlite", "-q", check=0)
+    proc = run_esr("upscale", inputs / "rgb.png", "-o", tmp_path / "fused", "--model", "pfdnlite",
+                   "--fused", "--backend", "triton", "-q", check=0)
     assert "fused backend: triton" in proc.stderr
     a = np.asarray(PILImage.open(tmp_path / "ref" / "rgb_x4.png")).astype(int)
     b = np.asarray(PILImage.open(tmp_path / "fused" / "rgb_x4.png")).astype(int)
     assert np.abs(a - b).max() <= 1  # 1e-5 agreement can flip a uint8 rounding at most
 
 
-def test_eval_fused_auto_on_cpu_reports_what_runs(shared):
+def test_eval_fused_auto_on_cpu_reports_what_runs(run_esr, shared):
     from esr_kernels import policy
 
-    proc = esr("eval", "--model", "rlfn", "--hr", shared / "data" / "Set5", "--no-ssim", "--fused",
-               "--device", "cpu")
+    proc = run_esr("eval", "--model", "rlfn", "--hr", shared / "data" / "Set5", "--no-ssim", "--fused",
+                   "--device", "cpu", check=0)
     expected = "cpu" if policy.cpu_auto_reason() is None else "reference"  # any CPU, any ISA level
     assert f"fused backend: {expected}" in proc.stderr
     assert "30.20" in proc.stdout.splitlines()[-1]  # RLFN's Set5 PSNR, fused
 
 
-def test_eval_reports_bad_images_and_says_what_the_mean_is_over(shared, tmp_path):
+def test_eval_reports_bad_images_and_says_what_the_mean_is_over(run_esr, shared, tmp_path):
     hr = tmp_path / "hr"
     hr.mkdir()
     for name in ("baby", "bird"):
@@ -142,25 +132,24 @@ def test_eval_reports_bad_images_and_says_what_the_mean_is_over(shared, tmp_path
     (hr / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (hr / "folder.png").mkdir()                                        # a folder named like an image
     PILImage.fromarray(np.zeros((40, 40, 3), np.uint8)).save(hr / "small.png")  # LR 10x10 < 15
-    proc = esr("eval", "--model", "rlfn", "--hr", hr, "--no-ssim", check=False)
+    proc = run_esr("eval", "--model", "rlfn", "--hr", hr, "--no-ssim")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "corrupt.png" in proc.stderr and "folder.png" in proc.stderr
     assert "small.png" in proc.stderr and "10x10 LR" in proc.stderr
     assert "(over 2 of 4 images)" in proc.stdout
-    data = json.loads(esr("eval", "--model", "rlfn", "--hr", hr, "--no-ssim", "--json", check=False).stdout)
+    data = json.loads(run_esr("eval", "--model", "rlfn", "--hr", hr, "--no-ssim", "--json").stdout)
     assert data["images"] == 2 and {f["image"] for f in data["failed"]} == {"corrupt.png", "small.png"}
     assert data["psnr"] == pytest.approx(sum(r["psnr"] for r in data["per_image"]) / 2)
 
 
-def test_upscale_tiles_automatically_when_memory_is_short(tmp_path, models, shared):
+def test_upscale_tiles_automatically_when_memory_is_short(run_esr, tmp_path, models, shared):
     import torch
 
     arr = np.asarray(PILImage.open(shared / "data" / "Set14" / "baboon.png").convert("RGB"))[:96, :80].copy()
     PILImage.fromarray(arr).save(tmp_path / "a.png")
     # RLFN's estimate is 2000 B per LR pixel: 96x80 needs ~15 MB; 8 MB of which half is usable
-    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", "upscale", str(tmp_path / "a.png"),
-                           "-o", str(tmp_path / "o"), "--model", "rlfn", "-q"], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "ESR_MAX_MEMORY_MB": "8"})
+    proc = run_esr("upscale", tmp_path / "a.png", "-o", tmp_path / "o", "--model", "rlfn", "-q",
+                   env={"ESR_MAX_MEMORY_MB": "8"})
     assert proc.returncode == 0, proc.stderr
     assert "tiling automatically with --tile 32" in proc.stderr
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-CUDA_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+CUDA_DIR = Path(__file__).resolve().parents[2] / "csrc" / "cuda"
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 ARCHS = ["80", "90"]
 

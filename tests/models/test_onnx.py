@@ -3,8 +3,6 @@ float32 reference to 1e-4 for every model, at odd sizes and another batch size (
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -132,21 +130,16 @@ def test_never_overwrites_unasked_and_never_leaves_a_bad_file(models, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
-def esr(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ}, cwd=cwd)
-
-
-def test_cli_export_refuses_to_overwrite_unless_asked(models, tmp_path):
+def test_cli_export_refuses_to_overwrite_unless_asked(run_esr, models, tmp_path):
     out = tmp_path / "out.onnx"
-    proc = esr("export", "pfdnlite", "--onnx", out)
+    proc = run_esr("export", "pfdnlite", "--onnx", out)
     assert proc.returncode == 0, proc.stderr
     assert "max abs error" in proc.stdout
     x = torch.rand(1, 3, 21, 19)
     with torch.no_grad():
         assert (torch.from_numpy(run_onnxruntime(out, x)) - models["pfdnlite"](x)).abs().max() <= FLOAT32_TOLERANCE
     out.write_bytes(b"not a model")  # so that replacing it is visible
-    proc = esr("export", "pfdnlite", "--onnx", out)
+    proc = run_esr("export", "pfdnlite", "--onnx", out)
     assert proc.returncode == 2 and "exists" in proc.stderr and "--overwrite" in proc.stderr
     assert out.read_bytes() == b"not a model"
     from esr_models.cli import main  # in-process: a third interpreter start adds nothing
@@ -180,7 +173,7 @@ def test_cli_usage_errors_and_checkpoint_export(models, tmp_path, capsys):
 
 def test_benchmark_provider_uses_this_export(monkeypatch):
     """benchmarks/providers.py exports through export_onnx (one code path) and runs."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "providers.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "providers.py"
     spec = importlib.util.spec_from_file_location("_esr_bench_providers", path)
     providers = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, providers)  # dataclasses look their module up

@@ -1,9 +1,8 @@
 """The native CPU extension's own kernels (esr_kernels._C_cpu) against the references, one op at
-a time, where tests/test_native_ops.py does not check values (esa_tail) or at more sizes. The
-fused models on this backend: tests/test_fused_models.py (one suite for every backend)."""
+a time, where tests/kernels/test_native_ops.py does not check values (esa_tail) or at more sizes. The
+fused models on this backend: tests/models/test_fused_models.py (one suite for every backend)."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ import torch.nn.functional as F
 
 from esr_kernels import reference as R
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
-                                reason="native CPU extension not built (pip install --no-build-isolation -e .)")
+pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 FP32_TOL = 1e-5
 
 

@@ -117,15 +117,12 @@ def test_cuda_backend_graph_capture_replays_the_same_answer(name):
 
 
 @pytest.mark.slow
-def test_selftest_cuda_quick_passes(tmp_path):
+def test_selftest_cuda_quick_passes(run_esr, tmp_path):
     """The command a first GPU user runs: both CUDA backends, every model and dtype, CUDA graphs."""
     import json
-    import subprocess
-    import sys
 
     report = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "esr_models.cli", "selftest", "--device", "cuda", "--quick",
-                           "--json", str(report)], cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    proc = run_esr("selftest", "--device", "cuda", "--quick", "--json", report, cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     data = json.loads(report.read_text())
     assert data["verdict"] == "PASS" and set(data["backends"]) == {"triton", "cuda"}

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
-                                reason="esr_kernels._C_cpu not built")
+pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
 # What torch itself is capped to for a forced level, as on a CPU that has only that level
 # (ATen's own kernels and oneDNN would otherwise still use AVX-512 here).
@@ -186,9 +185,9 @@ def test_a_level_above_the_cpu_or_unknown_is_refused(value):
 # non-contiguous inputs, the minimum size), forced to each level below the one that runs
 # unforced (that one runs in the main session), so that a level this CI machine does not run
 # by default (avx2 on an AVX-512 machine) cannot rot. Small images: ~1.5 min per level here.
-FUSED_TESTS = ["-k", "not test_fused_models or cpu", "tests/test_fused_models.py",
-               "tests/test_cpu_backend.py",
-               "tests/test_native_ops.py", "tests/test_cpu_conv_engine.py"]
+FUSED_TESTS = ["-k", "not test_fused_models or cpu", "tests/models/test_fused_models.py",
+               "tests/kernels/test_cpu_backend.py",
+               "tests/kernels/test_native_ops.py", "tests/kernels/test_cpu_conv_engine.py"]
 
 
 @pytest.mark.parametrize("level", LEVELS)

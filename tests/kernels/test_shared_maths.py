@@ -5,7 +5,6 @@ contiguous, channels_last and non-contiguous layouts, for every channel count th
 instantiated for (csrc/common/channels.h)."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from esr_kernels import reference as R
 from esr_kernels.packing import fold_esa_skip
 from esr_kernels.spec import POOL_KERNEL, POOL_STRIDE
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
-                                reason="native CPU extension not built (pip install --no-build-isolation -e .)")
+pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 FP32_TOL = 1e-5
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 

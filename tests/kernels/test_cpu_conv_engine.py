@@ -1,9 +1,8 @@
 """The conv engine of the CPU backend (csrc/cpu/winograd.cpp, conv1x1.cpp, bsb_fused.cpp; at
 the avx2 and avx512 ISA levels) and its buffer cache, against float64 F.conv2d. At the level
-that runs here; tests/test_cpu_isa.py runs this file again at each lower level, forced."""
+that runs here; tests/kernels/test_cpu_isa.py runs this file again at each lower level, forced."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ import torch.nn.functional as F
 
 from esr_kernels.packing import pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("esr_kernels._C_cpu") is None,
-                                reason="native CPU extension not built (pip install --no-build-isolation -e .)")
+pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 FP32_TOL = 1e-5
 ACTS = {0: lambda t: t, 1: F.gelu, 2: F.silu, 3: lambda t: F.leaky_relu(t, 0.05), 4: torch.sigmoid}
 

@@ -20,14 +20,7 @@ from esr_models.training.reparam import (LAPLACIAN, SOBEL_X, SOBEL_Y, EdgeRepCon
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on this 2-core machine, shared with other jobs, OpenMP's spinning
-    threads make small convs 10-50x slower than a single thread. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small convs, a shared machine
 
 
 def _perturb_(module: torch.nn.Module, std: float = 0.05, seed: int = 1) -> None:
