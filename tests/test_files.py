@@ -14,7 +14,8 @@ import pytest
 from PIL import Image as PILImage
 
 from esr_models import cli
-from esr_models.outputs import TEMP_PREFIX, OutputExistsError, plan_outputs, write_atomically
+from esr_models.cli.upscale import expand_inputs
+from esr_models.io.outputs import TEMP_PREFIX, OutputExistsError, plan_outputs, write_atomically
 
 pytestmark = pytest.mark.shared  # the CLI loads the upstream weights
 
@@ -145,7 +146,7 @@ def test_leftover_temp_files_are_not_inputs(tmp_path):
     folder = tmp_path / "in"
     image(folder / "a.png")
     (folder / f"{TEMP_PREFIX}dead-a_x4.png").write_bytes(b"truncated")
-    files, errors, _ = cli.expand_inputs([str(folder)])
+    files, errors, _ = expand_inputs([str(folder)])
     assert [f.name for f in files] == ["a.png"] and not errors
 
 
@@ -178,7 +179,7 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
     for n in "abc":
         image(d / f"{n}.png")
     if failure == "disk_full":
-        from esr_models import batch
+        from esr_models.io import jobs as batch
 
         real = batch.write_image
 
@@ -190,7 +191,7 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
 
         monkeypatch.setattr(batch, "write_image", write)
     else:
-        from esr_models.upscaler import Upscaler
+        from esr_models.infer.upscaler import Upscaler
 
         real = Upscaler.upscale_image
 
@@ -287,7 +288,7 @@ def test_odd_entries_in_folders_are_noted_not_dropped_silently(tmp_path):
     image(folder / "a.png")
     os.mkfifo(folder / "pipe.png")
     (folder / "dangling.png").symlink_to(folder / "gone.png")
-    files, errors, notes = cli.expand_inputs([str(folder), str(folder / "pipe.png")])
+    files, errors, notes = expand_inputs([str(folder), str(folder / "pipe.png")])
     assert [f.name for f in files] == ["a.png"]
     assert any("not regular files" in n and "pipe.png" in n and "dangling.png" in n for n in notes)
     assert errors == [f"{folder / 'pipe.png'}: not a regular file"]

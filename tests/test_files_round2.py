@@ -68,7 +68,7 @@ def test_export_never_writes_over_its_source_or_the_weights_folder(tmp_path, cas
 
 
 def test_export_library_refuses_its_source(tmp_path):
-    from esr_models.training.export import export_deploy_checkpoint
+    from esr_models.training.deploy_checkpoint import export_deploy_checkpoint
 
     mine = tmp_path / "mine.pth"
     shutil.copy(weights_dir() / "team01_pfdnlite.pth", mine)
@@ -173,7 +173,7 @@ def test_a_blocked_output_path_is_a_failure_not_a_skip(tmp_path, blocker, overwr
 
 
 def test_write_atomically_does_not_call_a_blocked_path_an_existing_output(tmp_path):
-    from esr_models.outputs import OutputExistsError, write_atomically
+    from esr_models.io.outputs import OutputExistsError, write_atomically
 
     dst = tmp_path / "x.png"
     dst.symlink_to(tmp_path / "gone.png")
@@ -200,7 +200,7 @@ def test_a_bad_environment_variable_is_a_usage_error_naming_it(tmp_path, name, v
 
 
 def test_memory_cap_is_read_when_valid(monkeypatch):
-    from esr_models.memory import available_bytes
+    from esr_models.infer.memory import available_bytes
 
     monkeypatch.setenv("ESR_MAX_MEMORY_MB", "1.5")
     assert available_bytes(torch.device("cpu")) <= int(1.5 * 2**20)
@@ -249,13 +249,13 @@ def test_a_checkpoint_with_missing_keys_is_one_clear_error(tmp_path, which, comm
 
 def test_missing_keys_through_the_library_and_spandrels_loader(tmp_path):
     import esr_models
-    from esr_models.loading import CheckpointError, detect_checked
+    from esr_models.arch.checkpoints import CheckpointError, detect_checked
 
     for ckpt, missing, unexpected, arch in _broken_checkpoints(tmp_path).values():
         with pytest.raises(CheckpointError) as info:
             esr_models.load(ckpt)
         assert _names_keys(str(info.value), missing, unexpected, arch)
-        # spandrel's loader (esr_models.spandrel_support) goes through detect_checked
+        # spandrel's loader (esr_models.interop.spandrel) goes through detect_checked
         with pytest.raises(CheckpointError) as info:
             detect_checked(torch.load(ckpt, weights_only=True))
         assert _names_keys(str(info.value), missing, unexpected, arch)
@@ -335,7 +335,7 @@ def _deflate_bomb(megabytes: int) -> bytes:
 
 _RSS_SCRIPT = """
 import resource, sys
-from esr_models.images import read_image
+from esr_models.io.images import read_image
 read_image(sys.argv[1])  # a normal file first: imports and one read are in the baseline
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -366,7 +366,7 @@ def test_a_png_icc_bomb_is_never_inflated(tmp_path, depth):
 def test_png_text_chunks_are_capped_in_all(tmp_path):
     import zlib
 
-    from esr_models.images import MAX_METADATA_BYTES, read_image
+    from esr_models.io.images import MAX_METADATA_BYTES, read_image
 
     # 8 zTXt chunks of 0.9 MB each: under Pillow's 1 MB per chunk, over our cap in all.
     one = b"k\0\0" + zlib.compress(b"\0" * (900 << 10))
@@ -454,7 +454,7 @@ def test_eval_names_and_counts_every_left_out_entry(tmp_path):
 def test_eval_uses_the_checkpoints_scale(tmp_path):
     import json
 
-    from esr_models.pfdnlite import PFDNLite
+    from esr_models.arch.pfdnlite import PFDNLite
 
     torch.manual_seed(0)
     ckpt = tmp_path / "x2.pth"

@@ -45,7 +45,7 @@ def test_fused_model_runs_the_weights_it_reports(path):
     """After the weights change, the fused output is the reference's output for the new weights,
     whatever mode the tensors were made in and whether the model is called through
     torch.compile; in-place edits of inference tensors (no version counter) through repack_."""
-    from esr_models.fusion import repack_
+    from esr_models.fused.fusion import repack_
 
     _cpu_backend_or_skip()
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -166,7 +166,7 @@ def _samples(shape, seed=0, maxval=65535):
 
 @pytest.mark.parametrize("kind", ["P6", "P3-plain", "P6-maxval-1023", "P5", "P2-plain"])
 def test_16bit_ppm_and_pgm_are_read_at_16_bits(tmp_path, kind):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     maxval = 1023 if "1023" in kind else 65535
     colour = kind[:2] in ("P6", "P3")
@@ -180,7 +180,7 @@ def test_16bit_ppm_and_pgm_are_read_at_16_bits(tmp_path, kind):
 
 
 def test_16bit_ppm_over_max_pixels_is_refused_before_reading(tmp_path):
-    from esr_models.images import ImageReadError, read_image
+    from esr_models.io.images import ImageReadError, read_image
 
     path = _pnm16(tmp_path / "a.ppm", _samples((5, 7, 3)))
     with pytest.raises(ImageReadError, match="above the limit"):
@@ -189,7 +189,7 @@ def test_16bit_ppm_over_max_pixels_is_refused_before_reading(tmp_path):
 
 @pytest.mark.parametrize("case", ["rgb-le", "rgba-be"])
 def test_16bit_colour_tiff_is_read_at_16_bits(tmp_path, case):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     spp = 4 if case.startswith("rgba") else 3
     arr = _samples((7, 6, spp), seed=2)
@@ -203,7 +203,7 @@ def test_16bit_colour_tiff_is_read_at_16_bits(tmp_path, case):
 
 
 def test_compressed_16bit_tiff_is_16_bit_or_says_precision_was_reduced(tmp_path):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     arr = _samples((7, 6, 3), seed=3)
     img = read_image(_tiff16(tmp_path / "a.tif", arr, deflate=True))
@@ -214,7 +214,7 @@ def test_compressed_16bit_tiff_is_16_bit_or_says_precision_was_reduced(tmp_path)
 
 
 def test_cli_writes_a_16bit_png_for_a_16bit_ppm(tmp_path):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     (tmp_path / "in").mkdir()
     src = _pnm16(tmp_path / "in" / "a.ppm", _samples((16, 16, 3)))
@@ -294,7 +294,7 @@ MB = 1 << 20
 def test_cgroup_memory_is_the_limit_minus_the_working_set(tmp_path, layout):
     """Page cache (2 GB of it here, as after reading many files) is not counted as used: the
     kernel reclaims it before it kills anything."""
-    from esr_models.memory import cgroup_available_bytes
+    from esr_models.infer.memory import cgroup_available_bytes
 
     root, proc = tmp_path / "cgroup", tmp_path / "proc_self_cgroup"
     proc.write_text("0::/\n")
@@ -328,13 +328,13 @@ def test_cgroup_memory_is_the_limit_minus_the_working_set(tmp_path, layout):
 
 
 def test_no_cgroup_files_means_no_cgroup_limit(tmp_path):
-    from esr_models.memory import cgroup_available_bytes
+    from esr_models.infer.memory import cgroup_available_bytes
 
     assert cgroup_available_bytes(str(tmp_path / "nothing"), str(tmp_path / "none")) is None
 
 
 def test_available_bytes_takes_the_cgroup_limit(monkeypatch):
-    from esr_models import memory
+    from esr_models.infer import memory
 
     monkeypatch.setattr(memory, "cgroup_available_bytes", lambda *a, **k: 123 * MB)
     monkeypatch.delenv("ESR_MAX_MEMORY_MB", raising=False)
@@ -345,7 +345,7 @@ def test_available_bytes_takes_the_cgroup_limit(monkeypatch):
 
 @pytest.fixture
 def x2_checkpoint(tmp_path):
-    from esr_models.pfdnlite import PFDNLite
+    from esr_models.arch.pfdnlite import PFDNLite
 
     torch.manual_seed(0)
     ckpt = tmp_path / "x2.pth"
@@ -355,7 +355,7 @@ def x2_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("how", ["whole", "tiled", "ray"])
 def test_a_x2_model_writes_x2_images_named_x2(tmp_path, x2_checkpoint, how):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     if how == "ray":
         pytest.importorskip("ray")

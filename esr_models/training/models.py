@@ -22,11 +22,12 @@ from torch import nn
 
 from esr_kernels.errors import InvalidValueError
 
-from ..ifadnet import IFADNet, RFMB
-from ..loading import CheckpointError, load, load_state_dict_file
-from ..pfdnlite import PartialBlock, PFDNLite
-from ..registry import detect
-from ..rlfn import RLFN
+from ..arch.checkpoints import CheckpointError, load_state_dict_file
+from ..arch.ifadnet import IFADNet, RFMB
+from ..arch.pfdnlite import PartialBlock, PFDNLite
+from ..arch.registry import detect
+from ..arch.rlfn import RLFN
+from ..infer.loading import load
 from .reparam import REP_BLOCKS, EdgeRepConv, RepMBConv, RepPointwiseConv
 
 ARCH_NAMES = ("ifadnet", "pfdnlite", "rlfn")
@@ -179,7 +180,7 @@ def trainable(name_or_checkpoint, pretrained: bool = True, use_ema: bool = False
                                 "or the path of a checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as arch/checkpoints.py)
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if _is_training_checkpoint(state):
         return from_training_checkpoint(state, use_ema=use_ema).train()

@@ -2,7 +2,7 @@
 
 For each fused backend of the device (cuda: ``triton`` and ``cuda``; cpu: ``cpu``), every model
 (``esr_models.load(name, fused=True, backend=b)`` against ``esr_models.load(name)``) on image
-content (the shipped sample image, or ``esr_models.sample.make_sample`` at the test size:
+content (the shipped sample image, or ``esr_models.io.sample.make_sample`` at the test size:
 540x960 on CUDA) in every dtype the backend runs; on the Triton backend every ``torch.ops.esr``
 op variant the models call, against ``esr_kernels.reference``; on CUDA, CUDA-graph capture and
 replay; then a short timing table (eager and torch.compile references, fused backends), a
@@ -29,9 +29,9 @@ import torch
 import esr_kernels
 
 from . import selftest_checks as C
-from .cli_common import UsageError, check_device, run
-from .loading import MODEL_NAMES, load
-from .sample import SAMPLE_PATH, make_sample
+from ..infer.loading import MODEL_NAMES, load
+from ..io.sample import SAMPLE_PATH, make_sample
+from .common import UsageError, check_device, run
 
 SIZES = {("cuda", False): (540, 960), ("cuda", True): (135, 240),
          ("cpu", False): (256, 256), ("cpu", True): (96, 128)}  # (H, W) of the LR input
@@ -104,7 +104,7 @@ def sample_image(h: int, w: int, device) -> tuple[torch.Tensor, str]:
 
         arr, source = np.array(Image.open(SAMPLE_PATH).convert("RGB")), "esr_models/data/sample.png"
     else:
-        arr, source = make_sample(h, w), f"esr_models.sample.make_sample({h}, {w})"
+        arr, source = make_sample(h, w), f"esr_models.io.sample.make_sample({h}, {w})"
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div(255.0)
     return x.to(device), source
 
@@ -332,7 +332,7 @@ def cmd_selftest(args) -> int:
     return 0 if verdict == "PASS" else 1
 
 
-def main(argv=None) -> int:  # python -m esr_models.selftest: the same as ``esr selftest``
+def main(argv=None) -> int:  # python -m esr_models.cli.selftest: the same as ``esr selftest``
     parser = argparse.ArgumentParser(prog="esr")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run(parser, ["selftest", *(sys.argv[1:] if argv is None else argv)])

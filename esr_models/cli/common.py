@@ -1,10 +1,11 @@
 """What the ``esr`` command and its sub-commands share: ``UsageError``, the device, backend and
 environment checks, loading the model an option names, the output extension, and ``run``, which
-runs a parsed command under one error policy. cli.py and the command modules (export, ray_upscale,
-selftest, gpu_check_cmd, roofline_cmd, training/cli) import from here; nothing here imports them.
+runs a parsed command under one error policy. The command modules of this package (upscale,
+evaluate, export, train, ...) import from here; nothing here imports them.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -16,10 +17,10 @@ import torch
 from esr_kernels.errors import EsrError
 from esr_kernels.policy import resolve_backend, triton_available
 
-from .loading import load
-from .media import is_video
-from .memory import memory_cap_bytes
-from .upscaler import DTYPES
+from ..infer.loading import MODEL_NAMES, load, load_for_backend
+from ..infer.memory import memory_cap_bytes
+from ..infer.upscaler import DTYPES
+from ..io.media import is_video
 
 
 class UsageError(EsrError, ValueError):
@@ -48,10 +49,11 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def check_backend(backend: str, device: torch.device, dtype_name: str) -> None:
-    """``--fused --backend``: a UsageError saying why the backend cannot run here."""
+def check_backend(backend: str, device: torch.device, dtype_name: str) -> str:
+    """``--fused --backend`` resolved for this device and dtype (``resolve_backend``: 'triton',
+    'cpu', 'cuda' or 'reference'), or a UsageError saying why the backend cannot run here."""
     try:
-        resolve_backend(backend, device, DTYPES[dtype_name])
+        return resolve_backend(backend, device, DTYPES[dtype_name])
     except RuntimeError as exc:
         raise UsageError(f"--fused --backend {backend}: {exc}") from None
 
@@ -90,14 +92,30 @@ def load_model(model: str, device: str, dtype: str, fused: bool = False, backend
     device_, dtype_ = check_device(device), DTYPES[dtype]
     if not fused:
         return load(model, device=device_, dtype=dtype_)
-    check_backend(backend, device_, dtype)
+    chosen = check_backend(backend, device_, dtype)  # the one resolution of --backend on this path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = load(model, device=device_, dtype=dtype_, fused=True, backend=backend)
+        loaded = load_for_backend(model, device_, dtype_, chosen)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"fused backend: {loaded.backend}", file=sys.stderr)
     return loaded
+
+
+def model_of(args) -> torch.nn.Module:
+    """The model ``--model``, ``--device``, ``--dtype``, ``--fused`` and ``--backend`` ask for."""
+    return load_model(args.model, args.device, args.dtype, args.fused, args.backend)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --fused, --backend: the options of every command that runs a model."""
+    p.add_argument("--model", default="ifadnet", help=f"model name ({', '.join(MODEL_NAMES)}; default: "
+                   "ifadnet) or the path of a checkpoint file")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--fused", action="store_true", help="run the fused esr_kernels path")
+    p.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "cpu"],
+                   help="fused backend (with --fused)")
 
 
 def output_extension(src: Path) -> str:

@@ -1,6 +1,6 @@
 """This package's deploy key names -> the upstream checkpoints' (the inverse of
-``registry``'s renames): used to write upstream-layout checkpoints (training/export.py) and to
-name a mismatching file's keys in its own layout (loading.py)."""
+``registry``'s renames): used to write upstream-layout checkpoints (training/deploy_checkpoint.py) and to
+name a mismatching file's keys in its own layout (checkpoints.py)."""
 from __future__ import annotations
 
 import re

@@ -13,13 +13,13 @@ from pathlib import Path
 from esr_kernels.gpu_check import (DEFAULT_ARCHS, DEFAULT_SIZES, check_archs, check_launches, format_table,
                                    make_input, parse_sizes, record_launches)
 
-from .cli_common import require_triton
-from .loading import load
+from ..infer.loading import load
+from .common import require_triton
 
 MODELS = ("ifadnet", "pfdnlite", "rlfn")
 DTYPES = ("float32", "float16", "bfloat16")
 LAYOUTS = ("nchw", "channels_last")
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-resources.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu-resources.json"
 
 
 def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,

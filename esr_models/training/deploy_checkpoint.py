@@ -1,7 +1,7 @@
 """Deploy-checkpoint export: a training checkpoint -> the upstream checkpoint layout.
 
-The written file uses the upstream repositories' key names (``esr_models.upstream_keys``: the
-inverse of ``esr_models.registry``'s renames, checked key by key against them), so ``esr_models.load``
+The written file uses the upstream repositories' key names (``esr_models.arch.upstream_keys``: the
+inverse of ``esr_models.arch.registry``'s renames, checked key by key against them), so ``esr_models.load``
 detects it and the upstream code loads it:
 
 * IFADNet: ``{"params": raw deploy weights, "params_ema": EMA deploy weights}``, the BasicSR
@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..loading import CheckpointError, load_state_dict_file
-from ..upstream_keys import to_upstream_keys
-from ..weights import protected_reason
+from ..arch.checkpoints import CheckpointError, load_state_dict_file
+from ..arch.upstream_keys import to_upstream_keys
+from ..arch.weights import protected_reason
 from .models import _arch_name, deploy_state_dict, from_training_checkpoint, _is_training_checkpoint
 
 def _models_from_source(source: str | Path) -> tuple[str, nn.Module, nn.Module | None]:
     """(arch name, raw train-time or deploy model, EMA model or None) from a checkpoint file."""
     try:
         state = torch.load(Path(source), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as arch/checkpoints.py)
         raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if isinstance(state, dict) and _is_training_checkpoint(state):
         raw = from_training_checkpoint(state, use_ema=False)

@@ -7,7 +7,7 @@ architecture registry, so that hosts which load SR models through spandrel (chai
     desc = spandrel.ModelLoader().load_from_file("team01_pfdnlite.pth")
     desc.scale, desc.size_requirements.minimum    # 4, 7
 
-Detection uses the same key sets, in the same order, as ``esr_models.registry.detect``, and
+Detection uses the same key sets, in the same order, as ``esr_models.arch.registry.detect``, and
 loading goes through ``detect`` itself, so ``desc.model`` is this package's reference model with
 exactly the weights ``esr_models.load`` gives (same outputs, bit for bit). spandrel is an
 optional dependency: it is imported only when ``register_spandrel`` is called.
@@ -31,8 +31,8 @@ import functools
 import torch
 from torch import nn
 
-from .loading import CheckpointError, detect_checked
-from .registry import ARCHITECTURES, unwrap
+from ..arch.checkpoints import CheckpointError, detect_checked
+from ..arch.registry import ARCHITECTURES, unwrap
 
 # spandrel architecture ids are global; a namespace keeps ours from ever colliding with a
 # built-in of the same name (a later spandrel could add e.g. "RLFN").

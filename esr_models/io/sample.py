@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "sample.png"
+SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "sample.png"
 
 
 def _value_noise(h: int, w: int, cell: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,7 +51,7 @@ def make_sample(h: int = 96, w: int = 128, seed: int = 2024) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-if __name__ == "__main__":  # python -m esr_models.sample: rewrite data/sample.png
+if __name__ == "__main__":  # python -m esr_models.io.sample: rewrite data/sample.png
     from PIL import Image
 
     Image.fromarray(make_sample()).save(SAMPLE_PATH, optimize=True)

@@ -1,4 +1,4 @@
-"""``fuse_(model, backend)``: swaps a model's modules for fused ones (``fused_modules``) in
+"""``fuse_(model, backend)``: swaps a model's modules for fused ones (``modules.py``) in
 place, through one generic walk over a table of reference type -> fused type, not
 per-architecture patching; and the fused model's input checks and repacking.
 
@@ -14,8 +14,8 @@ from torch import nn
 from esr_kernels.policy import (auto_reference_reason, bf16_gemm_available, cpu_dtype_note, make_backend,
                                 resolve_backend, runs)
 
-from .fused_modules import FUSED_TYPES, _Fused, can_fuse
-from .layers import InputError
+from ..arch.layers import InputError
+from .modules import FUSED_TYPES, _Fused, can_fuse
 
 
 def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
@@ -41,11 +41,21 @@ def fuse_(model: nn.Module, backend: str = "auto") -> dict[str, nn.Module]:
         warnings.warn(f"fuse_(backend='auto'): {auto_reference_reason(weight.device, weight.dtype)}; "
                       "the model stays the reference", stacklevel=2)
         return {}
-    backend = chosen
+    return fuse_resolved(model, chosen, _stacklevel=3)
+
+
+def fuse_resolved(model: nn.Module, backend: str, _stacklevel: int = 2) -> dict[str, nn.Module]:
+    """``fuse_`` for a backend already resolved for the model's device and dtype
+    (``resolve_backend``'s answer, not "auto" nor "reference"): not checked again. The one
+    resolution happens in ``fuse_``, ``load(fused=True)`` or the command's ``--backend`` check."""
+    already = getattr(model, "_esr_fused_backend", None)
+    if already is not None and backend != already:
+        raise ValueError(f"this model is already fused for backend {already!r}, not {backend!r}")
+    weight = next(model.parameters())
     if backend == "cpu" and weight.dtype != torch.float32 and not (weight.dtype == torch.bfloat16
                                                                    and bf16_gemm_available()):
         # float16, or bfloat16 without vdpbf16ps: float32 kernels, said rather than silent.
-        warnings.warn(f"fuse_: {cpu_dtype_note(weight.dtype)}", stacklevel=2)
+        warnings.warn(f"fuse_: {cpu_dtype_note(weight.dtype)}", stacklevel=_stacklevel)
     kernels = make_backend(backend, weight.device)
     replaced: dict[str, nn.Module] = {}
     fused_types = set(FUSED_TYPES.values())

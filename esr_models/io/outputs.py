@@ -131,7 +131,7 @@ def _earlier_outputs(inputs: list[Path], dst_of: dict[Path, Path], scale: int) -
     by_id = {file_identity(f): f for f in inputs}
     found = set()
     for src, dst in dst_of.items():
-        if name_too_long(dst):  # cannot exist; the job fails with the reason (batch.triage)
+        if name_too_long(dst):  # cannot exist; the job fails with the reason (jobs.triage)
             continue
         if dst.exists() and file_identity(dst) in by_id and by_id[file_identity(dst)] != src:
             candidate = by_id[file_identity(dst)]

@@ -9,7 +9,7 @@ from torch import nn
 
 from esr_kernels.errors import InvalidValueError
 
-from .images import Image
+from ..io.images import Image
 from .loading import min_input_size
 from .memory import available_bytes, choose_tile
 from .tiling import upscale_tiled

@@ -31,8 +31,8 @@ from torch import nn
 
 from esr_kernels.errors import EsrError
 
-from .loading import load
-from .outputs import write_atomically
+from ..infer.loading import load
+from ..io.outputs import write_atomically
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 11
@@ -163,7 +163,7 @@ def export_onnx(model_or_name, path: str | Path, opset: int = DEFAULT_OPSET, dyn
     left at ``path``. ``OnnxExport.max_abs_error`` says what was measured.
 
     The file is written under a temporary name and moved into place; an existing ``path`` is
-    an error (``esr_models.outputs.OutputExistsError``, a FileExistsError) unless
+    an error (``esr_models.io.outputs.OutputExistsError``, a FileExistsError) unless
     ``overwrite``."""
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} "

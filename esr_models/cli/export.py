@@ -4,10 +4,10 @@ SOURCE is a model name (``ifadnet``, ``pfdnlite``, ``rlfn``), a deploy checkpoin
 ``esr_models.load`` reads) or a checkpoint written by ``esr train``.
 
 * ``-o OUT.pth``: the deploy-form checkpoint in the upstream key layout
-  (``esr_models.training.export.export_deploy_checkpoint``).
+  (``esr_models.training.deploy_checkpoint.export_deploy_checkpoint``).
 * ``--onnx OUT.onnx``: the deploy (reference) model as ONNX, dynamic batch, height and width,
   opset ``--opset`` (default 17), checked with ONNX Runtime when it is installed
-  (``esr_models.onnx_export.export_onnx``).
+  (``esr_models.interop.onnx.export_onnx``).
 
 For a checkpoint written by ``esr train`` both outputs hold the EMA weights when it has them,
 the raw weights with ``--raw``; for other sources ``--raw`` changes nothing.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from . import weights
-from .cli_common import UsageError, run
-from .loading import MODEL_NAMES, load
-from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
-from .training.models import deploy, trainable
+from ..arch import weights
+from ..infer.loading import MODEL_NAMES, load
+from ..interop.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
+from ..training.models import deploy, trainable
+from .common import UsageError, run
 
 
 def add_parser(sub) -> None:
@@ -106,8 +106,8 @@ def _check(args) -> None:
         if missing:
             raise UsageError("--onnx needs the onnx package (and onnxruntime to check the export): "
                              "pip install 'esr-kernels[onnx]'")
-    if args.out and importlib.util.find_spec("esr_models.training.export") is None:
-        raise UsageError("-o needs esr_models.training.export, which this install does not have")
+    if args.out and importlib.util.find_spec("esr_models.training.deploy_checkpoint") is None:
+        raise UsageError("-o needs esr_models.training.deploy_checkpoint, which this install does not have")
 
 
 def _print_warnings(caught) -> None:
@@ -120,7 +120,7 @@ def cmd_export(args) -> int:
     failures = 0
     if args.out:
         # Imported here: _check refuses -o with a clear error on an install without it.
-        from .training.export import export_deploy_checkpoint
+        from ..training.deploy_checkpoint import export_deploy_checkpoint
 
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -150,7 +150,7 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m esr_models.export``: the same as ``esr export``."""
+    """``python -m esr_models.cli.export``: the same as ``esr export``."""
     parser = argparse.ArgumentParser(prog="esr")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run(parser, ["export", *(argv if argv is not None else sys.argv[1:])])

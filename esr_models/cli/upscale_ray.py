@@ -3,14 +3,14 @@
 Ray is an optional extra (``pip install -e '.[ray]'``). The driver (the ``esr`` process) does
 everything the local path does before a file is read: option checks, input expansion, the
 model (loaded once here, so a wrong name, a missing or bad checkpoint fails with exit 2 before
-any worker starts), output names and the skip/fail triage of ``batch.triage``. Only the jobs
+any worker starts), output names and the skip/fail triage of ``io.jobs.triage``. Only the jobs
 left to run go to Ray, as rows ``{src, dst}`` (paths, not pixels: images of any size are
 decoded by the workers). An actor pool holds one model per worker (``num_gpus=1`` per worker
 on CUDA; on CPU, ``--ray-cpus-per-worker`` CPUs and as many torch threads, so workers do not
-oversubscribe the cores). Each worker runs ``batch.run_job`` (or the video path, as the local
-loop does), so outputs follow the rules of ``outputs.py``: the same names, never replacing a
+oversubscribe the cores). Each worker runs ``io.jobs.run_job`` (or the video path, as the local
+loop does), so outputs follow the rules of ``io/outputs.py``: the same names, never replacing a
 file without ``--overwrite``, temporary file + atomic move, one file's failure reported by name.
-The driver feeds the outcomes into the same ``batch.Report``: same lines, same summary, same
+The driver feeds the outcomes into the same ``io.jobs.Report``: same lines, same summary, same
 exit code (0 all done or skipped, 1 some failed, 2 usage/setup error before any file).
 
 Workers need this package (and Ray) installed on every node, and the input and output paths
@@ -52,13 +52,13 @@ from pathlib import Path
 
 import torch
 
-from .batch import DONE, FAILED, SKIPPED, Outcome, Report, run_job, triage
-from .cli_common import UsageError, check_backend, check_device, load_model, output_extension, parse_device
-from .loading import load
-from .media import is_video
-from .outputs import TEMP_PREFIX, Job, default_suffix, file_identity, plan_outputs
-from .upscaler import DTYPES, Upscaler
-from .video import upscale_video
+from ..infer.loading import load
+from ..infer.upscaler import DTYPES, Upscaler
+from ..io.jobs import DONE, FAILED, SKIPPED, Outcome, Report, run_job, triage
+from ..io.media import is_video
+from ..io.outputs import TEMP_PREFIX, Job, default_suffix, file_identity, plan_outputs
+from ..io.video import upscale_video
+from .common import UsageError, check_backend, check_device, load_model, output_extension, parse_device
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
 LOCAL = "local"                 # --ray without an address: start a Ray for this run
@@ -113,7 +113,7 @@ def _check_options(args) -> None:
 def _checkpoint_bytes(args) -> tuple[bytes, int]:
     """The model's weights as a checkpoint file's bytes, and its scale: loaded here (same errors
     as the local path), shipped to the workers, which load them through the same
-    ``cli_common.load_model``. The scale names and checks the outputs here, as the local path does."""
+    ``common.load_model``. The scale names and checks the outputs here, as the local path does."""
     model = load(args.model)  # CPU float32: the reference weights, whatever runs them
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

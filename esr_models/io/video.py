@@ -61,7 +61,7 @@ import torch
 
 from esr_kernels.errors import EsrError
 
-from .batch import DONE, FAILED, SKIPPED, Outcome, describe_error
+from .jobs import DONE, FAILED, SKIPPED, Outcome, describe_error
 from .media import VIDEO_SUFFIXES, frame_size  # noqa: F401  (importable from here, as before)
 from .outputs import Job, OutputExistsError, write_atomically
 

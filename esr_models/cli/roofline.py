@@ -1,7 +1,7 @@
 """``esr roofline``: the memory-traffic model of the fused models against the eager references
 at 540x960 -> 2160x3840 (the model itself: esr_kernels/roofline.py, which takes models).
 
-``python -m esr_models.roofline_cmd [options of esr roofline]`` runs the command too.
+``python -m esr_models.cli.roofline [options of esr roofline]`` runs the command too.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from esr_kernels.roofline import combine, format_table, interpreter_usable, model_report
 
-from .cli_common import UsageError, require_triton, run
-from .loading import load
+from ..infer.loading import load
+from .common import UsageError, require_triton, run
 
 MODELS = ("ifadnet", "pfdnlite", "rlfn")
 LR_SIZE = (540, 960)  # -> 2160x3840 (4K UHD)
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "roofline.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "roofline.json"
 
 
 def report_for(name: str, size=LR_SIZE, dtype_name: str = "float16") -> dict:
@@ -35,7 +35,7 @@ def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16") -> di
     """The report for ``models``; in a subprocess under Triton's interpreter when this process
     imported triton for a GPU (nothing runs either way: the fused model is only traced)."""
     if not interpreter_usable():
-        proc = subprocess.run([sys.executable, "-m", "esr_models.roofline_cmd", "--report-json", ",".join(models),
+        proc = subprocess.run([sys.executable, "-m", "esr_models.cli.roofline", "--report-json", ",".join(models),
                                f"{size[0]}x{size[1]}", dtype_name], capture_output=True, text=True,
                               env=dict(os.environ, TRITON_INTERPRET="1"), check=False)
         if proc.returncode != 0:

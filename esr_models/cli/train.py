@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from ..cli_common import check_device
-from ..loading import MODEL_NAMES
-from .recipes import RECIPES, ConfigError
+from ..infer.loading import MODEL_NAMES
+from ..training.recipes import RECIPES, ConfigError
+from .common import check_device
 
 
 def _int_list(text: str) -> list[int]:
@@ -27,7 +27,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_train(args) -> int:
-    from .trainer import TrainOptions, Trainer  # here: every `esr` run imports this module, few train
+    from ..training.trainer import TrainOptions, Trainer  # here: every `esr` run imports this module, few train
 
     if args.show_recipe:
         if args.show_recipe not in RECIPES:

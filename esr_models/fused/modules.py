@@ -10,7 +10,7 @@ Packs follow the weights on every path by which they change: ``load_state_dict``
 on each fused module repacks it, whatever mode the tensors were made in and whether the model
 is later called eagerly or through ``torch.compile``), in-place edits of ordinary tensors (the
 fused model's forward pre-hook compares version counters, ``fusion._repack_if_changed``), and
-anything else through ``esr_models.fusion.repack_(model)``. Pickling (``torch.save(model)``,
+anything else through ``esr_models.fused.fusion.repack_(model)``. Pickling (``torch.save(model)``,
 ``pickle.dumps``, Ray) stores the module without its packs and backend object (which holds
 ``torch.ops`` handles): the backend is made again by name, and the packs rebuilt, on load.
 """
@@ -23,10 +23,10 @@ from esr_kernels import spec
 from esr_kernels.packing import fold_esa
 from esr_kernels.policy import make_backend
 
-from .ifadnet import BFEB, RFMB
-from .layers import AffineInputConv2d, ConcatFuse, ConvAdd, PixelShuffleTail
-from .pfdnlite import PartialBlock
-from .rlfn import RLFB
+from ..arch.ifadnet import BFEB, RFMB
+from ..arch.layers import AffineInputConv2d, ConcatFuse, ConvAdd, PixelShuffleTail
+from ..arch.pfdnlite import PartialBlock
+from ..arch.rlfn import RLFB
 
 
 def _buffer_name(pack_name: str, path: str) -> str:

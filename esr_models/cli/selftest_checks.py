@@ -1,4 +1,4 @@
-"""The numeric checks behind ``esr selftest`` (esr_models/selftest.py runs and reports them).
+"""The numeric checks behind ``esr selftest`` (esr_models/cli/selftest.py runs and reports them).
 
 Each check returns a dict: ``kind`` (available / op / model / cuda_graph), what it ran
 (model, backend, dtype, op variant, input shape), ``metric``, ``error``, ``tolerance``,
