@@ -9,15 +9,11 @@ from torch import nn
 
 from esr_kernels.errors import EsrError
 
-from .registry import ARCHITECTURES, IFADNet, PFDNLite, RLFN, UnknownArchitectureError, detect, unwrap
-from .upstream_keys import TO_UPSTREAM
+from .registry import ARCHITECTURES, UnknownArchitectureError, architecture, detect, unwrap
 
 
 class CheckpointError(EsrError, ValueError):
     """A checkpoint file that is not a usable state dict."""
-
-
-_DISPLAY = {"ifadnet": "IFADNet", "pfdnlite": "PFDNLite", "rlfn": "RLFN"}
 
 
 def _key_list(keys: list[str], limit: int = 8) -> str:
@@ -27,8 +23,9 @@ def _key_list(keys: list[str], limit: int = 8) -> str:
 
 def _default_keys(name: str) -> dict[bool, list[str]]:
     """{upstream layout?: keys} of the architecture's upstream configuration."""
-    own = list({"ifadnet": IFADNet, "pfdnlite": PFDNLite, "rlfn": RLFN}[name]().state_dict())
-    return {False: own, True: [TO_UPSTREAM[name](k) for k in own]}
+    arch = architecture(name)
+    own = list(arch.cls().state_dict())
+    return {False: own, True: [arch.to_upstream(k) for k in own]}
 
 
 class CheckpointKeysError(CheckpointError):
@@ -57,13 +54,13 @@ def explain_mismatch(state: dict, exc: BaseException | None = None) -> str | Non
     try:
         expected = list(arch.build(mapped).state_dict())
         if upstream:
-            expected = [TO_UPSTREAM[arch.name](k) for k in expected]
+            expected = [arch.to_upstream(k) for k in expected]
     except Exception:  # the hyper-parameters themselves cannot be read: the upstream configuration
         expected = list(_default_keys(arch.name)[upstream])
     have = set(sd)
     missing = [k for k in expected if k not in have]
     unexpected = [k for k in sd if k not in set(expected)]
-    parts = [f"detected architecture {_DISPLAY[arch.name]} ({'upstream' if upstream else 'esr_models'} key "
+    parts = [f"detected architecture {arch.display} ({'upstream' if upstream else 'esr_models'} key "
              f"layout), but the weights do not fit it"]
     parts.append(f"missing {len(missing)} key(s): {_key_list(missing)}" if missing else "missing keys: none")
     parts.append(f"unexpected {len(unexpected)} key(s): {_key_list(unexpected)}" if unexpected

@@ -7,6 +7,7 @@ from torch import nn
 
 from .layers import (ESA, AffineInputConv2d, BlueprintConv, ConcatFuse, PixelShuffleTail, check_input,
                      conv3x3, gelu)
+from .record import ESA_RENAMES, Architecture, Checkpoint, KeyRenames, count_blocks, common_hyperparameters
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -42,9 +43,9 @@ class RFMB(nn.Module):
 
 class IFADNet(nn.Module):
     """Input (N, 3, H, W) float in [0, 1]; output (N, 3, 4H, 4W) in [0, 1] units, unclamped.
-    H, W >= 15 (ESA pooling)."""
+    H, W >= ``min_size`` (ESA pooling)."""
 
-    min_size = 15
+    min_size = ESA.min_size
 
     def __init__(self, channels: int = 36, num_blocks: int = 6, esa_channels: int = 16,
                  scale: int = 4, in_channels: int = 3):
@@ -64,3 +65,27 @@ class IFADNet(nn.Module):
             out = block(out)
             outs.append(out)
         return self.tail(self.fuse(outs, head), x)
+
+
+def _hyperparameters(sd: dict) -> dict:
+    return dict(num_blocks=count_blocks(sd), esa_channels=sd["blocks.1.esa.reduce.weight"].shape[0],
+                **common_hyperparameters(sd))
+
+
+ARCHITECTURE = Architecture(
+    name="ifadnet", display="IFADNet", cls=IFADNet,
+    checkpoint=Checkpoint(
+        "team33_IFADNet.pth",
+        "fd653ab692a479f81893fcf6324edb228ab7dc313a5146ba6886999a024ea3cb",
+        "https://github.com/BhJia/NTIRE2024_ESR/raw/main/model_zoo/team33_IFADNet.pth",
+        subkey="params_ema"),
+    upstream_keys=("fea_conv.weight", "B1.c1_r.rbr_reparam.pw.weight", "c1.weight"),
+    own_keys=("head.weight", "blocks.0.convs.0.pointwise.weight", "fuse.weight"),
+    renames=KeyRenames((("^fea_conv.", "^head."), ("^c1.", "^fuse."), ("^upsampler.upsampleOneStep.0.", "^tail."),
+                        ("^B{n}.", "^blocks.{i}."), (".c1_r.rbr_reparam.", ".convs.0."),
+                        (".c2_r.rbr_reparam.", ".convs.1."), (".c4.rbr_reparam.", ".convs.2."),
+                        (".pw.", ".pointwise."), (".dw.", ".depthwise."), *ESA_RENAMES)),
+    hyperparameters=_hyperparameters,
+    # Measured peak RSS growth of 256x256 and 768x768 CPU forwards, reference / fused: 3052 / 1608
+    # (2026-11-22); the bound, with a margin, is the reference's, so it holds for both paths.
+    peak_bytes_per_pixel=3500)

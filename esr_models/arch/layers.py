@@ -11,7 +11,7 @@ from torch import nn
 
 from esr_kernels import reference as R
 from esr_kernels.errors import EsrError
-from esr_kernels.spec import ACT_GELU
+from esr_kernels.spec import ACT_GELU, POOL_KERNEL
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1, padding: int = 1) -> nn.Conv2d:
@@ -45,8 +45,11 @@ class ESA(nn.Module):
     """Enhanced Spatial Attention (RFDN/RLFN form).
 
     x (N, C, H, W) -> x * sigmoid(expand(up(conv3(maxpool(conv2(reduce(x))))) + skip(reduce(x))))
-    conv2 is 3x3 stride 2 without padding, the max-pool 7/3 has no padding, so H, W >= 15.
+    ``down`` is 3x3 stride 2 without padding and the max-pool (esr_kernels.spec.POOL_KERNEL) has
+    no padding, so H, W >= ``min_size`` (15 for the 7x7 pool).
     """
+
+    min_size = 2 * (POOL_KERNEL - 1) + 3  # down's output must hold one pooling window
 
     def __init__(self, channels: int, esa_channels: int = 16):
         super().__init__()
@@ -67,8 +70,10 @@ class LocalAttention(nn.Module):
     """PFDNLite's max-pool attention gate.
 
     x (N, C, H, W) -> up(sigmoid(conv(conv_s2(maxpool(reduce(x)))))) * sigmoid(x[:, :1]) * x.
-    The max-pool 7/3 has no padding, so H, W >= 7.
+    The max-pool (esr_kernels.spec.POOL_KERNEL) has no padding, so H, W >= ``min_size`` (7).
     """
+
+    min_size = POOL_KERNEL  # the input must hold one pooling window
 
     def __init__(self, channels: int, attn_channels: int = 16):
         super().__init__()
@@ -116,7 +121,7 @@ def check_input(x: torch.Tensor, min_size: int, model_name: str, weight: torch.T
     if h < min_size or w < min_size:
         raise InputTooSmallError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} pixels "
-            f"(its attention pooling uses a 7x7 window); got {h}x{w}")
+            f"(its attention pooling uses a {POOL_KERNEL}x{POOL_KERNEL} window); got {h}x{w}")
     if _can_inspect_values(x) and x.numel() and float(x.detach().amax()) > MAX_INPUT_VALUE:
         raise InputError(f"{model_name} takes values in [0, 1]; this input reaches "
                          f"{float(x.detach().amax()):g} (0-255 pixels? divide by 255)")

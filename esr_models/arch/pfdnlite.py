@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import LocalAttention, PixelShuffleTail, check_input, conv3x3
+from .record import Architecture, Checkpoint, KeyRenames, count_blocks, common_hyperparameters
 
 
 class PartialBlock(nn.Module):
@@ -35,9 +36,9 @@ class PartialBlock(nn.Module):
 
 class PFDNLite(nn.Module):
     """Input (N, 3, H, W) float in [0, 1]; output (N, 3, 4H, 4W) in [0, 1] units, unclamped.
-    H, W >= 7 (LocalAttention pooling)."""
+    H, W >= ``min_size`` (LocalAttention pooling)."""
 
-    min_size = 7
+    min_size = LocalAttention.min_size
 
     def __init__(self, channels: int = 48, block_kinds: tuple[bool, ...] = (True, False, False, True),
                  split: int = 24, attn_channels: int = 16, scale: int = 4, in_channels: int = 3):
@@ -54,3 +55,25 @@ class PFDNLite(nn.Module):
         for block in self.blocks:
             out = block(out)
         return self.tail(out, x)
+
+
+def _hyperparameters(sd: dict) -> dict:
+    kinds = tuple(f"blocks.{i}.conv2.weight" in sd for i in range(count_blocks(sd)))
+    split = sd["blocks.0.conv1.weight"].shape[0] if not kinds[0] else sd[f"blocks.{kinds.index(True)}.conv2.weight"].shape[0]
+    return dict(block_kinds=kinds, split=split, attn_channels=sd["blocks.0.attn.reduce.weight"].shape[0],
+                **common_hyperparameters(sd))
+
+
+ARCHITECTURE = Architecture(
+    name="pfdnlite", display="PFDNLite", cls=PFDNLite,
+    checkpoint=Checkpoint(
+        "team01_pfdnlite.pth",
+        "7823f76309249154ff5909ef99cf8601c3e768d80515a21624a9d9539984c4ee",
+        "https://github.com/icandle/BSR/raw/main/model_zoo/team01_pfdnlite.pth"),
+    upstream_keys=("head.weight", "block1.attn.body.0.weight", "tail.0.weight"),
+    own_keys=("head.weight", "blocks.0.attn.reduce.weight", "tail.weight"),
+    renames=KeyRenames((("^tail.0.", "^tail."), ("^block{n}.", "^blocks.{i}."), (".attn.body.0.", ".attn.reduce."),
+                        (".attn.body.2.", ".attn.down."), (".attn.body.3.", ".attn.expand."))),
+    hyperparameters=_hyperparameters,
+    # Measured (as IFADNet's), reference / fused: 2279 / 668.
+    peak_bytes_per_pixel=2600)

@@ -14,40 +14,20 @@ import os
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from esr_kernels.errors import EsrError
+
+from .record import Checkpoint  # noqa: F401  (importable from here, as before)
+from .registry import ARCHITECTURES
 
 
 class WeightsError(EsrError, RuntimeError):
     """A checkpoint could not be found, downloaded or verified."""
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    filename: str
-    sha256: str
-    url: str
-    # Key under which the deploy weights sit inside the file, if not at top level.
-    subkey: str | None = None
-
-
-CHECKPOINTS: dict[str, Checkpoint] = {
-    "ifadnet": Checkpoint(
-        "team33_IFADNet.pth",
-        "fd653ab692a479f81893fcf6324edb228ab7dc313a5146ba6886999a024ea3cb",
-        "https://github.com/BhJia/NTIRE2024_ESR/raw/main/model_zoo/team33_IFADNet.pth",
-        subkey="params_ema"),
-    "pfdnlite": Checkpoint(
-        "team01_pfdnlite.pth",
-        "7823f76309249154ff5909ef99cf8601c3e768d80515a21624a9d9539984c4ee",
-        "https://github.com/icandle/BSR/raw/main/model_zoo/team01_pfdnlite.pth"),
-    "rlfn": Checkpoint(
-        "team00_rlfn.pth",
-        "3c9be7b9d7a4bece9b68c83a56a1ffb38010f76413d5f215be6b4be842e18fb2",
-        "https://github.com/icandle/BSR/raw/main/model_zoo/team00_rlfn.pth"),
-}
+# Model name -> its upstream checkpoint (the architecture records', record.py).
+CHECKPOINTS: dict[str, Checkpoint] = {arch.name: arch.checkpoint for arch in ARCHITECTURES}
 
 # Whole download, connection included; each socket operation waits at most SOCKET_TIMEOUT_S.
 DOWNLOAD_TIMEOUT_S = 15.0

@@ -64,5 +64,5 @@ def load_for_backend(name_or_path, device: torch.device, dtype: torch.dtype, cho
 
 
 def min_input_size(model: nn.Module) -> int:
-    """Smallest H and W the model accepts (its attention pooling needs a 7x7 window)."""
+    """Smallest H and W the model accepts (``min_size``: what its attention pooling needs)."""
     return int(getattr(model, "min_size", 1))

@@ -8,17 +8,16 @@ import torch
 
 from esr_kernels.errors import InvalidValueError
 
-# Peak bytes a float32 whole-image forward allocates per LR pixel (batch 1): the peak RSS
-# growth of 256x256 and 768x768 forwards on CPU was, reference / fused, IFADNet 3052 / 1608,
-# PFDNLite 2279 / 668, RLFN 1662 / 1080 (2026-11-22). These bounds, with a margin, are the
-# reference's, so they are safe for both paths.
-PEAK_BYTES_PER_PIXEL = {"IFADNet": 3500, "PFDNLite": 2600, "RLFN": 2000}
+from ..arch.registry import ARCHITECTURES
+
+# Peak bytes a float32 whole-image forward allocates per LR pixel (batch 1): each architecture
+# record's ``peak_bytes_per_pixel`` (measured); this for any other model.
 _DEFAULT_PEAK = 4000
 
 
 def peak_bytes(model: torch.nn.Module, n: int, h: int, w: int, dtype: torch.dtype) -> int:
     """Estimated peak bytes of ``model`` on an (n, 3, h, w) input of ``dtype``."""
-    per_pixel = PEAK_BYTES_PER_PIXEL.get(type(model).__name__, _DEFAULT_PEAK)
+    per_pixel = next((a.peak_bytes_per_pixel for a in ARCHITECTURES if type(model) is a.cls), _DEFAULT_PEAK)
     scale = torch.empty((), dtype=dtype).element_size() / 4
     return int(per_pixel * scale * n * h * w)
 

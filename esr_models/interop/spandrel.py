@@ -5,7 +5,7 @@ architecture registry, so that hosts which load SR models through spandrel (chai
     import esr_models, spandrel
     esr_models.register_spandrel()
     desc = spandrel.ModelLoader().load_from_file("team01_pfdnlite.pth")
-    desc.scale, desc.size_requirements.minimum    # 4, 7
+    desc.scale, desc.size_requirements.minimum    # 4, the model's min_size
 
 Detection uses the same key sets, in the same order, as ``esr_models.arch.registry.detect``, and
 loading goes through ``detect`` itself, so ``desc.model`` is this package's reference model with
@@ -14,8 +14,8 @@ optional dependency: it is imported only when ``register_spandrel`` is called.
 
 What the descriptors declare, and why:
 - ``scale``: the tail's pixel-shuffle factor (4 for the three upstream files).
-- ``size_requirements.minimum``: the model's ``min_size`` (IFADNet 15, PFDNLite 7, RLFN 15),
-  which the attention pooling needs; spandrel's ``__call__`` pads smaller images itself.
+- ``size_requirements.minimum``: the model's ``min_size`` (its architecture record's: what
+  the attention pooling needs); spandrel's ``__call__`` pads smaller images itself.
   No ``multiple_of`` (any H, W works) and no ``square``.
 - ``tiling``: SUPPORTED. The models are convolutional with a bounded receptive field (the
   attention branches pool 7x7 windows of a stride-2 map, then upsample), so tiles with an
@@ -32,12 +32,11 @@ import torch
 from torch import nn
 
 from ..arch.checkpoints import CheckpointError, detect_checked
-from ..arch.registry import ARCHITECTURES, unwrap
+from ..arch.registry import ARCHITECTURES, architecture, unwrap
 
 # spandrel architecture ids are global; a namespace keeps ours from ever colliding with a
 # built-in of the same name (a later spandrel could add e.g. "RLFN").
 _ID_PREFIX = "esr_models."
-_DISPLAY_NAMES = {"ifadnet": "IFADNet", "pfdnlite": "PFDNLite", "rlfn": "RLFN"}
 
 
 def _architecture_of(state_dict: dict) -> str | None:
@@ -84,7 +83,8 @@ def _arch_supports() -> tuple:
 
     class _EsrArchitecture(spandrel.Architecture):
         def __init__(self, name: str):
-            super().__init__(id=_ID_PREFIX + _DISPLAY_NAMES[name], name=_DISPLAY_NAMES[name],
+            display = architecture(name).display
+            super().__init__(id=_ID_PREFIX + display, name=display,
                              detect=lambda state_dict: _architecture_of(state_dict) == name)
             self.esr_name = name
 

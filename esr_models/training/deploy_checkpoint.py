@@ -1,11 +1,11 @@
 """Deploy-checkpoint export: a training checkpoint -> the upstream checkpoint layout.
 
-The written file uses the upstream repositories' key names (``esr_models.arch.upstream_keys``: the
-inverse of ``esr_models.arch.registry``'s renames, checked key by key against them), so ``esr_models.load``
+The written file uses the upstream repositories' key names (``esr_models.arch.registry.to_upstream_keys``:
+each architecture record's rename table read backwards, checked key by key), so ``esr_models.load``
 detects it and the upstream code loads it:
 
-* IFADNet: ``{"params": raw deploy weights, "params_ema": EMA deploy weights}``, the BasicSR
-  layout of the upstream file (with ``use_ema=False`` both hold the raw weights, so that
+* IFADNet (its record's checkpoint has ``subkey="params_ema"``): ``{"params": raw deploy weights,
+  "params_ema": EMA deploy weights}``, the BasicSR layout of the upstream file (with ``use_ema=False`` both hold the raw weights, so that
   loaders preferring ``params_ema`` get what was asked for).
 * PFDNLite, RLFN: a plain state dict of the chosen weights.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..arch.checkpoints import CheckpointError, load_state_dict_file
-from ..arch.upstream_keys import to_upstream_keys
+from ..arch.registry import architecture, to_upstream_keys
 from ..arch.weights import protected_reason
 from .models import _arch_name, deploy_state_dict, from_training_checkpoint, _is_training_checkpoint
 
@@ -63,8 +63,9 @@ def export_deploy_checkpoint(source: str | Path, out: str | Path, use_ema: bool 
         warnings.warn(f"{source} has no EMA weights (params_ema); exporting the raw weights", stacklevel=2)
     chosen = ema if use_ema and ema is not None else raw
     chosen_sd = to_upstream_keys(name, _deploy_sd(chosen))
-    if name == "ifadnet":
-        payload = {"params": to_upstream_keys(name, _deploy_sd(raw)), "params_ema": chosen_sd}
+    subkey = architecture(name).checkpoint.subkey  # "params_ema": the upstream file is BasicSR's layout
+    if subkey is not None:
+        payload = {"params": to_upstream_keys(name, _deploy_sd(raw)), subkey: chosen_sd}
     else:
         payload = chosen_sd
     out.parent.mkdir(parents=True, exist_ok=True)
