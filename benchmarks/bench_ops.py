@@ -19,7 +19,7 @@ from esr_kernels import reference as R
 from esr_kernels import spec
 from esr_kernels.packing import fold_esa, pack_esa
 from esr_kernels.policy import backend_unavailable_reason, make_backend
-from esr_models.layers import ESA
+from esr_models.arch.layers import ESA
 
 H = W = 256
 TOL = 1e-4  # float32, random weights of unit scale (the model-level bar is on the tests)

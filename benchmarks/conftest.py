@@ -84,7 +84,7 @@ def device_name(device: torch.device) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    from esr_models import weights
+    from esr_models.arch import weights
 
     try:
         for name in weights.CHECKPOINTS:

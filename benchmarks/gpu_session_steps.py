@@ -239,7 +239,7 @@ def step_env(ctx: StepContext) -> None:
                  memory_gib=round(p.total_memory / 2**30, 1), l2_mb=getattr(p, "L2_cache_size", 0) / 2**20,
                  nvidia_smi_before=_nvidia_smi())
     else:
-        from esr_models.selftest import _device_name
+        from esr_models.cli.selftest import _device_name
 
         ctx.save(device=_device_name(torch.device("cpu")), torch_threads=torch.get_num_threads())
     ctx.save(**measure_ceilings(ctx.device, small=ctx.dry_run))

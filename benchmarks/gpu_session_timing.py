@@ -71,7 +71,7 @@ def build_runner(case: Case, device: str):
     import torch
 
     import esr_models
-    from esr_models.selftest import sample_image
+    from esr_models.cli.selftest import sample_image
 
     dtype = getattr(torch, case.dtype)
     fused = case.provider in ("triton", "cuda", "cpu")
@@ -238,7 +238,7 @@ class _SweepModel:
         import torch
 
         import esr_models
-        from esr_models.selftest import sample_image
+        from esr_models.cli.selftest import sample_image
 
         self.device, self.iters = device, iters
         x = sample_image(*hw, device)[0]

@@ -100,11 +100,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _export_onnx(model: torch.nn.Module, path: Path) -> None:
-    """The export ``esr export --onnx`` writes (``esr_models.onnx_export``, one code path), with
+    """The export ``esr export --onnx`` writes (``esr_models.interop.onnx``, one code path), with
     its dynamic batch/height/width axes, so the ONNX providers time what users run (and the
     Set5 check can feed them every image size). The accuracy check against the reference is
     left to tests/models/test_onnx.py (not timed here)."""
-    from esr_models.onnx_export import export_onnx
+    from esr_models.interop.onnx import export_onnx
 
     export_onnx(model, path, dynamic=True, verify=False)
 

@@ -58,7 +58,7 @@ def reference_psnr(model_name: str, folder: Path) -> dict:
     """The float32 eager reference model's Set5 scores (once per process and model)."""
     if model_name not in _REFERENCE:
         import esr_models
-        from esr_models.loading import min_input_size
+        from esr_models.infer.loading import min_input_size
 
         model = esr_models.load(model_name)
         _REFERENCE[model_name] = {**evaluate(model, folder, min_input_size(model)),

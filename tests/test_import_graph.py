@@ -1,5 +1,6 @@
-"""The package's dependencies run one way (issue #21): esr_kernels never imports esr_models, and no
-module imports another that (transitively) imports it back.
+"""The package's dependencies run one way (issue #21): esr_kernels never imports esr_models,
+esr_models' sub-packages import each other in one order (LAYERS), and no module imports another
+that (transitively) imports it back.
 
 The graph is read from the source with ``ast``, not by importing: every ``import``/``from ...
 import`` counts, at module level or inside a function, since a function-local import that only
@@ -129,15 +130,35 @@ def test_the_graph_sees_the_package():
     graph = import_graph()
     assert "esr_kernels.policy" in graph and "esr_models.cli" in graph
     assert "esr_kernels.contract" in graph["esr_kernels.policy"]
-    assert "esr_models.loading" in graph["esr_models.cli"]
-    # ``from .training import cli`` runs esr_models/training/__init__.py, and that counts
-    assert {"esr_models.training", "esr_models.training.cli"} <= graph["esr_models.cli"]
+    assert "esr_models.cli.train" in graph["esr_models.cli"]  # ``from . import ..., train, ...``
+    assert "esr_models.infer.loading" in graph["esr_models.cli.info"]  # ``from ..infer.loading import``
+    # ``from ..training.recipes import`` runs esr_models/training/__init__.py, and that counts
+    assert {"esr_models.training", "esr_models.training.recipes"} <= graph["esr_models.cli.train"]
 
 
 def test_kernels_never_import_models():
     upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() if a.startswith("esr_kernels")
                     for b in targets if b.startswith("esr_models"))
     assert not upward, "esr_kernels imports esr_models: " + ", ".join(upward)
+
+
+# esr_models' sub-packages in dependency order: a module imports only from its own sub-package and
+# those before it (so arch/ imports nothing of fused/, infer/, io/, interop/ or cli/; io/ and
+# infer/ never import cli/). The package's own __init__ (the public API) may import any of them.
+LAYERS = ("arch", "fused", "io", "infer", "evaluation", "training", "interop", "cli")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if parts[0] == "esr_models" and len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_models_subpackages_import_one_way():
+    modules = [m for m in import_graph() if m.startswith("esr_models.")]
+    assert {m.split(".")[1] for m in modules} - {"data"} == set(LAYERS), "a sub-package is not in LAYERS"
+    upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() if _layer(a) is not None
+                    for b in targets if b.startswith("esr_models") and (_layer(b) is None or _layer(b) > _layer(a)))
+    assert not upward, "imports against the order " + " < ".join(LAYERS) + ": " + ", ".join(upward)
 
 
 def test_no_import_cycle():

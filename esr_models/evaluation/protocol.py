@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..images import IMAGE_SUFFIXES, read_rgb_uint8, to_uint8
+from ..io.images import IMAGE_SUFFIXES, read_rgb_uint8, to_uint8
 from .imresize import imresize
 from .metrics import psnr, ssim
 

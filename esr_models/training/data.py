@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from esr_kernels.errors import InvalidValueError
 
 from ..evaluation.protocol import list_images, make_lr, modcrop
-from ..images import read_rgb_uint8
+from ..io.images import read_rgb_uint8
 
 
 class PairedPatches(Dataset):

@@ -22,14 +22,15 @@ from torch import nn
 
 from esr_kernels.errors import InvalidValueError
 
-from ..ifadnet import IFADNet, RFMB
-from ..loading import CheckpointError, load, load_state_dict_file
-from ..pfdnlite import PartialBlock, PFDNLite
-from ..registry import detect
-from ..rlfn import RLFN
+from ..arch.checkpoints import CheckpointError, load_state_dict_file
+from ..arch.ifadnet import IFADNet, RFMB
+from ..arch.pfdnlite import PartialBlock, PFDNLite
+from ..arch.registry import ARCHITECTURES, architecture, architecture_of, detect
+from ..arch.rlfn import RLFN
+from ..infer.loading import load
 from .reparam import REP_BLOCKS, EdgeRepConv, RepMBConv, RepPointwiseConv
 
-ARCH_NAMES = ("ifadnet", "pfdnlite", "rlfn")
+ARCH_NAMES = tuple(arch.name for arch in ARCHITECTURES)
 
 
 class TrainIFADNet(IFADNet):
@@ -95,27 +96,16 @@ def build(arch_config: dict) -> nn.Module:
 
 
 def _deploy_config(name: str, model: nn.Module) -> dict:
-    """``arch_config`` of a deploy reference model (as ``esr_models.load`` returns)."""
-    if name == "ifadnet":
-        return dict(name=name, channels=model.head.out_channels, num_blocks=len(model.blocks),
-                    esa_channels=model.blocks[1].esa.reduce.out_channels, scale=model.scale,
-                    in_channels=model.head.in_channels)
-    if name == "pfdnlite":
-        return dict(name=name, channels=model.head.out_channels,
-                    block_kinds=[b.full for b in model.blocks], split=model.blocks[0].split,
-                    attn_channels=model.blocks[0].attn.reduce.out_channels, scale=model.scale,
-                    in_channels=model.head.in_channels)
-    return dict(name=name, channels=model.head.out_channels,
-                mid_channels=model.blocks[0].convs[0].out_channels, num_blocks=len(model.blocks),
-                esa_channels=model.blocks[0].esa.reduce.out_channels, scale=model.scale,
-                in_channels=model.head.in_channels)
+    """``arch_config`` of a deploy reference model (as ``esr_models.load`` returns): the
+    hyper-parameters its architecture record reads from its weights."""
+    return dict(name=name, **architecture(name).hyperparameters(model.state_dict()))
 
 
 def _arch_name(model: nn.Module) -> str:
-    for name, cls in (("ifadnet", IFADNet), ("pfdnlite", PFDNLite), ("rlfn", RLFN)):
-        if isinstance(model, cls):
-            return name
-    raise TypeError(f"not an esr_models network: {type(model).__name__}")
+    arch = architecture_of(model)
+    if arch is None:
+        raise TypeError(f"not an esr_models network: {type(model).__name__}")
+    return arch.name
 
 
 @torch.no_grad()
@@ -179,7 +169,7 @@ def trainable(name_or_checkpoint, pretrained: bool = True, use_ema: bool = False
                                 "or the path of a checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as loading.py)
+    except Exception as exc:  # pickle, zip and weights_only errors of every kind (as arch/checkpoints.py)
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {exc}") from exc
     if _is_training_checkpoint(state):
         return from_training_checkpoint(state, use_ema=use_ema).train()

@@ -40,8 +40,8 @@ from torch import nn
 from esr_kernels.errors import EsrError, InvalidValueError
 
 from ..evaluation.protocol import evaluate_images, list_images, summarise
-from ..images import image_size
-from ..loading import load
+from ..infer.loading import load
+from ..io.images import image_size
 from .data import PairedPatches, make_loader
 from .models import ARCH_NAMES, deploy, from_training_checkpoint, prune_pfdnlite, trainable
 from .recipes import ConfigError, check_arch, load_config, resolve_stages

@@ -76,13 +76,13 @@ def test_a_checkpoint_with_missing_keys_is_one_clear_error(run_esr, random_png, 
 
 def test_missing_keys_through_the_library_and_spandrels_loader(tmp_path):
     import esr_models
-    from esr_models.loading import CheckpointError, detect_checked
+    from esr_models.arch.checkpoints import CheckpointError, detect_checked
 
     for ckpt, missing, unexpected, arch in _broken_checkpoints(tmp_path).values():
         with pytest.raises(CheckpointError) as info:
             esr_models.load(ckpt)
         assert _names_keys(str(info.value), missing, unexpected, arch)
-        # spandrel's loader (esr_models.spandrel_support) goes through detect_checked
+        # spandrel's loader (esr_models.interop.spandrel) goes through detect_checked
         with pytest.raises(CheckpointError) as info:
             detect_checked(torch.load(ckpt, weights_only=True))
         assert _names_keys(str(info.value), missing, unexpected, arch)

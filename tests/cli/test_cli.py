@@ -167,7 +167,7 @@ def test_error_policy_one_line_for_ours_traceback_for_a_bug(raised, code, bug, c
     other exception is a bug: its traceback and a line saying so, exit 1."""
     import argparse
 
-    from esr_models.cli_common import UsageError, run
+    from esr_models.cli.common import UsageError, run
 
     def fail(args):
         raise {"usage": UsageError("--tile must be positive"), "oserror": FileNotFoundError("no such file: x"),
@@ -185,15 +185,15 @@ def test_error_policy_one_line_for_ours_traceback_for_a_bug(raised, code, bug, c
 def test_every_package_error_is_an_esr_error():
     """The package's own error classes share the EsrError base (and keep their builtin one)."""
     import esr_models
-    from esr_models.cli_common import UsageError
-    from esr_models.images import ImageReadError
-    from esr_models.layers import InputError, InputTooSmallError
-    from esr_models.loading import CheckpointError
-    from esr_models.onnx_export import OnnxExportError
-    from esr_models.outputs import OutputExistsError
+    from esr_models.cli.common import UsageError
+    from esr_models.io.images import ImageReadError
+    from esr_models.arch.layers import InputError, InputTooSmallError
+    from esr_models.arch.checkpoints import CheckpointError
+    from esr_models.interop.onnx import OnnxExportError
+    from esr_models.io.outputs import OutputExistsError
     from esr_models.training.recipes import ConfigError
     from esr_models.training.trainer import ResumeError
-    from esr_models.video import VideoError
+    from esr_models.io.video import VideoError
 
     for cls in (UsageError, ImageReadError, InputError, InputTooSmallError, CheckpointError, OnnxExportError,
                 OutputExistsError, ConfigError, ResumeError, VideoError, esr_models.WeightsError,

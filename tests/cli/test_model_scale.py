@@ -13,7 +13,7 @@ pytestmark = pytest.mark.shared  # the upstream weights
 
 @pytest.fixture
 def x2_checkpoint(tmp_path):
-    from esr_models.pfdnlite import PFDNLite
+    from esr_models.arch.pfdnlite import PFDNLite
 
     torch.manual_seed(0)
     ckpt = tmp_path / "x2.pth"
@@ -23,7 +23,7 @@ def x2_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("how", ["whole", "tiled", "ray"])
 def test_a_x2_model_writes_x2_images_named_x2(run_esr, random_png, tmp_path, x2_checkpoint, how):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     if how == "ray":
         pytest.importorskip("ray")
@@ -77,7 +77,7 @@ def test_a_x2_model_upscales_video_frames_x2(run_esr, tmp_path, x2_checkpoint):
 def test_eval_uses_the_checkpoints_scale(run_esr, random_png, tmp_path):
     import json
 
-    from esr_models.pfdnlite import PFDNLite
+    from esr_models.arch.pfdnlite import PFDNLite
 
     torch.manual_seed(0)
     ckpt = tmp_path / "x2.pth"

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image as PILImage
 
 from esr_models import cli
-from esr_models.outputs import TEMP_PREFIX
+from esr_models.io.outputs import TEMP_PREFIX
 
 pytestmark = pytest.mark.shared
 

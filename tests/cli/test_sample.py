@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from esr_models.sample import SAMPLE_PATH, make_sample
+from esr_models.io.sample import SAMPLE_PATH, make_sample
 
 
 def test_shipped_sample_is_made_by_its_code():

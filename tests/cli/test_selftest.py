@@ -68,7 +68,7 @@ def test_op_checks_compare_each_esr_call_with_the_reference(device):
     one check per variant, each error measured against esr_kernels.reference and in tolerance."""
     import esr_kernels.ops  # noqa: F401  registers torch.ops.esr
     from esr_kernels import reference as R
-    from esr_models.selftest_checks import REL_TOL, op_checks
+    from esr_models.cli.selftest_checks import REL_TOL, op_checks
 
     class TwoOps(torch.nn.Module):
         def __init__(self):

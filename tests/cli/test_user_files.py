@@ -18,7 +18,8 @@ import torch
 from PIL import Image as PILImage
 
 from esr_models import cli
-from esr_models.outputs import TEMP_PREFIX, OutputExistsError, plan_outputs, write_atomically
+from esr_models.cli.upscale import expand_inputs
+from esr_models.io.outputs import TEMP_PREFIX, OutputExistsError, plan_outputs, write_atomically
 
 pytestmark = pytest.mark.shared  # the CLI loads the upstream weights
 
@@ -148,7 +149,7 @@ def test_leftover_temp_files_are_not_inputs(tmp_path):
     folder = tmp_path / "in"
     image(folder / "a.png")
     (folder / f"{TEMP_PREFIX}dead-a_x4.png").write_bytes(b"truncated")
-    files, errors, _ = cli.expand_inputs([str(folder)])
+    files, errors, _ = expand_inputs([str(folder)])
     assert [f.name for f in files] == ["a.png"] and not errors
 
 
@@ -181,7 +182,7 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
     for n in "abc":
         image(d / f"{n}.png")
     if failure == "disk_full":
-        from esr_models import batch
+        from esr_models.io import jobs as batch
 
         real = batch.write_image
 
@@ -193,7 +194,7 @@ def test_io_and_memory_failures_are_per_file(tmp_path, monkeypatch, capsys, fail
 
         monkeypatch.setattr(batch, "write_image", write)
     else:
-        from esr_models.upscaler import Upscaler
+        from esr_models.infer.upscaler import Upscaler
 
         real = Upscaler.upscale_image
 
@@ -290,7 +291,7 @@ def test_odd_entries_in_folders_are_noted_not_dropped_silently(tmp_path):
     image(folder / "a.png")
     os.mkfifo(folder / "pipe.png")
     (folder / "dangling.png").symlink_to(folder / "gone.png")
-    files, errors, notes = cli.expand_inputs([str(folder), str(folder / "pipe.png")])
+    files, errors, notes = expand_inputs([str(folder), str(folder / "pipe.png")])
     assert [f.name for f in files] == ["a.png"]
     assert any("not regular files" in n and "pipe.png" in n and "dangling.png" in n for n in notes)
     assert errors == [f"{folder / 'pipe.png'}: not a regular file"]
@@ -336,7 +337,7 @@ def test_export_never_writes_over_its_source_or_the_weights_folder(run_esr, tmp_
 
 
 def test_export_library_refuses_its_source(tmp_path):
-    from esr_models.training.export import export_deploy_checkpoint
+    from esr_models.training.deploy_checkpoint import export_deploy_checkpoint
 
     mine = tmp_path / "mine.pth"
     shutil.copy(weights_dir() / "team01_pfdnlite.pth", mine)
@@ -465,7 +466,7 @@ def test_a_blocked_output_path_is_a_failure_not_a_skip(run_esr, tmp_path, blocke
 
 
 def test_write_atomically_does_not_call_a_blocked_path_an_existing_output(tmp_path):
-    from esr_models.outputs import OutputExistsError, write_atomically
+    from esr_models.io.outputs import OutputExistsError, write_atomically
 
     dst = tmp_path / "x.png"
     dst.symlink_to(tmp_path / "gone.png")

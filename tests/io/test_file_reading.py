@@ -69,7 +69,7 @@ def _samples(shape, seed=0, maxval=65535):
 
 @pytest.mark.parametrize("kind", ["P6", "P3-plain", "P6-maxval-1023", "P5", "P2-plain"])
 def test_16bit_ppm_and_pgm_are_read_at_16_bits(tmp_path, kind):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     maxval = 1023 if "1023" in kind else 65535
     colour = kind[:2] in ("P6", "P3")
@@ -83,7 +83,7 @@ def test_16bit_ppm_and_pgm_are_read_at_16_bits(tmp_path, kind):
 
 
 def test_16bit_ppm_over_max_pixels_is_refused_before_reading(tmp_path):
-    from esr_models.images import ImageReadError, read_image
+    from esr_models.io.images import ImageReadError, read_image
 
     path = _pnm16(tmp_path / "a.ppm", _samples((5, 7, 3)))
     with pytest.raises(ImageReadError, match="above the limit"):
@@ -92,7 +92,7 @@ def test_16bit_ppm_over_max_pixels_is_refused_before_reading(tmp_path):
 
 @pytest.mark.parametrize("case", ["rgb-le", "rgba-be"])
 def test_16bit_colour_tiff_is_read_at_16_bits(tmp_path, case):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     spp = 4 if case.startswith("rgba") else 3
     arr = _samples((7, 6, spp), seed=2)
@@ -106,7 +106,7 @@ def test_16bit_colour_tiff_is_read_at_16_bits(tmp_path, case):
 
 
 def test_compressed_16bit_tiff_is_16_bit_or_says_precision_was_reduced(tmp_path):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     arr = _samples((7, 6, 3), seed=3)
     img = read_image(_tiff16(tmp_path / "a.tif", arr, deflate=True))
@@ -117,7 +117,7 @@ def test_compressed_16bit_tiff_is_16_bit_or_says_precision_was_reduced(tmp_path)
 
 
 def test_cli_writes_a_16bit_png_for_a_16bit_ppm(run_esr, tmp_path):
-    from esr_models.images import read_image
+    from esr_models.io.images import read_image
 
     (tmp_path / "in").mkdir()
     src = _pnm16(tmp_path / "in" / "a.ppm", _samples((16, 16, 3)))
@@ -154,7 +154,7 @@ def _deflate_bomb(megabytes: int) -> bytes:
 
 _RSS_SCRIPT = """
 import resource, sys
-from esr_models.images import read_image
+from esr_models.io.images import read_image
 read_image(sys.argv[1])  # a normal file first: imports and one read are in the baseline
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -185,7 +185,7 @@ def test_a_png_icc_bomb_is_never_inflated(random_png, tmp_path, depth):
 def test_png_text_chunks_are_capped_in_all(tmp_path):
     import zlib
 
-    from esr_models.images import MAX_METADATA_BYTES, read_image
+    from esr_models.io.images import MAX_METADATA_BYTES, read_image
 
     # 8 zTXt chunks of 0.9 MB each: under Pillow's 1 MB per chunk, over our cap in all.
     one = b"k\0\0" + zlib.compress(b"\0" * (900 << 10))

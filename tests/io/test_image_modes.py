@@ -1,4 +1,4 @@
-"""The per-mode rule of esr_models.images: what read_image returns for every mode Pillow
+"""The per-mode rule of esr_models.io.images: what read_image returns for every mode Pillow
 opens (and the PNGs pypng decodes), and what write_image writes back."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
-from esr_models import images
-from esr_models.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Image, ImageReadError,
+from esr_models.io import images
+from esr_models.io.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Image, ImageReadError,
                                read_image, write_image)
 
 H, W = 5, 7

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from esr_models.images import Image, ImageReadError, read_image, write_image
+from esr_models.io.images import Image, ImageReadError, read_image, write_image
 
 
 def test_16bit_rgb_png_keeps_full_precision(tmp_path):

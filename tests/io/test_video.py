@@ -14,9 +14,9 @@ import torch
 
 av = pytest.importorskip("av")
 
-from esr_models.batch import DONE, FAILED, SKIPPED  # noqa: E402
-from esr_models.outputs import Job  # noqa: E402
-from esr_models.video import upscale_video  # noqa: E402
+from esr_models.io.jobs import DONE, FAILED, SKIPPED  # noqa: E402
+from esr_models.io.outputs import Job  # noqa: E402
+from esr_models.io.video import upscale_video  # noqa: E402
 
 W, H, FPS, N = 32, 24, 10, 20          # 2 s at 10 frames/s, upscaled to 128x96
 
@@ -156,7 +156,7 @@ def test_cli_output_frames_match_the_image_path(run_esr, tmp_path):
     frame must also be within 35 dB PSNR of the model's RGB output (chroma subsampling costs a
     few dB; a wrong colour matrix costs far more)."""
     import esr_models
-    from esr_models.upscaler import Upscaler
+    from esr_models.infer.upscaler import Upscaler
 
     batch = 3                                    # 8 frames: batches of 3, 3 and 2
     clip = tmp_path / "clip.mkv"

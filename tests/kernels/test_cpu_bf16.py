@@ -167,7 +167,7 @@ def test_bf16_model_keeps_the_output_conv_in_float32():
     """The tail conv writes the image: its rounding would go straight into the output, so it
     keeps float32 GEMM weights while the body's convs take bf16 pairs."""
     import esr_models
-    from esr_models.fused_modules import FusedPixelShuffleTail
+    from esr_models.fused.modules import FusedPixelShuffleTail
 
     model = esr_models.load("rlfn", dtype=torch.bfloat16, fused=True, backend="cpu")
     tails = [m for m in model.modules() if isinstance(m, FusedPixelShuffleTail)]

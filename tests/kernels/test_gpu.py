@@ -63,7 +63,7 @@ def test_fused_at_real_size_540x960(_no_tf32):
 # (the native CUDA kernels: "auto" never picks them, so nothing else on a GPU runs them unasked)
 def _image(h, w):
     """Image content at (h, w) (the sample image's generator): the 1e-5 bar is on images."""
-    from esr_models.selftest import sample_image
+    from esr_models.cli.selftest import sample_image
 
     return sample_image(h, w, "cuda")[0]
 

@@ -65,7 +65,7 @@ def test_recording_bf16_takes_the_tensor_core_dot():
 
 
 def test_check_subset_has_no_violation(tmp_path):
-    from esr_models.gpu_check_cmd import run_check
+    from esr_models.cli.gpu_check import run_check
 
     report = run_check(archs=(86, 90), models=("rlfn",), dtypes=("float16",), layouts=("channels_last",),
                        cache_dir=os.environ.get("ESR_GPU_CHECK_CACHE") or None)

@@ -157,7 +157,7 @@ def esa_args(n, c, h, w, dtype, layout, device, residual=True):
     import dataclasses
 
     from esr_kernels.packing import fold_esa, pack_esa
-    from esr_models.layers import ESA
+    from esr_models.arch.layers import ESA
 
     m = ESA(c, 16).to(device)
     for p in m.parameters():

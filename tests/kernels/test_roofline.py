@@ -1,4 +1,4 @@
-"""esr_kernels.roofline (and ``esr roofline``'s report, esr_models.roofline_cmd): the traffic of one
+"""esr_kernels.roofline (and ``esr roofline``'s report, esr_models.cli.roofline): the traffic of one
 launch by hand, the models' totals, fused < eager, and the fused launch list against the Triton
 launches gpu_check records."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import esr_models
 from esr_kernels import reference as R
 from esr_kernels import roofline
-from esr_models.roofline_cmd import build_report
+from esr_models.cli.roofline import build_report
 from esr_kernels.spec import ACT_NONE, RES_NONE, SHORTCUT_NONE
 
 pytestmark = pytest.mark.triton  # the fused models' esr:: ops (fake implementations only)

@@ -59,7 +59,7 @@ def test_bsb(native, hw, kind, with_residual):
 
 
 def esa_module(c: int, cr: int):
-    from esr_models.layers import ESA
+    from esr_models.arch.layers import ESA
 
     torch.manual_seed(c)
     return ESA(c, cr).eval()

@@ -9,7 +9,7 @@ import torch
 
 import esr_models
 from esr_models.evaluation import evaluate_folder, imresize, make_lr, modcrop, psnr, ssim
-from esr_models.images import read_rgb_uint8
+from esr_models.io.images import read_rgb_uint8
 
 
 @pytest.mark.shared
@@ -84,7 +84,7 @@ def test_bicubic_baseline_psnr(shared):
 
 
 def test_flops_and_params_within_one_percent_of_published(models):
-    from esr_models.complexity import count_flops, count_parameters
+    from esr_models.infer.complexity import count_flops, count_parameters
 
     published = {"ifadnet": (0.163e6, 9.78e9), "pfdnlite": (0.218e6, 11.95e9), "rlfn": (0.317e6, 19.67e9)}
     for name, (params, flops) in published.items():
@@ -98,7 +98,7 @@ def test_16bit_and_8bit_copies_of_an_image_evaluate_alike(tmp_path, shared):
     import numpy as np
     from PIL import Image
 
-    from esr_models.images import read_rgb_uint8
+    from esr_models.io.images import read_rgb_uint8
 
     g8 = np.asarray(Image.open(shared / "data" / "Set5" / "butterfly.png").convert("L"))
     Image.fromarray(g8).save(tmp_path / "g8.png")

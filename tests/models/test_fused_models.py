@@ -203,8 +203,8 @@ def test_cpu_onednn_convolutions_without_the_conv_engine(models, golden, monkeyp
 
 # ---------------------------------------------------------------- the swapping contract
 def test_fuse_swaps_in_place_keeps_state_dict_and_returns_replaced():
-    from esr_models.fused_modules import FusedBFEB, FusedPixelShuffleTail
-    from esr_models.ifadnet import BFEB
+    from esr_models.fused.modules import FusedBFEB, FusedPixelShuffleTail
+    from esr_models.arch.ifadnet import BFEB
 
     model = esr_models.load("ifadnet")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -249,7 +249,7 @@ def test_a_backend_that_cannot_run_is_a_clear_error():
 
 
 def test_fuse_leaves_unsupported_convs_alone():
-    from esr_models.fused_modules import FusedConv2d
+    from esr_models.fused.modules import FusedConv2d
 
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4),
                                 torch.nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"),

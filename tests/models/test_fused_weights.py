@@ -34,7 +34,7 @@ def test_fused_model_runs_the_weights_it_reports(path):
     """After the weights change, the fused output is the reference's output for the new weights,
     whatever mode the tensors were made in and whether the model is called through
     torch.compile; in-place edits of inference tensors (no version counter) through repack_."""
-    from esr_models.fusion import repack_
+    from esr_models.fused.fusion import repack_
 
     _cpu_backend_or_skip()
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import esr_models
-from esr_models.layers import InputError, InputTooSmallError
+from esr_models.arch.layers import InputError, InputTooSmallError
 
 pytestmark = pytest.mark.shared
 

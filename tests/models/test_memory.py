@@ -1,4 +1,4 @@
-"""The memory budget that decides automatic tiling (esr_models.memory): ESR_MAX_MEMORY_MB when
+"""The memory budget that decides automatic tiling (esr_models.infer.memory): ESR_MAX_MEMORY_MB when
 valid, and in a container its cgroup's limit minus the working set (issue #18)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.shared
 # ---------------------------------------------------------------- ESR_MAX_MEMORY_MB
 
 def test_memory_cap_is_read_when_valid(monkeypatch):
-    from esr_models.memory import available_bytes
+    from esr_models.infer.memory import available_bytes
 
     monkeypatch.setenv("ESR_MAX_MEMORY_MB", "1.5")
     assert available_bytes(torch.device("cpu")) <= int(1.5 * 2**20)
@@ -34,7 +34,7 @@ MB = 1 << 20
 def test_cgroup_memory_is_the_limit_minus_the_working_set(tmp_path, layout):
     """Page cache (2 GB of it here, as after reading many files) is not counted as used: the
     kernel reclaims it before it kills anything."""
-    from esr_models.memory import cgroup_available_bytes
+    from esr_models.infer.memory import cgroup_available_bytes
 
     root, proc = tmp_path / "cgroup", tmp_path / "proc_self_cgroup"
     proc.write_text("0::/\n")
@@ -68,13 +68,13 @@ def test_cgroup_memory_is_the_limit_minus_the_working_set(tmp_path, layout):
 
 
 def test_no_cgroup_files_means_no_cgroup_limit(tmp_path):
-    from esr_models.memory import cgroup_available_bytes
+    from esr_models.infer.memory import cgroup_available_bytes
 
     assert cgroup_available_bytes(str(tmp_path / "nothing"), str(tmp_path / "none")) is None
 
 
 def test_available_bytes_takes_the_cgroup_limit(monkeypatch):
-    from esr_models import memory
+    from esr_models.infer import memory
 
     monkeypatch.setattr(memory, "cgroup_available_bytes", lambda *a, **k: 123 * MB)
     monkeypatch.delenv("ESR_MAX_MEMORY_MB", raising=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import esr_models
-from esr_models.layers import InputTooSmallError
+from esr_models.arch.layers import InputTooSmallError
 
 pytestmark = pytest.mark.shared
 GOLDEN_TOL = 1e-5
@@ -63,8 +63,8 @@ def test_detect_from_own_state_dict_round_trips(models, name, tmp_path):
 
 
 def test_detect_reads_hyperparameters_from_shapes():
-    from esr_models.pfdnlite import PFDNLite
-    from esr_models.rlfn import RLFN
+    from esr_models.arch.pfdnlite import PFDNLite
+    from esr_models.arch.rlfn import RLFN
 
     small = PFDNLite(channels=32, block_kinds=(True, False), split=12)
     name, model = esr_models.detect(small.state_dict())

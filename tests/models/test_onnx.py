@@ -1,4 +1,4 @@
-"""ONNX export (esr_models.onnx_export, ``esr export --onnx``): ONNX Runtime reproduces the
+"""ONNX export (esr_models.interop.onnx, ``esr export --onnx``): ONNX Runtime reproduces the
 float32 reference to 1e-4 for every model, at odd sizes and another batch size (dynamic axes)."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'e
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'esr-kernels[onnx]')")
 
 import esr_models  # noqa: E402
-from esr_models import layers  # noqa: E402
-from esr_models.onnx_export import (DEFAULT_OPSET, FLOAT32_TOLERANCE, OnnxExportError, _trace_export,  # noqa: E402
+from esr_models.arch import layers  # noqa: E402
+from esr_models.interop.onnx import (DEFAULT_OPSET, FLOAT32_TOLERANCE, OnnxExportError, _trace_export,  # noqa: E402
                                     export_onnx, run_onnxruntime)
-from esr_models.outputs import OutputExistsError, TEMP_PREFIX  # noqa: E402
+from esr_models.io.outputs import OutputExistsError, TEMP_PREFIX  # noqa: E402
 
 NAMES = ["ifadnet", "pfdnlite", "rlfn"]
 # Odd H and W, and a batch of 2 at another size: neither is the export's example (1x3x64x64).
@@ -121,7 +121,7 @@ def test_never_overwrites_unasked_and_never_leaves_a_bad_file(models, tmp_path, 
         export_onnx(models["pfdnlite"], dst, verify=False)
     assert dst.read_bytes() == b"keep me"
     # A graph that fails the check is never moved into place, and no temp file is left.
-    import esr_models.onnx_export as mod
+    import esr_models.interop.onnx as mod
 
     monkeypatch.setattr(mod, "verify_onnx", lambda *a, **k: 0.5)
     with pytest.raises(OnnxExportError, match="differs"):
@@ -158,8 +158,8 @@ def test_cli_usage_errors_and_checkpoint_export(models, tmp_path, capsys):
     assert main(["export", "no-such-model", "--onnx", str(tmp_path / "a.onnx")]) == 2
     assert main(["export", "pfdnlite", "-o", str(tmp_path / "a"), "--onnx", str(tmp_path / "a")]) == 2
     assert not list(tmp_path.iterdir())
-    if importlib.util.find_spec("esr_models.training.export") is None:
-        pytest.skip("esr_models.training.export is not in this install")
+    if importlib.util.find_spec("esr_models.training.deploy_checkpoint") is None:
+        pytest.skip("esr_models.training.deploy_checkpoint is not in this install")
     # -o and --onnx together; then the written checkpoint exports as the same model.
     pth, onx = tmp_path / "p.pth", tmp_path / "p.onnx"
     assert main(["export", "pfdnlite", "-o", str(pth), "--onnx", str(onx)]) == 0, capsys.readouterr().err
@@ -178,7 +178,7 @@ def test_benchmark_provider_uses_this_export(monkeypatch):
     providers = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, providers)  # dataclasses look their module up
     spec.loader.exec_module(providers)
-    import esr_models.onnx_export as mod
+    import esr_models.interop.onnx as mod
 
     calls = []
     real = mod.export_onnx

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import esr_models
-from esr_models.ifadnet import IFADNet
-from esr_models.pfdnlite import PFDNLite
-from esr_models.rlfn import RLFN
+from esr_models.arch.ifadnet import IFADNet
+from esr_models.arch.pfdnlite import PFDNLite
+from esr_models.arch.rlfn import RLFN
 from esr_models.training.models import TrainPFDNLite, deploy, prune_pfdnlite, trainable
 from esr_models.training.reparam import (LAPLACIAN, SOBEL_X, SOBEL_Y, EdgeRepConv, RepMBConv,
                                          RepPointwiseConv)
@@ -192,7 +192,7 @@ def test_trainable_from_upstream_matches_deploy(models):
 
 @pytest.mark.shared
 def test_trainable_from_checkpoint_path():
-    from esr_models import weights
+    from esr_models.arch import weights
 
     path = weights.resolve("pfdnlite", allow_download=False)
     model = trainable(str(path))

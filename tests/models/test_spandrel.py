@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import esr_models
-from esr_models import weights
-from esr_models.images import read_image
-from esr_models.loading import CheckpointError
-from esr_models.tiling import upscale_tiled
+from esr_models.arch import weights
+from esr_models.io.images import read_image
+from esr_models.arch.checkpoints import CheckpointError
+from esr_models.infer.tiling import upscale_tiled
 
 pytestmark = pytest.mark.shared
 
@@ -123,7 +123,7 @@ def test_loader_returns_sr_descriptor_with_reference_model(spandrel, models, nam
 
 @pytest.mark.parametrize("name", NAMES)
 def test_only_our_architecture_claims_each_file(spandrel, models, name):
-    """Detection agrees with esr_models.registry.detect, and no built-in claims these files
+    """Detection agrees with esr_models.arch.registry.detect, and no built-in claims these files
     (nor do ours claim the others': each claims only its own)."""
     loader = spandrel.ModelLoader()
     sd = loader.load_state_dict_from_file(_file(name))

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from esr_models.evaluation import psnr
-from esr_models.images import read_image, to_uint8
-from esr_models.tiling import tile_starts, upscale_tiled
-from esr_models.upscaler import Upscaler
+from esr_models.io.images import read_image, to_uint8
+from esr_models.infer.tiling import tile_starts, upscale_tiled
+from esr_models.infer.upscaler import Upscaler
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(100, 32, 8), (33, 32, 8), (32, 32, 0), (17, 64, 16)])
@@ -51,7 +51,7 @@ def test_tiled_output_close_to_whole_and_seamless(models, shared, name):
 
 
 def test_bad_tile_arguments_are_clear():
-    from esr_models.pfdnlite import PFDNLite
+    from esr_models.arch.pfdnlite import PFDNLite
 
     with pytest.raises(ValueError, match="minimum input size 7"):
         Upscaler(PFDNLite(), tile=5)

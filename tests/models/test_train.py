@@ -12,9 +12,9 @@ from PIL import Image
 
 import esr_models
 from esr_models.evaluation.protocol import make_lr, modcrop
-from esr_models.images import read_rgb_uint8
+from esr_models.io.images import read_rgb_uint8
 from esr_models.training.data import PairedPatches, make_loader
-from esr_models.training.export import export_deploy_checkpoint
+from esr_models.training.deploy_checkpoint import export_deploy_checkpoint
 from esr_models.training.models import deploy, trainable
 from esr_models.training.recipes import ConfigError, load_config, resolve_stages
 from esr_models.training.trainer import TrainOptions, Trainer, pixel_loss
@@ -241,7 +241,7 @@ def test_export_matches_upstream_files(tmp_path):
     """Exporting the upstream models (through trainable -> deploy) gives back the upstream
     files: the same keys, shapes and (merged from main branch + zero branches) values, so
     upstream code loads the exported files with strict=True."""
-    from esr_models import weights
+    from esr_models.arch import weights
 
     for name in ("ifadnet", "pfdnlite", "rlfn"):
         upstream = torch.load(weights.resolve(name, allow_download=False), map_location="cpu", weights_only=True)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from esr_models import weights
+from esr_models.arch import weights
 
 
 def test_env_dir_is_searched_first_and_checked(tmp_path, monkeypatch):
@@ -134,7 +134,7 @@ def test_a_file_that_is_not_a_state_dict(tmp_path, content):
     import torch
 
     import esr_models
-    from esr_models.loading import CheckpointError
+    from esr_models.arch.checkpoints import CheckpointError
 
     path = tmp_path / "odd.pth"
     torch.save(content(torch), path)
@@ -147,7 +147,7 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, shared):
     import torch
 
     import esr_models
-    from esr_models.loading import CheckpointError
+    from esr_models.arch.checkpoints import CheckpointError
 
     state = torch.load(shared / "weights" / "team01_pfdnlite.pth", weights_only=True)
     key = next(iter(state))

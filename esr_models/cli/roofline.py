@@ -1,0 +1,80 @@
+"""``esr roofline``: the memory-traffic model of the fused models against the eager references
+at 540x960 -> 2160x3840 (the model itself: esr_kernels/roofline.py, which takes models).
+
+``python -m esr_models.cli.roofline [options of esr roofline]`` runs the command too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from esr_kernels.roofline import combine, format_table, interpreter_usable, model_report
+
+from ..infer.loading import load
+from .common import UsageError, require_triton, run
+
+MODELS = ("ifadnet", "pfdnlite", "rlfn")
+LR_SIZE = (540, 960)  # -> 2160x3840 (4K UHD)
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "roofline.json"
+
+
+def report_for(name: str, size=LR_SIZE, dtype_name: str = "float16") -> dict:
+    """Fused (Triton) and eager traffic of model ``name`` at (1, 3, *size)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    fused = load(name, fused=True, backend="triton", dtype=dtype)
+    return model_report(name, fused, load(name, dtype=dtype), size, dtype_name)
+
+
+def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16") -> dict:
+    """The report for ``models``; in a subprocess under Triton's interpreter when this process
+    imported triton for a GPU (nothing runs either way: the fused model is only traced)."""
+    if not interpreter_usable():
+        proc = subprocess.run([sys.executable, "-m", "esr_models.cli.roofline", "--report-json", ",".join(models),
+                               f"{size[0]}x{size[1]}", dtype_name], capture_output=True, text=True,
+                              env=dict(os.environ, TRITON_INTERPRET="1"), check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"roofline subprocess failed: {proc.stderr.strip()[-2000:]}")
+        return json.loads(proc.stdout)
+    return combine([report_for(m, size, dtype_name) for m in models])
+
+
+def cmd_roofline(args) -> int:
+    require_triton("esr roofline (it traces the fused Triton models)")
+    out = Path(args.json) if args.json else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise UsageError(f"--json {out}: the file exists (add --overwrite to replace it)")
+    report = build_report(dtype_name=args.dtype)
+    print(f"Memory traffic and roofline, {args.dtype}, {LR_SIZE[0]}x{LR_SIZE[1]} -> "
+          f"{4 * LR_SIZE[0]}x{4 * LR_SIZE[1]} (a model, not a measurement)\n")
+    print(format_table(report))
+    for m in report["models"]:
+        verdict = "meets" if m["meets_one_third"] else "misses"
+        print(f"{m['model']}: fused traffic {m['traffic_ratio']:.2f} of eager: {verdict} the 1/3 target")
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"report: {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("roofline", help="memory-traffic / roofline model of fused vs eager (a model, not a measurement)")
+    p.add_argument("--json", default=None, metavar="PATH", help=f"write the report (e.g. {RESULTS})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.set_defaults(func=cmd_roofline)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--report-json"]:  # build_report's subprocess: MODELS HxW DTYPE -> JSON on stdout
+        h, w = (int(v) for v in sys.argv[3].split("x"))
+        print(json.dumps(build_report(tuple(sys.argv[2].split(",")), (h, w), sys.argv[4])))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(prog="esr")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    sys.exit(run(parser, ["roofline", *sys.argv[1:]]))

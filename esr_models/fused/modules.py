@@ -1,0 +1,288 @@
+"""Fused modules: each replaces one reference module, adopts its parameters (same state-dict
+keys), asks its kernel backend (``esr_kernels.contract.KernelBackend``) to pack the weights
+once, and in ``forward`` calls only the backend's ops with those packs.
+
+Packs (dataclasses, ``esr_kernels.contract.Pack``) are kept in ``module.packs`` by name; their
+tensors are also registered as non-persistent buffers, so that ``.to()`` / ``.cuda()`` move
+them (``_apply`` rebuilds the packs from the moved buffers) and the state dict is unchanged.
+
+Packs follow the weights on every path by which they change: ``load_state_dict`` (a post-hook
+on each fused module repacks it, whatever mode the tensors were made in and whether the model
+is later called eagerly or through ``torch.compile``), in-place edits of ordinary tensors (the
+fused model's forward pre-hook compares version counters, ``fusion._repack_if_changed``), and
+anything else through ``esr_models.fused.fusion.repack_(model)``. Pickling (``torch.save(model)``,
+``pickle.dumps``, Ray) stores the module without its packs and backend object (which holds
+``torch.ops`` handles): the backend is made again by name, and the packs rebuilt, on load.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esr_kernels import spec
+from esr_kernels.packing import fold_esa
+from esr_kernels.policy import make_backend
+
+from ..arch.ifadnet import BFEB, RFMB
+from ..arch.layers import AffineInputConv2d, ConcatFuse, ConvAdd, PixelShuffleTail
+from ..arch.pfdnlite import PartialBlock
+from ..arch.rlfn import RLFB
+
+
+def _buffer_name(pack_name: str, path: str) -> str:
+    return f"_pack_{pack_name}_{path.replace('.', '_')}"
+
+
+class _Fused:
+    """A fused module: adopts a reference module and packs its weights for the backend.
+    ``_pack`` reads the module's own parameters, so it runs again when they change."""
+
+    @classmethod
+    def from_reference(cls, ref: nn.Module, kernels):
+        """A ``cls`` instance sharing ``ref``'s parameters and submodules (so the state dict is
+        unchanged), with fresh containers so that adding buffers does not touch ``ref``."""
+        obj = cls.__new__(cls)
+        state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in ref.__dict__.items()}
+        state["_non_persistent_buffers_set"] = set(ref._non_persistent_buffers_set)
+        obj.__dict__.update(state)
+        obj.kernels = kernels
+        obj.packs = {}
+        obj._pack()
+        obj.register_load_state_dict_post_hook(_repack_after_load)
+        return obj
+
+    def repack(self) -> None:
+        """Packs made again from the module's current weights."""
+        with torch.no_grad():
+            self._pack()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        weight = next(self.parameters(), None)
+        state["kernels"] = _BackendRef.of(self.kernels, weight.device if weight is not None else "cpu")
+        state["packs"] = {}
+        packed = {_buffer_name(name, path) for name, pack in self.packs.items() for path in pack.tensors()}
+        state["_buffers"] = {k: v for k, v in self._buffers.items() if k not in packed}
+        state["_non_persistent_buffers_set"] = self._non_persistent_buffers_set - packed
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # Children (and their tensors) are restored before their parent: pack from them.
+        self.repack()
+
+    def _pack(self) -> None:
+        raise NotImplementedError
+
+    def _store(self, name: str, pack) -> None:
+        self.packs[name] = pack
+        for path, t in pack.tensors().items():
+            self.register_buffer(_buffer_name(name, path), t, persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        moved = {name: pack.map_tensors(lambda path, _t, name=name: getattr(self, _buffer_name(name, path)))
+                 for name, pack in self.packs.items()}
+        if any(t.dtype != self.packs[name].tensors()[path].dtype
+               for name, pack in moved.items() for path, t in pack.tensors().items()):
+            # A dtype conversion (model.to(dtype), .half(), even to the dtype it has) converted the
+            # packs too, but their dtypes are the backend's choice for the model's dtype (the
+            # CPU's bf16 GEMM pairs beside float32 biases): pack again from the weights.
+            self.repack()
+            return out
+        self.packs = moved  # the buffers moved: the packs around them
+        return out
+
+
+def _repack_after_load(module: "_Fused", incompatible_keys) -> None:
+    """load_state_dict post-hook: copy_ into inference tensors bumps no version counter, and a
+    compiled forward skips the pre-hook's check, so a load always repacks."""
+    module.repack()
+
+
+class _BackendRef:
+    """What a fused module pickles instead of its kernel backend: the backend's name and device;
+    unpickled, it is a fresh backend from ``make_backend``. One per backend object (pickle's memo
+    then shares it, so a model's modules share one backend after loading, as before)."""
+
+    _live: dict = {}
+
+    def __init__(self, name: str, device: str):
+        self.name, self.device = name, device
+
+    @classmethod
+    def of(cls, kernels, device) -> "_BackendRef":
+        key = (id(kernels), str(device))
+        ref = cls._live.get(key)
+        if ref is None or ref[0] is not kernels:  # (the backend is held here, so its id is not reused)
+            ref = cls._live[key] = (kernels, cls(kernels.name, str(device)))
+        return ref[1]
+
+    def __reduce__(self):
+        return (_make_backend, (self.name, self.device))
+
+
+def _make_backend(name: str, device: str):
+    return make_backend(name, torch.device(device))
+
+
+class FusedConv2d(_Fused, nn.Conv2d):
+    """Plain KxK conv (K in {1, 3}, groups 1, zero padding K // 2, bias) through the backend."""
+
+    @staticmethod
+    def can_fuse(ref: nn.Conv2d, kernels) -> bool:
+        k = ref.kernel_size
+        return (k[0] == k[1] and k[0] in (1, 3) and ref.groups == 1 and ref.dilation == (1, 1)
+                and ref.padding_mode == "zeros" and ref.padding == (k[0] // 2, k[0] // 2)
+                and ref.stride[0] == ref.stride[1] and ref.bias is not None
+                and kernels.supports_conv(ref))
+
+    def _pack(self) -> None:
+        self._store("conv", self.kernels.pack_conv(self.weight, self.bias, stride=self.stride[0]))
+
+    def forward(self, x):
+        return self.kernels.conv(x, self.packs["conv"])
+
+
+class FusedAffineInputConv2d(_Fused, AffineInputConv2d):
+    """Head conv: the input scale is folded into the weight, the shift is the prologue."""
+
+    def _pack(self) -> None:
+        self._store("conv", self.kernels.pack_conv(self.weight * self.in_scale, self.bias))  # conv(s x) = (s W) x
+        shift = self.in_shift.detach().flatten().float() * self.in_scale if self.has_shift else None
+        self.register_buffer("shift_flat", shift, persistent=False)
+
+    def forward(self, x):
+        return self.kernels.conv(x, self.packs["conv"], shift=self.shift_flat)
+
+
+class FusedPixelShuffleTail(_Fused, PixelShuffleTail):
+    """Tail conv writing the final image: shortcut and pixel shuffle in the epilogue; the
+    output divisor is folded into weight and bias."""
+
+    def _pack(self) -> None:
+        # output_layer: measured on Set5 with the CPU's bf16 GEMM, a bf16 tail cost IFADNet 0.013 dB
+        # and RLFN 0.012 dB of PSNR, a float32 one 0.009 (README, "bfloat16 on CPU").
+        self._store("conv", self.kernels.pack_conv(self.weight, self.bias, weight_scale=1.0 / self.out_divisor,
+                                                   output_layer=True))
+        shift = self.out_shift.detach().flatten().float() if self.has_shift else None
+        self.register_buffer("shift_flat", shift, persistent=False)
+
+    def forward(self, x, image):
+        if self.repeat_image:
+            sc, mode = image, spec.SHORTCUT_REPEAT_INPUT
+        elif self.has_shift:
+            sc, mode = self.shift_flat, spec.SHORTCUT_VECTOR
+        else:
+            sc, mode = None, spec.SHORTCUT_NONE
+        return self.kernels.conv(x, self.packs["conv"], shortcut=sc, shortcut_mode=mode, shuffle=self.scale)
+
+
+class FusedConvAdd(_Fused, ConvAdd):
+    _pack = FusedConv2d._pack
+
+    def forward(self, x, residual):
+        return self.kernels.conv(x, self.packs["conv"], residual=residual, residual_mode=spec.RES_TENSOR)
+
+
+class FusedConcatFuse(_Fused, ConcatFuse):
+    """GELU(1x1 conv of the concatenated block outputs) + residual; how the concatenation is
+    handled is the backend's choice (the CPU backend avoids materialising it)."""
+
+    def _pack(self) -> None:
+        chunks = self.in_channels // self.out_channels  # one block output per chunk
+        self._store("conv", self.kernels.pack_concat_conv(self.weight, self.bias, chunks))
+
+    def forward(self, features, residual):
+        return self.kernels.concat_conv(features, self.packs["conv"], act=spec.ACT_GELU, residual=residual)
+
+
+class FusedBFEB(_Fused, BFEB):
+    """Three BSB launches; the last adds the block residual."""
+
+    def _pack(self) -> None:
+        for i, bc in enumerate(self.convs):
+            self._store(f"bsb{i}", self.kernels.pack_bsb(bc.pointwise.weight, bc.depthwise.weight, bc.depthwise.bias))
+
+    def forward(self, x):
+        out = x
+        n = len(self.convs)
+        for i in range(n):
+            out = self.kernels.bsb(out, self.packs[f"bsb{i}"], x if i == n - 1 else None)
+        return out
+
+
+class FusedRFMB(_Fused, RFMB):
+    """Three 3x3 conv+GELU launches, then ESA with the block residual in its last pass."""
+
+    def _pack(self) -> None:
+        for i, conv in enumerate(self.convs):
+            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias))
+        self._store("esa", self.kernels.pack_esa(fold_esa(self.esa)))
+
+    def forward(self, x):
+        out = x
+        for i in range(len(self.convs)):
+            out = self.kernels.conv(out, self.packs[f"c{i}"], act=spec.ACT_GELU)
+        return self.kernels.esa(out, self.packs["esa"], residual=x)
+
+
+class FusedRLFB(_Fused, RLFB):
+    """Three 3x3 conv+LeakyReLU launches (the last adds the block input), the 1x1, then ESA."""
+
+    def _pack(self) -> None:
+        for i, conv in enumerate(list(self.convs) + [self.mix]):
+            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias))
+        self._store("esa", self.kernels.pack_esa(fold_esa(self.esa)))
+
+    def forward(self, x):
+        out = x
+        n = len(self.convs)
+        for i in range(n):
+            last = i == n - 1
+            out = self.kernels.conv(out, self.packs[f"c{i}"], act=spec.ACT_LEAKY, residual=x if last else None,
+                                    residual_mode=spec.RES_TENSOR if last else spec.RES_NONE)
+        out = self.kernels.conv(out, self.packs[f"c{n}"])
+        return self.kernels.esa(out, self.packs["esa"])
+
+
+class FusedPartialBlock(_Fused, PartialBlock):
+    """PFDN block. The attention map is computed at low resolution (la_reduce, then two small
+    convs); the gated tensor is never materialised by the Triton backend: the first conv gates
+    its input on load (and passes gated channels through in the pruned form), the last
+    recomputes it as its residual."""
+
+    def _pack(self) -> None:
+        k, a = self.kernels, self.attn
+        channels = self.conv3.out_channels
+        self._store("la", k.pack_la_reduce(a.reduce.weight, a.reduce.bias))
+        self._store("down", k.pack_conv(a.down.weight, a.down.bias, stride=2))
+        self._store("expand", k.pack_conv(a.expand.weight, a.expand.bias))
+        self._store("conv1", k.pack_conv(self.conv1.weight, self.conv1.bias, op_channels=channels))
+        if self.full:
+            self._store("conv2", k.pack_conv(self.conv2.weight, self.conv2.bias, op_channels=channels))
+        self._store("conv3", k.pack_conv(self.conv3.weight, self.conv3.bias))
+
+    def forward(self, x):
+        k, p = self.kernels, self.packs
+        c = x.shape[1]
+        att = k.conv(k.conv(k.la_reduce(x, p["la"]), p["down"]), p["expand"], act=spec.ACT_SIGMOID)
+        if self.full:
+            t = k.conv(x, p["conv1"], act=spec.ACT_SILU, att=att, gate_input=True)
+            t = k.conv(t, p["conv2"], c_out=c, act=spec.ACT_SILU)
+        else:
+            t = k.conv(x, p["conv1"], c_out=c, act=spec.ACT_SILU, att=att, gate_input=True)
+        return k.conv(t, p["conv3"], act=spec.ACT_SILU, residual=x, residual_mode=spec.RES_GATED_INPUT, att=att)
+
+
+FUSED_TYPES: dict[type, type] = {
+    BFEB: FusedBFEB, RFMB: FusedRFMB, RLFB: FusedRLFB, PartialBlock: FusedPartialBlock,
+    AffineInputConv2d: FusedAffineInputConv2d, PixelShuffleTail: FusedPixelShuffleTail,
+    ConvAdd: FusedConvAdd, ConcatFuse: FusedConcatFuse, nn.Conv2d: FusedConv2d,
+}
+
+
+def can_fuse(module: nn.Module, kernels) -> bool:
+    """Whether ``module`` has a fused counterpart that ``kernels`` can run."""
+    cls = FUSED_TYPES.get(type(module))
+    return cls is not None and getattr(cls, "can_fuse", lambda m, k: True)(module, kernels)

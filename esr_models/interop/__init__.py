@@ -1,0 +1,1 @@
+"""Other tools: ONNX export, spandrel's architecture registry."""
