@@ -9,7 +9,8 @@ from pathlib import Path
 from esr_kernels import spec
 from esr_kernels._spec_header import HEADER_PATH, cpp_header
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
 
 
 def test_committed_header_equals_the_generated_one():
@@ -37,3 +38,20 @@ def test_sources_do_not_restate_the_constants():
         text = path.read_text()
         for what, pattern in patterns.items():
             assert not pattern.search(text), f"{path.relative_to(CSRC)} restates the {what}: use csrc/common/spec.h"
+
+
+def test_python_does_not_restate_the_pool_size_or_the_leaky_slope():
+    """spec.py is their one Python home: ``pooled_size`` and ``LEAKY_SLOPE`` are imported, the
+    formula and the slope not written again."""
+    sources = [p for d in ("esr_kernels", "esr_models", "benchmarks", "tests") for p in (ROOT / d).rglob("*.py")
+               if p not in (ROOT / "esr_kernels" / "spec.py", Path(__file__).resolve())]
+    assert sources
+    patterns = {
+        "pooled size": re.compile(r"-\s*(POOL_KERNEL|7)\)\s*//\s*(POOL_STRIDE|3)\b"),
+        "leaky slope": re.compile(r"(LEAKY_SLOPE\s*=|leaky_relu\([^)]*,\s*0\.\d)"),
+        "pool geometry": re.compile(r"max_pool2d\([^)]*,\s*7\s*,\s*3\s*\)"),
+    }
+    for path in sources:
+        text = path.read_text()
+        for what, pattern in patterns.items():
+            assert not pattern.search(text), f"{path.relative_to(ROOT)} restates the {what}: use esr_kernels.spec"
