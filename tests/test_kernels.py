@@ -171,9 +171,9 @@ def esa_args(n, c, h, w, dtype, layout, device, residual=True):
     import dataclasses
 
     from esr_kernels.packing import fold_esa, pack_esa
-    from esr_models.layers import ESA
+    from esr_models import layers
 
-    m = ESA(c, 16).to(device)
+    m = layers.ESA(c, 16).to(device)
     for p in m.parameters():
         torch.nn.init.normal_(p, 0, 0.3)
     packed = pack_esa(dataclasses.replace(fold_esa(m), dtype=dtype))
