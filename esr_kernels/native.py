@@ -69,17 +69,15 @@ def _la_reduce(x, reduce_w, reduce_b):
     return x.new_empty(shape) if _is_cuda(x) else _nhwc(shape, x)
 
 
+# The engine's convs end in conv_epilogue's arguments (passthrough, c_out, then from residual on).
 @torch.library.register_fake("esr_native::conv3x3_winograd")
-def _conv3x3_winograd(x, u, bias, c_conv, act, passthrough, c_out, residual, residual_mode, att, shortcut,
-                      shortcut_mode, shuffle):
-    return _conv_epilogue(x, passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode, shuffle)
+def _conv3x3_winograd(x, u, bias, c_conv, act, passthrough, c_out, *epilogue):
+    return _conv_epilogue(x, passthrough, c_out, act, *epilogue)
 
 
 @torch.library.register_fake("esr_native::conv1x1")
-def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, residual, residual_mode, att, shortcut, shortcut_mode,
-             shuffle):
-    return _conv_epilogue(xs[0], passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode,
-                          shuffle)
+def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, *epilogue):
+    return _conv_epilogue(xs[0], passthrough, c_out, act, *epilogue)
 
 
 @torch.library.register_fake("esr_native::bsb_packed")
