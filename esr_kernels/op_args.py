@@ -44,10 +44,10 @@ class OpArgs:
     @classmethod
     def from_args(cls, args, **extra):
         """The group from its arguments in order (``extra``: the other fields by name)."""
-        names = cls.arg_names()
-        if len(args) != len(names):
-            raise TypeError(f"{cls.__name__} takes {len(names)} arguments ({', '.join(names)}), got {len(args)}")
-        return cls(**dict(zip(names, args)), **extra)
+        if len(args) != len(cls.ARGS):
+            raise TypeError(f"{cls.__name__} takes {len(cls.ARGS)} arguments ({', '.join(cls.arg_names())}), "
+                            f"got {len(args)}")
+        return cls(*args, **extra)  # the arguments are its first fields (``op_args``)
 
     def map_args(self, fn):
         """A copy with each argument field's value v replaced by fn(name, v)."""
@@ -55,10 +55,14 @@ class OpArgs:
 
 
 def op_args(cls):
-    """Class decorator: ``cls`` (an ``OpArgs``) as a frozen dataclass, with ``ARGS`` read from its fields."""
+    """Class decorator: ``cls`` (an ``OpArgs``) as a frozen dataclass, with ``ARGS`` read from its
+    fields; the arguments come first (the other fields after them)."""
     cls = dataclasses.dataclass(frozen=True)(cls)
     hints = typing.get_type_hints(cls)
-    cls.ARGS = tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.metadata.get("op_arg", True))
+    fields = dataclasses.fields(cls)
+    cls.ARGS = tuple((f.name, hints[f.name]) for f in fields if f.metadata.get("op_arg", True))
+    if [f.name for f in fields[:len(cls.ARGS)]] != [name for name, _ in cls.ARGS]:
+        raise TypeError(f"{cls.__name__}: the op arguments must be its first fields")
     return cls
 
 
@@ -88,7 +92,7 @@ class OpSignature:
         for part in self.parts:
             if isinstance(part, type):
                 n = len(part.ARGS)
-                out.append(part.from_args(args[i:i + n]))
+                out.append(part(*args[i:i + n]))  # its first fields (``op_args``)
                 i += n
             else:
                 out.append(args[i])

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch.library import triton_op, wrap_triton
 
-from .op_args import CONV, ESA, OpSignature
+from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
 from .spec import pooled_size
 from .triton.bsb import _bsb_kernel, bsb_launch
 from .triton.common import interpreting
@@ -52,10 +52,14 @@ def _like(x: Tensor, shape) -> Tensor:
 
 
 # ---------------------------------------------------------------- conv
-def _alloc_conv(*args) -> Tensor:
-    x, _, _, geometry, epilogue = CONV.split(args)
+def _conv_output(x: Tensor, geometry: ConvGeometry, epilogue: ConvEpilogue) -> Tensor:
     shape = conv_out_shape(x.shape, geometry, epilogue.shuffle)
     return torch.empty(shape, dtype=x.dtype, device=x.device) if epilogue.shuffle else _like(x, shape)
+
+
+def _alloc_conv(*args) -> Tensor:
+    x, _, _, geometry, epilogue = CONV.split(args)
+    return _conv_output(x, geometry, epilogue)
 
 
 @_define("conv", _alloc_conv, CONV)
@@ -63,8 +67,9 @@ def conv(*args) -> Tensor:
     """Fused dense conv; semantics in ``esr_kernels.reference.conv``. x (N, C, H, W) in any
     layout; output (N, c_out, H', W') in x's layout, or (N, c_out / r^2, r H', r W') NCHW when
     ``shuffle`` = r > 0."""
-    out = _alloc_conv(*args)
-    return conv_launch(wrap_triton(_conv_kernel), *CONV.split(args), out)
+    x, w_packed, bias, geometry, epilogue = CONV.split(args)
+    return conv_launch(wrap_triton(_conv_kernel), x, w_packed, bias, geometry, epilogue,
+                       _conv_output(x, geometry, epilogue))
 
 
 # ---------------------------------------------------------------- bsb
