@@ -17,6 +17,7 @@ import torch
 from benchmarks.conftest import device_name
 from esr_kernels import reference as R
 from esr_kernels import spec
+from esr_kernels.op_args import ConvEpilogue, ConvGeometry
 from esr_kernels.packing import fold_esa, pack_esa
 from esr_kernels.policy import backend_unavailable_reason, make_backend
 from esr_models.arch.layers import ESA
@@ -34,23 +35,23 @@ def _op_cases(kernels, device):
 
     x48, x36 = rand(1, 48, H, W), rand(1, 36, H, W)
     w3, b3 = rand(48, 48, 3, 3, scale=1 / 20), rand(48, scale=0.1)
-    conv = kernels.pack_conv(w3, b3)
+    gelu = ConvEpilogue(act=spec.ACT_GELU)
+    conv = kernels.pack_conv(w3, b3, gelu)
     pw, dw, db = rand(36, 36, 1, 1, scale=1 / 6), rand(36, 1, 3, 3, scale=1 / 3), rand(36, scale=0.1)
     bsb = kernels.pack_bsb(pw, dw, db)
     esa_module = ESA(48, 16).to(device)
     esa_w = fold_esa(esa_module)
     esa = kernels.pack_esa(esa_w)
     esa_args = pack_esa(dataclasses.replace(esa_w, dtype=torch.float32))
-    names = ("reduce_w", "reduce_b", "down_w", "down_b", "low_w", "low_b", "skip_w", "skip_b", "expand_w", "expand_b")
     lw, lb = rand(16, 48, 1, 1, scale=1 / 7), rand(16, scale=0.1)
     la = kernels.pack_la_reduce(lw, lb)
     return {
-        "conv3x3_gelu_48": (lambda: kernels.conv(x48, conv, act=spec.ACT_GELU),
-                            lambda: R.conv(x48, R.pack_conv_weight(w3), b3, 48, 48, 3, 1, 1, spec.ACT_GELU)),
+        "conv3x3_gelu_48": (lambda: kernels.conv(x48, conv),
+                            lambda: R.conv(x48, R.pack_conv_weight(w3), b3, ConvGeometry(48, 48, 3, 1, 1), gelu)),
         "bsb_36": (lambda: kernels.bsb(x36, bsb, x36),
                    lambda: R.bsb(x36, R.pack_conv_weight(pw), dw, db, x36)),
         "esa_48": (lambda: kernels.esa(x48, esa, x48),
-                   lambda: R.esa(x48, *(esa_args[n] for n in names), x48)),
+                   lambda: R.esa(x48, esa_args, x48)),
         "la_reduce_48_16": (lambda: kernels.la_reduce(x48, la),
                             lambda: R.la_reduce(x48, R.pack_conv_weight(lw), lb)),
     }

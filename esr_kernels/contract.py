@@ -1,6 +1,6 @@
 """The contract every kernel backend implements, and the packed-weight types it trades in.
 
-A fused module (``esr_models.fused_modules``) knows only this file: it asks its backend to pack
+A fused module (``esr_models.fused.modules``) knows only this file: it asks its backend to pack
 each op's weights once, at load (``pack_*``, returning a ``Pack``), and calls the backend's ops
 with those packs in ``forward``. What a pack holds (layouts, padding, folded weights) is the
 backend's business; the shapes a fused module sees are the model's own.
@@ -23,33 +23,36 @@ from typing import Callable, ClassVar, Optional, Sequence
 import torch
 from torch import nn
 
+from .op_args import ConvEpilogue, ConvGeometry, EsaWeights
+
 Tensor = torch.Tensor
 
 
 # ---------------------------------------------------------------- packed weights
 class Pack:
-    """Base of every packed-weight dataclass. Its tensor fields (also inside nested packs and
-    tuples) are what ``tensors`` lists and ``map_tensors`` rebuilds; the other fields (ints)
-    describe the op."""
+    """Base of every packed-weight dataclass. Its tensor fields (also inside nested dataclasses,
+    packs or not, and tuples) are what ``tensors`` lists and ``map_tensors`` rebuilds; the other
+    fields (ints, a conv's epilogue) describe the op."""
 
     def tensors(self, prefix: str = "") -> dict[str, Tensor]:
         """{dotted field path: tensor} of every tensor the pack holds."""
         out: dict[str, Tensor] = {}
-        for f in dataclasses.fields(self):
-            _collect(getattr(self, f.name), prefix + f.name, out)
+        _collect(self, prefix, out)
         return out
 
     def map_tensors(self, fn: Callable[[str, Tensor], Tensor], prefix: str = "") -> "Pack":
         """A copy of the pack with every tensor t at path p replaced by fn(p, t)."""
-        changes = {f.name: _rebuild(getattr(self, f.name), prefix + f.name, fn) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **changes)
+        return _rebuild(self, prefix, fn)
 
 
 def _collect(value, path: str, out: dict) -> None:
+    """``path``: the dotted path of ``value``, or of a dataclass's fields' prefix."""
     if isinstance(value, Tensor):
         out[path] = value
-    elif isinstance(value, Pack):
-        out.update(value.tensors(path + "."))
+    elif dataclasses.is_dataclass(value):
+        prefix = path if not path or path.endswith(".") else path + "."
+        for f in dataclasses.fields(value):
+            _collect(getattr(value, f.name), prefix + f.name, out)
     elif isinstance(value, tuple):
         for i, v in enumerate(value):
             _collect(v, f"{path}.{i}", out)
@@ -58,23 +61,22 @@ def _collect(value, path: str, out: dict) -> None:
 def _rebuild(value, path: str, fn):
     if isinstance(value, Tensor):
         return fn(path, value)
-    if isinstance(value, Pack):
-        return value.map_tensors(fn, path + ".")
+    if dataclasses.is_dataclass(value):
+        prefix = path if not path or path.endswith(".") else path + "."
+        return dataclasses.replace(value, **{f.name: _rebuild(getattr(value, f.name), prefix + f.name, fn)
+                                             for f in dataclasses.fields(value)})
     if isinstance(value, tuple):
         return tuple(_rebuild(v, f"{path}.{i}", fn) for i, v in enumerate(value))
     return value
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvPack(Pack):
-    """A dense conv's packed weights. ``c_conv``: output channels the conv computes; ``c_in``:
-    input channels it reads (the first ``c_in`` of x); ``ksize``, ``stride``, ``padding``: its
-    geometry (zero padding)."""
-    c_conv: int
+class ConvPack(Pack, ConvGeometry):
+    """A dense conv's packed weights: its geometry (``ConvGeometry``: the esr::conv arguments
+    the pack fixes), ``c_in``, the input channels it reads (the first ``c_in`` of x), and the
+    ``epilogue`` it was packed with."""
     c_in: int
-    ksize: int
-    stride: int
-    padding: int
+    epilogue: ConvEpilogue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,47 +101,11 @@ class LaReducePack(Pack):
 
 @dataclasses.dataclass(frozen=True)
 class ConcatConvPack(Pack):
-    """A 1x1 conv over ``chunks`` concatenated features of equal width, to ``c_out`` channels."""
+    """A 1x1 conv over ``chunks`` concatenated features of equal width, to ``c_out`` channels,
+    with the ``epilogue`` it was packed with (activation, residual)."""
     c_out: int
     chunks: int
-
-
-@dataclasses.dataclass(frozen=True)
-class EsaWeights:
-    """An ESA's weights with its linear 1x1 branch folded, float64, made once at load by
-    ``esr_kernels.packing.fold_esa`` (the one place ESA weights are folded); each backend
-    rounds them once into its own layout.
-
-    reduce_w (C_r, C, 1, 1), down_w / low_w (C_r, C_r, 3, 3), skip_w (C_r, C) = skip @ reduce,
-    expand_w (C, C_r); biases per output channel. ``gate_w`` (C, C) / ``gate_b`` (C,): the
-    full-resolution part of the gate logits, expand(skip(x)), as one 1x1 conv, float64."""
-    reduce_w: Tensor
-    reduce_b: Tensor
-    down_w: Tensor
-    down_b: Tensor
-    low_w: Tensor
-    low_b: Tensor
-    skip_w: Tensor
-    skip_b: Tensor
-    expand_w: Tensor
-    expand_b: Tensor
-    dtype: torch.dtype = torch.float32  # the model's weight dtype (what half-precision packs round to)
-
-    @property
-    def channels(self) -> int:
-        return self.expand_w.shape[0]
-
-    @property
-    def c_reduce(self) -> int:
-        return self.reduce_w.shape[0]
-
-    @property
-    def gate_w(self) -> Tensor:
-        return self.expand_w @ self.skip_w
-
-    @property
-    def gate_b(self) -> Tensor:
-        return self.expand_w @ self.skip_b + self.expand_b
+    epilogue: ConvEpilogue
 
 
 # ---------------------------------------------------------------- the backend
@@ -165,14 +131,13 @@ class KernelBackend(ABC):
 
     # ---- packing (once, at load)
     @abstractmethod
-    def pack_conv(self, weight: Tensor, bias: Optional[Tensor], *, stride: int = 1, padding: Optional[int] = None,
-                  op_channels: Optional[int] = None, weight_scale: float = 1.0, output_layer: bool = False) -> ConvPack:
-        """weight (C_conv, C_in, K, K), bias (C_conv,) or None. ``op_channels``: the op's total
-        output channels when larger than C_conv (partial convs pass the rest through).
-        ``weight_scale`` multiplies weight and bias (folded in float64). ``output_layer``: the
-        conv writes the model's output, where its rounding goes straight into the image: a
-        backend that computes below the model's precision elsewhere (the CPU's bf16 GEMM) keeps
-        its own full precision here."""
+    def pack_conv(self, weight: Tensor, bias: Optional[Tensor], epilogue: ConvEpilogue = ConvEpilogue(), *,
+                  c_out: Optional[int] = None, stride: int = 1, padding: Optional[int] = None,
+                  weight_scale: float = 1.0) -> ConvPack:
+        """weight (C_conv, C_in, K, K), bias (C_conv,) or None; ``epilogue``: what every call of
+        the pack fuses (the pack carries it). ``c_out``: the op's total output channels when
+        larger than C_conv (partial convs pass the rest through). ``weight_scale`` multiplies
+        weight and bias (folded in float64)."""
 
     @abstractmethod
     def pack_bsb(self, pointwise: Tensor, depthwise: Tensor, bias: Tensor) -> BsbPack:
@@ -187,16 +152,17 @@ class KernelBackend(ABC):
         """The reduction's 1x1 conv: weight (C_r, C, 1, 1), bias (C_r,)."""
 
     @abstractmethod
-    def pack_concat_conv(self, weight: Tensor, bias: Tensor, chunks: int) -> ConcatConvPack:
-        """weight (C_out, chunks * C, 1, 1), bias (C_out,)."""
+    def pack_concat_conv(self, weight: Tensor, bias: Tensor, chunks: int,
+                         epilogue: ConvEpilogue = ConvEpilogue()) -> ConcatConvPack:
+        """weight (C_out, chunks * C, 1, 1), bias (C_out,); ``epilogue``: its activation and
+        residual mode."""
 
     # ---- ops
     @abstractmethod
-    def conv(self, x: Tensor, pack: ConvPack, *, c_out: Optional[int] = None, act: int = 0,
-             residual: Optional[Tensor] = None, residual_mode: int = 0, att: Optional[Tensor] = None,
-             gate_input: bool = False, shift: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
-             shortcut_mode: int = 0, shuffle: int = 0) -> Tensor:
-        """``esr_kernels.reference.conv``; ``c_out`` defaults to the pack's ``c_conv``."""
+    def conv(self, x: Tensor, pack: ConvPack, *, residual: Optional[Tensor] = None, att: Optional[Tensor] = None,
+             shift: Optional[Tensor] = None, shortcut: Optional[Tensor] = None) -> Tensor:
+        """``esr_kernels.reference.conv`` with the pack's geometry and epilogue; the keywords are
+        the epilogue's tensors (``ConvEpilogue``), those of this call."""
 
     @abstractmethod
     def bsb(self, x: Tensor, pack: BsbPack, residual: Optional[Tensor] = None) -> Tensor:
@@ -211,6 +177,7 @@ class KernelBackend(ABC):
         """``esr_kernels.reference.la_reduce``: (N, C, H, W), H, W >= 7 -> (N, C_r, Hp, Wp)."""
 
     @abstractmethod
-    def concat_conv(self, features: Sequence[Tensor], pack: ConcatConvPack, *, act: int = 0,
+    def concat_conv(self, features: Sequence[Tensor], pack: ConcatConvPack,
                     residual: Optional[Tensor] = None) -> Tensor:
-        """act(1x1 conv of cat(features)) [+ residual] (``esr_kernels.reference.concat_conv``)."""
+        """act(1x1 conv of cat(features)) [+ residual], act and residual mode from the pack's
+        epilogue (``esr_kernels.reference.concat_conv``)."""

@@ -24,11 +24,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
+from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, KernelBackend, LaReducePack
 from .extensions import bf16_gemm_available, native_ops
+from .op_args import ConvEpilogue, EsaWeights
 from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
-                   POOL_STRIDE, RES_NONE, RES_TENSOR, SHORTCUT_NONE)
+                   POOL_STRIDE, RES_NONE, SHORTCUT_NONE)
 
 Tensor = torch.Tensor
 
@@ -78,7 +79,7 @@ def _narrow(y: Tensor, c: int) -> Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class CpuConv(ConvPack):
-    """c_conv / c_in: the model's channels; c_pad / c_in_pad: what the weights compute and read."""
+    """c_conv / c_out / c_in: the model's channels; c_pad / c_in_pad: what the weights compute and read."""
     c_pad: int
     c_in_pad: int
     w: Tensor                 # (C_pad, C_in_pad, K, K) float32 channels_last (oneDNN)
@@ -155,20 +156,21 @@ class CpuBackend(KernelBackend):
         return dtype == torch.bfloat16 and self.bf16_engine
 
     # ---- packing (once, at load)
-    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0,
-                  output_layer=False) -> CpuConv:
+    def pack_conv(self, weight, bias, epilogue=ConvEpilogue(), *, c_out=None, stride=1, padding=None,
+                  weight_scale=1.0) -> CpuConv:
         w = weight.detach().double() * weight_scale
         b = bias.detach().double() * weight_scale if bias is not None else None
         k = w.shape[-1]
-        # Partial convs (op_channels) keep their layout: their passthrough channels are real.
-        return self._dense(w, b, stride, k // 2 if padding is None else padding, pad=op_channels is None,
-                           bf16=self._bf16(weight.dtype) and not output_layer)
+        # Partial convs (c_out) keep their layout: their passthrough channels are real.
+        return self._dense(w, b, stride, k // 2 if padding is None else padding, pad=c_out is None,
+                           bf16=self._bf16(weight.dtype) and not epilogue.output_layer, c_out=c_out,
+                           epilogue=epilogue)
 
     def _dense(self, w: Tensor, b: Optional[Tensor], stride: int, padding: int, pad: bool = True,
-               bf16: bool = False) -> CpuConv:
-        """A float64 (C_out, C_in, K, K) weight -> CpuConv, zero-padded on both sides to
+               bf16: bool = False, c_out: Optional[int] = None, epilogue: ConvEpilogue = ConvEpilogue()) -> CpuConv:
+        """A float64 (C_conv, C_in, K, K) weight -> CpuConv, zero-padded on both sides to
         padded_channels if ``pad``, rounded once to float32 (the conv engine's weights to bf16
-        pairs if ``bf16``)."""
+        pairs if ``bf16``); ``c_out`` (default C_conv), ``epilogue``: the op's."""
         co, ci, k = w.shape[0], w.shape[1], w.shape[-1]
         pco, pci = (padded_channels(co), padded_channels(ci)) if pad else (co, ci)
         wp = w.new_zeros((pco, pci, k, k))
@@ -178,8 +180,8 @@ class CpuBackend(KernelBackend):
             bp[:co] = b
         wp, bp = wp.float(), bp.float()
         engine = self._engine_weights(wp, bp, bf16)
-        return CpuConv(c_conv=co, c_in=ci, ksize=k, stride=stride, padding=padding, c_pad=pco, c_in_pad=pci,
-                       w=_cl(wp), b=bp, **engine)
+        return CpuConv(c_conv=co, c_out=c_out or co, ksize=k, stride=stride, padding=padding, c_in=ci,
+                       epilogue=epilogue, c_pad=pco, c_in_pad=pci, w=_cl(wp), b=bp, **engine)
 
     def _engine_weights(self, w: Tensor, b: Tensor, bf16: bool = False, chunks: int = 1) -> dict:
         """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's; with
@@ -224,54 +226,53 @@ class CpuBackend(KernelBackend):
         conv = self._dense(weight.detach().double(), bias.detach().double(), 1, 0, bf16=self._bf16(weight.dtype))
         return CpuLaReduce(c_in=weight.shape[1], c_reduce=weight.shape[0], conv=conv)
 
-    def pack_concat_conv(self, weight, bias, chunks) -> CpuConcatConv:
+    def pack_concat_conv(self, weight, bias, chunks, epilogue=ConvEpilogue()) -> CpuConcatConv:
         w = weight.detach().float()
         b = bias.detach().float().clone()
         step = w.shape[1] // chunks
         parts = tuple(_cl(w[:, i * step:(i + 1) * step].contiguous()) for i in range(chunks))
         engine = self._engine_weights(w, b, self._bf16(weight.dtype), chunks)
-        return CpuConcatConv(c_out=w.shape[0], chunks=chunks, parts=parts, b=b, w1=engine["w1"], bp=engine["bp"])
+        return CpuConcatConv(c_out=w.shape[0], chunks=chunks, epilogue=epilogue, parts=parts, b=b, w1=engine["w1"],
+                             bp=engine["bp"])
 
     # ---- ops
-    def _run(self, x, p: CpuConv, act=ACT_NONE, *, passthrough=None, c_out=None, residual=None,
-             residual_mode=RES_NONE, att=None, shortcut=None, shortcut_mode=SHORTCUT_NONE, shuffle=0):
+    def _run(self, x, p: CpuConv, *, passthrough=None, c_out=None, residual=None, att=None, shortcut=None):
         """act(conv(x) + bias) and the conv epilogue (csrc/cpu/epilogue.h: partial channels,
-        residual or gated residual, shortcut + pixel shuffle), in the pack's padded channels:
-        fused into the conv engine where it applies, else a oneDNN conv (activation as its
-        post-op) and the conv_epilogue op."""
-        c_conv = p.c_pad
-        epilogue = (passthrough, c_out or c_conv, residual, residual_mode, att, shortcut, shortcut_mode, shuffle)
+        residual or gated residual, shortcut + pixel shuffle; the pack's ``epilogue`` less its
+        prologue, which ``conv`` applies), in the pack's padded channels: fused into the conv
+        engine where it applies, else a oneDNN conv (activation as its post-op) and the
+        conv_epilogue op."""
+        c_conv, e = p.c_pad, p.epilogue
+        epilogue = (passthrough, c_out or c_conv, residual, e.residual_mode, att, shortcut, e.shortcut_mode, e.shuffle)
         if p.stride == 1 and p.padding == p.ksize // 2:
             if p.u is not None:
-                return self.native.conv3x3_winograd(x, p.u, p.bp, c_conv, act, *epilogue)
+                return self.native.conv3x3_winograd(x, p.u, p.bp, c_conv, e.act, *epilogue)
             if p.w1 is not None:
-                return self.native.conv1x1([x], p.w1, p.bp, c_conv, act, *epilogue)
-        attr, scalars, algorithm = _ONEDNN_ACT[act]
+                return self.native.conv1x1([x], p.w1, p.bp, c_conv, e.act, *epilogue)
+        attr, scalars, algorithm = _ONEDNN_ACT[e.act]
         # The oneDNN path (stride 2, ISA levels without the conv engine). Measured against F.conv2d + the
         # activation in the C++ epilogue: the fused post-op was faster for every model.
         y = self._pointwise(_cl(x), p.w, p.b, [p.padding, p.padding], [p.stride, p.stride], [1, 1], 1,
                             attr, scalars, algorithm)
-        if epilogue[1] == c_conv and residual_mode == RES_NONE and shortcut_mode == SHORTCUT_NONE and shuffle == 0:
+        if (epilogue[1] == c_conv and e.residual_mode == RES_NONE and e.shortcut_mode == SHORTCUT_NONE
+                and e.shuffle == 0):
             return y
         return self.native.conv_epilogue(y, passthrough, epilogue[1], ACT_NONE, *epilogue[2:])
 
-    def conv(self, x, pack: CpuConv, *, c_out=None, act=0, residual=None, residual_mode=0, att=None,
-             gate_input=False, shift=None, shortcut=None, shortcut_mode=0, shuffle=0):
-        c_out = c_out or pack.c_conv
-        partial = c_out > pack.c_conv
+    def conv(self, x, pack: CpuConv, *, residual=None, att=None, shift=None, shortcut=None):
+        partial = pack.c_out > pack.c_conv
         xin = _widen(x, pack.c_in_pad) if x.shape[1] < pack.c_in_pad else x
         if shift is not None:
             xin = xin - shift.view(1, -1, 1, 1)
-        if gate_input:
+        if pack.epilogue.gate_input:
             xin = self.native.gate(xin, att)
         conv_in = xin if pack.c_in_pad == xin.shape[1] else xin[:, :pack.c_in_pad]
-        width = c_out if partial else pack.c_pad
+        width = pack.c_out if partial else pack.c_pad
         if residual is not None and residual.shape[1] < width:
             residual = _widen(residual, width)
-        y = self._run(conv_in, pack, act, passthrough=xin if partial else None, c_out=width,
-                      residual=residual, residual_mode=residual_mode, att=att, shortcut=shortcut,
-                      shortcut_mode=shortcut_mode, shuffle=shuffle)
-        return y if shuffle else _narrow(y, c_out)
+        y = self._run(conv_in, pack, passthrough=xin if partial else None, c_out=width, residual=residual, att=att,
+                      shortcut=shortcut)
+        return y if pack.epilogue.shuffle else _narrow(y, pack.c_out)
 
     def bsb(self, x, pack: BsbPack, residual=None):
         if isinstance(pack, CpuBsbEngine):
@@ -288,14 +289,14 @@ class CpuBackend(KernelBackend):
         s = self._run(x, pack.full)
         return _narrow(self.native.esa_tail(x, s, low, residual), pack.channels)
 
-    def concat_conv(self, features, pack: CpuConcatConv, *, act=ACT_NONE, residual=None):
+    def concat_conv(self, features, pack: CpuConcatConv, residual=None):
         """act(1x1 conv of cat(features) to c_out channels) [+ residual] without the
         concatenation. The 216-channel concatenation would be a >32 MB tensor, which glibc
         maps fresh on every call; its page faults made cat + conv 2.5x slower here. The conv
         engine reads the features in one GEMM (K spans all of them) with activation and
         residual in its epilogue; without it, a chain of oneDNN 1x1 convs each adding its
         product to the previous (binary post-op)."""
-        mode = RES_NONE if residual is None else RES_TENSOR
+        act, mode = pack.epilogue.act, pack.epilogue.residual_mode
         if pack.w1 is not None:
             return self.native.conv1x1(list(features), pack.w1, pack.bp, pack.c_out, act, None, pack.c_out,
                                        residual, mode, None, None, SHORTCUT_NONE, 0)

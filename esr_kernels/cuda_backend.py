@@ -13,8 +13,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .contract import BsbPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
+from .contract import BsbPack, EsaPack, KernelBackend, LaReducePack
 from .extensions import native_ops
+from .op_args import EsaWeights
 from .spec import POOL_KERNEL, POOL_STRIDE
 from .triton_backend import TritonBackend
 
@@ -36,17 +37,9 @@ class CudaBsb(BsbPack):
 
 @dataclasses.dataclass(frozen=True)
 class CudaEsa(EsaPack):
-    """float32: the low-resolution convs (cuDNN) and the tail kernel's folded 1x1 weights."""
-    reduce_w: Tensor  # (C_r, C, 1, 1)
-    reduce_b: Tensor
-    down_w: Tensor    # (C_r, C_r, 3, 3)
-    down_b: Tensor
-    low_w: Tensor     # (C_r, C_r, 3, 3)
-    low_b: Tensor
-    skip_w: Tensor    # (C_r, C): skip @ reduce
-    skip_b: Tensor
-    expand_w: Tensor  # (C, C_r)
-    expand_b: Tensor
+    """The folded weights (``EsaWeights``' shapes) in float32: the low-resolution convs (cuDNN)
+    and the tail kernel's folded 1x1 weights."""
+    weights: EsaWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +61,17 @@ class CudaBackend(KernelBackend):
         return self.dense.supports_conv(conv)
 
     # ---- dense convolutions: the Triton kernels
-    def pack_conv(self, weight, bias, **kwargs):
-        return self.dense.pack_conv(weight, bias, **kwargs)
+    def pack_conv(self, weight, bias, *args, **kwargs):
+        return self.dense.pack_conv(weight, bias, *args, **kwargs)
 
-    def pack_concat_conv(self, weight, bias, chunks):
-        return self.dense.pack_concat_conv(weight, bias, chunks)
+    def pack_concat_conv(self, weight, bias, chunks, *args):
+        return self.dense.pack_concat_conv(weight, bias, chunks, *args)
 
     def conv(self, x, pack, **kwargs):
         return self.dense.conv(x, pack, **kwargs)
 
-    def concat_conv(self, features, pack, **kwargs):
-        return self.dense.concat_conv(features, pack, **kwargs)
+    def concat_conv(self, features, pack, *args, **kwargs):
+        return self.dense.concat_conv(features, pack, *args, **kwargs)
 
     # ---- the native CUDA kernels
     def pack_bsb(self, pointwise, depthwise, bias) -> BsbPack:
@@ -109,18 +102,14 @@ class CudaBackend(KernelBackend):
         if (e.channels, e.c_reduce) not in CUDA_ESA_CHANNELS:
             return self.dense.pack_esa(e)
 
-        def f(t):
-            return t.float().contiguous()
-
-        return CudaEsa(channels=e.channels, c_reduce=e.c_reduce, reduce_w=f(e.reduce_w), reduce_b=f(e.reduce_b),
-                       down_w=f(e.down_w), down_b=f(e.down_b), low_w=f(e.low_w), low_b=f(e.low_b),
-                       skip_w=f(e.skip_w), skip_b=f(e.skip_b), expand_w=f(e.expand_w), expand_b=f(e.expand_b))
+        return CudaEsa(channels=e.channels, c_reduce=e.c_reduce,
+                       weights=e.map_args(lambda _name, t: t.float().contiguous()))
 
     def esa(self, x, pack: EsaPack, residual=None):
         if not isinstance(pack, CudaEsa):
             return self.dense.esa(x, pack, residual)
-        r = F.conv2d(x.float(), pack.reduce_w, pack.reduce_b)
-        d = F.conv2d(r, pack.down_w, pack.down_b, stride=2)
-        low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), pack.low_w, pack.low_b, padding=1)
-        return self.native.esa_out(x, low.contiguous(), pack.skip_w, pack.skip_b, pack.expand_w, pack.expand_b,
-                                   residual)
+        w = pack.weights
+        r = F.conv2d(x.float(), w.reduce_w, w.reduce_b)
+        d = F.conv2d(r, w.down_w, w.down_b, stride=2)
+        low = F.conv2d(F.max_pool2d(d, POOL_KERNEL, POOL_STRIDE), w.low_w, w.low_b, padding=1)
+        return self.native.esa_out(x, low.contiguous(), w.skip_w, w.skip_b, w.expand_w, w.expand_b, residual)

@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from .spec import POOL_KERNEL, POOL_STRIDE
+from .spec import pooled_size
 
 
 def _nhwc(shape, like):
     return torch.empty(shape, dtype=torch.float32, device=like.device, memory_format=torch.channels_last)
-
-
-def _pooled(n: int) -> int:
-    """Output length of the unpadded floor-mode max pool (spec.POOL_KERNEL / POOL_STRIDE)."""
-    return (n - POOL_KERNEL) // POOL_STRIDE + 1
 
 
 def _is_cuda(x) -> bool:
@@ -70,21 +65,19 @@ def _esa_out(x, low, skip_w, skip_b, expand_w, expand_b, residual):
 @torch.library.register_fake("esr_native::la_reduce")
 def _la_reduce(x, reduce_w, reduce_b):
     n, _, h, w = x.shape
-    shape = (n, reduce_b.shape[0], _pooled(h), _pooled(w))
+    shape = (n, reduce_b.shape[0], pooled_size(h), pooled_size(w))
     return x.new_empty(shape) if _is_cuda(x) else _nhwc(shape, x)
 
 
+# The engine's convs end in conv_epilogue's arguments (passthrough, c_out, then from residual on).
 @torch.library.register_fake("esr_native::conv3x3_winograd")
-def _conv3x3_winograd(x, u, bias, c_conv, act, passthrough, c_out, residual, residual_mode, att, shortcut,
-                      shortcut_mode, shuffle):
-    return _conv_epilogue(x, passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode, shuffle)
+def _conv3x3_winograd(x, u, bias, c_conv, act, passthrough, c_out, *epilogue):
+    return _conv_epilogue(x, passthrough, c_out, act, *epilogue)
 
 
 @torch.library.register_fake("esr_native::conv1x1")
-def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, residual, residual_mode, att, shortcut, shortcut_mode,
-             shuffle):
-    return _conv_epilogue(xs[0], passthrough, c_out, act, residual, residual_mode, att, shortcut, shortcut_mode,
-                          shuffle)
+def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, *epilogue):
+    return _conv_epilogue(xs[0], passthrough, c_out, act, *epilogue)
 
 
 @torch.library.register_fake("esr_native::bsb_packed")
@@ -95,4 +88,4 @@ def _bsb_packed(x, pw, taps, bias, residual):
 @torch.library.register_fake("esr_native::max_pool_7s3")
 def _max_pool_7s3(x):
     n, c, h, w = x.shape
-    return _nhwc((n, c, _pooled(h), _pooled(w)), x)
+    return _nhwc((n, c, pooled_size(h), pooled_size(w)), x)

@@ -7,7 +7,9 @@ that tracing cannot see into, so the same functions are registered as opaque ``c
 with a ``register_fake`` (the shared ``_alloc_*`` functions give shapes and layouts).
 
 Importing this module imports triton. Weights are passed packed (``esr_kernels.packing``):
-packing happens once, at model load.
+packing happens once, at model load. ``esr::conv`` and ``esr::esa`` take their arguments in the
+order of ``esr_kernels.op_args.CONV`` / ``ESA`` (their schemas are generated from those field
+lists); their functions read them grouped (``split``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Optional
 import torch
 from torch.library import triton_op, wrap_triton
 
-from .spec import POOL_KERNEL, POOL_STRIDE
+from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
+from .spec import pooled_size
 from .triton.bsb import _bsb_kernel, bsb_launch
 from .triton.common import interpreting
 from .triton.conv import _conv_kernel, conv_launch, conv_out_shape
@@ -26,10 +29,13 @@ from .triton.la_reduce import _la_reduce_kernel, la_reduce_launch
 Tensor = torch.Tensor
 
 
-def _define(name: str, alloc):
+def _define(name: str, alloc, signature: Optional[OpSignature] = None):
     """Register ``fn`` as esr::<name>: a triton_op, or under the interpreter a custom_op whose
-    fake implementation is ``alloc`` (same signature, returns the empty output)."""
+    fake implementation is ``alloc`` (same signature, returns the empty output). ``signature``:
+    the op's arguments (``fn`` takes them positionally), else ``fn``'s own."""
     def decorate(fn):
+        if signature is not None:
+            fn.__signature__ = signature.signature()  # what the schema is inferred from
         if interpreting():
             op = torch.library.custom_op(f"esr::{name}", mutates_args=())(fn)
             op.register_fake(alloc)
@@ -46,27 +52,24 @@ def _like(x: Tensor, shape) -> Tensor:
 
 
 # ---------------------------------------------------------------- conv
-def _alloc_conv(x: Tensor, w_packed: Tensor, bias: Tensor, c_conv: int, c_out: int, ksize: int,
-                stride: int, padding: int, act: int, residual: Optional[Tensor], residual_mode: int,
-                att: Optional[Tensor], gate_input: bool, shift: Optional[Tensor],
-                shortcut: Optional[Tensor], shortcut_mode: int, shuffle: int) -> Tensor:
-    shape = conv_out_shape(x.shape, c_out, ksize, stride, padding, shuffle)
-    return torch.empty(shape, dtype=x.dtype, device=x.device) if shuffle else _like(x, shape)
+def _conv_output(x: Tensor, geometry: ConvGeometry, epilogue: ConvEpilogue) -> Tensor:
+    shape = conv_out_shape(x.shape, geometry, epilogue.shuffle)
+    return torch.empty(shape, dtype=x.dtype, device=x.device) if epilogue.shuffle else _like(x, shape)
 
 
-@_define("conv", _alloc_conv)
-def conv(x: Tensor, w_packed: Tensor, bias: Tensor, c_conv: int, c_out: int, ksize: int,
-         stride: int, padding: int, act: int, residual: Optional[Tensor], residual_mode: int,
-         att: Optional[Tensor], gate_input: bool, shift: Optional[Tensor],
-         shortcut: Optional[Tensor], shortcut_mode: int, shuffle: int) -> Tensor:
+def _alloc_conv(*args) -> Tensor:
+    x, _, _, geometry, epilogue = CONV.split(args)
+    return _conv_output(x, geometry, epilogue)
+
+
+@_define("conv", _alloc_conv, CONV)
+def conv(*args) -> Tensor:
     """Fused dense conv; semantics in ``esr_kernels.reference.conv``. x (N, C, H, W) in any
     layout; output (N, c_out, H', W') in x's layout, or (N, c_out / r^2, r H', r W') NCHW when
     ``shuffle`` = r > 0."""
-    out = _alloc_conv(x, w_packed, bias, c_conv, c_out, ksize, stride, padding, act, residual,
-                      residual_mode, att, gate_input, shift, shortcut, shortcut_mode, shuffle)
-    return conv_launch(wrap_triton(_conv_kernel), x, w_packed, bias, c_conv, c_out, ksize, stride,
-                       padding, act, residual, residual_mode, att, gate_input, shift, shortcut,
-                       shortcut_mode, shuffle, out)
+    x, w_packed, bias, geometry, epilogue = CONV.split(args)
+    return conv_launch(wrap_triton(_conv_kernel), x, w_packed, bias, geometry, epilogue,
+                       _conv_output(x, geometry, epilogue))
 
 
 # ---------------------------------------------------------------- bsb
@@ -84,33 +87,29 @@ def bsb(x: Tensor, pw_packed: Tensor, dw_packed: Tensor, dw_bias: Tensor,
 
 
 # ---------------------------------------------------------------- esa
-def _alloc_esa(x: Tensor, reduce_w: Tensor, reduce_b: Tensor, down_w: Tensor, down_b: Tensor,
-               low_w: Tensor, low_b: Tensor, skip_w: Tensor, skip_b: Tensor, expand_w: Tensor,
-               expand_b: Tensor, residual: Optional[Tensor]) -> Tensor:
-    return _like(x, x.shape)
+def _alloc_esa(*args) -> Tensor:
+    return _like(args[0], args[0].shape)
 
 
-@_define("esa", _alloc_esa)
-def esa(x: Tensor, reduce_w: Tensor, reduce_b: Tensor, down_w: Tensor, down_b: Tensor,
-        low_w: Tensor, low_b: Tensor, skip_w: Tensor, skip_b: Tensor, expand_w: Tensor,
-        expand_b: Tensor, residual: Optional[Tensor]) -> Tensor:
-    """ESA [+ residual] on x (N, C, H, W), H, W >= 15; ``skip_w``/``skip_b`` are the 1x1 branch
-    folded with the reduction (skip(reduce(x)) as one 1x1 conv)."""
+@_define("esa", _alloc_esa, ESA)
+def esa(*args) -> Tensor:
+    """ESA [+ residual] on x (N, C, H, W), H, W >= 15, its weights (``EsaWeights``) packed by
+    ``packing.pack_esa``: ``skip_w``/``skip_b`` are the 1x1 branch folded with the reduction
+    (skip(reduce(x)) as one 1x1 conv)."""
+    x, weights, residual = ESA.split(args)
     n, _, h, w = x.shape
     (h2, w2), (hp, wp) = esa_shapes(h, w)
-    cr = reduce_w.shape[-1]
+    cr = weights.reduce_w.shape[-1]
     d = torch.empty((n, cr, h2, w2), dtype=torch.float32, device=x.device)
     low = torch.empty((n, cr, hp, wp), dtype=torch.float32, device=x.device)
     out = _like(x, x.shape)
-    return esa_launch(wrap_triton, x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w,
-                      skip_b, expand_w, expand_b, residual, out, d, low)
+    return esa_launch(wrap_triton, x, weights, residual, out, d, low)
 
 
 # ---------------------------------------------------------------- la_reduce
 def _alloc_la_reduce(x: Tensor, reduce_w: Tensor, reduce_b: Tensor) -> Tensor:
     n, _, h, w = x.shape
-    hp, wp = (h - POOL_KERNEL) // POOL_STRIDE + 1, (w - POOL_KERNEL) // POOL_STRIDE + 1
-    return torch.empty((n, reduce_b.shape[0], hp, wp), dtype=x.dtype, device=x.device)
+    return torch.empty((n, reduce_b.shape[0], pooled_size(h), pooled_size(w)), dtype=x.dtype, device=x.device)
 
 
 @_define("la_reduce", _alloc_la_reduce)

@@ -22,36 +22,30 @@ def fold_esa_skip(reduce, skip) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fold_esa(esa) -> EsaWeights:
-    """An ESA module's (``esr_models.layers.ESA``) weights, float64, skip branch folded: the one
-    place ESA weights are folded (see ``EsaWeights``)."""
-    skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
+    """An ESA module's (``esr_models.arch.layers.ESA``) weights, float64, skip branch folded: the one
+    place ESA weights are folded (see ``EsaWeights``: field ``<conv>_w`` / ``<conv>_b`` is
+    conv ``<conv>``'s weight / bias)."""
+    def param(name: str) -> torch.Tensor:
+        conv, kind = name.rsplit("_", 1)
+        return getattr(getattr(esa, conv), {"w": "weight", "b": "bias"}[kind]).detach().double()
 
-    def d(t):
-        return t.detach().double()
-
-    return EsaWeights(reduce_w=d(esa.reduce.weight), reduce_b=d(esa.reduce.bias), down_w=d(esa.down.weight),
-                      down_b=d(esa.down.bias), low_w=d(esa.low.weight), low_b=d(esa.low.bias), skip_w=skip_w,
-                      skip_b=skip_b, expand_w=d(esa.expand.weight)[:, :, 0, 0], expand_b=d(esa.expand.bias),
-                      dtype=esa.reduce.weight.dtype)
+    weights = {name: param(name) for name in EsaWeights.arg_names()}
+    weights["skip_w"], weights["skip_b"] = fold_esa_skip(esa.reduce, esa.skip)
+    weights["expand_w"] = weights["expand_w"][:, :, 0, 0]
+    return EsaWeights(**weights, dtype=esa.reduce.weight.dtype)
 
 
-def pack_esa(e: EsaWeights) -> dict[str, torch.Tensor]:
+def pack_esa(e: EsaWeights) -> EsaWeights:
     """Folded ESA weights -> the esr::esa (Triton) weight arguments: convs in the
-    ``pack_conv_weight`` layout in the model's dtype, biases float32 padded to the tile width."""
-    dev = e.reduce_w.device
-    cr = e.c_reduce
+    ``pack_conv_weight`` layout in the model's dtype (the 2-D skip and expand weights as 1x1
+    convs: expand (C, C_r) -> (1, C_r, CP), the (pixels x C_r) @ (C_r x CP) expansion), biases
+    float32 padded to the tile width."""
+    def pack(_name: str, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 1:
+            return pack_bias(t.float(), t.shape[0], t.device)
+        return pack_conv_weight(t if t.dim() == 4 else t[:, :, None, None]).to(e.dtype)
 
-    def w(t):
-        return pack_conv_weight(t).to(e.dtype)
-
-    return {
-        "reduce_w": w(e.reduce_w), "reduce_b": pack_bias(e.reduce_b.float(), cr, dev),
-        "down_w": w(e.down_w), "down_b": pack_bias(e.down_b.float(), cr, dev),
-        "low_w": w(e.low_w), "low_b": pack_bias(e.low_b.float(), cr, dev),
-        "skip_w": w(e.skip_w[:, :, None, None]), "skip_b": pack_bias(e.skip_b.float(), cr, dev),
-        # (C, C_r, 1, 1) -> (1, C_r, CP): the (pixels x C_r) @ (C_r x CP) expansion.
-        "expand_w": w(e.expand_w[:, :, None, None]), "expand_b": pack_bias(e.expand_b.float(), e.channels, dev),
-    }
+    return e.map_args(pack)
 
 
 # Winograd F(2x2, 3x3) weight transform G (4x3); see csrc/cpu/winograd.cpp.

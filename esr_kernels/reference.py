@@ -1,8 +1,9 @@
-"""The semantics of every op, once: PyTorch references in the ops' own argument conventions.
+"""The semantics of every op, once: PyTorch references in the ops' own argument conventions
+(their argument groups as the dataclasses of ``esr_kernels.op_args``).
 
 Every backend implements these (``esr_kernels.contract``); tests of every backend, the
 benchmarks and the self-test compare against them, and the reference models' layers
-(``esr_models.layers``) use the shared pieces (``pool``, ``upsample``, ``gate``,
+(``esr_models.arch.layers``) use the shared pieces (``pool``, ``upsample``, ``gate``,
 ``activation``), so that pooling geometry, interpolation and the gate are written once.
 Weights are in the packed layouts the Triton ops take (see ``pack_conv_weight``); references
 unpack them. All maths in float32, results in the input's dtype.
@@ -12,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .op_args import ConvEpilogue, ConvGeometry, EsaWeights
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
-                   POOL_STRIDE, RES_GATED_INPUT, RES_NONE, RES_TENSOR, SHORTCUT_NONE,
-                   SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
+                   POOL_STRIDE, RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
 
 
 def next_pow2_16(n: int) -> int:
@@ -71,10 +72,8 @@ def gate(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
     return x * upsample(att, x.shape[-2:]) * torch.sigmoid(x[:, :1])
 
 
-def conv(x, w_packed, bias, c_conv: int, c_out: int, ksize: int, stride: int, padding: int, act: int,
-         residual=None, residual_mode: int = RES_NONE, att=None, gate_input: bool = False, shift=None,
-         shortcut=None, shortcut_mode: int = SHORTCUT_NONE, shuffle: int = 0):
-    """Reference of esr::conv.
+def conv(x, w_packed, bias, geometry: ConvGeometry, epilogue: ConvEpilogue = ConvEpilogue()):
+    """Reference of esr::conv, in its arguments grouped (``op_args.CONV.split`` of the op's).
 
     x (N, C_in, H, W). Prologue: ``x - shift`` (per channel, before zero padding) and, if
     ``gate_input``, ``gate(x, att)``. Conv (weights packed, ``c_conv`` output channels), bias, activation. If
@@ -84,27 +83,29 @@ def conv(x, w_packed, bias, c_conv: int, c_out: int, ksize: int, stride: int, pa
     ``+ gate(residual, att)`` (RES_GATED_INPUT), then ``+ shortcut`` (the input image repeated r^2 times per channel, or a
     vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
     """
+    g, e = geometry, epilogue
     dtype = x.dtype
     xin = x.float()
-    if shift is not None:
-        xin = xin - shift.float().view(1, -1, 1, 1)
-    if gate_input:
-        xin = gate(xin, att.float())
-    w = unpack_conv_weight(w_packed.float(), c_conv)
-    y = activation(F.conv2d(xin[:, :w.shape[1]], w, bias[:c_conv].float(), stride=stride, padding=padding), act)
-    if c_out > c_conv:
-        y = torch.cat([y, xin[:, c_conv:c_out]], dim=1)
-    if residual_mode == RES_TENSOR:
-        y = y + residual.float()
-    elif residual_mode == RES_GATED_INPUT:
-        y = y + gate(residual.float(), att.float())
-    if shuffle:
-        r2 = shuffle * shuffle
-        if shortcut_mode == SHORTCUT_REPEAT_INPUT:
-            y = y + torch.repeat_interleave(shortcut.float(), r2, dim=1)
-        y = F.pixel_shuffle(y, shuffle)
-        if shortcut_mode == SHORTCUT_VECTOR:
-            y = y + shortcut.float().view(1, -1, 1, 1)
+    if e.shift is not None:
+        xin = xin - e.shift.float().view(1, -1, 1, 1)
+    if e.gate_input:
+        xin = gate(xin, e.att.float())
+    w = unpack_conv_weight(w_packed.float(), g.c_conv)
+    y = F.conv2d(xin[:, :w.shape[1]], w, bias[:g.c_conv].float(), stride=g.stride, padding=g.padding)
+    y = activation(y, e.act)
+    if g.c_out > g.c_conv:
+        y = torch.cat([y, xin[:, g.c_conv:g.c_out]], dim=1)
+    if e.residual_mode == RES_TENSOR:
+        y = y + e.residual.float()
+    elif e.residual_mode == RES_GATED_INPUT:
+        y = y + gate(e.residual.float(), e.att.float())
+    if e.shuffle:
+        r2 = e.shuffle * e.shuffle
+        if e.shortcut_mode == SHORTCUT_REPEAT_INPUT:
+            y = y + torch.repeat_interleave(e.shortcut.float(), r2, dim=1)
+        y = F.pixel_shuffle(y, e.shuffle)
+        if e.shortcut_mode == SHORTCUT_VECTOR:
+            y = y + e.shortcut.float().view(1, -1, 1, 1)
     return y.to(dtype)
 
 
@@ -121,19 +122,19 @@ def bsb(x, pw_packed, dw_weight, dw_bias, residual=None):
     return y.to(x.dtype)
 
 
-def esa(x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w, skip_b, expand_w, expand_b,
-        residual=None):
-    """Reference of esr::esa, in the op's packed arguments (``packing.pack_esa``):
+def esa(x, weights: EsaWeights, residual=None):
+    """Reference of esr::esa, its weights in the op's packed layout (``packing.pack_esa``):
     x * sigmoid(expand(up(low(maxpool(down(reduce(x))))) + skip(x))) [+ residual], where
     ``skip`` is the 1x1 branch already folded with the reduction."""
-    c, cr = x.shape[1], reduce_b.shape[0]
+    w = weights
+    c, cr = x.shape[1], w.reduce_b.shape[0]
     xf = x.float()
-    r = F.conv2d(xf, unpack_conv_weight(reduce_w.float(), cr), reduce_b.float())
-    d = F.conv2d(r, unpack_conv_weight(down_w.float(), cr), down_b.float(), stride=2)
-    low = F.conv2d(pool(d), unpack_conv_weight(low_w.float(), cr), low_b.float(), padding=1)
+    r = F.conv2d(xf, unpack_conv_weight(w.reduce_w.float(), cr), w.reduce_b.float())
+    d = F.conv2d(r, unpack_conv_weight(w.down_w.float(), cr), w.down_b.float(), stride=2)
+    low = F.conv2d(pool(d), unpack_conv_weight(w.low_w.float(), cr), w.low_b.float(), padding=1)
     up = upsample(low, x.shape[-2:])
-    skip = F.conv2d(xf, unpack_conv_weight(skip_w.float(), cr), skip_b.float())
-    y = xf * torch.sigmoid(F.conv2d(up + skip, unpack_conv_weight(expand_w.float(), c), expand_b[:c].float()))
+    skip = F.conv2d(xf, unpack_conv_weight(w.skip_w.float(), cr), w.skip_b.float())
+    y = xf * torch.sigmoid(F.conv2d(up + skip, unpack_conv_weight(w.expand_w.float(), c), w.expand_b[:c].float()))
     if residual is not None:
         y = y + residual.float()
     return y.to(x.dtype)

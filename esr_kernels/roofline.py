@@ -28,9 +28,13 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 from unittest import mock
 
-from .spec import POOL_KERNEL, POOL_STRIDE
+from .spec import pooled_size
+
+if TYPE_CHECKING:
+    from .op_args import ConvGeometry
 
 DEVICES = {  # bytes/s, dense fp16 FLOP/s (tensor cores; vendor datasheets)
     "H100 SXM": {"bandwidth": 3.35e12, "fp16_flops": 989e12},
@@ -78,24 +82,26 @@ def _unique_bytes(tensors) -> int:
 
 
 # ---------------------------------------------------------------- fused (esr::) launches
-def conv_macs(x_shape, w_packed_shape, c_conv: int, ksize: int, stride: int, padding: int) -> int:
+def conv_macs(x_shape, w_packed_shape, g: ConvGeometry) -> int:
     """MACs of esr::conv: every output pixel, c_conv channels, over the packed weight's C_in."""
     n, _, h, w = x_shape
     c_in = w_packed_shape[1]
-    ho, wo = (h + 2 * padding - ksize) // stride + 1, (w + 2 * padding - ksize) // stride + 1
-    return n * ho * wo * c_conv * c_in * ksize * ksize
+    ho, wo = (h + 2 * g.padding - g.ksize) // g.stride + 1, (w + 2 * g.padding - g.ksize) // g.stride + 1
+    return n * ho * wo * g.c_conv * c_in * g.ksize * g.ksize
 
 
 def esr_launches(op: str, args: tuple, out) -> list[Launch]:
     """The launches of one torch.ops.esr call (see the module docstring)."""
     import torch
 
+    from .op_args import CONV, ESA
+
     x = args[0]
     n, c, h, w = x.shape
     read_all = _unique_bytes(_tensors(args))
     if op == "conv":
-        _, wp, _, c_conv, _, k, stride, pad = args[:8]
-        return [Launch("esr::conv", read_all, nbytes(out), conv_macs(x.shape, wp.shape, c_conv, k, stride, pad))]
+        _, wp, _, geometry, _ = CONV.split(args)
+        return [Launch("esr::conv", read_all, nbytes(out), conv_macs(x.shape, wp.shape, geometry))]
     if op == "bsb":
         return [Launch("esr::bsb", read_all, nbytes(out), n * h * w * (c * c + 9 * c))]
     if op == "la_reduce":
@@ -104,17 +110,17 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
         # the 1x1 reduction is computed for every tap of each 7x7 window (pooled in registers)
         return [Launch("esr::la_reduce", read_all, nbytes(out), n * hp * wp_ * 49 * c * cr)]
     if op == "esa":
-        (x, reduce_w, reduce_b, down_w, down_b, low_w, low_b, skip_w, skip_b, expand_w, expand_b,
-         residual) = args
-        cr = reduce_w.shape[-1]  # the packed width: esr::esa allocates d and low with it (16 here)
+        x, e, residual = ESA.split(args)
+        cr = e.reduce_w.shape[-1]  # the packed width: esr::esa allocates d and low with it (16 here)
         h2, w2 = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-        hp, wp_ = (h2 - POOL_KERNEL) // POOL_STRIDE + 1, (w2 - POOL_KERNEL) // POOL_STRIDE + 1
+        hp, wp_ = pooled_size(h2), pooled_size(w2)
         f32 = torch.finfo(torch.float32).bits // 8
         d_bytes, low_bytes = n * cr * h2 * w2 * f32, n * cr * hp * wp_ * f32
-        down = Launch("esr::esa/down", _unique_bytes([x, reduce_w, reduce_b, down_w, down_b]), d_bytes,
+        down = Launch("esr::esa/down", _unique_bytes([x, e.reduce_w, e.reduce_b, e.down_w, e.down_b]), d_bytes,
                       n * h2 * w2 * 9 * (c * cr + cr * cr))
-        low = Launch("esr::esa/low", d_bytes + _unique_bytes([low_w, low_b]), low_bytes, n * hp * wp_ * 9 * cr * cr)
-        tail_in = [x, skip_w, skip_b, expand_w, expand_b] + ([residual] if residual is not None else [])
+        low = Launch("esr::esa/low", d_bytes + _unique_bytes([e.low_w, e.low_b]), low_bytes,
+                     n * hp * wp_ * 9 * cr * cr)
+        tail_in = [x, e.skip_w, e.skip_b, e.expand_w, e.expand_b] + ([residual] if residual is not None else [])
         tail = Launch("esr::esa/out", _unique_bytes(tail_in) + low_bytes, nbytes(out), n * h * w * 2 * c * cr)
         return [down, low, tail]
     raise KeyError(f"esr::{op}: no traffic rule")

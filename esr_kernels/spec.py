@@ -11,3 +11,9 @@ RES_NONE, RES_TENSOR, RES_GATED_INPUT = 0, 1, 2
 SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR = 0, 1, 2
 
 POOL_KERNEL, POOL_STRIDE = 7, 3
+
+
+def pooled_size(n: int) -> int:
+    """Output length of the attention max pool (POOL_KERNEL / POOL_STRIDE, no padding, floor mode)
+    along an axis of length n >= POOL_KERNEL; spec.h's ``pooled_size``."""
+    return (n - POOL_KERNEL) // POOL_STRIDE + 1

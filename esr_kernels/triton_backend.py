@@ -9,10 +9,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, EsaWeights, KernelBackend, LaReducePack
+from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, KernelBackend, LaReducePack
+from .op_args import CONV, ESA, ConvEpilogue, EsaWeights
 from .packing import pack_bias, pack_esa
 from .reference import pack_conv_weight
-from .spec import RES_NONE, RES_TENSOR
 
 Tensor = torch.Tensor
 
@@ -35,16 +35,7 @@ class TritonBsb(BsbPack):
 
 @dataclasses.dataclass(frozen=True)
 class TritonEsa(EsaPack):
-    reduce_w: Tensor
-    reduce_b: Tensor
-    down_w: Tensor
-    down_b: Tensor
-    low_w: Tensor
-    low_b: Tensor
-    skip_w: Tensor  # the 1x1 branch folded with the reduction
-    skip_b: Tensor
-    expand_w: Tensor
-    expand_b: Tensor
+    weights: EsaWeights  # esr::esa's weight arguments (packing.pack_esa)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +63,15 @@ class TritonBackend(KernelBackend):
         return conv.out_channels <= MAX_CONV_OUT_CHANNELS
 
     # ---- packing (once, at load)
-    def pack_conv(self, weight, bias, *, stride=1, padding=None, op_channels=None, weight_scale=1.0,
-                  output_layer=False) -> TritonConv:
+    def pack_conv(self, weight, bias, epilogue=ConvEpilogue(), *, c_out=None, stride=1, padding=None,
+                  weight_scale=1.0) -> TritonConv:
         w = weight.detach()
         c_conv, c_in, k = w.shape[0], w.shape[1], w.shape[-1]
         scaled = w.double() * weight_scale if weight_scale != 1.0 else w
-        packed = pack_conv_weight(scaled, op_channels).to(w.dtype)
+        packed = pack_conv_weight(scaled, c_out).to(w.dtype)
         b = bias.detach().double() * weight_scale if bias is not None else None
-        return TritonConv(c_conv=c_conv, c_in=c_in, ksize=k, stride=stride,
-                          padding=k // 2 if padding is None else padding,
+        return TritonConv(c_conv=c_conv, c_out=c_out or c_conv, ksize=k, stride=stride,
+                          padding=k // 2 if padding is None else padding, c_in=c_in, epilogue=epilogue,
                           w=packed, b=pack_bias(b, packed.shape[-1], w.device))
 
     def pack_bsb(self, pointwise, depthwise, bias) -> TritonBsb:
@@ -92,32 +83,29 @@ class TritonBackend(KernelBackend):
                          b=pack_bias(bias.detach(), pw.shape[-1], pw.device))
 
     def pack_esa(self, weights: EsaWeights) -> TritonEsa:
-        return TritonEsa(channels=weights.channels, c_reduce=weights.c_reduce, **pack_esa(weights))
+        return TritonEsa(channels=weights.channels, c_reduce=weights.c_reduce, weights=pack_esa(weights))
 
     def pack_la_reduce(self, weight, bias) -> TritonLaReduce:
         return TritonLaReduce(c_in=weight.shape[1], c_reduce=weight.shape[0], w=pack_conv_weight(weight.detach()),
                               b=bias.detach().float().clone())
 
-    def pack_concat_conv(self, weight, bias, chunks) -> TritonConcatConv:
-        return TritonConcatConv(c_out=weight.shape[0], chunks=chunks, conv=self.pack_conv(weight, bias))
+    def pack_concat_conv(self, weight, bias, chunks, epilogue=ConvEpilogue()) -> TritonConcatConv:
+        return TritonConcatConv(c_out=weight.shape[0], chunks=chunks, epilogue=epilogue,
+                                conv=self.pack_conv(weight, bias, epilogue))
 
     # ---- ops
-    def conv(self, x, pack: TritonConv, *, c_out=None, act=0, residual=None, residual_mode=0, att=None,
-             gate_input=False, shift=None, shortcut=None, shortcut_mode=0, shuffle=0):
-        return self.ops.conv(x, pack.w, pack.b, pack.c_conv, c_out or pack.c_conv, pack.ksize, pack.stride,
-                             pack.padding, act, residual, residual_mode, att, gate_input, shift, shortcut,
-                             shortcut_mode, shuffle)
+    def conv(self, x, pack: TritonConv, **tensors):
+        """``tensors``: the epilogue's, by name (``KernelBackend.conv``)."""
+        return self.ops.conv(*CONV.join(x, pack.w, pack.b, pack, pack.epilogue, **tensors))
 
     def bsb(self, x, pack: TritonBsb, residual=None):
         return self.ops.bsb(x, pack.pw, pack.dw, pack.b, residual)
 
     def esa(self, x, pack: TritonEsa, residual=None):
-        return self.ops.esa(x, pack.reduce_w, pack.reduce_b, pack.down_w, pack.down_b, pack.low_w, pack.low_b,
-                            pack.skip_w, pack.skip_b, pack.expand_w, pack.expand_b, residual)
+        return self.ops.esa(*ESA.join(x, pack.weights, residual))
 
     def la_reduce(self, x, pack: TritonLaReduce):
         return self.ops.la_reduce(x, pack.w, pack.b)
 
-    def concat_conv(self, features, pack: TritonConcatConv, *, act=0, residual: Optional[Tensor] = None):
-        return self.conv(torch.cat(list(features), dim=1), pack.conv, act=act, residual=residual,
-                         residual_mode=RES_TENSOR if residual is not None else RES_NONE)
+    def concat_conv(self, features, pack: TritonConcatConv, residual: Optional[Tensor] = None):
+        return self.conv(torch.cat(list(features), dim=1), pack.conv, residual=residual)

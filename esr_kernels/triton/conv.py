@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
 from .common import (apply_act, bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma,
@@ -137,48 +138,48 @@ def _conv_kernel(
     tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def conv_out_shape(x_shape, c_out, ksize, stride, padding, shuffle):
+def conv_out_shape(x_shape, g: ConvGeometry, shuffle: int):
     n, _, h, w = x_shape
-    ho = (h + 2 * padding - ksize) // stride + 1
-    wo = (w + 2 * padding - ksize) // stride + 1
+    ho = (h + 2 * g.padding - g.ksize) // g.stride + 1
+    wo = (w + 2 * g.padding - g.ksize) // g.stride + 1
     if shuffle:
-        return (n, c_out // (shuffle * shuffle), ho * shuffle, wo * shuffle)
-    return (n, c_out, ho, wo)
+        return (n, g.c_out // (shuffle * shuffle), ho * shuffle, wo * shuffle)
+    return (n, g.c_out, ho, wo)
 
 
 def _strides(t, ndim=4):
     return tuple(t.stride()) if t is not None else (0,) * ndim
 
 
-def conv_launch(kernel_wrapper, x, w_packed, bias, c_conv, c_out, ksize, stride, padding, act,
-                residual, residual_mode, att, gate_input, shift, shortcut, shortcut_mode, shuffle, out):
-    """Launch _conv_kernel (through ``kernel_wrapper``: wrap_triton's or the plain kernel)."""
+def conv_launch(kernel_wrapper, x, w_packed, bias, g: ConvGeometry, e: ConvEpilogue, out):
+    """Launch _conv_kernel (through ``kernel_wrapper``: wrap_triton's or the plain kernel): esr::conv's
+    arguments as ``op_args.CONV.split`` groups them."""
     n, _, h, w = x.shape
     c_in = w_packed.shape[1]  # may be fewer than x's channels: the conv reads channels [0, c_in)
     if c_in > x.shape[1]:
         raise ValueError(f"packed weight expects {c_in} input channels, x has {x.shape[1]}")
-    if w_packed.shape[-1] < c_out:
-        raise ValueError(f"packed weight covers {w_packed.shape[-1]} output channels, op has {c_out}")
-    ho = (h + 2 * padding - ksize) // stride + 1
-    wo = (w + 2 * padding - ksize) // stride + 1
+    if w_packed.shape[-1] < g.c_out:
+        raise ValueError(f"packed weight covers {w_packed.shape[-1]} output channels, op has {g.c_out}")
+    _, _, ho, wo = conv_out_shape(x.shape, g, 0)
     ci_block = min(next_pow2_16(c_in), 64)
     cfg = launch_config("conv", launch_arch(x), w_packed.dtype, c_in=c_in, ci_block=ci_block,
-                        co_pad=w_packed.shape[-1], ksize=ksize, gate=bool(gate_input or att is not None),
-                        shuffle=shuffle)
+                        co_pad=w_packed.shape[-1], ksize=g.ksize, gate=bool(e.gate_input or e.att is not None),
+                        shuffle=e.shuffle)
     block_p, ci_block = cfg.block_p, cfg.ci_block or ci_block
+    att, shortcut = e.att, e.shortcut
     att_h, att_w = (att.shape[-2], att.shape[-1]) if att is not None else (1, 1)
     dummy = x
     grid = (triton.cdiv(ho * wo, block_p), n)
     kernel_wrapper[grid](
         x, w_packed, bias, out,
-        residual if residual is not None else dummy, att if att is not None else dummy,
-        shift if shift is not None else dummy, shortcut if shortcut is not None else dummy,
-        c_in, h, w, c_conv, c_out, ho, wo, att_h, att_w, float(att_h) / h, float(att_w) / w,
-        *x.stride(), *out.stride(), *_strides(residual), *_strides(att),
+        e.residual if e.residual is not None else dummy, att if att is not None else dummy,
+        e.shift if e.shift is not None else dummy, shortcut if shortcut is not None else dummy,
+        c_in, h, w, g.c_conv, g.c_out, ho, wo, att_h, att_w, float(att_h) / h, float(att_w) / w,
+        *x.stride(), *out.stride(), *_strides(e.residual), *_strides(att),
         *(_strides(shortcut) if shortcut is not None and shortcut.dim() == 4 else (0, 0, 0, 0)),
-        KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, HAS_SHIFT=shift is not None,
-        HAS_GATE=gate_input, RES_MODE=residual_mode, SHUFFLE=shuffle, SC_MODE=shortcut_mode,
-        PARTIAL=c_out > c_conv,
+        KSIZE=g.ksize, STRIDE=g.stride, PAD=g.padding, ACT=e.act, HAS_SHIFT=e.shift is not None,
+        HAS_GATE=e.gate_input, RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode,
+        PARTIAL=g.c_out > g.c_conv,
         BLOCK_P=block_p, CI_BLOCK=ci_block, CO_PAD=w_packed.shape[-1],
         IEEE=exact_dot(w_packed.dtype), **cfg.launch_kwargs(),
     )

@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..op_args import EsaWeights
 from ..reference import next_pow2_16
-from ..spec import POOL_KERNEL, POOL_STRIDE
+from ..spec import POOL_KERNEL, POOL_STRIDE, pooled_size
 from .common import (bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma, program_pixels,
                      sigmoid)
 from .configs import launch_config
@@ -119,33 +120,36 @@ def _esa_out_kernel(
 
 def esa_shapes(h: int, w: int):
     h2, w2 = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-    hp, wp = (h2 - POOL_KERNEL) // POOL_STRIDE + 1, (w2 - POOL_KERNEL) // POOL_STRIDE + 1
-    return (h2, w2), (hp, wp)
+    return (h2, w2), (pooled_size(h2), pooled_size(w2))
 
 
-def esa_launch(wrap, x, wr, br, wd, bd, wl, bl, wsr, bsr, we, be, residual, out, d, low):
-    """``wrap``: maps a kernel to its launcher (wrap_triton, or identity). ``d`` and ``low`` are
-    float32 scratch tensors of shapes (N, 16, H2, W2) and (N, 16, Hp, Wp)."""
+def esa_launch(wrap, x, weights: EsaWeights, residual, out, d, low):
+    """``wrap``: maps a kernel to its launcher (wrap_triton, or identity). ``weights``: packed by
+    ``packing.pack_esa``. ``d`` and ``low`` are float32 scratch tensors of shapes (N, 16, H2, W2)
+    and (N, 16, Hp, Wp)."""
+    wt = weights
     n, c, h, w = x.shape
     (h2, w2), (hp, wp) = d.shape[-2:], low.shape[-2:]
-    cr = wr.shape[-1]
-    ieee = exact_dot(wr.dtype)
+    cr = wt.reduce_w.shape[-1]
+    ieee = exact_dot(wt.reduce_w.dtype)
     arch = launch_arch(x)
     ci_block = min(next_pow2_16(c), 64)
-    cfg = launch_config("esa_down", arch, wr.dtype, c_in=c, ci_block=ci_block, cr=cr)
+    cfg = launch_config("esa_down", arch, wt.reduce_w.dtype, c_in=c, ci_block=ci_block, cr=cr)
     ci_block = cfg.ci_block or ci_block
     wrap(_esa_down_kernel)[(triton.cdiv(h2 * w2, cfg.block_p), n)](
-        x, wr, br, wd, bd, d, c, h, w, h2, w2, *x.stride(),
+        x, wt.reduce_w, wt.reduce_b, wt.down_w, wt.down_b, d, c, h, w, h2, w2, *x.stride(),
         BLOCK_P=cfg.block_p, CI_BLOCK=ci_block, CR=cr, IEEE=ieee, **cfg.launch_kwargs())
-    cfg = launch_config("esa_low", arch, wr.dtype, cr=cr)
+    cfg = launch_config("esa_low", arch, wt.reduce_w.dtype, cr=cr)
     wrap(_esa_low_kernel)[(triton.cdiv(hp * wp, cfg.block_p), n)](
-        d, wl, bl, low, h2, w2, hp, wp, BLOCK_P=cfg.block_p, CR=cr, IEEE=ieee,
+        d, wt.low_w, wt.low_b, low, h2, w2, hp, wp, BLOCK_P=cfg.block_p, CR=cr, IEEE=ieee,
         POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, **cfg.launch_kwargs())
     res = residual if residual is not None else x
-    cfg = launch_config("esa_out", arch, wr.dtype, c_in=c, cp=we.shape[-1], cr=cr)
+    cp = wt.expand_w.shape[-1]
+    cfg = launch_config("esa_out", arch, wt.reduce_w.dtype, c_in=c, cp=cp, cr=cr)
     wrap(_esa_out_kernel)[(triton.cdiv(h * w, cfg.block_p), n)](
-        x, low, wsr, bsr, we, be, res, out, c, h, w, hp, wp, float(hp) / h, float(wp) / w,
+        x, low, wt.skip_w, wt.skip_b, wt.expand_w, wt.expand_b, res, out, c, h, w, hp, wp,
+        float(hp) / h, float(wp) / w,
         *x.stride(), *res.stride(), *out.stride(),
-        HAS_RES=residual is not None, BLOCK_P=cfg.block_p, CP=we.shape[-1], CR=cr, IEEE=ieee,
+        HAS_RES=residual is not None, BLOCK_P=cfg.block_p, CP=cp, CR=cr, IEEE=ieee,
         **cfg.launch_kwargs())
     return out

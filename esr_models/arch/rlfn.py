@@ -5,13 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esr_kernels.spec import LEAKY_SLOPE
+
 from .layers import ESA, AffineInputConv2d, ConvAdd, PixelShuffleTail, check_input, conv1x1, conv3x3
 from .record import ESA_RENAMES, Architecture, Checkpoint, KeyRenames, count_blocks, common_hyperparameters
 
 # RLFN was trained on [0, 255] inputs; the model scales internally so that its public
 # contract is the same [0, 1] as the others.
 PIXEL_RANGE = 255.0
-LEAKY_SLOPE = 0.05
 
 
 class RLFB(nn.Module):

@@ -26,6 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from esr_kernels import reference as R
+from esr_kernels.op_args import CONV, ESA
 from esr_kernels.policy import runs
 
 FP32_TOL = 1e-5
@@ -83,13 +84,13 @@ def reference_of(op_name: str, args: tuple) -> torch.Tensor:
     """esr_kernels.reference of one esr:: call, in float32 on the same arguments."""
     a = [_f32(t) for t in args]
     if op_name == "conv":
-        return R.conv(*a)
+        return R.conv(*CONV.split(a))
     if op_name == "bsb":
         x, pw, dw, b, res = a
         c = x.shape[1]
         return R.bsb(x, pw, _unpack_depthwise(dw, c), b[:c], res)
     if op_name == "esa":
-        return R.esa(*a)
+        return R.esa(*ESA.split(a))
     if op_name == "la_reduce":
         return R.la_reduce(*a)
     raise KeyError(op_name)
@@ -101,16 +102,16 @@ def variant_of(op_name: str, args: tuple) -> str:
     layout = "channels_last" if (x.is_contiguous(memory_format=torch.channels_last)
                                  and not x.is_contiguous()) else ("nchw" if x.is_contiguous() else "strided")
     if op_name == "conv":
-        (_, w, _, c_conv, c_out, k, stride, _, act, res, rmode, att, gate_in, shift, sc, smode, shuffle) = args
-        parts = [f"{x.shape[1]}->{c_conv}/{c_out}", f"k{k}s{stride}", f"act{act}"]
-        if rmode:
-            parts.append(f"res{rmode}")
-        if gate_in:
+        _, _, _, g, e = CONV.split(args)
+        parts = [f"{x.shape[1]}->{g.c_conv}/{g.c_out}", f"k{g.ksize}s{g.stride}", f"act{e.act}"]
+        if e.residual_mode:
+            parts.append(f"res{e.residual_mode}")
+        if e.gate_input:
             parts.append("gate_in")
-        if shift is not None:
+        if e.shift is not None:
             parts.append("shift")
-        if shuffle:
-            parts.append(f"shuffle{shuffle}sc{smode}")
+        if e.shuffle:
+            parts.append(f"shuffle{e.shuffle}sc{e.shortcut_mode}")
         return f"conv[{','.join(parts)}]{layout}"
     extra = "+res" if op_name in ("bsb", "esa") and args[-1] is not None else ""
     return f"{op_name}[{x.shape[1]}{extra}]{layout}"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from esr_kernels import spec
+from esr_kernels.contract import ConvEpilogue
 from esr_kernels.packing import fold_esa
 from esr_kernels.policy import make_backend
 
@@ -129,6 +130,8 @@ def _make_backend(name: str, device: str):
 class FusedConv2d(_Fused, nn.Conv2d):
     """Plain KxK conv (K in {1, 3}, groups 1, zero padding K // 2, bias) through the backend."""
 
+    epilogue = ConvEpilogue()
+
     @staticmethod
     def can_fuse(ref: nn.Conv2d, kernels) -> bool:
         k = ref.kernel_size
@@ -138,7 +141,7 @@ class FusedConv2d(_Fused, nn.Conv2d):
                 and kernels.supports_conv(ref))
 
     def _pack(self) -> None:
-        self._store("conv", self.kernels.pack_conv(self.weight, self.bias, stride=self.stride[0]))
+        self._store("conv", self.kernels.pack_conv(self.weight, self.bias, self.epilogue, stride=self.stride[0]))
 
     def forward(self, x):
         return self.kernels.conv(x, self.packs["conv"])
@@ -161,28 +164,29 @@ class FusedPixelShuffleTail(_Fused, PixelShuffleTail):
     output divisor is folded into weight and bias."""
 
     def _pack(self) -> None:
+        if self.repeat_image:
+            mode = spec.SHORTCUT_REPEAT_INPUT
+        else:
+            mode = spec.SHORTCUT_VECTOR if self.has_shift else spec.SHORTCUT_NONE
         # output_layer: measured on Set5 with the CPU's bf16 GEMM, a bf16 tail cost IFADNet 0.013 dB
         # and RLFN 0.012 dB of PSNR, a float32 one 0.009 (README, "bfloat16 on CPU").
-        self._store("conv", self.kernels.pack_conv(self.weight, self.bias, weight_scale=1.0 / self.out_divisor,
-                                                   output_layer=True))
+        epilogue = ConvEpilogue(shortcut_mode=mode, shuffle=self.scale, output_layer=True)
+        self._store("conv", self.kernels.pack_conv(self.weight, self.bias, epilogue,
+                                                   weight_scale=1.0 / self.out_divisor))
         shift = self.out_shift.detach().flatten().float() if self.has_shift else None
         self.register_buffer("shift_flat", shift, persistent=False)
 
     def forward(self, x, image):
-        if self.repeat_image:
-            sc, mode = image, spec.SHORTCUT_REPEAT_INPUT
-        elif self.has_shift:
-            sc, mode = self.shift_flat, spec.SHORTCUT_VECTOR
-        else:
-            sc, mode = None, spec.SHORTCUT_NONE
-        return self.kernels.conv(x, self.packs["conv"], shortcut=sc, shortcut_mode=mode, shuffle=self.scale)
+        # The shortcut: the image (repeated), the output shift (a vector) or none (shift_flat None).
+        return self.kernels.conv(x, self.packs["conv"], shortcut=image if self.repeat_image else self.shift_flat)
 
 
 class FusedConvAdd(_Fused, ConvAdd):
+    epilogue = ConvEpilogue(residual_mode=spec.RES_TENSOR)
     _pack = FusedConv2d._pack
 
     def forward(self, x, residual):
-        return self.kernels.conv(x, self.packs["conv"], residual=residual, residual_mode=spec.RES_TENSOR)
+        return self.kernels.conv(x, self.packs["conv"], residual=residual)
 
 
 class FusedConcatFuse(_Fused, ConcatFuse):
@@ -191,10 +195,11 @@ class FusedConcatFuse(_Fused, ConcatFuse):
 
     def _pack(self) -> None:
         chunks = self.in_channels // self.out_channels  # one block output per chunk
-        self._store("conv", self.kernels.pack_concat_conv(self.weight, self.bias, chunks))
+        epilogue = ConvEpilogue(act=spec.ACT_GELU, residual_mode=spec.RES_TENSOR)
+        self._store("conv", self.kernels.pack_concat_conv(self.weight, self.bias, chunks, epilogue))
 
     def forward(self, features, residual):
-        return self.kernels.concat_conv(features, self.packs["conv"], act=spec.ACT_GELU, residual=residual)
+        return self.kernels.concat_conv(features, self.packs["conv"], residual)
 
 
 class FusedBFEB(_Fused, BFEB):
@@ -217,13 +222,13 @@ class FusedRFMB(_Fused, RFMB):
 
     def _pack(self) -> None:
         for i, conv in enumerate(self.convs):
-            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias))
+            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias, ConvEpilogue(act=spec.ACT_GELU)))
         self._store("esa", self.kernels.pack_esa(fold_esa(self.esa)))
 
     def forward(self, x):
         out = x
         for i in range(len(self.convs)):
-            out = self.kernels.conv(out, self.packs[f"c{i}"], act=spec.ACT_GELU)
+            out = self.kernels.conv(out, self.packs[f"c{i}"])
         return self.kernels.esa(out, self.packs["esa"], residual=x)
 
 
@@ -231,17 +236,18 @@ class FusedRLFB(_Fused, RLFB):
     """Three 3x3 conv+LeakyReLU launches (the last adds the block input), the 1x1, then ESA."""
 
     def _pack(self) -> None:
-        for i, conv in enumerate(list(self.convs) + [self.mix]):
-            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias))
+        n = len(self.convs)
+        for i, conv in enumerate(self.convs):  # the last adds the block input
+            epilogue = ConvEpilogue(act=spec.ACT_LEAKY, residual_mode=spec.RES_TENSOR if i == n - 1 else spec.RES_NONE)
+            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias, epilogue))
+        self._store(f"c{n}", self.kernels.pack_conv(self.mix.weight, self.mix.bias))
         self._store("esa", self.kernels.pack_esa(fold_esa(self.esa)))
 
     def forward(self, x):
         out = x
         n = len(self.convs)
         for i in range(n):
-            last = i == n - 1
-            out = self.kernels.conv(out, self.packs[f"c{i}"], act=spec.ACT_LEAKY, residual=x if last else None,
-                                    residual_mode=spec.RES_TENSOR if last else spec.RES_NONE)
+            out = self.kernels.conv(out, self.packs[f"c{i}"], residual=x if i == n - 1 else None)
         out = self.kernels.conv(out, self.packs[f"c{n}"])
         return self.kernels.esa(out, self.packs["esa"])
 
@@ -254,25 +260,25 @@ class FusedPartialBlock(_Fused, PartialBlock):
 
     def _pack(self) -> None:
         k, a = self.kernels, self.attn
-        channels = self.conv3.out_channels
+        channels = self.conv3.out_channels  # the partial convs' c_out: the rest passes through
         self._store("la", k.pack_la_reduce(a.reduce.weight, a.reduce.bias))
         self._store("down", k.pack_conv(a.down.weight, a.down.bias, stride=2))
-        self._store("expand", k.pack_conv(a.expand.weight, a.expand.bias))
-        self._store("conv1", k.pack_conv(self.conv1.weight, self.conv1.bias, op_channels=channels))
+        self._store("expand", k.pack_conv(a.expand.weight, a.expand.bias, ConvEpilogue(act=spec.ACT_SIGMOID)))
+        self._store("conv1", k.pack_conv(self.conv1.weight, self.conv1.bias,
+                                         ConvEpilogue(act=spec.ACT_SILU, gate_input=True), c_out=channels))
         if self.full:
-            self._store("conv2", k.pack_conv(self.conv2.weight, self.conv2.bias, op_channels=channels))
-        self._store("conv3", k.pack_conv(self.conv3.weight, self.conv3.bias))
+            self._store("conv2", k.pack_conv(self.conv2.weight, self.conv2.bias, ConvEpilogue(act=spec.ACT_SILU),
+                                             c_out=channels))
+        self._store("conv3", k.pack_conv(self.conv3.weight, self.conv3.bias,
+                                         ConvEpilogue(act=spec.ACT_SILU, residual_mode=spec.RES_GATED_INPUT)))
 
     def forward(self, x):
         k, p = self.kernels, self.packs
-        c = x.shape[1]
-        att = k.conv(k.conv(k.la_reduce(x, p["la"]), p["down"]), p["expand"], act=spec.ACT_SIGMOID)
+        att = k.conv(k.conv(k.la_reduce(x, p["la"]), p["down"]), p["expand"])
+        t = k.conv(x, p["conv1"], att=att)
         if self.full:
-            t = k.conv(x, p["conv1"], act=spec.ACT_SILU, att=att, gate_input=True)
-            t = k.conv(t, p["conv2"], c_out=c, act=spec.ACT_SILU)
-        else:
-            t = k.conv(x, p["conv1"], c_out=c, act=spec.ACT_SILU, att=att, gate_input=True)
-        return k.conv(t, p["conv3"], act=spec.ACT_SILU, residual=x, residual_mode=spec.RES_GATED_INPUT, att=att)
+            t = k.conv(t, p["conv2"])
+        return k.conv(t, p["conv3"], residual=x, att=att)
 
 
 FUSED_TYPES: dict[type, type] = {

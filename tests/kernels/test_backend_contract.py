@@ -12,6 +12,7 @@ import torch
 
 from esr_kernels import contract, cuda_backend, policy
 from esr_kernels.contract import KernelBackend, Pack
+from esr_kernels.op_args import CONV, ESA, ConvEpilogue, ConvGeometry, EsaWeights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,12 +50,48 @@ def test_pack_tensors_round_trip_through_nested_packs_and_tuples():
         parts: tuple
         maybe: object
 
-    p = Outer(c_out=2, chunks=2, inner=Inner(1, 1, 1, 1, 0, w=torch.zeros(1)), parts=(torch.ones(1), torch.ones(2)),
+    inner = Inner(c_conv=1, c_out=1, ksize=1, stride=1, padding=0, c_in=1, epilogue=ConvEpilogue(), w=torch.zeros(1))
+    p = Outer(c_out=2, chunks=2, epilogue=ConvEpilogue(act=1), inner=inner, parts=(torch.ones(1), torch.ones(2)),
               maybe=None)
     assert sorted(p.tensors()) == ["inner.w", "parts.0", "parts.1"]
     q = p.map_tensors(lambda path, t: t + 1)
-    assert q.c_out == 2 and q.maybe is None
+    assert q.c_out == 2 and q.maybe is None and q.epilogue == ConvEpilogue(act=1)
     assert torch.equal(q.inner.w, torch.ones(1)) and torch.equal(q.parts[1], torch.full((2,), 2.0))
+
+
+def test_pack_tensors_reach_into_argument_groups():
+    """A pack holding an argument group (the Triton and CUDA ESA packs hold ``EsaWeights``) lists
+    and rebuilds its tensors, and keeps its other fields."""
+    @dataclasses.dataclass(frozen=True)
+    class Esa(contract.EsaPack):
+        weights: EsaWeights
+
+    weights = EsaWeights(*(torch.zeros(1),) * len(EsaWeights.arg_names()), dtype=torch.bfloat16)
+    p = Esa(channels=1, c_reduce=1, weights=weights)
+    assert sorted(p.tensors()) == sorted(f"weights.{n}" for n in EsaWeights.arg_names())
+    q = p.map_tensors(lambda path, t: t + 1)
+    assert q.weights.dtype == torch.bfloat16 and all(t.item() == 1 for t in q.weights.as_args())
+
+
+def test_op_signatures_split_and_join_the_ops_arguments():
+    """CONV and ESA: the ops' positional arguments <-> their groups, fields read by name."""
+    x, w, b, r = (torch.full((1,), float(i)) for i in range(4))
+    args = (x, w, b, 8, 16, 3, 1, 1, 2, r, 1, None, True, None, None, 0, 0)
+    assert [n for n, _ in CONV.params()] == ["x", "w_packed", "bias", "c_conv", "c_out", "ksize", "stride", "padding",
+                                             "act", "residual", "residual_mode", "att", "gate_input", "shift",
+                                             "shortcut", "shortcut_mode", "shuffle"]
+    xs, ws, bs, g, e = CONV.split(args)
+    assert (xs, ws, bs) == (x, w, b) and g == ConvGeometry(c_conv=8, c_out=16, ksize=3, stride=1, padding=1)
+    assert (e.act, e.residual, e.residual_mode, e.gate_input) == (2, r, 1, True)
+    # A pack's epilogue holds no tensors: the call's come over its Nones, by name.
+    assert CONV.join(x, w, b, g, dataclasses.replace(e, residual=None), residual=r) == args
+    with pytest.raises(TypeError, match="residul"):
+        CONV.join(x, w, b, g, e, residul=r)
+    with pytest.raises(TypeError):
+        CONV.split(args[:-1])
+    weights = EsaWeights(*(torch.zeros(1),) * len(EsaWeights.arg_names()))
+    esa_args = ESA.join(x, weights, None)
+    assert len(esa_args) == 12 and ESA.split(esa_args) == (x, weights, None)
 
 
 def test_the_cuda_channel_counts_are_those_the_kernels_are_built_for():

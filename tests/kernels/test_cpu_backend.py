@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from esr_kernels import reference as R
+from esr_kernels.spec import POOL_KERNEL, POOL_STRIDE
 
 pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 FP32_TOL = 1e-5
@@ -74,6 +75,6 @@ def test_max_pool_7s3_is_floor_mode_max_pool(native, hw):
     x = torch.randn(2, 16, *hw)
     out = native.max_pool_7s3(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out, F.max_pool2d(x, 7, 3))
+    assert torch.equal(out, F.max_pool2d(x, POOL_KERNEL, POOL_STRIDE))
     with pytest.raises(RuntimeError, match="smaller than the 7x7 window"):
         native.max_pool_7s3(torch.randn(1, 16, 6, 9))

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from esr_kernels.packing import pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
+from esr_kernels.spec import LEAKY_SLOPE
 
 pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 FP32_TOL = 1e-5
-ACTS = {0: lambda t: t, 1: F.gelu, 2: F.silu, 3: lambda t: F.leaky_relu(t, 0.05), 4: torch.sigmoid}
+ACTS = {0: lambda t: t, 1: F.gelu, 2: F.silu, 3: lambda t: F.leaky_relu(t, LEAKY_SLOPE), 4: torch.sigmoid}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from esr_kernels import reference as R
+from esr_kernels.op_args import CONV, ESA
 from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, RES_GATED_INPUT,
                               RES_NONE, RES_TENSOR, SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT,
                               SHORTCUT_VECTOR)
@@ -50,6 +51,19 @@ def size(on_gpu, cpu_hw, gpu_hw):
 
 def upcast(*ts):
     return [t.float() if isinstance(t, torch.Tensor) else t for t in ts]
+
+
+# ---------------------------------------------------------------- schemas
+def test_schemas_generated_from_the_field_lists_are_the_ops_own():
+    """esr::conv and esr::esa take their arguments from esr_kernels.op_args (CONV, ESA): the
+    schemas are what they always were."""
+    assert str(ops().conv.default._schema) == (
+        "esr::conv(Tensor x, Tensor w_packed, Tensor bias, SymInt c_conv, SymInt c_out, SymInt ksize, SymInt stride, "
+        "SymInt padding, SymInt act, Tensor? residual, SymInt residual_mode, Tensor? att, bool gate_input, "
+        "Tensor? shift, Tensor? shortcut, SymInt shortcut_mode, SymInt shuffle) -> Tensor")
+    assert str(ops().esa.default._schema) == (
+        "esr::esa(Tensor x, Tensor reduce_w, Tensor reduce_b, Tensor down_w, Tensor down_b, Tensor low_w, "
+        "Tensor low_b, Tensor skip_w, Tensor skip_b, Tensor expand_w, Tensor expand_b, Tensor? residual) -> Tensor")
 
 
 # ---------------------------------------------------------------- esr::conv
@@ -99,7 +113,7 @@ def test_conv_matches_reference(case, layout, dtype, device, on_gpu):
     h, w = size(on_gpu, (13, 17), (67, 131))
     args = conv_args(case, 2, h, w, dtype, layout, device)
     out = ops().conv(*args)
-    ref = R.conv(*upcast(*args))
+    ref = R.conv(*CONV.split(upcast(*args)))
     assert out.dtype == dtype and out.shape == ref.shape
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) <= REL_TOL[dtype]
@@ -157,17 +171,15 @@ def esa_args(n, c, h, w, dtype, layout, device, residual=True):
     import dataclasses
 
     from esr_kernels.packing import fold_esa, pack_esa
-    from esr_models.arch.layers import ESA
+    from esr_models.arch import layers
 
-    m = ESA(c, 16).to(device)
+    m = layers.ESA(c, 16).to(device)
     for p in m.parameters():
         torch.nn.init.normal_(p, 0, 0.3)
     packed = pack_esa(dataclasses.replace(fold_esa(m), dtype=dtype))
     x = make_input((n, c, h, w), dtype, layout, device)
     res = make_input((n, c, h, w), dtype, layout, device) if residual else None
-    names = ("reduce_w", "reduce_b", "down_w", "down_b", "low_w", "low_b", "skip_w", "skip_b",
-             "expand_w", "expand_b")
-    return (x, *(packed[k] for k in names), res), m
+    return ESA.join(x, packed, res), m
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -176,7 +188,7 @@ def esa_args(n, c, h, w, dtype, layout, device, residual=True):
 def test_esa_matches_reference_and_module(hw, layout, dtype, device):
     args, module = esa_args(2, 36, *hw, dtype, layout, device)
     out = ops().esa(*args)
-    ref = R.esa(*upcast(*args))
+    ref = R.esa(*ESA.split(upcast(*args)))
     assert rel_err(out, ref) <= REL_TOL[dtype]
     if dtype == torch.float32:  # the folded 1x1 branch changes nothing beyond rounding
         with torch.no_grad():
@@ -186,7 +198,7 @@ def test_esa_matches_reference_and_module(hw, layout, dtype, device):
 
 def test_esa_without_residual_and_opcheck(device):
     args, _ = esa_args(1, 46, 20, 23, torch.float32, "nchw", device, residual=False)
-    assert rel_err(ops().esa(*args), R.esa(*args)) <= 1e-6
+    assert rel_err(ops().esa(*args), R.esa(*ESA.split(args))) <= 1e-6
     torch.library.opcheck(torch.ops.esr.esa.default, args)
 
 

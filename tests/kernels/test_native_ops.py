@@ -12,6 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 from esr_kernels import reference as R
+from esr_kernels.op_args import ConvEpilogue, ConvGeometry
 from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
 from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SILU, RES_GATED_INPUT, RES_NONE, RES_TENSOR,
                               SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
@@ -58,9 +59,9 @@ def epilogue_reference(y, passthrough, c_out, act, residual, residual_mode, att,
     channels [c_conv, c_out) from passthrough)."""
     c_conv = y.shape[1]
     x = y if passthrough is None else torch.cat([y, passthrough[:, c_conv:]], 1)
-    return R.conv(x, eye_1x1(c_conv), torch.zeros(c_conv), c_conv, c_out, 1, 1, 0, act, residual=residual,
-                  residual_mode=residual_mode, att=att, shortcut=shortcut, shortcut_mode=shortcut_mode,
-                  shuffle=shuffle)
+    return R.conv(x, eye_1x1(c_conv), torch.zeros(c_conv), ConvGeometry(c_conv, c_out, 1, 1, 0),
+                  ConvEpilogue(act=act, residual=residual, residual_mode=residual_mode, att=att, shortcut=shortcut,
+                               shortcut_mode=shortcut_mode, shuffle=shuffle))
 
 
 def make_case(native, name: str, kind: str):
@@ -92,8 +93,8 @@ def make_case(native, name: str, kind: str):
         w, b = randn(36, 36, k, k, scale=1 / (k * 6)), randn(36)
         bp = pad_vector(b, round_up16(36), w)
         tail = (36, ACT_SILU, None, 36, res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
-        ref = R.conv(x, R.pack_conv_weight(w), b, 36, 36, k, 1, k // 2, ACT_SILU, residual=res,
-                     residual_mode=RES_TENSOR)
+        ref = R.conv(x, R.pack_conv_weight(w), b, ConvGeometry(36, 36, k, 1, k // 2),
+                     ConvEpilogue(act=ACT_SILU, residual=res, residual_mode=RES_TENSOR))
         if k == 3:
             return (L(x), pack_winograd_3x3(w), bp, *tail), ref
         return ([L(x)], pack_gemm_1x1(w), bp, *tail), ref

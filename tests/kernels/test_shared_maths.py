@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from esr_kernels import reference as R
-from esr_kernels.packing import fold_esa_skip
+from esr_kernels.packing import fold_esa, fold_esa_skip, pack_esa
 from esr_kernels.spec import POOL_KERNEL, POOL_STRIDE
 
 pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
@@ -75,12 +75,9 @@ def esa_inputs(esa, x):
 
 
 def esa_reference(esa, x, residual):
-    """reference.esa in its packed arguments (the same folded skip weights)."""
-    skip_w, skip_b = fold_esa_skip(esa.reduce, esa.skip)
-    P = R.pack_conv_weight
-    return R.esa(x, P(esa.reduce.weight), esa.reduce.bias, P(esa.down.weight), esa.down.bias, P(esa.low.weight),
-                 esa.low.bias, P(skip_w.float()[:, :, None, None]), skip_b.float(), P(esa.expand.weight),
-                 esa.expand.bias, residual)
+    """reference.esa in its packed arguments (packing.pack_esa of the folded weights: the same
+    folded skip weights, rounded once to float32)."""
+    return R.esa(x, pack_esa(fold_esa(esa)), residual)
 
 
 @pytest.mark.parametrize("kind", LAYOUTS)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from esr_kernels import reference as R
+from esr_kernels.op_args import CONV, ESA
 from test_kernels import REL_TOL, bsb_args, conv_args, esa_args, rel_err, upcast
 
 pytestmark = pytest.mark.triton
@@ -93,7 +94,7 @@ def test_conv_gpu_configs(arch, dtype, device):
             _check_tiling("conv", arch, dtype, H * W, **_conv_sizes(args))
         with target_arch(arch):
             out = torch.ops.esr.conv(*args)
-        ref = R.conv(*upcast(*args))
+        ref = R.conv(*CONV.split(upcast(*args)))
         assert out.shape == ref.shape and torch.isfinite(out).all()
         assert rel_err(out, ref) <= REL_TOL[dtype], (case, layout)
 
@@ -118,7 +119,7 @@ def test_bsb_esa_la_reduce_gpu_configs(arch, dtype, device):
     _check_tiling("esa_out", arch, dtype, 23 * 29, c_in=36, cp=64, cr=16)
     with target_arch(arch):
         out = torch.ops.esr.esa(*args)
-    assert rel_err(out, R.esa(*upcast(*args))) <= REL_TOL[dtype]
+    assert rel_err(out, R.esa(*ESA.split(upcast(*args)))) <= REL_TOL[dtype]
 
     # la_reduce: 31 x 40 -> 9 x 12 pooled pixels
     x = torch.randn(2, 48, 31, 40, device=device).to(dtype)
