@@ -1,6 +1,6 @@
 """Compile every Triton specialisation a fused model launches for real GPU architectures,
 without a GPU, and check its resources. The models it records and the ``esr gpu-check`` command
-live in the app layer (esr_models/gpu_check_cmd.py): this module takes models or launches.
+live in the app layer (esr_models/cli/gpu_check.py): this module takes models or launches.
 
 Recording (no GPU, no compilation): a model fused with backend "triton" runs on CPU under
 ``TRITON_INTERPRET=1`` while ``esr_kernels.ops`` launches

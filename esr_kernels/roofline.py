@@ -1,5 +1,5 @@
 """Memory-traffic and roofline model of a fused model against its eager reference (the models
-are given: ``esr roofline``, in esr_models/roofline_cmd.py, loads them). A model, not a
+are given: ``esr roofline``, in esr_models/cli/roofline.py, loads them). A model, not a
 measurement.
 
 What is counted, per kernel launch: the bytes of every tensor argument it reads (each read
