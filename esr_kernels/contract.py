@@ -12,7 +12,8 @@ The ops (semantics: ``esr_kernels.reference``, one Python reference per op):
 - ``bsb``: IFADNet's blueprint shallow block, GELU(depthwise3x3_reflect(pointwise(x)) + b);
 - ``esa``: enhanced spatial attention, x * sigmoid(expand(up(low(pool(down(reduce x)))) + skip x));
 - ``la_reduce``: PFDNLite's LocalAttention reduction, max_pool 7/3 of a 1x1 conv;
-- ``concat_conv``: a 1x1 conv of the concatenation of equal-width features (IFADNet's fusion).
+- ``concat_conv``: a 1x1 conv of the concatenation of equal-width features (IFADNet's fusion);
+- ``gate``: the LocalAttention gate alone, for backends that store it (``gate_in_conv`` False).
 """
 from __future__ import annotations
 
@@ -118,6 +119,13 @@ class KernelBackend(ABC):
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]]
     dtypes: ClassVar[tuple[torch.dtype, ...]]
+    #: Whether a PFDN block should leave the LocalAttention gate to ``conv`` (the ``gate_input``
+    #: prologue of its first conv, the RES_GATED_INPUT residual of its last), which recomputes it
+    #: and never stores it: the GPU kernels do, where recomputing is cheaper than a round trip
+    #: through memory. False: the block stores ``gate(x, att)`` once and passes it as the first
+    #: conv's input and the last one's plain residual (the CPU backend: its gate prologue
+    #: stores the gated tensor anyway, and reading it back costs less than recomputing it).
+    gate_in_conv: ClassVar[bool] = True
 
     def __deepcopy__(self, memo):
         # Stateless (packs live in the modules) and holds torch.ops handles, which cannot be
@@ -171,6 +179,11 @@ class KernelBackend(ABC):
     @abstractmethod
     def esa(self, x: Tensor, pack: EsaPack, residual: Optional[Tensor] = None) -> Tensor:
         """``esr_kernels.reference.esa``; H, W >= 15."""
+
+    def gate(self, x: Tensor, att: Tensor) -> Tensor:
+        """``esr_kernels.reference.gate``: x (N, C, H, W), att (N, C, h, w) -> (N, C, H, W)."""
+        from .reference import gate
+        return gate(x.float(), att.float()).to(x.dtype)
 
     @abstractmethod
     def la_reduce(self, x: Tensor, pack: LaReducePack) -> Tensor:

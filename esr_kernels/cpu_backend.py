@@ -1,10 +1,10 @@
 """The native CPU backend, float32 channels_last throughout, all in the C++ kernels of
 ``esr_kernels._C_cpu`` (torch.ops.esr_native.*):
-- dense convolutions: stride-1 3x3 by Winograd F(2x2, 3x3) and 1x1 as register-blocked GEMMs
-  (the conv engine, csrc/cpu/winograd.cpp and conv1x1.cpp, at the avx2 and avx512 ISA levels)
-  with bias, activation and residual fused; the rest (stride 2, and every conv at the baseline
-  level) through oneDNN
-  (PyTorch's mkldnn, activation fused as a post-op);
+- dense convolutions: stride-1 3x3 by Winograd F(2x2, 3x3), 1x1 as register-blocked GEMMs and
+  the 3x3 of RGB inputs (the heads) as a GEMM over im2col rows (the conv engine,
+  csrc/cpu/winograd.cpp and conv1x1.cpp, at the avx2 and avx512 ISA levels) with bias,
+  activation and residual fused; the rest (stride 2, and every conv at the baseline level)
+  through oneDNN (PyTorch's mkldnn, activation fused as a post-op);
 - around them: the LocalAttention gate, the reflect-padded depthwise + GELU of BSB, the conv
   epilogues (partial channels, gated residual, shortcut + pixel shuffle) and the ESA tail.
 Kernel outputs come from a size-keyed buffer cache (csrc/cpu/buffer_cache.h), which removes
@@ -13,7 +13,9 @@ the page faults of fresh multi-megabyte allocations.
 ESA is folded at load: the gate logits are expand(up(low) + skip(reduce(x))) and every map in
 it is linear, so they become one full-resolution 1x1 conv of x plus the bilinear upsample of the
 low-resolution branch already expanded to C channels (bilinear interpolation commutes with a
-1x1 conv): two full-resolution passes (a 1x1 conv, the tail) instead of five.
+1x1 conv): two full-resolution passes (a 1x1 conv, the tail) instead of five; with the conv
+engine, one (esa_gate_1x1: the 1x1 conv and the gate per block of pixels, the logits never
+stored), besides the reduction that feeds the low-resolution branch.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import torch.nn.functional as F
 from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, KernelBackend, LaReducePack
 from .extensions import bf16_gemm_available, native_ops
 from .op_args import ConvEpilogue, EsaWeights
-from .packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
+from .packing import (pack_bsb_cpu, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16,
+                      vnni_pairs)
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, SHORTCUT_NONE)
 
@@ -85,6 +88,7 @@ class CpuConv(ConvPack):
     w: Tensor                 # (C_pad, C_in_pad, K, K) float32 channels_last (oneDNN)
     b: Tensor                 # (C_pad,) float32
     u: Optional[Tensor]       # conv engine, 3x3: Winograd (16, C_in_pad, C_outP), or None
+    wi: Optional[Tensor]      # conv engine, 3x3 of < 8 input channels: im2col GEMM (9 C_in, C_outP), or None
     w1: Optional[Tensor]      # conv engine, 1x1: (C_in_pad, C_outP), or None
     bp: Optional[Tensor]      # the engine's bias (C_outP,), or None
 
@@ -139,6 +143,10 @@ class CpuBackend(KernelBackend):
     name = "cpu"
     devices = ("cpu",)
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    # The gate is stored (native gate op) and read back as the last conv's residual: measured on
+    # PFDNLite bf16 (256x256, 2 threads), its recomputation in that conv's epilogue cost 1.8 ms
+    # of the conv's 8.1, the stored tensor's read far less.
+    gate_in_conv = False
 
     def __init__(self):
         self.native = native_ops("_C_cpu")
@@ -187,14 +195,15 @@ class CpuBackend(KernelBackend):
         """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's; with
         ``bf16``, its GEMM weights as bf16 pairs (a 1x1 over ``chunks`` concatenated inputs pairs
         each input's channels on its own)."""
-        none = {"u": None, "w1": None, "bp": None}
+        none = {"u": None, "wi": None, "w1": None, "bp": None}
         if not self.engine or w.shape[-1] not in (1, 3):
             return none
-        if w.shape[-1] == 3 and w.shape[1] < 8:
-            # An RGB head conv is mostly Winograd transforms for 3 channels of GEMM: oneDNN's
-            # direct conv measured 1.0 vs 2.7 ms at 256x256.
-            return none
         bp = pad_vector(b, round_up16(w.shape[0]), w)
+        if w.shape[-1] == 3 and w.shape[1] < 8:
+            # An RGB head conv would be mostly Winograd transforms for 3 channels of GEMM (2.7 ms at
+            # 256x256); oneDNN's direct conv measured 1.7-4.6 ms in the models (2 threads), the
+            # im2col GEMM (float32 in every dtype: the head stays float32) ~1 ms.
+            return {**none, "wi": pack_im2col_3x3(w), "bp": bp}
         if w.shape[-1] == 3:
             u = pack_winograd_3x3(w)
             return {**none, "u": vnni_pairs(u) if bf16 else u, "bp": bp}
@@ -249,6 +258,8 @@ class CpuBackend(KernelBackend):
                 return self.native.conv3x3_winograd(x, p.u, p.bp, c_conv, e.act, *epilogue)
             if p.w1 is not None:
                 return self.native.conv1x1([x], p.w1, p.bp, c_conv, e.act, *epilogue)
+            if p.wi is not None:
+                return self.native.conv3x3_im2col(x, p.wi, p.bp, c_conv, e.act, *epilogue)
         attr, scalars, algorithm = _ONEDNN_ACT[e.act]
         # The oneDNN path (stride 2, ISA levels without the conv engine). Measured against F.conv2d + the
         # activation in the C++ epilogue: the fused post-op was faster for every model.
@@ -286,6 +297,8 @@ class CpuBackend(KernelBackend):
             residual = _widen(residual, pack.c_pad)
         d = self._run(self._run(x, pack.reduce), pack.down)
         low = self._run(self._run(self._max_pool(d), pack.low), pack.expand)
+        if pack.full.w1 is not None:  # the full-resolution branch and the gate in one pass
+            return _narrow(self.native.esa_gate_1x1(x, pack.full.w1, pack.full.bp, low, residual), pack.channels)
         s = self._run(x, pack.full)
         return _narrow(self.native.esa_tail(x, s, low, residual), pack.channels)
 
@@ -304,6 +317,9 @@ class CpuBackend(KernelBackend):
         for f, w in zip(features[1:], pack.parts[1:]):
             acc = self._binary(_cl(f), acc, w, None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], "")
         return self.native.conv_epilogue(acc, None, acc.shape[1], act, residual, mode, None, None, 0, 0)
+
+    def gate(self, x, att):
+        return self.native.gate(x, att)
 
     def la_reduce(self, x, pack: CpuLaReduce):
         return self._max_pool(self._run(_widen(x, pack.conv.c_in_pad), pack.conv))

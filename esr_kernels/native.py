@@ -80,6 +80,16 @@ def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, *epilogue):
     return _conv_epilogue(xs[0], passthrough, c_out, act, *epilogue)
 
 
+@torch.library.register_fake("esr_native::conv3x3_im2col")
+def _conv3x3_im2col(x, w, bias, c_conv, act, passthrough, c_out, *epilogue):
+    return _conv_epilogue(x, passthrough, c_out, act, *epilogue)
+
+
+@torch.library.register_fake("esr_native::esa_gate_1x1")
+def _esa_gate_1x1(x, w, bias, low, residual):
+    return _nhwc(x.shape, x)
+
+
 @torch.library.register_fake("esr_native::bsb_packed")
 def _bsb_packed(x, pw, taps, bias, residual):
     return _nhwc(x.shape, x)

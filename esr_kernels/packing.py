@@ -76,6 +76,15 @@ def pack_gemm_1x1(weight: torch.Tensor) -> torch.Tensor:
     return out.contiguous()
 
 
+def pack_im2col_3x3(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> float32 (9 C_in, C_outP), row (ky * 3 + kx) * C_in + ci (the CPU
+    engine's im2col order), zero columns past C_out."""
+    co, ci = weight.shape[:2]
+    out = torch.zeros(9 * ci, round_up16(co), dtype=torch.float32, device=weight.device)
+    out[:, :co] = weight.detach().permute(2, 3, 1, 0).reshape(9 * ci, co).float()
+    return out.contiguous()
+
+
 def vnni_pairs(w: torch.Tensor, chunks: tuple[int, ...] | None = None) -> torch.Tensor:
     """A GEMM weight (K, N) -> bfloat16 (K2, 2N) for the CPU engine's bf16 GEMM
     (csrc/cpu/gemm_bf16.h): row k2 holds the pair (w[2 k2, n], w[2 k2 + 1, n]) at columns 2n, 2n + 1.

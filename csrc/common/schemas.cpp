@@ -21,11 +21,14 @@ constexpr const char* kSchemas[] = {
     "conv_epilogue(Tensor y, Tensor? passthrough, int c_out, int act, Tensor? residual, "
     "int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "esa_tail(Tensor x, Tensor s, Tensor low, Tensor? residual) -> Tensor",
-    // Dense convolutions of the AVX-512 engine (winograd.cpp, conv1x1.cpp), with conv_epilogue's
+    // Dense convolutions of the conv engine (winograd.cpp, conv1x1.cpp), with conv_epilogue's
     // arguments after the conv's own (the epilogue runs fused).
     "conv3x3_winograd(Tensor x, Tensor u, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
+    "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
+    "esa_gate_1x1(Tensor x, Tensor w, Tensor bias, Tensor low, Tensor? residual) -> Tensor",
+    "conv3x3_im2col(Tensor x, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "max_pool_7s3(Tensor x) -> Tensor",
     "bsb_packed(Tensor x, Tensor pw, Tensor taps, Tensor bias, Tensor? residual) -> Tensor",

@@ -1,6 +1,10 @@
-// 1x1 convolution over the channel concatenation of several inputs, float32 channels_last,
-// with the conv epilogue (epilogue.h) fused: one pass over each input, and the concatenation
-// (IFADNet's 216-channel fusion input) is never materialised.
+// The conv engine's GEMM-shaped convolutions, float32 channels_last, each a GEMM per block of
+// pixels with its epilogue fused while the block is in cache:
+// - conv1x1: a 1x1 convolution over the channel concatenation of several inputs (one pass over
+//   each; IFADNet's 216-channel fusion input is never materialised), with the conv epilogue
+//   (epilogue.h);
+// - esa_gate_1x1: ESA's output, its full-resolution 1x1 branch and the gate in one pass;
+// - conv3x3_im2col: a 3x3 convolution of a few input channels (the RGB heads) over im2col rows.
 #include "epilogue.h"
 #include "gemm.h"
 #include "gemm_bf16.h"
@@ -91,12 +95,143 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
   return epi.out();
 }
 
+// ESA's output with its folded full-resolution branch fused (cpu_backend.py's module docstring):
+// out = x * sigmoid(x @ w + bias + up(low)) (+ residual), for x (N, C, H, W), w and bias as
+// conv1x1's for one input of C channels (float32 or bf16 pairs; CoutP = C rounded up to 16),
+// low (N, C, lh, lw) the expanded low-resolution logits. The same values as conv1x1 then
+// esa_tail, without the logits' round trip through memory and the second read of x: per block
+// of pixels, the GEMM, then the logits and the gate while the block is in cache.
+at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in,
+                        const at::Tensor& low_in, const c10::optional<at::Tensor>& residual_in) {
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  at::Tensor x = as_nhwc(x_in), low = as_nhwc(low_in), res;
+  const auto [CoutP, bf16] = check_gemm_weight(w_in, {x}, C, bias_in.numel());
+  TORCH_CHECK(low.size(0) == N && low.size(1) == C, "esa_gate_1x1: low must be (N, C, h, w)");
+  if (residual_in.has_value()) {
+    TORCH_CHECK(residual_in->sizes() == x_in.sizes(), "esa_gate_1x1: residual must be shaped as x");
+    res = as_nhwc(*residual_in);
+  }
+  at::Tensor w = bf16 ? w_in.contiguous() : w_in.to(at::kFloat).contiguous();
+  at::Tensor bias = bias_in.to(at::kFloat).contiguous();
+  at::Tensor out = empty_nhwc(N, C, H, W, x);
+  const int64_t lh = low.size(2), lw = low.size(3), P = N * H * W, n_cols = std::min(CoutP, (C + 7) / 8 * 8);
+  const float sh = static_cast<float>(lh) / H, sw = static_cast<float>(lw) / W;
+  std::vector<Taps> tx(W);
+  for (int64_t xx = 0; xx < W; ++xx) tx[xx] = bilinear_taps(xx, sw, lw);
+  const float *X = x.data_ptr<float>(), *L = low.data_ptr<float>(), *B = bias.data_ptr<float>();
+  const float* R = res.defined() ? res.data_ptr<float>() : nullptr;
+  float* O = out.data_ptr<float>();
+  at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> gemm_scratch, ybuf(kBlockPixels * CoutP);
+    std::vector<uint16_t> a_bf16;
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
+#if defined(ESR_HAVE_BF16_ENGINE)
+      if (bf16)
+        gemm_bf16_rows(X + p0 * C, C, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()), 2 * CoutP, C, ybuf.data(),
+                       CoutP, n_cols, false, a_bf16, gemm_scratch);
+      else
+#endif
+        gemm_rows(X + p0 * C, C, p1 - p0, w.data_ptr<float>(), CoutP, C, ybuf.data(), CoutP, n_cols, false,
+                  gemm_scratch);
+      for (int64_t p = p0; p < p1; ++p) {  // the logits, in esa_tail's order: (y + bias) + up(low)
+        const int64_t n = p / (H * W), yy = p / W % H;
+        const Taps ty = bilinear_taps(yy, sh, lh), t = tx[p % W];
+        const float* r0 = L + (n * lh + ty.i0) * lw * C;
+        const float* r1 = L + (n * lh + ty.i1) * lw * C;
+        const float *a00 = r0 + t.i0 * C, *a01 = r0 + t.i1 * C, *a10 = r1 + t.i0 * C, *a11 = r1 + t.i1 * C;
+        const float* y = ybuf.data() + (p - p0) * CoutP;
+        float* o = O + p * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          o[c] = (y[c] + B[c]) + (ty.l0 * (t.l0 * a00[c] + t.l1 * a01[c]) + ty.l1 * (t.l0 * a10[c] + t.l1 * a11[c]));
+      }
+      sigmoid_gate_span(O + p0 * C, X + p0 * C, R ? R + p0 * C : nullptr, (p1 - p0) * C);
+    }
+  });
+  return out;
+}
+
+// im2col rows of pixels [p0, p1) for a 3x3 conv with zero padding 1: row i holds, for (ky, kx)
+// in row-major order, the C_in values of pixel (y + ky - 1, x + kx - 1) (zero outside).
+static void im2col_3x3(const float* X, int64_t H, int64_t W, int64_t Cin, int64_t p0, int64_t p1, float* a) {
+  const int64_t K = 9 * Cin;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / (H * W), yy = p / W % H, xx = p % W;
+    float* row = a + (p - p0) * K;
+    for (int64_t ky = 0; ky < 3; ++ky) {
+      const int64_t iy = yy + ky - 1;
+      float* dst = row + ky * 3 * Cin;
+      if (iy < 0 || iy >= H) {
+        std::fill(dst, dst + 3 * Cin, 0.0f);
+        continue;
+      }
+      // Pixels xx - 1 .. xx + 1 are adjacent: one run of 3 C_in floats, less what lies outside.
+      // (Plain loops: a memcpy call per few floats measured slower than the GEMM.)
+      const int64_t k0 = xx > 0 ? 0 : Cin, k1 = xx < W - 1 ? 3 * Cin : 2 * Cin;
+      const float* src = X + ((n * H + iy) * W + xx - 1) * Cin;
+      for (int64_t k = 0; k < k0; ++k) dst[k] = 0.0f;
+      for (int64_t k = k0; k < k1; ++k) dst[k] = src[k];
+      for (int64_t k = k1; k < 3 * Cin; ++k) dst[k] = 0.0f;
+    }
+  }
+}
+
+// Dense 3x3 conv (stride 1, zero padding 1) of an input with few channels (the RGB head convs)
+// as one GEMM per block of pixels over its im2col rows, built in cache: float32, w (9 C_in,
+// CoutP) with rows in im2col's order (esr_kernels.packing.pack_im2col_3x3), bias (CoutP,), then
+// the conv epilogue (epilogue.h) with the remaining arguments. Winograd is for wide inputs (its
+// transforms cost as much as 3 channels of GEMM); oneDNN's direct conv measured 2.5-4.6 ms for
+// the 3 -> 48 head at 256x256, 2 threads.
+at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t c_conv,
+                          int64_t act, const c10::optional<at::Tensor>& passthrough, int64_t c_out,
+                          const c10::optional<at::Tensor>& residual, int64_t residual_mode,
+                          const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
+                          int64_t shortcut_mode, int64_t shuffle) {
+  const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K = 9 * Cin;
+  at::Tensor x = as_nhwc(x_in);
+  TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == K && w_in.scalar_type() == at::kFloat,
+              "conv3x3_im2col: w must be float32 (9 C_in, CoutP) = (", K, ", CoutP), got ", w_in.sizes());
+  const int64_t CoutP = w_in.size(1);
+  TORCH_CHECK(CoutP % kLanes == 0 && c_conv <= CoutP && CoutP < c_conv + kLanes && bias_in.numel() == CoutP,
+              "conv3x3_im2col: bad packed output channels");
+  at::Tensor w = w_in.contiguous(), bias = bias_in.to(at::kFloat).contiguous();
+  const ConvEpilogue epi("conv3x3_im2col", N, c_conv, H, W, x, passthrough, c_out, residual, residual_mode, att,
+                         shortcut, shortcut_mode, shuffle);
+  const int64_t P = N * H * W, n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);
+  const float *X = x.data_ptr<float>(), *Wt = w.data_ptr<float>(), *B = bias.data_ptr<float>();
+  dispatch_act(act, [&](auto act_c) {
+    at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> a(kBlockPixels * K), gemm_scratch, ybuf(kBlockPixels * CoutP),
+          scratch(epi.scratch_floats(kBlockPixels));
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
+        im2col_3x3(X, H, W, Cin, p0, p1, a.data());
+        gemm_rows(a.data(), K, p1 - p0, Wt, CoutP, K, ybuf.data(), CoutP, n_cols, false, gemm_scratch);
+        epi.pixels<decltype(act_c)::value>(p0, p1, ybuf.data(), CoutP, B, scratch.data());
+      }
+    });
+  });
+  return epi.out();
+}
+
 #else
 
 at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                    const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
                    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
   TORCH_CHECK(false, "conv1x1: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
+}
+
+at::Tensor esa_gate_1x1(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        const c10::optional<at::Tensor>&) {
+  TORCH_CHECK(false, "esa_gate_1x1: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
+}
+
+at::Tensor conv3x3_im2col(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                          const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
+                          const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
+  TORCH_CHECK(false, "conv3x3_im2col: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
 }
 
 #endif

@@ -28,6 +28,31 @@ inline void gate_pixel(const float* xp, const float* A, int64_t n, int64_t y, in
   }
 }
 
+// gate() over pixels [0, W) of row (n, y): out = x * up(att) * sigmoid(x[:, 0]), x and out at
+// pixel stride C. The sigmoids of the row's first channels run as one vector span (per pixel,
+// one scalar exp was half the op's time); `tx` holds the horizontal taps of every column
+// (they depend on the column only); `g` has room for W floats.
+inline void gate_row(const float* xrow, const float* A, int64_t n, int64_t y, int64_t W, int64_t C, int64_t ah,
+                     int64_t aw, float sh, const Taps* tx, float* g, float* out) {
+  for (int64_t xx = 0; xx < W; ++xx) g[xx] = xrow[xx * C];
+  activate_span<ACT_SIGMOID>(g, nullptr, W);
+  const Taps ty = bilinear_taps(y, sh, ah);
+  const float* r0 = A + (n * ah + ty.i0) * aw * C;
+  const float* r1 = A + (n * ah + ty.i1) * aw * C;
+  for (int64_t xx = 0; xx < W; ++xx) {
+    const Taps t = tx[xx];
+    const float *a00 = r0 + t.i0 * C, *a01 = r0 + t.i1 * C, *a10 = r1 + t.i0 * C, *a11 = r1 + t.i1 * C;
+    const float* xp = xrow + xx * C;
+    float* o = out + xx * C;
+    const float gx = g[xx];
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float up = ty.l0 * (t.l0 * a00[c] + t.l1 * a01[c]) + ty.l1 * (t.l0 * a10[c] + t.l1 * a11[c]);
+      o[c] = xp[c] * up * gx;
+    }
+  }
+}
+
 class ConvEpilogue {
  public:
   // Validates the operands and allocates the output for a conv output of (N, c_conv, H, W).
@@ -66,7 +91,7 @@ class ConvEpilogue {
 
   const at::Tensor& out() const { return out_; }
   // Floats of scratch that segment() needs for `pixels` pixels.
-  int64_t scratch_floats(int64_t pixels) const { return (pixels + 1) * c_out_; }
+  int64_t scratch_floats(int64_t pixels) const { return (2 * pixels + 1) * c_out_; }
 
   // Pixels [x0, x1) of output row (n, yy); the conv output of pixel xx is at ysrc + (xx - x0) * ldy
   // (without bias if `bias` is given).
@@ -84,26 +109,25 @@ class ConvEpilogue {
       // The common case (the conv engine's plain convs): act(y + bias) [+ residual], without
       // the per-pixel mode branches of the general loop below.
       float* zrow = O + ((n * H_ + yy) * W_ + x0) * c_out;
-      biased_rows<ACT>(ysrc, ldy, bias, x1 - x0, zrow, RS ? RS + ((n * H_ + yy) * W_ + x0) * c_out : nullptr);
+      biased_rows<ACT>(ysrc, ldy, bias, x1 - x0, c_out, zrow, RS ? RS + ((n * H_ + yy) * W_ + x0) * c_out : nullptr);
       return;
     }
+    // scratch: [the shuffled segment's z | one gated pixel | the partial conv's activated channels]
     float* gated = scratch + (x1 - x0) * c_out;
+    float* partial = gated + c_out;
+    // The activation over the whole segment at once (activate_span: vectors across pixels).
     if (Cc == c_out)
-      biased_rows<ACT>(ysrc, ldy, bias, x1 - x0, shuffle ? scratch : O + ((n * H_ + yy) * W_ + x0) * c_out, nullptr);
+      biased_rows<ACT>(ysrc, ldy, bias, x1 - x0, c_out, shuffle ? scratch : O + ((n * H_ + yy) * W_ + x0) * c_out,
+                       nullptr);
+    else
+      biased_rows<ACT>(ysrc, ldy, bias, x1 - x0, Cc, partial, nullptr);
     for (int64_t xx = x0; xx < x1; ++xx) {
       const int64_t pix = (n * H_ + yy) * W_ + xx;
-      const float* yp = ysrc + (xx - x0) * ldy;
       float* zp = shuffle ? scratch + (xx - x0) * c_out : O + pix * c_out;
-      if (Cc < c_out) {  // (with Cc == c_out, the activation ran above for the whole segment)
-        if (bias) {
-#pragma omp simd
-          for (int64_t c = 0; c < Cc; ++c) zp[c] = activate<ACT>(yp[c] + bias[c]);
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < Cc; ++c) zp[c] = activate<ACT>(yp[c]);
-        }
+      if (Cc < c_out) {
+        std::memcpy(zp, partial + (xx - x0) * Cc, Cc * sizeof(float));
+        std::memcpy(zp + Cc, PT + pix * Cp + Cc, (c_out - Cc) * sizeof(float));
       }
-      for (int64_t c = Cc; c < c_out; ++c) zp[c] = PT[pix * Cp + c];
       if (residual_mode_ == RES_TENSOR) {
         const float* rp = RS + pix * c_out;
 #pragma omp simd
@@ -147,14 +171,15 @@ class ConvEpilogue {
   }
 
  private:
-  // z[i][c] = act(y[i][c] (+ bias[c])) (+ res[i][c]) for `pixels` pixels of c_out channels, y at
+  // z[i][c] = act(y[i][c] (+ bias[c])) (+ res[i][c]) for `pixels` pixels of C channels, y at
   // pixel stride ldy, z and res contiguous. The activation runs as one flat loop over all the
   // pixels: per pixel, GCC's 16-lane loop would leave c_out % 16 channels (IFADNet's 36: 4)
   // to scalar code, which took about half the epilogue's time; the copy keeps those tails (a
   // scalar add is cheap, a scalar GELU is not).
   template <int64_t ACT>
-  void biased_rows(const float* y, int64_t ldy, const float* bias, int64_t pixels, float* z, const float* res) const {
-    const int64_t C = c_out_, len = pixels * C;
+  static void biased_rows(const float* y, int64_t ldy, const float* bias, int64_t pixels, int64_t C, float* z,
+                          const float* res) {
+    const int64_t len = pixels * C;
     for (int64_t i = 0; i < pixels; ++i) {
       const float* yp = y + i * ldy;
       float* zp = z + i * C;

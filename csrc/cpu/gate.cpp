@@ -14,14 +14,12 @@ at::Tensor gate(const at::Tensor& x_in, const at::Tensor& att_in) {
   const float* X = x.data_ptr<float>();
   const float* A = att.data_ptr<float>();
   float* O = out.data_ptr<float>();
+  std::vector<Taps> tx(W);
+  for (int64_t xx = 0; xx < W; ++xx) tx[xx] = bilinear_taps(xx, sw, aw);
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / H, y = row % H;
-      for (int64_t xx = 0; xx < W; ++xx) {
-        const int64_t off = ((n * H + y) * W + xx) * C;
-        gate_pixel(X + off, A, n, y, xx, C, ah, aw, sh, sw, O + off);
-      }
-    }
+    std::vector<float> g(W);
+    for (int64_t row = begin; row < end; ++row)
+      gate_row(X + row * W * C, A, row / H, row % H, W, C, ah, aw, sh, tx.data(), g.data(), O + row * W * C);
   });
   return out;
 }

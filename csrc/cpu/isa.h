@@ -22,7 +22,7 @@ using OptTensor = c10::optional<at::Tensor>;
 struct KernelTable {
   const char* name;  // the namespace: baseline, avx2, avx512, avx512_bf16, arch
   int level;         // its ESR_LEVEL_*
-  bool conv_engine;  // conv3x3_winograd, conv1x1 and bsb_packed run (else they raise)
+  bool conv_engine;  // conv3x3_winograd, conv1x1, esa_gate_1x1, conv3x3_im2col, bsb_packed run (else they raise)
   at::Tensor (*bsb_dw)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&);
   at::Tensor (*gate)(const at::Tensor&, const at::Tensor&);
   at::Tensor (*conv_epilogue)(const at::Tensor&, const OptTensor&, int64_t, int64_t, const OptTensor&, int64_t,
@@ -40,6 +40,11 @@ struct KernelTable {
   at::Tensor (*esa_out)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const at::Tensor&, const at::Tensor&, const OptTensor&);
   at::Tensor (*la_reduce)(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+  at::Tensor (*esa_gate_1x1)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const OptTensor&);
+  at::Tensor (*conv3x3_im2col)(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                               const OptTensor&, int64_t, const OptTensor&, int64_t, const OptTensor&,
+                               const OptTensor&, int64_t, int64_t);
 };
 
 // Each compiled level's table (setup.py defines ESR_CPU_HAVE_<level> for the levels it builds).

@@ -18,6 +18,9 @@ at::Tensor bsb(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at
 at::Tensor esa_out(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                    const at::Tensor&, const OptTensor&);
 at::Tensor la_reduce(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+at::Tensor esa_gate_1x1(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&);
+at::Tensor conv3x3_im2col(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const OptTensor&,
+                          int64_t, const OptTensor&, int64_t, const OptTensor&, const OptTensor&, int64_t, int64_t);
 
 #define ESR_STR2(x) #x
 #define ESR_STR(x) ESR_STR2(x)
@@ -40,7 +43,9 @@ const KernelTable& kernel_table() {
                                  &bsb_packed,
                                  &bsb,
                                  &esa_out,
-                                 &la_reduce};
+                                 &la_reduce,
+                                 &esa_gate_1x1,
+                                 &conv3x3_im2col};
   return table;
 }
 

@@ -43,6 +43,8 @@ TORCH_LIBRARY_IMPL(esr_native, CPU, m) {
   m.impl("bsb", ESR_OP(bsb));
   m.impl("esa_out", ESR_OP(esa_out));
   m.impl("la_reduce", ESR_OP(la_reduce));
+  m.impl("esa_gate_1x1", ESR_OP(esa_gate_1x1));
+  m.impl("conv3x3_im2col", ESR_OP(conv3x3_im2col));
 }
 
 // A Python module so that `import esr_kernels._C_cpu` loads the library (and its registrations)

@@ -254,31 +254,38 @@ class FusedRLFB(_Fused, RLFB):
 
 class FusedPartialBlock(_Fused, PartialBlock):
     """PFDN block. The attention map is computed at low resolution (la_reduce, then two small
-    convs); the gated tensor is never materialised by the Triton backend: the first conv gates
-    its input on load (and passes gated channels through in the pruned form), the last
-    recomputes it as its residual."""
+    convs). Where the backend gates in its convs (``gate_in_conv``: the GPU backends), the gated
+    tensor is never materialised: the first conv gates its input on load (and passes gated
+    channels through in the pruned form), the last recomputes it as its residual. Elsewhere the
+    gate is computed once and passed to both."""
 
     def _pack(self) -> None:
         k, a = self.kernels, self.attn
         channels = self.conv3.out_channels  # the partial convs' c_out: the rest passes through
+        gated = k.gate_in_conv
         self._store("la", k.pack_la_reduce(a.reduce.weight, a.reduce.bias))
         self._store("down", k.pack_conv(a.down.weight, a.down.bias, stride=2))
         self._store("expand", k.pack_conv(a.expand.weight, a.expand.bias, ConvEpilogue(act=spec.ACT_SIGMOID)))
         self._store("conv1", k.pack_conv(self.conv1.weight, self.conv1.bias,
-                                         ConvEpilogue(act=spec.ACT_SILU, gate_input=True), c_out=channels))
+                                         ConvEpilogue(act=spec.ACT_SILU, gate_input=gated), c_out=channels))
         if self.full:
             self._store("conv2", k.pack_conv(self.conv2.weight, self.conv2.bias, ConvEpilogue(act=spec.ACT_SILU),
                                              c_out=channels))
+        residual_mode = spec.RES_GATED_INPUT if gated else spec.RES_TENSOR
         self._store("conv3", k.pack_conv(self.conv3.weight, self.conv3.bias,
-                                         ConvEpilogue(act=spec.ACT_SILU, residual_mode=spec.RES_GATED_INPUT)))
+                                         ConvEpilogue(act=spec.ACT_SILU, residual_mode=residual_mode)))
 
     def forward(self, x):
         k, p = self.kernels, self.packs
         att = k.conv(k.conv(k.la_reduce(x, p["la"]), p["down"]), p["expand"])
-        t = k.conv(x, p["conv1"], att=att)
+        if k.gate_in_conv:
+            t = k.conv(x, p["conv1"], att=att)
+        else:
+            x = k.gate(x, att)  # the gated input, from here on the block's residual too
+            t = k.conv(x, p["conv1"])
         if self.full:
             t = k.conv(t, p["conv2"])
-        return k.conv(t, p["conv3"], residual=x, att=att)
+        return k.conv(t, p["conv3"], residual=x, att=att if k.gate_in_conv else None)
 
 
 FUSED_TYPES: dict[type, type] = {

@@ -91,6 +91,19 @@ def test_conv1x1_bf16_over_concatenated_inputs_of_odd_widths(native):
 
 
 @needs_bf16
+def test_esa_gate_1x1_bf16(native):
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(2, 46, 17, 21, generator=g), torch.randn(46, 46, 1, 1, generator=g) / 7, torch.randn(46, generator=g)
+    low = torch.randn(2, 46, 3, 4, generator=g)
+    up = R.upsample(low.double(), (17, 21))
+    truth = x.double() * torch.sigmoid(F.conv2d(x.double(), w.double(), b.double()) + up)
+    xb = x.bfloat16()
+    own = (xb * torch.sigmoid(F.conv2d(xb, w.bfloat16(), b.bfloat16()) + up.bfloat16())).double()
+    y = native.esa_gate_1x1(x, vnni_pairs(pack_gemm_1x1(w)), pad_vector(b, round_up16(46), w), low, None)
+    assert err(y, truth) <= 2 * err(own, truth)
+
+
+@needs_bf16
 def test_bsb_packed_bf16(native):
     g = torch.Generator().manual_seed(2)
     x, pw = torch.randn(2, 13, 9, 14, generator=g), torch.randn(13, 13, 1, 1, generator=g) / 4
@@ -108,6 +121,8 @@ def test_opcheck_with_bf16_weights(native):
     tail = (16, ACT_GELU, None, 16, None, RES_NONE, None, None, SHORTCUT_NONE, 0)
     torch.library.opcheck(native.conv3x3_winograd.default, (x, vnni_pairs(pack_winograd_3x3(w)), b, *tail))
     torch.library.opcheck(native.conv1x1.default, ([x], vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, *tail))
+    low = torch.randn(1, 16, 2, 3)
+    torch.library.opcheck(native.esa_gate_1x1.default, (x, vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, low, None))
 
 
 _NO_BF16_LEVEL = """

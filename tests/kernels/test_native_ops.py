@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_map
 
 from esr_kernels import reference as R
 from esr_kernels.op_args import ConvEpilogue, ConvGeometry
-from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16
+from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16
 from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SILU, RES_GATED_INPUT, RES_NONE, RES_TENSOR,
                               SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
 
@@ -22,8 +22,8 @@ FP32_TOL = 1e-5
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 # Every tensor op of the esr_native namespace (conv_engine_available, empty_cache and cpu_isa_info
 # take no tensors).
-OPS = ["bsb_dw", "gate", "conv_epilogue", "esa_tail", "conv3x3_winograd", "conv1x1", "max_pool_7s3", "bsb_packed",
-       "bsb", "esa_out", "la_reduce"]
+OPS = ["bsb_dw", "gate", "conv_epilogue", "esa_tail", "conv3x3_winograd", "conv1x1", "esa_gate_1x1", "conv3x3_im2col",
+       "max_pool_7s3", "bsb_packed", "bsb", "esa_out", "la_reduce"]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,19 @@ def make_case(native, name: str, kind: str):
         if k == 3:
             return (L(x), pack_winograd_3x3(w), bp, *tail), ref
         return ([L(x)], pack_gemm_1x1(w), bp, *tail), ref
+    if name in ("esa_gate_1x1", "conv3x3_im2col") and not native.conv_engine_available():
+        pytest.skip("no conv engine at the ISA level that runs (it needs AVX2)")
+    if name == "esa_gate_1x1":  # = conv1x1 (the folded full-resolution branch) then esa_tail
+        x, w, b = randn(2, 36, 17, 19), randn(36, 36, 1, 1, scale=1 / 6), randn(36)
+        low, res = randn(2, 36, 2, 3), randn(2, 36, 17, 19)
+        logits = torch.nn.functional.conv2d(x, w, b) + R.upsample(low, (17, 19))
+        return (L(x), pack_gemm_1x1(w), pad_vector(b, round_up16(36), w), low, res), x * torch.sigmoid(logits) + res
+    if name == "conv3x3_im2col":  # the RGB head: 3 input channels, here with an activation and a residual
+        x, w, b, res = randn(2, 3, 11, 13), randn(20, 3, 3, 3, scale=0.3), randn(20), randn(2, 20, 11, 13)
+        tail = (20, ACT_SILU, None, 20, res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
+        ref = R.conv(x, R.pack_conv_weight(w), b, ConvGeometry(20, 20, 3, 1, 1),
+                     ConvEpilogue(act=ACT_SILU, residual=res, residual_mode=RES_TENSOR))
+        return (L(x), pack_im2col_3x3(w), pad_vector(b, round_up16(20), w), *tail), ref
     if name == "max_pool_7s3":
         x = randn(2, 16, 23, 26)
         return (L(x),), R.la_reduce(x, eye_1x1(16), torch.zeros(16))
