@@ -1,10 +1,10 @@
 """The native CPU backend, float32 channels_last throughout, all in the C++ kernels of
 ``esr_kernels._C_cpu`` (torch.ops.esr_native.*):
 - dense convolutions: stride-1 3x3 by Winograd F(2x2, 3x3), 1x1 as register-blocked GEMMs and
-  the 3x3 of RGB inputs (the heads) as a GEMM over im2col rows (the conv engine,
+  the 3x3 of RGB inputs (the heads) and strided 3x3 as GEMMs over im2col rows (the conv engine,
   csrc/cpu/winograd.cpp and conv1x1.cpp, at the avx2 and avx512 ISA levels) with bias,
-  activation and residual fused; the rest (stride 2, and every conv at the baseline level)
-  through oneDNN (PyTorch's mkldnn, activation fused as a post-op);
+  activation and residual fused; at the baseline level, oneDNN's convolutions (PyTorch's
+  mkldnn, activation fused as a post-op);
 - around them: the LocalAttention gate, the reflect-padded depthwise + GELU of BSB, the conv
   epilogues (partial channels, gated residual, shortcut + pixel shuffle) and the ESA tail.
 Kernel outputs come from a size-keyed buffer cache (csrc/cpu/buffer_cache.h), which removes
@@ -88,7 +88,7 @@ class CpuConv(ConvPack):
     w: Tensor                 # (C_pad, C_in_pad, K, K) float32 channels_last (oneDNN)
     b: Tensor                 # (C_pad,) float32
     u: Optional[Tensor]       # conv engine, 3x3: Winograd (16, C_in_pad, C_outP), or None
-    wi: Optional[Tensor]      # conv engine, 3x3 of < 8 input channels: im2col GEMM (9 C_in, C_outP), or None
+    wi: Optional[Tensor]      # conv engine, 3x3 of < 8 input channels or stride > 1: im2col GEMM (9 C_in, C_outP)
     w1: Optional[Tensor]      # conv engine, 1x1: (C_in_pad, C_outP), or None
     bp: Optional[Tensor]      # the engine's bias (C_outP,), or None
 
@@ -187,22 +187,23 @@ class CpuBackend(KernelBackend):
         if b is not None:
             bp[:co] = b
         wp, bp = wp.float(), bp.float()
-        engine = self._engine_weights(wp, bp, bf16)
+        engine = self._engine_weights(wp, bp, bf16, stride=stride)
         return CpuConv(c_conv=co, c_out=c_out or co, ksize=k, stride=stride, padding=padding, c_in=ci,
                        epilogue=epilogue, c_pad=pco, c_in_pad=pci, w=_cl(wp), b=bp, **engine)
 
-    def _engine_weights(self, w: Tensor, b: Tensor, bf16: bool = False, chunks: int = 1) -> dict:
-        """The conv engine's layouts of a (C_out, C_in, k, k) weight, next to oneDNN's; with
-        ``bf16``, its GEMM weights as bf16 pairs (a 1x1 over ``chunks`` concatenated inputs pairs
-        each input's channels on its own)."""
+    def _engine_weights(self, w: Tensor, b: Tensor, bf16: bool = False, chunks: int = 1, stride: int = 1) -> dict:
+        """The conv engine's layouts of a (C_out, C_in, k, k) weight of ``stride``, next to
+        oneDNN's; with ``bf16``, its GEMM weights as bf16 pairs (a 1x1 over ``chunks``
+        concatenated inputs pairs each input's channels on its own)."""
         none = {"u": None, "wi": None, "w1": None, "bp": None}
         if not self.engine or w.shape[-1] not in (1, 3):
             return none
         bp = pad_vector(b, round_up16(w.shape[0]), w)
-        if w.shape[-1] == 3 and w.shape[1] < 8:
-            # An RGB head conv would be mostly Winograd transforms for 3 channels of GEMM (2.7 ms at
-            # 256x256); oneDNN's direct conv measured 1.7-4.6 ms in the models (2 threads), the
-            # im2col GEMM (float32 in every dtype: the head stays float32) ~1 ms.
+        if w.shape[-1] == 3 and (w.shape[1] < 8 or stride != 1):
+            # The im2col GEMM, float32 in every dtype (the head and the attention branches' stride-2
+            # convs stay float32). An RGB head conv would be mostly Winograd transforms for 3
+            # channels of GEMM (2.7 ms at 256x256); oneDNN's direct conv measured 1.7-4.6 ms in
+            # the models, the im2col GEMM 1.9 (2 threads).
             return {**none, "wi": pack_im2col_3x3(w), "bp": bp}
         if w.shape[-1] == 3:
             u = pack_winograd_3x3(w)
@@ -253,15 +254,15 @@ class CpuBackend(KernelBackend):
         conv_epilogue op."""
         c_conv, e = p.c_pad, p.epilogue
         epilogue = (passthrough, c_out or c_conv, residual, e.residual_mode, att, shortcut, e.shortcut_mode, e.shuffle)
+        if p.wi is not None:
+            return self.native.conv3x3_im2col(x, p.wi, p.bp, p.stride, p.padding, c_conv, e.act, *epilogue)
         if p.stride == 1 and p.padding == p.ksize // 2:
             if p.u is not None:
                 return self.native.conv3x3_winograd(x, p.u, p.bp, c_conv, e.act, *epilogue)
             if p.w1 is not None:
                 return self.native.conv1x1([x], p.w1, p.bp, c_conv, e.act, *epilogue)
-            if p.wi is not None:
-                return self.native.conv3x3_im2col(x, p.wi, p.bp, c_conv, e.act, *epilogue)
         attr, scalars, algorithm = _ONEDNN_ACT[e.act]
-        # The oneDNN path (stride 2, ISA levels without the conv engine). Measured against F.conv2d + the
+        # The oneDNN path (ISA levels without the conv engine). Measured against F.conv2d + the
         # activation in the C++ epilogue: the fused post-op was faster for every model.
         y = self._pointwise(_cl(x), p.w, p.b, [p.padding, p.padding], [p.stride, p.stride], [1, 1], 1,
                             attr, scalars, algorithm)

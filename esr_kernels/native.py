@@ -81,8 +81,10 @@ def _conv1x1(xs, w, bias, c_conv, act, passthrough, c_out, *epilogue):
 
 
 @torch.library.register_fake("esr_native::conv3x3_im2col")
-def _conv3x3_im2col(x, w, bias, c_conv, act, passthrough, c_out, *epilogue):
-    return _conv_epilogue(x, passthrough, c_out, act, *epilogue)
+def _conv3x3_im2col(x, w, bias, stride, padding, c_conv, act, passthrough, c_out, *epilogue):
+    n, _, h, w_ = x.shape
+    out_h, out_w = (h + 2 * padding - 3) // stride + 1, (w_ + 2 * padding - 3) // stride + 1
+    return _conv_epilogue(x.new_empty((n, c_conv, out_h, out_w)), passthrough, c_out, act, *epilogue)
 
 
 @torch.library.register_fake("esr_native::esa_gate_1x1")

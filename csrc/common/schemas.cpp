@@ -28,7 +28,7 @@ constexpr const char* kSchemas[] = {
     "conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "esa_gate_1x1(Tensor x, Tensor w, Tensor bias, Tensor low, Tensor? residual) -> Tensor",
-    "conv3x3_im2col(Tensor x, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
+    "conv3x3_im2col(Tensor x, Tensor w, Tensor bias, int stride, int padding, int c_conv, int act, Tensor? passthrough, int c_out, "
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "max_pool_7s3(Tensor x) -> Tensor",
     "bsb_packed(Tensor x, Tensor pw, Tensor taps, Tensor bias, Tensor? residual) -> Tensor",

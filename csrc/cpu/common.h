@@ -52,6 +52,20 @@
 
 ESR_CPU_NAMESPACE_BEGIN
 
+// Software prefetch of [p, p + bytes) into L2, one hint per 64-byte line (`write`: the lines
+// are wanted for writing). The conv engine asks for its next work unit's input and output
+// before the current unit's GEMMs, so that the memory traffic of the transforms and epilogues
+// overlaps the compute-bound GEMMs (perf: the input loads of the Winograd row pass waited on
+// memory for half the transforms' time).
+inline void prefetch_span(const void* p, int64_t bytes, bool write = false) {
+  const char* c = static_cast<const char*>(p);
+  if (write) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 2);
+  } else {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 2);
+  }
+}
+
 // Activation codes, residual and shortcut modes, the leaky slope and the pool geometry:
 // csrc/common/spec.h, generated from esr_kernels/spec.py.
 using namespace esr_spec;

@@ -4,7 +4,7 @@
 //   each; IFADNet's 216-channel fusion input is never materialised), with the conv epilogue
 //   (epilogue.h);
 // - esa_gate_1x1: ESA's output, its full-resolution 1x1 branch and the gate in one pass;
-// - conv3x3_im2col: a 3x3 convolution of a few input channels (the RGB heads) over im2col rows.
+// - conv3x3_im2col: a 3x3 convolution over im2col rows (RGB heads, strided convs).
 #include "epilogue.h"
 #include "gemm.h"
 #include "gemm_bf16.h"
@@ -75,6 +75,12 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
       std::vector<uint16_t> a_bf16;
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
+        if (blk + 1 < end) {  // the next block's pixels, while this one's GEMM runs
+          const int64_t q1 = std::min(P, p1 + kBlockPixels);
+          for (const at::Tensor& t : xs)
+            prefetch_span(t.data_ptr<float>() + p1 * t.size(1), (q1 - p1) * t.size(1) * sizeof(float));
+          epi.prefetch(p1, q1);
+        }
         for (size_t i = 0; i < xs.size(); ++i) {
           const int64_t Ci = xs[i].size(1);
           const float* a = xs[i].data_ptr<float>() + p0 * Ci;
@@ -126,6 +132,12 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
     std::vector<uint16_t> a_bf16;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
+      if (blk + 1 < end) {  // the next block's pixels, while this one's GEMM runs
+        const int64_t q1 = std::min(P, p1 + kBlockPixels);
+        prefetch_span(X + p1 * C, (q1 - p1) * C * sizeof(float));
+        prefetch_span(O + p1 * C, (q1 - p1) * C * sizeof(float), true);
+        if (R) prefetch_span(R + p1 * C, (q1 - p1) * C * sizeof(float));
+      }
 #if defined(ESR_HAVE_BF16_ENGINE)
       if (bf16)
         gemm_bf16_rows(X + p0 * C, C, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()), 2 * CoutP, C, ybuf.data(),
@@ -152,24 +164,30 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
   return out;
 }
 
-// im2col rows of pixels [p0, p1) for a 3x3 conv with zero padding 1: row i holds, for (ky, kx)
-// in row-major order, the C_in values of pixel (y + ky - 1, x + kx - 1) (zero outside).
-static void im2col_3x3(const float* X, int64_t H, int64_t W, int64_t Cin, int64_t p0, int64_t p1, float* a) {
+// Where im2col reads: input H x W, output Ho x Wo, stride, zero padding.
+struct Im2colGeometry {
+  int64_t H, W, Ho, Wo, stride, pad;
+};
+
+// im2col rows of output pixels [p0, p1) for a 3x3 conv: row i holds, for (ky, kx) in row-major
+// order, the C_in values of input pixel (oy s + ky - pad, ox s + kx - pad) (zero outside).
+static void im2col_3x3(const float* X, const Im2colGeometry& g, int64_t Cin, int64_t p0, int64_t p1, float* a) {
   const int64_t K = 9 * Cin;
   for (int64_t p = p0; p < p1; ++p) {
-    const int64_t n = p / (H * W), yy = p / W % H, xx = p % W;
+    const int64_t n = p / (g.Ho * g.Wo), oy = p / g.Wo % g.Ho, ox = p % g.Wo;
+    const int64_t x0 = ox * g.stride - g.pad;  // the first input column
+    // Input columns x0 .. x0 + 2 are adjacent: one run of 3 C_in floats, less what lies outside.
+    // (Plain loops: a memcpy call per few floats measured slower than the GEMM.)
+    const int64_t k0 = std::max<int64_t>(0, -x0) * Cin, k1 = std::min<int64_t>(3, g.W - x0) * Cin;
     float* row = a + (p - p0) * K;
     for (int64_t ky = 0; ky < 3; ++ky) {
-      const int64_t iy = yy + ky - 1;
+      const int64_t iy = oy * g.stride + ky - g.pad;
       float* dst = row + ky * 3 * Cin;
-      if (iy < 0 || iy >= H) {
-        std::fill(dst, dst + 3 * Cin, 0.0f);
+      if (iy < 0 || iy >= g.H) {
+        for (int64_t k = 0; k < 3 * Cin; ++k) dst[k] = 0.0f;
         continue;
       }
-      // Pixels xx - 1 .. xx + 1 are adjacent: one run of 3 C_in floats, less what lies outside.
-      // (Plain loops: a memcpy call per few floats measured slower than the GEMM.)
-      const int64_t k0 = xx > 0 ? 0 : Cin, k1 = xx < W - 1 ? 3 * Cin : 2 * Cin;
-      const float* src = X + ((n * H + iy) * W + xx - 1) * Cin;
+      const float* src = X + ((n * g.H + iy) * g.W + x0) * Cin;  // (read only from k0 on)
       for (int64_t k = 0; k < k0; ++k) dst[k] = 0.0f;
       for (int64_t k = k0; k < k1; ++k) dst[k] = src[k];
       for (int64_t k = k1; k < 3 * Cin; ++k) dst[k] = 0.0f;
@@ -177,18 +195,22 @@ static void im2col_3x3(const float* X, int64_t H, int64_t W, int64_t Cin, int64_
   }
 }
 
-// Dense 3x3 conv (stride 1, zero padding 1) of an input with few channels (the RGB head convs)
-// as one GEMM per block of pixels over its im2col rows, built in cache: float32, w (9 C_in,
-// CoutP) with rows in im2col's order (esr_kernels.packing.pack_im2col_3x3), bias (CoutP,), then
-// the conv epilogue (epilogue.h) with the remaining arguments. Winograd is for wide inputs (its
-// transforms cost as much as 3 channels of GEMM); oneDNN's direct conv measured 2.5-4.6 ms for
-// the 3 -> 48 head at 256x256, 2 threads.
-at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t c_conv,
-                          int64_t act, const c10::optional<at::Tensor>& passthrough, int64_t c_out,
-                          const c10::optional<at::Tensor>& residual, int64_t residual_mode,
+// Dense 3x3 conv (any stride, zero padding) as one GEMM per block of output pixels over their
+// im2col rows, built in cache: float32, w (9 C_in, CoutP) with rows in im2col's order
+// (esr_kernels.packing.pack_im2col_3x3), bias (CoutP,), then the conv epilogue (epilogue.h)
+// with the remaining arguments. For what Winograd does not serve: inputs of a few channels
+// (the RGB heads, whose Winograd transforms would cost as much as 3 channels of GEMM; oneDNN's
+// direct conv measured 2.5-4.6 ms for the 3 -> 48 head at 256x256, 2 threads, this 1.9) and
+// the stride-2 convs of the attention branches.
+at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t stride,
+                          int64_t padding, int64_t c_conv, int64_t act, const c10::optional<at::Tensor>& passthrough,
+                          int64_t c_out, const c10::optional<at::Tensor>& residual, int64_t residual_mode,
                           const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
                           int64_t shortcut_mode, int64_t shuffle) {
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K = 9 * Cin;
+  TORCH_CHECK(stride >= 1 && padding >= 0 && H + 2 * padding >= 3 && W + 2 * padding >= 3,
+              "conv3x3_im2col: bad stride or padding for a ", H, "x", W, " input");
+  const Im2colGeometry g{H, W, (H + 2 * padding - 3) / stride + 1, (W + 2 * padding - 3) / stride + 1, stride, padding};
   at::Tensor x = as_nhwc(x_in);
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == K && w_in.scalar_type() == at::kFloat,
               "conv3x3_im2col: w must be float32 (9 C_in, CoutP) = (", K, ", CoutP), got ", w_in.sizes());
@@ -196,9 +218,9 @@ at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const 
   TORCH_CHECK(CoutP % kLanes == 0 && c_conv <= CoutP && CoutP < c_conv + kLanes && bias_in.numel() == CoutP,
               "conv3x3_im2col: bad packed output channels");
   at::Tensor w = w_in.contiguous(), bias = bias_in.to(at::kFloat).contiguous();
-  const ConvEpilogue epi("conv3x3_im2col", N, c_conv, H, W, x, passthrough, c_out, residual, residual_mode, att,
-                         shortcut, shortcut_mode, shuffle);
-  const int64_t P = N * H * W, n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);
+  const ConvEpilogue epi("conv3x3_im2col", N, c_conv, g.Ho, g.Wo, x, passthrough, c_out, residual, residual_mode,
+                         att, shortcut, shortcut_mode, shuffle);
+  const int64_t P = N * g.Ho * g.Wo, n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);
   const float *X = x.data_ptr<float>(), *Wt = w.data_ptr<float>(), *B = bias.data_ptr<float>();
   dispatch_act(act, [&](auto act_c) {
     at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
@@ -206,7 +228,7 @@ at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const 
           scratch(epi.scratch_floats(kBlockPixels));
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
-        im2col_3x3(X, H, W, Cin, p0, p1, a.data());
+        im2col_3x3(X, g, Cin, p0, p1, a.data());
         gemm_rows(a.data(), K, p1 - p0, Wt, CoutP, K, ybuf.data(), CoutP, n_cols, false, gemm_scratch);
         epi.pixels<decltype(act_c)::value>(p0, p1, ybuf.data(), CoutP, B, scratch.data());
       }
@@ -228,8 +250,8 @@ at::Tensor esa_gate_1x1(const at::Tensor&, const at::Tensor&, const at::Tensor&,
   TORCH_CHECK(false, "esa_gate_1x1: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
 }
 
-at::Tensor conv3x3_im2col(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                          const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
+at::Tensor conv3x3_im2col(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t,
+                          int64_t, const c10::optional<at::Tensor>&, int64_t, const c10::optional<at::Tensor>&, int64_t,
                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, int64_t) {
   TORCH_CHECK(false, "conv3x3_im2col: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
 }

@@ -160,6 +160,14 @@ class ConvEpilogue {
       }
   }
 
+  // Prefetches (common.h) what segment() will write and read for flat pixels [p0, p1):
+  // the channels_last output and the residual.
+  void prefetch(int64_t p0, int64_t p1) const {
+    if (shuffled_) return;  // (the shuffled output is written in row runs of another layout)
+    prefetch_span(out_.data_ptr<float>() + p0 * c_out_, (p1 - p0) * c_out_ * sizeof(float), true);
+    if (res_.defined()) prefetch_span(res_.data_ptr<float>() + p0 * c_out_, (p1 - p0) * c_out_ * sizeof(float));
+  }
+
   // segment() over the flat pixel range [p0, p1), split at row ends; pixel p at ysrc + (p - p0) * ldy.
   template <int64_t ACT>
   void pixels(int64_t p0, int64_t p1, const float* ysrc, int64_t ldy, const float* bias, float* scratch) const {

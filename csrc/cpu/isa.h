@@ -43,7 +43,7 @@ struct KernelTable {
   at::Tensor (*esa_gate_1x1)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              const OptTensor&);
   at::Tensor (*conv3x3_im2col)(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                               const OptTensor&, int64_t, const OptTensor&, int64_t, const OptTensor&,
+                               int64_t, int64_t, const OptTensor&, int64_t, const OptTensor&, int64_t, const OptTensor&,
                                const OptTensor&, int64_t, int64_t);
 };
 

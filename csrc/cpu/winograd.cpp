@@ -43,29 +43,36 @@ struct AlignedBuffer {
 // columns) share the first: the row pass runs once per input column of the strip, the column
 // pass once per tile (half the loads and adds of transforming each 4x4 patch on its own).
 //
-// Row pass, for one 16-channel slice c: input columns xs .. xs + ncols - 1 of rows y0 .. y0 + 3
-// (pixel stride ldx floats; outside the image: zero) -> T[col][i] = (B^T d)[i] for each column.
+// Row pass, for every 16-channel slice: input columns xs .. xs + ncols - 1 of rows y0 .. y0 + 3
+// (pixel stride ldx floats; outside the image: zero) -> T[slice][col][i] = (B^T d)[i] for each
+// column, slices kSliceFloats apart. Channels run fastest, so each input row is read as one
+// contiguous run (slice by slice, as before, the strided loads waited on memory for half the
+// transforms' time: perf, 48 channels at 256x256).
+constexpr int64_t kSliceFloats = (2 * kStrip + 2) * 4 * kLanes;
+
 ESR_INLINE void row_pass(const float* Xn, int64_t W, int64_t H, int64_t ldx, int64_t y0, int64_t xs, int64_t ncols,
-                         int64_t c, Mask16 cmask, float* T) {
-  Mask16 row_mask[4];
+                         int64_t Cin, float* T) {
   const float* row[4];
+  bool row_ok[4];
   for (int i = 0; i < 4; ++i) {
     const int64_t yy = y0 + i;
-    const bool ok = yy >= 0 && yy < H;
-    row_mask[i] = ok ? cmask : no_lanes();
-    row[i] = Xn + (ok ? yy : 0) * W * ldx + c;
+    row_ok[i] = yy >= 0 && yy < H;
+    row[i] = Xn + (row_ok[i] ? yy : 0) * W * ldx;
   }
   for (int64_t col = 0; col < ncols; ++col) {
     const int64_t xx = xs + col;
     const bool ok = xx >= 0 && xx < W;
     const int64_t off = (ok ? xx : 0) * ldx;
-    Vec16 d[4];
-    for (int i = 0; i < 4; ++i) d[i] = load_masked(row[i] + off, ok ? row_mask[i] : no_lanes());
-    float* t = T + col * 4 * kLanes;
-    store_aligned(t + 0 * kLanes, d[0] - d[2]);
-    store_aligned(t + 1 * kLanes, d[1] + d[2]);
-    store_aligned(t + 2 * kLanes, d[2] - d[1]);
-    store_aligned(t + 3 * kLanes, d[1] - d[3]);
+    for (int64_t c = 0, slice = 0; c < Cin; c += kLanes, ++slice) {
+      const Mask16 cmask = ok ? lane_mask(Cin - c) : no_lanes();
+      Vec16 d[4];
+      for (int i = 0; i < 4; ++i) d[i] = load_masked(row[i] + off + c, row_ok[i] ? cmask : no_lanes());
+      float* t = T + slice * kSliceFloats + col * 4 * kLanes;
+      store_aligned(t + 0 * kLanes, d[0] - d[2]);
+      store_aligned(t + 1 * kLanes, d[1] + d[2]);
+      store_aligned(t + 2 * kLanes, d[2] - d[1]);
+      store_aligned(t + 3 * kLanes, d[1] - d[3]);
+    }
   }
 }
 
@@ -184,16 +191,16 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   dispatch_act(act, [&](auto act_c) {
     constexpr int64_t ACT = decltype(act_c)::value;
     at::parallel_for(0, N * TH * strips, 1, [&](int64_t begin, int64_t end) {
-      AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos), ybuf(2 * y_row), tbuf((2 * kStrip + 2) * 4 * kLanes);
+      AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos), ybuf(2 * y_row), tbuf(CinP / kLanes * kSliceFloats);
       std::vector<float> scratch(epi.scratch_floats(2 * kStrip));
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t n = unit / (TH * strips), ty = unit / strips % TH, tx0 = unit % strips * kStrip;
         const int64_t tiles = std::min(kStrip, TW - tx0);
         const float* Xn = X + n * H * W * ldx;
+        row_pass(Xn, W, H, ldx, 2 * ty - 1, 2 * tx0 - 1, 2 * tiles + 2, Cin, tbuf.data);
         for (int64_t c = 0; c < CinP; c += kLanes) {
-          row_pass(Xn, W, H, ldx, 2 * ty - 1, 2 * tx0 - 1, 2 * tiles + 2, c, lane_mask(Cin - c), tbuf.data);
           for (int64_t t = 0; t < tiles; ++t) {
-            const float* T = tbuf.data + 2 * t * 4 * kLanes;
+            const float* T = tbuf.data + c / kLanes * kSliceFloats + 2 * t * 4 * kLanes;
 #if defined(ESR_HAVE_BF16_ENGINE)
             if (bf16) {
               column_pass_bf16(T, reinterpret_cast<bf16_t*>(vbuf.data) + t * CinP + c, v_pos);
@@ -202,6 +209,15 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
 #endif
             column_pass(T, vbuf.data + t * CinP + c, v_pos);
           }
+        }
+        if (unit + 1 < end) {  // the next unit's rows, while this one's GEMMs run
+          const int64_t n2 = (unit + 1) / (TH * strips), ty2 = (unit + 1) / strips % TH;
+          const int64_t x0 = std::max<int64_t>(0, 2 * ((unit + 1) % strips * kStrip) - 1);
+          const int64_t x1 = std::min(W, 2 * ((unit + 1) % strips * kStrip + kStrip) + 1);
+          for (int64_t yy = std::max<int64_t>(0, 2 * ty2 - 1); yy < std::min(H, 2 * ty2 + 3); ++yy)
+            prefetch_span(X + ((n2 * H + yy) * W + x0) * ldx, (x1 - x0) * ldx * sizeof(float));
+          for (int64_t yy = 2 * ty2; yy < std::min(H, 2 * ty2 + 2); ++yy)
+            epi.prefetch((n2 * H + yy) * W + x0 + (x0 > 0), (n2 * H + yy) * W + x1 - (x1 < W));
         }
         winograd_gemms(vbuf.data, U, bf16, Cin, CinP, CoutP, n_cols, tiles, mbuf.data);
         for (int64_t t = 0; t < tiles; ++t)

@@ -78,3 +78,20 @@ def test_max_pool_7s3_is_floor_mode_max_pool(native, hw):
     assert torch.equal(out, F.max_pool2d(x, POOL_KERNEL, POOL_STRIDE))
     with pytest.raises(RuntimeError, match="smaller than the 7x7 window"):
         native.max_pool_7s3(torch.randn(1, 16, 6, 9))
+
+
+@pytest.mark.parametrize("cin,stride,padding,hw", [(3, 1, 1, (13, 17)), (3, 1, 1, (1, 2)), (16, 2, 0, (15, 20)),
+                                                   (16, 2, 1, (7, 8)), (5, 3, 1, (10, 11))],
+                         ids=["head", "head_tiny", "esa_down", "stride2_pad1", "stride3_odd"])
+def test_conv3x3_im2col_matches_conv2d_at_every_geometry(native, cin, stride, padding, hw):
+    """The im2col GEMM (RGB heads, strided convs): every border case of its row copies."""
+    from esr_kernels.packing import pack_im2col_3x3, pad_vector, round_up16
+
+    if not native.conv_engine_available():
+        pytest.skip("no conv engine at the ISA level that runs (it needs AVX2)")
+    x, w, b = torch.randn(2, cin, *hw), torch.randn(20, cin, 3, 3) / (3 * cin ** 0.5), torch.randn(20)
+    y = native.conv3x3_im2col(x, pack_im2col_3x3(w), pad_vector(b, round_up16(20), w), stride, padding, 20, 0, None,
+                              20, None, 0, None, None, 0, 0)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=padding)
+    assert y.shape == ref.shape
+    assert (y - ref).abs().max() <= FP32_TOL

@@ -105,12 +105,12 @@ def make_case(native, name: str, kind: str):
         low, res = randn(2, 36, 2, 3), randn(2, 36, 17, 19)
         logits = torch.nn.functional.conv2d(x, w, b) + R.upsample(low, (17, 19))
         return (L(x), pack_gemm_1x1(w), pad_vector(b, round_up16(36), w), low, res), x * torch.sigmoid(logits) + res
-    if name == "conv3x3_im2col":  # the RGB head: 3 input channels, here with an activation and a residual
-        x, w, b, res = randn(2, 3, 11, 13), randn(20, 3, 3, 3, scale=0.3), randn(20), randn(2, 20, 11, 13)
+    if name == "conv3x3_im2col":  # an RGB head (3 input channels) of stride 2, with an activation and a residual
+        x, w, b, res = randn(2, 3, 11, 14), randn(20, 3, 3, 3, scale=0.3), randn(20), randn(2, 20, 6, 7)
         tail = (20, ACT_SILU, None, 20, res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
-        ref = R.conv(x, R.pack_conv_weight(w), b, ConvGeometry(20, 20, 3, 1, 1),
+        ref = R.conv(x, R.pack_conv_weight(w), b, ConvGeometry(20, 20, 3, 2, 1),
                      ConvEpilogue(act=ACT_SILU, residual=res, residual_mode=RES_TENSOR))
-        return (L(x), pack_im2col_3x3(w), pad_vector(b, round_up16(20), w), *tail), ref
+        return (L(x), pack_im2col_3x3(w), pad_vector(b, round_up16(20), w), 2, 1, *tail), ref
     if name == "max_pool_7s3":
         x = randn(2, 16, 23, 26)
         return (L(x),), R.la_reduce(x, eye_1x1(16), torch.zeros(16))
