@@ -13,7 +13,8 @@ The ops (semantics: ``esr_kernels.reference``, one Python reference per op):
 - ``esa``: enhanced spatial attention, x * sigmoid(expand(up(low(pool(down(reduce x)))) + skip x));
 - ``la_reduce``: PFDNLite's LocalAttention reduction, max_pool 7/3 of a 1x1 conv;
 - ``concat_conv``: a 1x1 conv of the concatenation of equal-width features (IFADNet's fusion);
-- ``gate``: the LocalAttention gate alone, for backends that store it (``gate_in_conv`` False).
+- ``gate``: the LocalAttention gate alone, for backends that store it (``gate_in_conv`` False);
+- ``conv_esa``: ``esa`` of a 1x1 conv's output (RLFN's block tail), which a backend may fold.
 """
 from __future__ import annotations
 
@@ -91,6 +92,19 @@ class EsaPack(Pack):
     """An ESA's packed weights (``channels`` in and out, ``c_reduce`` inside)."""
     channels: int
     c_reduce: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvEsaPack(Pack):
+    """A 1x1 conv of ``channels`` -> ``channels`` and the ESA after it (RLFN's block tail)."""
+    channels: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvThenEsa(ConvEsaPack):
+    """The default ConvEsaPack: the two packs, run one after the other."""
+    conv: ConvPack
+    esa: EsaPack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +193,16 @@ class KernelBackend(ABC):
     @abstractmethod
     def esa(self, x: Tensor, pack: EsaPack, residual: Optional[Tensor] = None) -> Tensor:
         """``esr_kernels.reference.esa``; H, W >= 15."""
+
+    def pack_conv_esa(self, weight: Tensor, bias: Tensor, esa: EsaWeights) -> ConvEsaPack:
+        """A 1x1 conv, weight (C, C, 1, 1) and bias (C,), followed by an ESA of C channels. By
+        default its two packs; a backend may fold the conv into the ESA's own passes."""
+        return ConvThenEsa(channels=weight.shape[0], conv=self.pack_conv(weight, bias), esa=self.pack_esa(esa))
+
+    def conv_esa(self, x: Tensor, pack: ConvEsaPack, residual: Optional[Tensor] = None) -> Tensor:
+        """``esa(conv(x))`` (``esr_kernels.reference.esa`` of a 1x1 ``reference.conv``) [+ residual]."""
+        assert isinstance(pack, ConvThenEsa), "a backend that packs ConvEsaPack its own way runs it its own way"
+        return self.esa(self.conv(x, pack.conv), pack.esa, residual)
 
     def gate(self, x: Tensor, att: Tensor) -> Tensor:
         """``esr_kernels.reference.gate``: x (N, C, H, W), att (N, C, h, w) -> (N, C, H, W)."""

@@ -26,10 +26,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, KernelBackend, LaReducePack
+from .contract import BsbPack, ConcatConvPack, ConvEsaPack, ConvPack, EsaPack, KernelBackend, LaReducePack
 from .extensions import bf16_gemm_available, native_ops
 from .op_args import ConvEpilogue, EsaWeights
-from .packing import (pack_bsb_cpu, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16,
+from .packing import (fold_esa_input_conv, pack_bsb_cpu, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16,
                       vnni_pairs)
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, SHORTCUT_NONE)
@@ -119,6 +119,16 @@ class CpuEsa(EsaPack):
     low: CpuConv
     expand: CpuConv
     full: CpuConv
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuConvEsa(ConvEsaPack):
+    """A 1x1 conv folded into the ESA after it (conv engine): ``esa`` holds the ESA's weights as
+    maps of the conv's input (packing.fold_esa_input_conv), ``both`` the conv and the gate
+    logits' 1x1 side by side, one GEMM for esa_gate_1x1's input_conv mode: the conv's output is
+    never stored."""
+    esa: CpuEsa
+    both: CpuConv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +242,34 @@ class CpuBackend(KernelBackend):
             expand=self._dense(e.expand_w[:, :, None, None], None, 1, 0, bf16=bf16),
             full=self._dense(e.gate_w[:, :, None, None], e.gate_b, 1, 0, bf16=bf16))
 
+    def pack_conv_esa(self, weight, bias, esa: EsaWeights) -> ConvEsaPack:
+        c = weight.shape[0]
+        if not self.engine:
+            return super().pack_conv_esa(weight, bias, esa)
+        folded = fold_esa_input_conv(esa, weight, bias)
+        inner = self.pack_esa(folded)
+        # [the conv | the gate logits' 1x1 through it (folded.gate_w)], each padded to cp outputs and
+        # inputs (x arrives widened to cp channels; the padded outputs are zero, so is their gate).
+        cp = inner.c_pad
+        both_w = weight.detach().double().new_zeros(2 * cp, cp, 1, 1)
+        both_w[:c, :c] = weight.detach().double()
+        both_w[cp:cp + c, :c] = folded.gate_w[:, :, None, None]
+        both_b = both_w.new_zeros(2 * cp)
+        both_b[:c] = bias.detach().double()
+        both_b[cp:cp + c] = folded.gate_b
+        both = self._dense(both_w, both_b, 1, 0, pad=False, bf16=self._bf16(esa.dtype))
+        return CpuConvEsa(channels=c, esa=inner, both=both)
+
+    def conv_esa(self, x, pack: ConvEsaPack, residual=None):
+        if not isinstance(pack, CpuConvEsa):
+            return super().conv_esa(x, pack, residual)
+        e = pack.esa
+        x = _widen(x, e.c_pad)
+        if residual is not None:
+            residual = _widen(residual, e.c_pad)
+        low = self._low_branch(x, e)
+        return _narrow(self.native.esa_gate_1x1(x, pack.both.w1, pack.both.bp, low, residual, True), pack.channels)
+
     def pack_la_reduce(self, weight, bias) -> CpuLaReduce:
         conv = self._dense(weight.detach().double(), bias.detach().double(), 1, 0, bf16=self._bf16(weight.dtype))
         return CpuLaReduce(c_in=weight.shape[1], c_reduce=weight.shape[0], conv=conv)
@@ -296,12 +334,17 @@ class CpuBackend(KernelBackend):
         x = _widen(x, pack.c_pad)
         if residual is not None:
             residual = _widen(residual, pack.c_pad)
-        d = self._run(self._run(x, pack.reduce), pack.down)
-        low = self._run(self._run(self._max_pool(d), pack.low), pack.expand)
+        low = self._low_branch(x, pack)
         if pack.full.w1 is not None:  # the full-resolution branch and the gate in one pass
-            return _narrow(self.native.esa_gate_1x1(x, pack.full.w1, pack.full.bp, low, residual), pack.channels)
+            return _narrow(self.native.esa_gate_1x1(x, pack.full.w1, pack.full.bp, low, residual, False),
+                           pack.channels)
         s = self._run(x, pack.full)
         return _narrow(self.native.esa_tail(x, s, low, residual), pack.channels)
+
+    def _low_branch(self, x, pack: CpuEsa):
+        """ESA's low-resolution branch, expanded to C channels: expand(low(pool(down(reduce x))))."""
+        d = self._run(self._run(x, pack.reduce), pack.down)
+        return self._run(self._run(self._max_pool(d), pack.low), pack.expand)
 
     def concat_conv(self, features, pack: CpuConcatConv, residual=None):
         """act(1x1 conv of cat(features) to c_out channels) [+ residual] without the

@@ -88,7 +88,7 @@ def _conv3x3_im2col(x, w, bias, stride, padding, c_conv, act, passthrough, c_out
 
 
 @torch.library.register_fake("esr_native::esa_gate_1x1")
-def _esa_gate_1x1(x, w, bias, low, residual):
+def _esa_gate_1x1(x, w, bias, low, residual, input_conv):
     return _nhwc(x.shape, x)
 
 

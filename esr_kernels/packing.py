@@ -1,6 +1,8 @@
 """Weight layouts the kernels take, made once at model load (never per call)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .contract import EsaWeights
@@ -33,6 +35,16 @@ def fold_esa(esa) -> EsaWeights:
     weights["skip_w"], weights["skip_b"] = fold_esa_skip(esa.reduce, esa.skip)
     weights["expand_w"] = weights["expand_w"][:, :, 0, 0]
     return EsaWeights(**weights, dtype=esa.reduce.weight.dtype)
+
+
+def fold_esa_input_conv(e: EsaWeights, weight: torch.Tensor, bias: torch.Tensor) -> EsaWeights:
+    """ESA's weights as seen from the input of a 1x1 conv (weight (C, C, 1, 1), bias (C,)) before
+    it: its full-resolution linear maps of x = W y + b (the reduction, and the skip branch folded
+    in it) become maps of y, in float64. The output's product with x still needs x itself."""
+    w, b = weight.detach().double().reshape(weight.shape[0], -1), bias.detach().double()
+    rw = e.reduce_w[:, :, 0, 0]
+    return dataclasses.replace(e, reduce_w=(rw @ w)[:, :, None, None], reduce_b=rw @ b + e.reduce_b,
+                               skip_w=e.skip_w @ w, skip_b=e.skip_w @ b + e.skip_b)
 
 
 def pack_esa(e: EsaWeights) -> EsaWeights:

@@ -27,7 +27,7 @@ constexpr const char* kSchemas[] = {
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "conv1x1(Tensor[] xs, Tensor w, Tensor bias, int c_conv, int act, Tensor? passthrough, int c_out, "
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
-    "esa_gate_1x1(Tensor x, Tensor w, Tensor bias, Tensor low, Tensor? residual) -> Tensor",
+    "esa_gate_1x1(Tensor x, Tensor w, Tensor bias, Tensor low, Tensor? residual, bool input_conv) -> Tensor",
     "conv3x3_im2col(Tensor x, Tensor w, Tensor bias, int stride, int padding, int c_conv, int act, Tensor? passthrough, int c_out, "
     "Tensor? residual, int residual_mode, Tensor? att, Tensor? shortcut, int shortcut_mode, int shuffle) -> Tensor",
     "max_pool_7s3(Tensor x) -> Tensor",

@@ -103,15 +103,26 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
 
 // ESA's output with its folded full-resolution branch fused (cpu_backend.py's module docstring):
 // out = x * sigmoid(x @ w + bias + up(low)) (+ residual), for x (N, C, H, W), w and bias as
-// conv1x1's for one input of C channels (float32 or bf16 pairs; CoutP = C rounded up to 16),
-// low (N, C, lh, lw) the expanded low-resolution logits. The same values as conv1x1 then
-// esa_tail, without the logits' round trip through memory and the second read of x: per block
-// of pixels, the GEMM, then the logits and the gate while the block is in cache.
+// conv1x1's for one input of C channels (float32, or bf16 pairs; CP = C rounded up to 16
+// columns), low (N, C, lh, lw) the expanded low-resolution logits. The same values as conv1x1
+// then esa_tail, without the logits' round trip through memory and the second read of x: per
+// block of pixels, the GEMM, then the logits and the gate while the block is in cache.
+// input_conv: ESA runs on a 1x1 conv of the input (RLFN's block tail), which is never stored:
+// w holds two GEMMs side by side, 2 CP columns, [that conv | the gate logits' 1x1 folded
+// through it], bias their 2 CP biases; then x = the first GEMM + its bias.
 at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in,
-                        const at::Tensor& low_in, const c10::optional<at::Tensor>& residual_in) {
+                        const at::Tensor& low_in, const c10::optional<at::Tensor>& residual_in, bool input_conv) {
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   at::Tensor x = as_nhwc(x_in), low = as_nhwc(low_in), res;
-  const auto [CoutP, bf16] = check_gemm_weight(w_in, {x}, C, bias_in.numel());
+  const bool bf16 = w_in.scalar_type() == at::kBFloat16;
+#if !defined(ESR_HAVE_BF16_ENGINE)
+  TORCH_CHECK(!bf16, "esa_gate_1x1: bf16 weights need the avx512_bf16 ISA level (see `esr backends`)");
+#endif
+  const int64_t CP = (C + kLanes - 1) / kLanes * kLanes, cols = input_conv ? 2 * CP : CP;
+  TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == (bf16 ? (C + 1) / 2 : C) && w_in.size(1) == (bf16 ? 2 : 1) * cols &&
+                  bias_in.numel() == cols,
+              "esa_gate_1x1: w must be (", bf16 ? (C + 1) / 2 : C, ", ", (bf16 ? 2 : 1) * cols, ") and bias (", cols,
+              ",) for ", C, " channels", input_conv ? " and an input conv" : "", ", got ", w_in.sizes());
   TORCH_CHECK(low.size(0) == N && low.size(1) == C, "esa_gate_1x1: low must be (N, C, h, w)");
   if (residual_in.has_value()) {
     TORCH_CHECK(residual_in->sizes() == x_in.sizes(), "esa_gate_1x1: residual must be shaped as x");
@@ -120,7 +131,8 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
   at::Tensor w = bf16 ? w_in.contiguous() : w_in.to(at::kFloat).contiguous();
   at::Tensor bias = bias_in.to(at::kFloat).contiguous();
   at::Tensor out = empty_nhwc(N, C, H, W, x);
-  const int64_t lh = low.size(2), lw = low.size(3), P = N * H * W, n_cols = std::min(CoutP, (C + 7) / 8 * 8);
+  const int64_t lh = low.size(2), lw = low.size(3), P = N * H * W;
+  const int64_t n_cols = input_conv ? cols : std::min(CP, (C + 7) / 8 * 8), lg = input_conv ? CP : 0;
   const float sh = static_cast<float>(lh) / H, sw = static_cast<float>(lw) / W;
   std::vector<Taps> tx(W);
   for (int64_t xx = 0; xx < W; ++xx) tx[xx] = bilinear_taps(xx, sw, lw);
@@ -128,7 +140,7 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
   const float* R = res.defined() ? res.data_ptr<float>() : nullptr;
   float* O = out.data_ptr<float>();
   at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> gemm_scratch, ybuf(kBlockPixels * CoutP);
+    std::vector<float> gemm_scratch, ybuf(kBlockPixels * cols), xbuf(input_conv ? kBlockPixels * C : 0);
     std::vector<uint16_t> a_bf16;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t p0 = blk * kBlockPixels, p1 = std::min(P, p0 + kBlockPixels);
@@ -140,11 +152,11 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
       }
 #if defined(ESR_HAVE_BF16_ENGINE)
       if (bf16)
-        gemm_bf16_rows(X + p0 * C, C, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()), 2 * CoutP, C, ybuf.data(),
-                       CoutP, n_cols, false, a_bf16, gemm_scratch);
+        gemm_bf16_rows(X + p0 * C, C, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()), 2 * cols, C, ybuf.data(),
+                       cols, n_cols, false, a_bf16, gemm_scratch);
       else
 #endif
-        gemm_rows(X + p0 * C, C, p1 - p0, w.data_ptr<float>(), CoutP, C, ybuf.data(), CoutP, n_cols, false,
+        gemm_rows(X + p0 * C, C, p1 - p0, w.data_ptr<float>(), cols, C, ybuf.data(), cols, n_cols, false,
                   gemm_scratch);
       for (int64_t p = p0; p < p1; ++p) {  // the logits, in esa_tail's order: (y + bias) + up(low)
         const int64_t n = p / (H * W), yy = p / W % H;
@@ -152,13 +164,19 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
         const float* r0 = L + (n * lh + ty.i0) * lw * C;
         const float* r1 = L + (n * lh + ty.i1) * lw * C;
         const float *a00 = r0 + t.i0 * C, *a01 = r0 + t.i1 * C, *a10 = r1 + t.i0 * C, *a11 = r1 + t.i1 * C;
-        const float* y = ybuf.data() + (p - p0) * CoutP;
+        const float* y = ybuf.data() + (p - p0) * cols;
         float* o = O + p * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c)
-          o[c] = (y[c] + B[c]) + (ty.l0 * (t.l0 * a00[c] + t.l1 * a01[c]) + ty.l1 * (t.l0 * a10[c] + t.l1 * a11[c]));
+          o[c] = (y[lg + c] + B[lg + c]) +
+                 (ty.l0 * (t.l0 * a00[c] + t.l1 * a01[c]) + ty.l1 * (t.l0 * a10[c] + t.l1 * a11[c]));
+        if (input_conv) {
+          float* xp = xbuf.data() + (p - p0) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) xp[c] = y[c] + B[c];
+        }
       }
-      sigmoid_gate_span(O + p0 * C, X + p0 * C, R ? R + p0 * C : nullptr, (p1 - p0) * C);
+      sigmoid_gate_span(O + p0 * C, input_conv ? xbuf.data() : X + p0 * C, R ? R + p0 * C : nullptr, (p1 - p0) * C);
     }
   });
   return out;
@@ -246,7 +264,7 @@ at::Tensor conv1x1(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t
 }
 
 at::Tensor esa_gate_1x1(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const c10::optional<at::Tensor>&) {
+                        const c10::optional<at::Tensor>&, bool) {
   TORCH_CHECK(false, "esa_gate_1x1: no conv engine at the ISA level running (it needs AVX2; see `esr backends`)");
 }
 

@@ -41,7 +41,7 @@ struct KernelTable {
                         const at::Tensor&, const at::Tensor&, const OptTensor&);
   at::Tensor (*la_reduce)(const at::Tensor&, const at::Tensor&, const at::Tensor&);
   at::Tensor (*esa_gate_1x1)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const OptTensor&);
+                             const OptTensor&, bool);
   at::Tensor (*conv3x3_im2col)(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
                                int64_t, int64_t, const OptTensor&, int64_t, const OptTensor&, int64_t, const OptTensor&,
                                const OptTensor&, int64_t, int64_t);

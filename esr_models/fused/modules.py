@@ -233,23 +233,22 @@ class FusedRFMB(_Fused, RFMB):
 
 
 class FusedRLFB(_Fused, RLFB):
-    """Three 3x3 conv+LeakyReLU launches (the last adds the block input), the 1x1, then ESA."""
+    """Three 3x3 conv+LeakyReLU launches (the last adds the block input), then the 1x1 and ESA
+    as one backend op (conv_esa: the CPU backend folds the 1x1 into the ESA's passes)."""
 
     def _pack(self) -> None:
         n = len(self.convs)
         for i, conv in enumerate(self.convs):  # the last adds the block input
             epilogue = ConvEpilogue(act=spec.ACT_LEAKY, residual_mode=spec.RES_TENSOR if i == n - 1 else spec.RES_NONE)
             self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias, epilogue))
-        self._store(f"c{n}", self.kernels.pack_conv(self.mix.weight, self.mix.bias))
-        self._store("esa", self.kernels.pack_esa(fold_esa(self.esa)))
+        self._store("mix_esa", self.kernels.pack_conv_esa(self.mix.weight, self.mix.bias, fold_esa(self.esa)))
 
     def forward(self, x):
         out = x
         n = len(self.convs)
         for i in range(n):
             out = self.kernels.conv(out, self.packs[f"c{i}"], residual=x if i == n - 1 else None)
-        out = self.kernels.conv(out, self.packs[f"c{n}"])
-        return self.kernels.esa(out, self.packs["esa"])
+        return self.kernels.conv_esa(out, self.packs["mix_esa"])
 
 
 class FusedPartialBlock(_Fused, PartialBlock):

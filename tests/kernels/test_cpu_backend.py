@@ -95,3 +95,53 @@ def test_conv3x3_im2col_matches_conv2d_at_every_geometry(native, cin, stride, pa
     ref = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=padding)
     assert y.shape == ref.shape
     assert (y - ref).abs().max() <= FP32_TOL
+
+
+def test_esa_gate_1x1_with_its_input_conv_folded(native):
+    """input_conv: ESA of a 1x1 conv's output, the conv never stored (w: [conv | gate through it])."""
+    from esr_kernels.packing import pack_gemm_1x1
+
+    if not native.conv_engine_available():
+        pytest.skip("no conv engine at the ISA level that runs (it needs AVX2)")
+    g = torch.Generator().manual_seed(5)
+    c, cp = 36, 48
+    y, low = torch.randn(2, c, 17, 19, generator=g), torch.randn(2, c, 2, 3, generator=g)
+    w, b = torch.randn(c, c, 1, 1, generator=g) / 6, torch.randn(c, generator=g)
+    wg, bg = torch.randn(c, c, 1, 1, generator=g) / 6, torch.randn(c, generator=g)
+    both_w, both_b = torch.zeros(2 * cp, c, 1, 1, dtype=torch.float64), torch.zeros(2 * cp, dtype=torch.float64)
+    both_w[:c], both_b[:c] = w, b
+    both_w[cp:cp + c] = (wg.double()[:, :, 0, 0] @ w.double()[:, :, 0, 0])[:, :, None, None]
+    both_b[cp:cp + c] = wg.double()[:, :, 0, 0] @ b.double() + bg
+    args = (cl(y), pack_gemm_1x1(both_w), both_b.float(), low, None, True)
+    x = F.conv2d(y.double(), w.double(), b.double())
+    ref = x * torch.sigmoid(F.conv2d(x, wg.double(), bg.double()) + R.upsample(low.double(), (17, 19)))
+    assert (native.esa_gate_1x1(*args) - ref).abs().max() <= FP32_TOL
+    torch.library.opcheck(native.esa_gate_1x1.default, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_backend_folds_rlfn_tail_conv_into_esa(dtype):
+    """conv_esa on the CPU backend (the 1x1 folded into ESA's passes) against the contract's
+    default, esa(conv(x)), at RLFN's 46 channels (padded to 48 inside) and an odd size."""
+    from esr_kernels.contract import ConvThenEsa, KernelBackend
+    from esr_kernels.cpu_backend import CpuBackend, CpuConvEsa
+    from esr_kernels.packing import fold_esa
+    from esr_models.arch.layers import ESA
+
+    backend = CpuBackend()
+    if not backend.engine or (dtype == torch.bfloat16 and not backend.bf16_engine):
+        pytest.skip("no conv engine (or no bf16 GEMM) at the ISA level that runs")
+    torch.manual_seed(6)
+    esa, mix = ESA(46, 16).to(dtype), torch.nn.Conv2d(46, 46, 1).to(dtype)
+    x = torch.randn(2, 46, 23, 31)
+    folded = backend.pack_conv_esa(mix.weight, mix.bias, fold_esa(esa))
+    plain = KernelBackend.pack_conv_esa(backend, mix.weight, mix.bias, fold_esa(esa))
+    assert isinstance(folded, CpuConvEsa) and isinstance(plain, ConvThenEsa)
+    with torch.no_grad():
+        got, want = backend.conv_esa(x, folded), backend.conv_esa(x, plain)
+        truth = esa.double()(mix.double()(x.double()))
+    assert got.shape == (2, 46, 23, 31)
+    if dtype == torch.float32:
+        assert (got - want).abs().max() <= FP32_TOL
+    else:  # one bf16 rounding fewer than the unfolded pair: no farther from the truth
+        assert (got - truth).abs().max() <= 2 * (want - truth).abs().max()

@@ -99,7 +99,7 @@ def test_esa_gate_1x1_bf16(native):
     truth = x.double() * torch.sigmoid(F.conv2d(x.double(), w.double(), b.double()) + up)
     xb = x.bfloat16()
     own = (xb * torch.sigmoid(F.conv2d(xb, w.bfloat16(), b.bfloat16()) + up.bfloat16())).double()
-    y = native.esa_gate_1x1(x, vnni_pairs(pack_gemm_1x1(w)), pad_vector(b, round_up16(46), w), low, None)
+    y = native.esa_gate_1x1(x, vnni_pairs(pack_gemm_1x1(w)), pad_vector(b, round_up16(46), w), low, None, False)
     assert err(y, truth) <= 2 * err(own, truth)
 
 
@@ -122,7 +122,8 @@ def test_opcheck_with_bf16_weights(native):
     torch.library.opcheck(native.conv3x3_winograd.default, (x, vnni_pairs(pack_winograd_3x3(w)), b, *tail))
     torch.library.opcheck(native.conv1x1.default, ([x], vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, *tail))
     low = torch.randn(1, 16, 2, 3)
-    torch.library.opcheck(native.esa_gate_1x1.default, (x, vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, low, None))
+    torch.library.opcheck(native.esa_gate_1x1.default, (x, vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, low, None,
+                                                        False))
 
 
 _NO_BF16_LEVEL = """

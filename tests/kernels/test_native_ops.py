@@ -104,7 +104,7 @@ def make_case(native, name: str, kind: str):
         x, w, b = randn(2, 36, 17, 19), randn(36, 36, 1, 1, scale=1 / 6), randn(36)
         low, res = randn(2, 36, 2, 3), randn(2, 36, 17, 19)
         logits = torch.nn.functional.conv2d(x, w, b) + R.upsample(low, (17, 19))
-        return (L(x), pack_gemm_1x1(w), pad_vector(b, round_up16(36), w), low, res), x * torch.sigmoid(logits) + res
+        return (L(x), pack_gemm_1x1(w), pad_vector(b, round_up16(36), w), low, res, False), x * torch.sigmoid(logits) + res
     if name == "conv3x3_im2col":  # an RGB head (3 input channels) of stride 2, with an activation and a residual
         x, w, b, res = randn(2, 3, 11, 14), randn(20, 3, 3, 3, scale=0.3), randn(20), randn(2, 20, 6, 7)
         tail = (20, ACT_SILU, None, 20, res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
