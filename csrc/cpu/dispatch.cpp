@@ -20,6 +20,14 @@
 #endif
 
 namespace esr_cpu {
+
+// Generic out-of-line copies of inline ATen helpers that a level's code may leave out of line
+// (GCC decides per calling function): the linker keeps the first copy of a weak symbol and
+// generic objects link first (setup.py), so every level calls one without ISA instructions
+// (tests/kernels/test_cpu_isa.py checks the built library). Taking the address emits the copy.
+__attribute__((used)) at::TensorBase (at::TensorBase::*const kKeepContiguous)(c10::MemoryFormat) const =
+    &at::TensorBase::contiguous;
+
 namespace {
 
 const char* const kLevelNames[] = {"baseline", "avx2", "avx512", "avx512_bf16", "amx"};
