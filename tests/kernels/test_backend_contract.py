@@ -26,7 +26,8 @@ def test_every_backend_implements_the_whole_contract(name):
 
 
 def test_every_pack_type_is_a_frozen_dataclass_of_an_op():
-    op_types = {contract.ConvPack, contract.BsbPack, contract.EsaPack, contract.LaReducePack, contract.ConcatConvPack}
+    op_types = {contract.ConvPack, contract.BsbPack, contract.EsaPack, contract.LaReducePack, contract.ConcatConvPack,
+                contract.ConvEsaPack}
     import esr_kernels.cpu_backend as cpu
     import esr_kernels.triton_backend as tri
 
