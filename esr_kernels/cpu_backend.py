@@ -112,13 +112,14 @@ class CpuBsbOneDnn(BsbPack):
 @dataclasses.dataclass(frozen=True)
 class CpuEsa(EsaPack):
     """ESA folded for two full-resolution passes (see the module docstring): gate logits =
-    full(x) + up(expand(low(pool(down(reduce(x))))))."""
+    full(x) + up(expand(low(pool(down(reduce(x)))))). ``full`` is None inside a CpuConvEsa,
+    whose GEMM carries it."""
     c_pad: int
     reduce: CpuConv
     down: CpuConv
     low: CpuConv
     expand: CpuConv
-    full: CpuConv
+    full: Optional[CpuConv]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +232,8 @@ class CpuBackend(KernelBackend):
         return CpuBsbOneDnn(channels=c, pw=_cl(pointwise.detach().float()), dw=depthwise.detach().float().clone(),
                             b=bias.detach().float().clone())
 
-    def pack_esa(self, e: EsaWeights) -> CpuEsa:
+    def pack_esa(self, e: EsaWeights, *, full: bool = True) -> CpuEsa:
+        """``full``: also pack the gate logits' full-resolution 1x1 (pack_conv_esa packs its own)."""
         bf16 = self._bf16(e.dtype)
         return CpuEsa(
             channels=e.channels, c_reduce=e.c_reduce, c_pad=padded_channels(e.channels),
@@ -240,14 +242,14 @@ class CpuBackend(KernelBackend):
             low=self._dense(e.low_w, e.low_b, 1, 1, bf16=bf16),
             # gate logits = full(x) + up(expand(low)): bilinear interpolation commutes with a 1x1 conv.
             expand=self._dense(e.expand_w[:, :, None, None], None, 1, 0, bf16=bf16),
-            full=self._dense(e.gate_w[:, :, None, None], e.gate_b, 1, 0, bf16=bf16))
+            full=self._dense(e.gate_w[:, :, None, None], e.gate_b, 1, 0, bf16=bf16) if full else None)
 
     def pack_conv_esa(self, weight, bias, esa: EsaWeights) -> ConvEsaPack:
         c = weight.shape[0]
         if not self.engine:
             return super().pack_conv_esa(weight, bias, esa)
         folded = fold_esa_input_conv(esa, weight, bias)
-        inner = self.pack_esa(folded)
+        inner = self.pack_esa(folded, full=False)
         # [the conv | the gate logits' 1x1 through it (folded.gate_w)], each padded to cp outputs and
         # inputs (x arrives widened to cp channels; the padded outputs are zero, so is their gate).
         cp = inner.c_pad
