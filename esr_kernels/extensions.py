@@ -9,18 +9,39 @@ import os
 
 import torch
 
+from .env import cpu_cache_limit_bytes
+
 # Why a native extension did not import, kept so that an ABI mismatch or a missing library is
 # shown (``esr backends``, backend errors) instead of looking like "not built".
 IMPORT_ERRORS: dict[str, str] = {}
 
 
 def load_extension(name: str):
-    """The module ``esr_kernels.<name>``, or None (the reason kept in IMPORT_ERRORS)."""
+    """The module ``esr_kernels.<name>``, or None (the reason kept in IMPORT_ERRORS). The CPU
+    extension gets its settings on first load (``_configure_cpu``)."""
     try:
-        return importlib.import_module(f"esr_kernels.{name}")
+        module = importlib.import_module(f"esr_kernels.{name}")
     except ImportError as exc:
         IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
         return None
+    if name == "_C_cpu" and not _CONFIGURED:
+        _configure_cpu()
+    return module
+
+
+_CONFIGURED: list[bool] = []  # non-empty once the CPU extension has its settings
+
+
+def _configure_cpu() -> None:
+    """Hand the CPU extension its buffer-cache limit, parsed from ESR_CPU_CACHE_MB by the one
+    parser of it (env.py; the extension does not read the variable). A bad value raises
+    InvalidValueError here, at every use of the extension until it is fixed: never a silent
+    default. Read once per process, like ESR_CPU_ISA."""
+    limit = cpu_cache_limit_bytes()
+    ops = torch.ops.esr_native
+    if hasattr(ops, "set_cache_limit"):  # an extension built before it reads the variable itself
+        ops.set_cache_limit(-1 if limit is None else limit)
+    _CONFIGURED.append(True)
 
 
 def extension_error(name: str) -> str | None:

@@ -116,6 +116,18 @@ def empty_cache() -> int:
     return int(torch.ops.esr_native.empty_cache())
 
 
+def cpu_cache_limit() -> int | None:
+    """The byte limit of the CPU extension's buffer cache in force (ESR_CPU_CACHE_MB as parsed
+    by ``esr_kernels.env.cpu_cache_limit_bytes``), None for no limit. A RuntimeError without the
+    extension, or with one built before the limit could be asked (rebuild it)."""
+    ops = native_ops("_C_cpu")
+    if not hasattr(ops, "cache_limit"):
+        raise RuntimeError("this build of the CPU extension cannot report its cache limit: rebuild it "
+                           "(pip install --no-build-isolation -e .)")
+    limit = int(ops.cache_limit())
+    return None if limit < 0 else limit
+
+
 # ---------------------------------------------------------------- choosing
 def runs(backend: str) -> tuple[tuple[str, ...], tuple[torch.dtype, ...]]:
     """(device types, dtypes) that ``backend``'s kernels run."""

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <list>
 #include <mutex>
 #include <unordered_map>
@@ -16,9 +17,23 @@ namespace {
 // budget while the current sizes fault on every call).
 class BufferCache {
  public:
-  BufferCache() {
-    const char* env = std::getenv("ESR_CPU_CACHE_MB");
-    limit_ = (env ? std::atoll(env) : 1024) * (int64_t{1} << 20);
+  static constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
+
+  // The limit in bytes, negative for none. Lowering it frees the oldest blocks at once.
+  void set_limit(int64_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      limit_ = bytes < 0 ? kNoLimit : bytes;
+      trim_locked(evicted);
+    }
+    for (void* q : evicted) std::free(q);  // outside the lock
+  }
+
+  // The limit in bytes, -1 for none.
+  int64_t limit() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return limit_ == kNoLimit ? -1 : limit_;
   }
 
   void* take(int64_t bytes) {
@@ -50,14 +65,7 @@ class BufferCache {
         lru_.push_back({p, bytes});
         by_size_[bytes].push_back(std::prev(lru_.end()));
         cached_ += bytes;
-        while (cached_ > limit_) {
-          const Entry oldest = lru_.front();
-          auto& same = by_size_[oldest.bytes];
-          same.erase(std::find(same.begin(), same.end(), lru_.begin()));
-          lru_.pop_front();
-          cached_ -= oldest.bytes;
-          evicted.push_back(oldest.ptr);
-        }
+        trim_locked(evicted);
       }
     }
     for (void* q : evicted) std::free(q);  // outside the lock
@@ -78,11 +86,27 @@ class BufferCache {
     void* ptr;
     int64_t bytes;
   };
+
+  // Unlinks the least recently freed blocks until the cache fits its limit (mu_ held); the
+  // caller frees them after unlocking.
+  void trim_locked(std::vector<void*>& evicted) {
+    while (cached_ > limit_) {
+      const Entry oldest = lru_.front();
+      auto& same = by_size_[oldest.bytes];
+      same.erase(std::find(same.begin(), same.end(), lru_.begin()));
+      lru_.pop_front();
+      cached_ -= oldest.bytes;
+      evicted.push_back(oldest.ptr);
+    }
+  }
+
   std::mutex mu_;
   std::list<Entry> lru_;  // least recently freed first
   std::unordered_map<int64_t, std::vector<std::list<Entry>::iterator>> by_size_;
   int64_t cached_ = 0;
-  int64_t limit_;
+  // 1024 MB until Python sets ESR_CPU_CACHE_MB's value (esr_kernels/extensions.py, the one
+  // parser of that variable: the extension does not read it).
+  int64_t limit_ = int64_t{1024} << 20;
 };
 
 // Leaked on purpose: tensors may be freed during interpreter shutdown, after static destructors.
@@ -116,5 +140,9 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::Tensor& like) {
 }
 
 int64_t empty_cache() { return cache().clear(); }
+
+void set_cache_limit(int64_t bytes) { cache().set_limit(bytes); }
+
+int64_t cache_limit() { return cache().limit(); }
 
 }  // namespace esr_cpu

@@ -27,6 +27,9 @@ bool conv_engine_available();
 TORCH_LIBRARY_FRAGMENT(esr_native, m) {
   m.def("conv_engine_available() -> bool", &esr_cpu::conv_engine_available);
   m.def("empty_cache() -> int", &esr_cpu::empty_cache);
+  // The buffer cache's byte limit (negative: none), set from Python's parse of ESR_CPU_CACHE_MB.
+  m.def("set_cache_limit(int bytes) -> ()", &esr_cpu::set_cache_limit);
+  m.def("cache_limit() -> int", &esr_cpu::cache_limit);
   // The ISA level that runs and why (dispatch.cpp): "key=value" strings.
   m.def("cpu_isa_info() -> str[]", &esr_cpu::cpu_isa_info);
 }

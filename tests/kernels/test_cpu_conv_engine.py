@@ -221,8 +221,9 @@ def test_buffer_cache_evicts_least_recently_freed_over_its_limit(native):
     import textwrap
 
     code = textwrap.dedent("""
-        import torch, esr_kernels._C_cpu
-        ops = torch.ops.esr_native
+        import torch
+        from esr_kernels.extensions import native_ops
+        ops = native_ops("_C_cpu")  # loaded with its settings: the limit from ESR_CPU_CACHE_MB
         a = ops.conv1x1([torch.randn(1, 16, 64, 128)], torch.zeros(16, 16), torch.zeros(16), 16, 0,
                         None, 16, None, 0, None, None, 0, 0)   # 512 KB
         del a                                                  # cached: 512 KB

@@ -1,0 +1,31 @@
+"""The environment variables of esr_kernels that hold numbers, parsed here and nowhere else:
+the ``esr`` command checks them up front (esr_models/cli/common.py, ``check_environment``) and
+the Python API applies them when the CPU extension first loads (extensions.py), with the same
+answer and the same error. The C++ extension reads none of them.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import InvalidValueError
+
+CPU_CACHE_VAR = "ESR_CPU_CACHE_MB"
+CPU_CACHE_DEFAULT_MB = 1024
+# Limits above this (1 PiB) are "no limit": no machine holds that much, and any bigger number,
+# however many digits, means the same (instead of overflowing a 64-bit byte count).
+CPU_CACHE_NO_LIMIT_BYTES = 1 << 50
+
+
+def cpu_cache_limit_bytes() -> int | None:
+    """The CPU extension's buffer-cache limit in bytes from ESR_CPU_CACHE_MB (a whole number of
+    megabytes, default 1024, 0 disables caching), or None for no limit (a value above 2**50
+    bytes). Anything that is not a whole number is an InvalidValueError naming the variable."""
+    text = os.environ.get(CPU_CACHE_VAR, "").strip()
+    if not text:
+        return CPU_CACHE_DEFAULT_MB << 20
+    # isascii: int() would also take "٣" or "1_000"; the variable is plain digits.
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidValueError(f"environment variable {CPU_CACHE_VAR}={text!r}: expected a whole number of "
+                                f"megabytes (0 or more; default {CPU_CACHE_DEFAULT_MB}; above 2**30 means no limit)")
+    limit = int(text) << 20  # Python ints do not overflow: any number of digits is read exactly
+    return None if limit > CPU_CACHE_NO_LIMIT_BYTES else limit
