@@ -13,3 +13,8 @@ class EsrError(Exception):
 
 class InvalidValueError(EsrError, ValueError):
     """A value given by the caller (an option, a setting, a name, a size) that cannot be used."""
+
+
+class DeviceUnavailableError(EsrError, RuntimeError):
+    """A device the caller named that this machine or this torch build cannot use (CUDA on a
+    CPU-only torch, no GPU visible, an index past the devices there are)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from esr_kernels.errors import InvalidValueError
+from esr_kernels.errors import DeviceUnavailableError, InvalidValueError
 from esr_kernels.policy import auto_reference_reason, resolve_backend
 
 from ..arch import weights
@@ -25,6 +25,7 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu",
 
     ``fused=True`` swaps in the fused kernels (``load_fused``); ``backend`` is "auto",
     "triton", "cuda" or "cpu" and ``model.backend`` tells what runs."""
+    device = check_device(device)
     if fused:
         return load_fused(name_or_path, device=device, dtype=dtype, backend=backend)
     key = str(name_or_path).lower()
@@ -39,12 +40,32 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu",
     return model.to(device=device, dtype=dtype).eval()
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, checked before anything is loaded or moved: a CUDA device
+    this machine cannot use is a DeviceUnavailableError saying why (not torch's bare
+    AssertionError from deep inside ``.to()``), a name that is no device an InvalidValueError."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidValueError(f"device {device!r} is not a device name ({exc})") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise DeviceUnavailableError(f"device {str(device)!r}: this torch is a CPU-only build (no CUDA); "
+                                         "use device='cpu' or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device {str(device)!r}: no CUDA device is visible; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                                         "device(s) are visible")
+    return device
+
+
 def load_fused(name_or_path, device="cpu", dtype=torch.float32, backend: str = "auto") -> nn.Module:
     """Load a model and swap in the fused kernels for ``backend`` (chosen by
     ``esr_kernels.policy.resolve_backend``). ``model.backend`` says what runs: 'triton', 'cpu',
     'cuda', or 'reference' when 'auto' finds no fused kernels for the device and dtype; then a
     warning says so and the unfused reference runs."""
-    device = torch.device(device)
+    device = check_device(device)
     return load_for_backend(name_or_path, device, dtype, resolve_backend(backend, device, dtype), _stacklevel=3)
 
 
