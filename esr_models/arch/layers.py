@@ -5,6 +5,8 @@ All tensors are float NCHW. Every block here is the *reference*: the fused path 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,32 +124,82 @@ def check_input(x: torch.Tensor, min_size: int, model_name: str, weight: torch.T
         raise InputTooSmallError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} pixels "
             f"(its attention pooling uses a {POOL_KERNEL}x{POOL_KERNEL} window); got {h}x{w}")
-    if _can_inspect_values(x) and x.numel() and float(x.detach().amax()) > MAX_INPUT_VALUE:
-        raise InputError(f"{model_name} takes values in [0, 1]; this input reaches "
-                         f"{float(x.detach().amax()):g} (0-255 pixels? divide by 255)")
+    if _can_inspect_values(x) and x.numel():
+        _check_values(x.detach(), model_name)
 
 
 # Inputs are [0, 1]; a little overshoot (a sharpened or resampled image) is fine, 0-255 is not.
 MAX_INPUT_VALUE = 2.0
 
 
+def _check_values(x: torch.Tensor, model_name: str) -> None:
+    """Every value finite and at most MAX_INPUT_VALUE, in one pass over x: 0-255 pixels give
+    garbage (~1e7) and one NaN or infinity makes the whole output NaN, so both are refused.
+    Under torch.compile the check is part of the graph (``torch._assert_async``: no graph
+    break, so fullgraph=True still traces; inductor compiles it to a C++ check that raises a
+    RuntimeError with the same message); a Python-side check would be skipped or break the graph."""
+    if torch.compiler.is_compiling():
+        # NaN compares False: refused with +-inf and values above the limit.
+        ok = ((x <= MAX_INPUT_VALUE) & (x > float("-inf"))).all()
+        torch._assert_async(ok, f"{model_name} takes finite values in [0, 1]; this input holds NaN, an "
+                            f"infinity or values above {MAX_INPUT_VALUE:g} (0-255 pixels? divide by 255)")
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x))  # NaN propagates to both
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = "NaN" if math.isnan(lo) or math.isnan(hi) else "-inf" if lo == float("-inf") else "inf"
+        raise InputError(f"{model_name} takes finite values in [0, 1]; this input holds {bad}")
+    if hi > MAX_INPUT_VALUE:
+        raise InputError(f"{model_name} takes values in [0, 1]; this input reaches {hi:g} "
+                         "(0-255 pixels? divide by 255)")
+
+
 def _can_inspect_values(x: torch.Tensor) -> bool:
-    """The range check reads a value: on CPU tensors only (on a GPU it would synchronise every
-    forward, and it cannot run inside a CUDA graph), and never while tracing or exporting."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
+    """The range check reads every value: on CPU tensors only (on a GPU it would synchronise
+    every forward, and it cannot run inside a CUDA graph), and not while tracing or exporting a
+    graph for another runtime (torch.jit.trace, ONNX, torch.export). Under torch.compile it runs
+    (``_check_values``)."""
+    if x.device.type != "cpu" or torch.compiler.is_exporting():
         return False
     return not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
 
 
-class AffineInputConv2d(nn.Conv2d):
+class _ExactConstants:
+    """Mixin for modules with constant per-channel buffers (a mean to subtract or add back)
+    that are not in the state dict: each is derived from its exact Python value, and derived
+    again after every ``_apply`` (``.to()``, ``.half()``, ``.bfloat16()``, ``.cuda()``). Why: a
+    non-persistent buffer converted to bfloat16 and back would stay bf16-rounded, and
+    ``load_state_dict`` cannot restore it (IFADNet's DIV2K mean: outputs 2.3e-3 off)."""
+
+    def _register_constant(self, name: str, values, channels: int) -> None:
+        """Buffer ``name`` (1, C, 1, 1): ``values`` (C numbers) in float32, zeros for None."""
+        exact = None if values is None else tuple(float(v) for v in values)
+        self.__dict__.setdefault("_exact_constants", {})[name] = (exact, channels)
+        self.register_buffer(name, self.constant(name), persistent=False)
+
+    def constant(self, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Buffer ``name``'s exact value as a fresh model has it (float32, zeros for None),
+        on ``like``'s device and in its dtype when given."""
+        exact, channels = self._exact_constants[name]
+        t = torch.zeros(channels) if exact is None else torch.tensor(exact, dtype=torch.float32)
+        t = t.view(1, -1, 1, 1)
+        return t if like is None else t.to(device=like.device, dtype=like.dtype)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        for name in getattr(self, "_exact_constants", {}):
+            # The device and dtype fn gave, the value from the exact constant.
+            setattr(self, name, self.constant(name, like=getattr(self, name)))
+        return out
+
+
+class AffineInputConv2d(_ExactConstants, nn.Conv2d):
     """Head conv of ``x * in_scale - in_shift`` (zero padding applies after the transform).
     IFADNet subtracts the DIV2K mean; RLFN scales [0, 1] to its [0, 255] training range."""
 
     def __init__(self, c_in: int, c_out: int, in_scale: float = 1.0, in_shift=None):
         super().__init__(c_in, c_out, 3, padding=1)
         self.in_scale = in_scale
-        shift = torch.zeros(c_in) if in_shift is None else torch.tensor(in_shift, dtype=torch.float32)
-        self.register_buffer("in_shift", shift.view(1, -1, 1, 1), persistent=False)
+        self._register_constant("in_shift", in_shift, c_in)
         self.has_shift = in_shift is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +210,7 @@ class AffineInputConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-class PixelShuffleTail(nn.Conv2d):
+class PixelShuffleTail(_ExactConstants, nn.Conv2d):
     """Final 3x3 conv to 3 r^2 channels, then pixel shuffle, writing the image:
     shuffle(conv(x) [+ image repeated r^2 times per channel]) / out_divisor [+ out_shift]."""
 
@@ -166,8 +218,7 @@ class PixelShuffleTail(nn.Conv2d):
                  out_divisor: float = 1.0, out_shift=None):
         super().__init__(c_in, image_channels * scale * scale, 3, padding=1)
         self.scale, self.repeat_image, self.out_divisor = scale, repeat_image, out_divisor
-        shift = torch.zeros(image_channels) if out_shift is None else torch.tensor(out_shift, dtype=torch.float32)
-        self.register_buffer("out_shift", shift.view(1, -1, 1, 1), persistent=False)
+        self._register_constant("out_shift", out_shift, image_channels)
         self.has_shift = out_shift is not None
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

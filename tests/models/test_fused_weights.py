@@ -98,3 +98,27 @@ def test_a_fused_model_pickles_and_rebuilds_its_packs(how):
     back.load_state_dict(new)
     with torch.no_grad():
         assert not torch.equal(back(x), want)
+
+
+# ---------------------------------------------------------------- dtype round trips
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fused", [False, True], ids=["reference", "fused-cpu"])
+def test_a_dtype_round_trip_and_load_gives_the_fresh_models_output(fused, dtype):
+    """Issue 27: IFADNet's DIV2K mean (a non-persistent buffer, not in the state dict) stayed
+    bf16-rounded after .bfloat16().float(), so loading the float32 weights back left outputs
+    2.3e-3 off a fresh model. The constants are derived from their exact values again."""
+    if fused:
+        _cpu_backend_or_skip()
+    load = (lambda: esr_models.load("ifadnet", fused=True, backend="cpu")) if fused else \
+        (lambda: esr_models.load("ifadnet"))
+    fresh, model = load(), load()
+    weights = {k: v.clone() for k, v in fresh.state_dict().items()}
+    model.to(dtype).float()
+    model.load_state_dict(weights)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    buffers, fresh_buffers = dict(model.named_buffers()), dict(fresh.named_buffers())
+    for name in ("head.in_shift", "tail.out_shift"):
+        assert buffers[name].dtype == torch.float32 and torch.equal(buffers[name], fresh_buffers[name])

@@ -30,7 +30,18 @@ BAD_INPUTS = {
     "other device": (lambda: torch.rand(1, 3, 20, 20, device="meta"), InputError, "meta"),
     "too small": (lambda: torch.rand(1, 3, 20, 6), InputTooSmallError, "at least"),
     "not a tensor": (lambda: [[0.5]], InputError, "torch.Tensor"),
+    # Issue 27: NaN and -inf passed (the whole output NaN); +inf was refused as "0-255 pixels".
+    "NaN": (lambda: _with(float("nan")), InputError, "takes finite values in [0, 1]; this input holds NaN"),
+    "-inf": (lambda: _with(float("-inf")), InputError, "takes finite values in [0, 1]; this input holds -inf"),
+    "+inf": (lambda: _with(float("inf")), InputError, "takes finite values in [0, 1]; this input holds inf"),
 }
+
+
+def _with(value: float, size: int = 20) -> torch.Tensor:
+    """A valid input of size x size pixels but for one value."""
+    x = torch.rand(1, 3, size, size)
+    x[0, 1, 7, 11] = value
+    return x
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -95,6 +106,24 @@ def test_0_255_input_is_refused_alike(pairs):
     for model in (ref, fused):
         with torch.no_grad(), pytest.raises(InputError, match="divide by 255"):
             model(x)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["reference", "fused-cpu"])
+def test_the_value_check_runs_under_torch_compile(pairs, fused):
+    """Issue 27: under torch.compile the range check was skipped (is_compiling) and 0-255 input
+    gave ~1e7. It is part of the graph (torch._assert_async: no graph break, so fullgraph=True
+    traces it), raising a RuntimeError with the message. aot_eager: dynamo and AOT autograd trace
+    the check as inductor would, in seconds (inductor's C++ build takes minutes here)."""
+    model = pairs["pfdnlite"][int(fused)]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() < 1e-5  # valid input: compiles and runs
+        for bad in (x * 255, _with(float("nan"), 16), _with(float("-inf"), 16)):
+            with pytest.raises(RuntimeError, match=r"PFDNLite takes finite values in \[0, 1\].*divide by 255"):
+                compiled(bad)
+    torch._dynamo.reset()
 
 
 def test_fuse_auto_resolves_like_load(models):
