@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from esr_kernels.env import cpu_cache_limit_bytes
 from esr_kernels.errors import EsrError
-from esr_kernels.policy import resolve_backend, triton_available
+from esr_kernels.policy import CPU_ISA_LEVELS, cpu_isa, resolve_backend, triton_available
 
 from ..infer.loading import MODEL_NAMES, load, load_for_backend
 from ..infer.memory import memory_cap_bytes
@@ -64,17 +65,18 @@ def require_triton(command: str) -> None:
         raise UsageError(f"{command} needs triton: pip install -e '.[triton]'")
 
 
-def check_environment() -> None:
+def check_environment(with_cpu_isa: bool = True) -> None:
     """Every environment variable the tool reads, checked once before anything is done: a bad
-    value is a usage error naming the variable (not a failure of every file later)."""
+    value is a usage error naming the variable (not a failure of every file later), whatever
+    the command and its options (a setting the reference path does not read is still wrong).
+    ``with_cpu_isa=False`` leaves ESR_CPU_ISA to the command (``esr backends`` reports first)."""
     try:
         memory_cap_bytes()
+        cpu_cache_limit_bytes()  # the parser the extension's loader uses (esr_kernels.env)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    text = os.environ.get("ESR_CPU_CACHE_MB", "").strip()
-    if text and not text.isdigit():
-        raise UsageError(f"environment variable ESR_CPU_CACHE_MB={text!r}: expected a whole number of "
-                         "megabytes (0 or more; default 1024)")
+    if with_cpu_isa:
+        check_cpu_isa()
     text = os.environ.get("ESR_CPU_CONV_ENGINE", "").strip()
     if text and text not in ("0", "1"):
         raise UsageError(f"environment variable ESR_CPU_CONV_ENGINE={text!r}: expected 0 or 1")
@@ -82,6 +84,36 @@ def check_environment() -> None:
         value = os.environ.get(name)
         if value and os.path.lexists(value) and not os.path.isdir(value):
             raise UsageError(f"environment variable {name}={value!r}: not a folder")
+
+
+def check_cpu_isa() -> None:
+    """A UsageError when ESR_CPU_ISA is set to what cannot run: not a level, or a level above
+    this CPU's (the extension's own verdict, esr_kernels.policy.cpu_isa). Without the extension
+    only the name can be checked. Costs nothing when the variable is unset."""
+    text = os.environ.get("ESR_CPU_ISA", "").strip()
+    if not text:
+        return
+    isa = cpu_isa()
+    if isa is not None:
+        if isa["error"]:
+            raise UsageError(f"environment variable {isa['error']}")
+    elif text.lower() not in ("auto", *CPU_ISA_LEVELS):
+        raise UsageError(f"environment variable ESR_CPU_ISA={text} is not a level: use auto, "
+                         f"{', '.join(CPU_ISA_LEVELS)}")
+
+
+def check_model_options(args) -> None:
+    """The options of add_model_args that only mean something together: ``--backend`` picks the
+    fused backend, so without ``--fused`` it would be ignored (the reference runs) and is
+    refused instead, as ``--ray-workers`` without ``--ray`` is. Then ``args.backend`` is the
+    backend to resolve ("auto" when not given)."""
+    if not hasattr(args, "backend") or not hasattr(args, "fused"):
+        return  # a command without the model options
+    if args.backend is not None and not args.fused:
+        raise UsageError(f"--backend {args.backend} is an option of --fused (without it the PyTorch "
+                         "reference runs): add --fused, or leave --backend out")
+    if args.backend is None:
+        args.backend = "auto"
 
 
 # ---------------------------------------------------------------- models and files
@@ -114,8 +146,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--fused", action="store_true", help="run the fused esr_kernels path")
-    p.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "cpu"],
-                   help="fused backend (with --fused)")
+    # Default None, not "auto": so that --backend without --fused is seen (check_model_options),
+    # which then sets "auto".
+    p.add_argument("--backend", default=None, choices=["auto", "triton", "cuda", "cpu"],
+                   help="fused backend, an option of --fused (default: auto)")
 
 
 def output_extension(src: Path) -> str:
@@ -131,7 +165,8 @@ def run(parser, argv: list[str] | None = None) -> int:
     anything else is a bug: its traceback, a line saying so, exit 1."""
     args = parser.parse_args(argv)
     try:
-        check_environment()
+        check_environment(with_cpu_isa=not getattr(args, "reports_cpu_isa", False))
+        check_model_options(args)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

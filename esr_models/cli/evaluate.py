@@ -21,7 +21,7 @@ def cmd_eval(args) -> int:
                                min_size=upscaler.min_size):
         if "error" in rec:
             failures.append(rec)
-            print(f"error: {rec['image']}: {rec['error']}", file=sys.stderr)
+            print(f"error: {_named(rec['image'], rec['error'])}", file=sys.stderr)
             continue
         records.append(rec)
         if not args.json:
@@ -45,6 +45,12 @@ def cmd_eval(args) -> int:
         print(f"{'mean':<24} PSNR {summary['psnr']:.3f} dB  PSNR-Y {summary['psnr_y']:.3f} dB{extra}"
               f"  (over {len(records)} of {len(records) + len(failures)} images){odd}")
     return 1 if failures or left_out else 0
+
+
+def _named(image: str, error: str) -> str:
+    """The failure of ``image`` naming the file once: readers' messages (Pillow's, the io
+    module's) often name it already."""
+    return error if image in error else f"{image}: {error}"
 
 
 def add_parser(sub) -> None:

@@ -87,7 +87,8 @@ def evaluate_image(path: Path, upscale: Callable[[torch.Tensor], torch.Tensor], 
     hr = modcrop(read_rgb_uint8(path), scale)
     lr_h, lr_w = hr.shape[-2] // scale, hr.shape[-1] // scale
     if lr_h < min_size or lr_w < min_size:
-        raise ValueError(f"{path.name}: its {hr.shape[-2]}x{hr.shape[-1]} HR makes a {lr_h}x{lr_w} LR, "
+        # Not named here: the record (and the command's line) names the image once.
+        raise ValueError(f"its {hr.shape[-2]}x{hr.shape[-1]} HR makes a {lr_h}x{lr_w} LR, "
                          f"below the model's minimum input of {min_size}x{min_size}")
     lr = make_lr(hr, scale)
     with torch.inference_mode():

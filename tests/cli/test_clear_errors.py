@@ -22,7 +22,9 @@ def weights_dir() -> Path:
 @pytest.mark.parametrize("name,value", [("ESR_MAX_MEMORY_MB", "abc"), ("ESR_MAX_MEMORY_MB", "-5"),
                                         ("ESR_MAX_MEMORY_MB", "nan"), ("ESR_CPU_CACHE_MB", "lots"),
                                         ("ESR_CPU_CONV_ENGINE", "maybe"), ("ESR_WEIGHTS_DIR", "FILE"),
-                                        ("ESR_CACHE_DIR", "FILE")])
+                                        ("ESR_CACHE_DIR", "FILE"), ("ESR_CPU_CACHE_MB", "abc"),
+                                        ("ESR_CPU_CACHE_MB", "-1"), ("ESR_CPU_CACHE_MB", "1.5"),
+                                        ("ESR_CPU_ISA", "bogus")])
 def test_a_bad_environment_variable_is_a_usage_error_naming_it(run_esr, random_png, tmp_path, name, value):
     src = random_png(tmp_path / "a.png")
     if value == "FILE":
@@ -31,6 +33,46 @@ def test_a_bad_environment_variable_is_a_usage_error_naming_it(run_esr, random_p
     assert proc.returncode == 2, proc.stderr
     assert name in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_cpu_cache_limit_names_the_variable_and_what_it_takes(run_esr):
+    """Issue 27: ESR_CPU_CACHE_MB is parsed once, in Python (esr_kernels.env): garbage is refused
+    by every command (the reference path too) with what the variable takes."""
+    proc = run_esr("backends", env={"ESR_CPU_CACHE_MB": "abc"})
+    assert proc.returncode == 2 and not proc.stdout
+    assert "error: environment variable ESR_CPU_CACHE_MB='abc': expected a whole number of megabytes" in proc.stderr
+
+
+def test_a_cpu_cache_limit_past_64_bits_means_no_limit(run_esr, random_png, tmp_path):
+    """Issue 27: 99999999999999999999 MB overflowed the C++ parse and turned the cache off; it is
+    a valid number (no limit), so the command runs."""
+    src = random_png(tmp_path / "a.png")
+    run_esr("upscale", src, "-o", tmp_path / "out", "--model", "pfdnlite", "--fused", "-q",
+            env={"ESR_CPU_CACHE_MB": "99999999999999999999"}, check=0)
+    assert (tmp_path / "out" / "a_x4.png").exists()
+
+
+@pytest.mark.parametrize("command", ["upscale", "eval"])
+def test_backend_without_fused_is_a_usage_error(run_esr, random_png, tmp_path, command):
+    """Issue 27: --backend picks the fused backend; without --fused it was ignored (the reference
+    ran, exit 0). Refused, as --ray-workers without --ray is; the plain command still runs."""
+    src = random_png(tmp_path / "hr" / "a.png", size=(80, 80))
+    args = (["upscale", src, "-o", tmp_path / "out", "-q"] if command == "upscale"
+            else ["eval", "--hr", tmp_path / "hr", "--no-ssim"])
+    proc = run_esr(*args, "--model", "pfdnlite", "--backend", "cpu")
+    assert proc.returncode == 2, proc.stderr
+    assert "error: --backend cpu is an option of --fused" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    run_esr(*args, "--model", "pfdnlite", check=0)  # the default backend needs no --fused
+
+
+def test_eval_names_a_too_small_image_once(run_esr, random_png, tmp_path):
+    """Issue 27: "error: small.png: small.png: its 40x40 HR ..." named the file twice."""
+    random_png(tmp_path / "hr" / "small.png", size=(40, 40))
+    proc = run_esr("eval", "--hr", tmp_path / "hr", "--model", "ifadnet", "--no-ssim")
+    assert proc.returncode == 1, proc.stderr
+    line = next(l for l in proc.stderr.splitlines() if "HR makes" in l)
+    assert line.startswith("error: small.png: its 40x40 HR makes a 10x10 LR") and line.count("small.png") == 1
 
 
 # ---------------------------------------------------------------- checkpoints that do not fit

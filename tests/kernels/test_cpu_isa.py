@@ -181,6 +181,49 @@ def test_a_level_above_the_cpu_or_unknown_is_refused(value):
     assert lines[2].startswith("op refused:") and why in lines[2]
 
 
+def _esr(*args, level: str | None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "esr_models.cli", *map(str, args)], cwd=ROOT, env=_env(level),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("value", ["above", "avx9000"])
+def test_the_cli_refuses_a_bad_level_for_every_command(value, tmp_path):
+    """Issue 27: a bad ESR_CPU_ISA failed only with --fused: the reference ran as if it were
+    fine. Every command refuses it up front (exit 2, nothing written); ``esr backends`` prints
+    its report first (where the detail is), then the same error."""
+    cpu = _isa()["cpu"]
+    if value == "above":
+        if cpu == LEVELS[-1]:
+            pytest.skip(f"this CPU has the highest level ({cpu})")
+        value = LEVELS[LEVELS.index(cpu) + 1]
+        why = f"error: environment variable ESR_CPU_ISA={value} asks for more than this CPU has"
+    else:
+        why = "error: environment variable ESR_CPU_ISA=avx9000 is not a level"
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    r = _esr("upscale", tmp_path / "a.png", "-o", tmp_path / "out", "--model", "pfdnlite", "-q", level=value)
+    assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+    r = _esr("backends", level=value)
+    assert r.returncode == 2 and why in r.stderr, r.stderr
+    shown = json.loads(r.stdout)  # the report still comes, on stdout
+    assert shown["cpu_auto"].startswith("error: ESR_CPU_ISA=") and shown["cpu_isa"] is None
+
+
+def test_esr_backends_with_a_backend_exits_1_when_it_cannot_run():
+    """Issue 27: `esr backends` said "error" inside its JSON and exited 0. Asked about a backend,
+    it exits 1 when that backend cannot run here (the reason in the JSON and on stderr)."""
+    r = _esr("backends", "cpu", level=None)
+    assert r.returncode == 0, r.stderr
+    asked = json.loads(r.stdout)["asked"]
+    assert asked == {"backend": "cpu", "device": "cpu", "dtype": "float32", "runs": "cpu", "error": None}
+    r = _esr("backends", "cuda", "--device", "cpu", level=None)  # the CUDA backend runs CUDA tensors only
+    assert r.returncode == 1 and "error: backend 'cuda' cannot run on cpu" in r.stderr, r.stderr
+    asked = json.loads(r.stdout)["asked"]
+    assert asked["runs"] is None and "runs on cuda tensors, not cpu" in asked["error"]
+
+
 # The fused-model CPU tests and the conv engine's op tests (odd sizes, batch 2, channel tails,
 # non-contiguous inputs, the minimum size), forced to each level below the one that runs
 # unforced (that one runs in the main session), so that a level this CI machine does not run
