@@ -17,6 +17,13 @@ The rules (README, "What happens to your files"):
 - A file is written under a temporary name in the output folder and then moved to its final
   name in one step, so an interrupted or concurrent run never leaves a truncated file under
   the final name.
+
+Report writers (``esr gpu-check --json``, ``esr selftest --json``, ``esr roofline --json``,
+``benchmarks/gpu_session.py --out``) follow the same rule through ``check_report_path`` (called
+before any work starts) and ``write_report`` (at the end): an existing file is replaced only with
+``--overwrite``; a folder, a broken link or any other entry that is not a regular file is never
+replaced; the write is atomic, and a symlink at the path is replaced by the new file, never
+written through; missing parent folders are created.
 """
 from __future__ import annotations
 
@@ -199,3 +206,45 @@ def write_atomically(dst: Path, write: Callable[[Path], None], overwrite: bool) 
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# ---------------------------------------------------------------- report files
+def check_report_path(path: str | os.PathLike, overwrite: bool, option: str = "--json") -> Path:
+    """``path`` as a Path if a report can be written there, checked before any work starts
+    (an hour of compiling must not end in "Is a directory"). Refused, naming ``option``: a
+    folder (or a link to one), a broken link or another entry that is not a regular file, an
+    existing file without ``overwrite`` (OutputExistsError), a name over ``NAME_MAX`` bytes, a
+    parent path blocked by a file or a folder that cannot be written. A missing parent folder
+    is fine: ``write_report`` creates it."""
+    p = Path(path)
+    if str(path) == "" or p.name in ("", ".", ".."):
+        raise InvalidValueError(f"{option} {str(path)!r}: expected a file name (e.g. report.json)")
+    if os.path.isdir(p):  # also a link to a folder
+        raise InvalidValueError(f"{option} {path}: is a folder; give a file path, e.g. {p / 'report.json'}")
+    if os.path.lexists(p):
+        if not p.is_file():  # a broken link, a FIFO, a socket: never replaced, even with --overwrite
+            raise InvalidValueError(f"{option} {path}: blocked by something that is not a regular file "
+                                    "(a broken link?); remove it or choose another path")
+        if not overwrite:
+            raise OutputExistsError(f"{option} {path}: the file exists (add --overwrite to replace it)")
+    too_long = name_too_long(p)
+    if too_long:
+        raise InvalidValueError(f"{option} {path}: {too_long}")
+    folder = Path(os.path.abspath(p)).parent
+    while not os.path.lexists(folder):  # the nearest folder that exists is where one is created
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InvalidValueError(f"{option} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidValueError(f"{option} {path}: cannot write in {folder} (permission denied)")
+    return p
+
+
+def write_report(path: Path, text: str, overwrite: bool) -> None:
+    """Write ``text`` to ``path`` (a path ``check_report_path`` accepted) atomically, creating
+    missing parent folders: a temporary file in the same folder moved over ``path`` in one
+    step, so a symlink at ``path`` is replaced, not followed, and an interrupted run leaves the
+    old file or the new one, never half of one. Without ``overwrite`` a file that appeared
+    since the check is not replaced (OutputExistsError)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite)

@@ -132,3 +132,78 @@ def test_odd_sizes_reach_the_specialisations_a_square_size_does_not():
     keys = {hw: {l.spec_key() for l in record_launches(model, make_input("float16", "nchw", hw, 1), 90)}
             for hw in DEFAULT_SIZES}
     assert keys[(47, 59)] - keys[(40, 40)]
+
+
+# ---------------------------------------------------------------- a check of nothing is no pass (issue 27)
+# A narrow selection (one model, dtype, layout, size, kernel, arch): each case below changes one option.
+NARROW = {"--arch": "90", "--models": "rlfn", "--dtypes": "float16", "--layouts": "channels_last", "--size": "40",
+          "--kernels": "_esa_low_kernel"}
+KERNELS = ("_bsb_kernel", "_conv_kernel", "_esa_down_kernel", "_esa_low_kernel", "_esa_out_kernel",
+           "_la_reduce_kernel")
+
+
+def _args(**changed) -> list[str]:
+    opts = dict(NARROW, **{f"--{k}": v for k, v in changed.items()})
+    return ["gpu-check", *(a for kv in opts.items() for a in kv)]
+
+
+@pytest.mark.parametrize("option,value,named,choices", [
+    ("kernels", "_no_such_kernel", "_no_such_kernel", KERNELS),
+    ("kernels", "_conv_kernel,_reflect", "_reflect", KERNELS),  # a jit helper, not a kernel
+    ("kernels", "", "''", KERNELS),
+    ("models", "", "''", ("ifadnet", "pfdnlite", "rlfn")),
+    ("models", "esrgan", "esrgan", ("ifadnet", "pfdnlite", "rlfn")),
+    ("dtypes", "", "''", ("float32", "float16", "bfloat16")),
+    ("layouts", "", "''", ("nchw", "channels_last")),
+    ("layouts", "nhwc", "nhwc", ("nchw", "channels_last")),
+    ("arch", "", "''", ("80", "86", "89", "90")),
+    ("arch", "75", "75", ("80", "86", "89", "90")),
+])
+def test_an_unknown_or_empty_selection_is_a_usage_error(run_esr, tmp_path, option, value, named, choices):
+    """It names the bad value and the choices, and nothing is recorded or compiled (the compile
+    cache is never made)."""
+    cache = tmp_path / "cache"
+    proc = run_esr(*_args(**{option: value}), "--cache-dir", cache, "--json", tmp_path / "r.json", timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"--{option}" in last and named in last and all(c in last for c in choices), last
+    assert proc.stdout == "" and not cache.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_the_known_kernels_are_the_ones_the_models_launch(pfdnlite_launches):
+    """--kernels is checked against the package's Triton kernels read from source: every
+    recorded launch is one of them, and each is a module attribute of esr_kernels.triton."""
+    import importlib
+
+    from esr_models.cli.gpu_check import triton_kernels
+
+    assert triton_kernels() == KERNELS
+    assert {launch.kernel for launch in pfdnlite_launches[90]} <= set(KERNELS)
+    for name in KERNELS:
+        module = next(m for m in ("bsb", "conv", "esa", "la_reduce") if name.startswith(f"_{m}"))
+        assert hasattr(importlib.import_module(f"esr_kernels.triton.{module}"), name)
+
+
+def test_run_check_refuses_an_empty_or_unknown_selection():
+    from esr_kernels.errors import InvalidValueError
+    from esr_models.cli.gpu_check import run_check
+
+    for bad in ({"models": ()}, {"dtypes": ()}, {"layouts": ("nhwc",)}, {"archs": ()}, {"kernels": ()},
+                {"kernels": ("_nope",)}):
+        with pytest.raises(InvalidValueError):
+            run_check(**bad)
+
+
+def test_a_selection_that_launches_none_of_its_kernels_fails(run_esr, tmp_path):
+    """RLFN has no LocalAttention: 0 specialisations compiled or cached is a failure (exit 1),
+    said plainly, not "0 violation(s)" and a pass."""
+    import json
+
+    cache, out = tmp_path / "cache", tmp_path / "r.json"
+    proc = run_esr(*_args(models="rlfn", dtypes="float32", layouts="nchw", size="24x32", kernels="_la_reduce_kernel"),
+                   "--batch", "1", "--cache-dir", cache, "--json", out, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr
+    assert "nothing was checked" in proc.stderr and "_la_reduce_kernel" in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["timing_s"]["compiled"] + report["timing_s"]["cached"] == 0 and not report["archs"]
+    assert report["input"]["kernels"] == ["_la_reduce_kernel"]
