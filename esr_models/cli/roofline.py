@@ -15,7 +15,8 @@ from pathlib import Path
 from esr_kernels.roofline import combine, format_table, interpreter_usable, model_report
 
 from ..infer.loading import load
-from .common import UsageError, require_triton, run
+from ..io.outputs import check_report_path, write_report
+from .common import require_triton, run
 
 MODELS = ("ifadnet", "pfdnlite", "rlfn")
 LR_SIZE = (540, 960)  # -> 2160x3840 (4K UHD)
@@ -45,10 +46,10 @@ def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16") -> di
 
 
 def cmd_roofline(args) -> int:
+    # The report path is checked before the tracing: a folder, a broken link or an existing file
+    # (without --overwrite) is refused now, not after the work (esr_models.io.outputs's rule).
+    out = check_report_path(args.json, args.overwrite) if args.json else None
     require_triton("esr roofline (it traces the fused Triton models)")
-    out = Path(args.json) if args.json else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise UsageError(f"--json {out}: the file exists (add --overwrite to replace it)")
     report = build_report(dtype_name=args.dtype)
     print(f"Memory traffic and roofline, {args.dtype}, {LR_SIZE[0]}x{LR_SIZE[1]} -> "
           f"{4 * LR_SIZE[0]}x{4 * LR_SIZE[1]} (a model, not a measurement)\n")
@@ -57,14 +58,15 @@ def cmd_roofline(args) -> int:
         verdict = "meets" if m["meets_one_third"] else "misses"
         print(f"{m['model']}: fused traffic {m['traffic_ratio']:.2f} of eager: {verdict} the 1/3 target")
     if out is not None:
-        out.write_text(json.dumps(report, indent=1) + "\n")
+        write_report(out, json.dumps(report, indent=1) + "\n", args.overwrite)
         print(f"report: {out}")
     return 0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("roofline", help="memory-traffic / roofline model of fused vs eager (a model, not a measurement)")
-    p.add_argument("--json", default=None, metavar="PATH", help=f"write the report (e.g. {RESULTS})")
+    p.add_argument("--json", default=None, metavar="PATH", help=f"write the report (e.g. {RESULTS}); an existing "
+                   "file only with --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     p.set_defaults(func=cmd_roofline)

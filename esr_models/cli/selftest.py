@@ -9,7 +9,8 @@ replay; then a short timing table (eager and torch.compile references, fused bac
 verdict line and a JSON report. Checks and tolerances: ``selftest_checks``.
 
 Exit codes: 0 every check passed, 1 some failed (listed), 2 a usage error (``--device cuda``
-without CUDA, an existing ``--json`` file), found before anything runs.
+without CUDA, an existing ``--json`` file without ``--overwrite``, a folder or a broken link
+there), found before anything runs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from esr_kernels.timing import median_ms
 
 from . import selftest_checks as C
 from ..infer.loading import MODEL_NAMES, load
+from ..io.outputs import check_report_path, write_report
 from ..io.sample import SAMPLE_PATH, make_sample
 from .common import UsageError, check_device, run
 
@@ -43,7 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", default=None, metavar="PATH",
-                   help="report file (default ./esr-selftest-<UTC time>.json; never overwritten)")
+                   help="report file (default ./esr-selftest-<UTC time>.json, a new name); an existing "
+                        "file only with --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--quick", action="store_true",
                    help="smaller input, fewer timing runs, no torch.compile timing")
     p.add_argument("--models", default=None, help="comma-separated subset of the models (default: all)")
@@ -58,20 +62,17 @@ def add_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------- setup
-def _json_path(arg: str | None) -> Path:
-    """The report path: never an existing file (an explicit one is a usage error)."""
+def _json_path(arg: str | None, overwrite: bool = False) -> Path:
+    """The report path, checked before any check runs (esr_models.io.outputs's rule: an
+    existing file only with ``overwrite``; never a folder or a broken link). The default is a
+    new name in the current folder, so it never replaces anything."""
     if arg is not None:
-        path = Path(arg)
-        if path.exists():
-            raise UsageError(f"--json {arg}: the file exists (choose another path; nothing is overwritten)")
-        if not path.parent.is_dir():
-            raise UsageError(f"--json {arg}: the folder {path.parent} does not exist")
-        return path
+        return check_report_path(arg, overwrite)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path, i = Path(f"esr-selftest-{stamp}.json"), 2
-    while path.exists():
+    while os.path.lexists(path):
         path, i = Path(f"esr-selftest-{stamp}-{i}.json"), i + 1
-    return path
+    return check_report_path(path, False)
 
 
 def _parse_list(arg: str | None, allowed, what: str) -> list[str]:
@@ -271,7 +272,7 @@ def cmd_selftest(args) -> int:
     backends = _parse_list(args.backends, DEVICE_BACKENDS[device.type] if args.backends is None
                            else ("triton", "cuda", "cpu"), "backends")
     h, w = _parse_size(args.size, SIZES[(device.type, args.quick)])
-    path = _json_path(args.json)
+    path = _json_path(args.json, args.overwrite)
 
     x, source = sample_image(h, w, device)
     # The float32 references must be float32: TF32 convolutions/matmuls would put them ~1e-3 off.
@@ -310,8 +311,8 @@ def cmd_selftest(args) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    with open(path, "x", encoding="utf-8") as f:  # "x": never replaces a file made meanwhile
-        json.dump(report, f, indent=1)
+    # Atomic; without --overwrite a file made meanwhile is not replaced either (an error).
+    write_report(path, json.dumps(report, indent=1), args.overwrite)
     print(line)
     print(f"report: {path}")
     return 0 if verdict == "PASS" else 1

@@ -543,3 +543,185 @@ def test_eval_names_and_counts_every_left_out_entry(run_esr, tmp_path):
     data = json.loads(run_esr("eval", "--model", "pfdnlite", "--hr", hr, "--no-ssim", "--json").stdout)
     assert data["images"] == 1
     assert sorted(e["image"] for e in data["left_out"]) == ["dangling.png", "folder.png", "pipe.png"]
+
+
+# ---------------------------------------------------------------- report writers (issue 27)
+# esr gpu-check --json, esr selftest --json, esr roofline --json and gpu_session --out follow one
+# rule (esr_models.io.outputs.check_report_path / write_report): the path is checked before any
+# work; an existing file is replaced only with --overwrite; a folder, a broken link or a FIFO is
+# never replaced; the write is atomic and replaces a symlink rather than writing through it.
+
+def _blocker(path: Path, kind: str) -> None:
+    """Put ``kind`` at ``path``: a folder, a link to nowhere, a FIFO or a user's file."""
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "dangling-symlink":
+        path.symlink_to(path.parent / "gone.json")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("mine")
+
+
+def _unchanged(path: Path, kind: str) -> bool:
+    if kind == "folder":
+        return path.is_dir() and not any(path.iterdir())
+    if kind == "dangling-symlink":
+        return path.is_symlink() and not path.exists()
+    if kind == "fifo":
+        return os.path.lexists(path) and not path.is_file()
+    return path.read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling-symlink", "fifo", "file"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_check_report_path_refuses_what_it_may_not_replace(tmp_path, kind, overwrite):
+    from esr_kernels.errors import EsrError
+    from esr_models.io.outputs import check_report_path
+
+    path = tmp_path / "r.json"
+    _blocker(path, kind)
+    if kind == "file" and overwrite:
+        assert check_report_path(path, overwrite) == path  # the one case --overwrite allows
+        return
+    with pytest.raises(EsrError, match="--json") as info:
+        check_report_path(path, overwrite)
+    assert isinstance(info.value, OutputExistsError) == (kind == "file")
+    assert ("--overwrite" in str(info.value)) == (kind == "file")
+    assert _unchanged(path, kind)
+
+
+def test_check_report_path_checks_the_folder_it_would_write_in(tmp_path):
+    from esr_kernels.errors import InvalidValueError
+    from esr_models.io.outputs import check_report_path, write_report
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InvalidValueError, match="is not a folder"):
+        check_report_path(tmp_path / "a-file" / "r.json", False)
+    with pytest.raises(InvalidValueError, match="expected a file name"):
+        check_report_path("", False)
+    with pytest.raises(InvalidValueError, match="255"):
+        check_report_path(tmp_path / ("n" * 260 + ".json"), False)
+    deep = check_report_path(tmp_path / "new" / "deeper" / "r.json", False)  # made when written
+    assert not (tmp_path / "new").exists()
+    write_report(deep, "{}\n", False)
+    assert deep.read_text() == "{}\n" and sorted(p.name for p in deep.parent.iterdir()) == ["r.json"]
+
+
+def test_write_report_replaces_a_symlink_never_its_target(tmp_path):
+    from esr_models.io.outputs import write_report
+
+    target = tmp_path / "mine.txt"
+    target.write_text("mine")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    with pytest.raises(OutputExistsError):
+        write_report(link, "report", overwrite=False)
+    assert link.is_symlink() and target.read_text() == "mine"
+    write_report(link, "report", overwrite=True)
+    assert not link.is_symlink() and link.read_text() == "report" and target.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "r.json"]  # no temporary file left
+
+
+# A gpu-check selection that compiles for 36 minutes cold (every kernel of every model, 4 archs):
+# refused in seconds, with the compile cache never created, only if the path is checked first.
+@pytest.mark.parametrize("kind", ["folder", "dangling-symlink", "file"])
+def test_gpu_check_refuses_a_report_path_before_compiling(run_esr, tmp_path, kind):
+    report, cache = tmp_path / "r.json", tmp_path / "cache"
+    _blocker(report, kind)
+    proc = run_esr("gpu-check", "--json", report, "--cache-dir", cache, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert f"--json {report}" in proc.stderr and "Traceback" not in proc.stderr
+    assert ("--overwrite" in proc.stderr) == (kind == "file")
+    assert not cache.exists() and proc.stdout == "" and _unchanged(report, kind)
+
+
+# One kernel, one specialisation (what gpu_session's dry run checks): a few seconds once cached.
+GPU_CHECK_ONE = ("gpu-check", "--arch", "90", "--models", "pfdnlite", "--dtypes", "float32", "--layouts", "nchw",
+                 "--kernels", "_la_reduce_kernel", "--sizes", "24x32", "--batch", "1")
+
+
+@pytest.mark.triton
+def test_gpu_check_json_is_replaced_only_with_overwrite_and_never_through_a_link(run_esr, tmp_path):
+    import json
+
+    target = tmp_path / "mine.json"
+    target.write_text("mine")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    cache = tmp_path / "cache"
+    proc = run_esr(*GPU_CHECK_ONE, "--cache-dir", cache, "--json", link, timeout=300)
+    assert proc.returncode == 2 and "exists" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
+    assert link.is_symlink() and target.read_text() == "mine" and not cache.exists()
+    proc = run_esr(*GPU_CHECK_ONE, "--cache-dir", cache, "--json", link, "--overwrite", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert not link.is_symlink() and json.loads(link.read_text())["violations"] == 0
+    assert target.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "mine.json", "r.json"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling-symlink", "file"])
+def test_selftest_refuses_a_report_path_before_any_check(run_esr, tmp_path, kind):
+    report = tmp_path / "r.json"
+    _blocker(report, kind)
+    proc = run_esr("selftest", "--device", "cpu", "--quick", "--json", report, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert f"--json {report}" in proc.stderr and "Traceback" not in proc.stderr
+    # nothing ran: the first line of the run ("esr selftest on ...") is never printed
+    assert proc.stdout == "" and _unchanged(report, kind)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_selftest_overwrite_replaces_a_report_and_never_writes_through_a_link(run_esr, tmp_path):
+    import json
+
+    target = tmp_path / "mine.json"
+    target.write_text("mine")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    proc = run_esr("selftest", "--device", "cpu", "--quick", "--no-timings", "--models", "pfdnlite",
+                   "--json", link, "--overwrite", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert not link.is_symlink() and json.loads(link.read_text())["verdict"] == "PASS"
+    assert target.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json", "r.json"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling-symlink", "file"])
+def test_roofline_refuses_a_report_path_before_tracing(run_esr, tmp_path, monkeypatch, kind):
+    from esr_models.cli import roofline
+
+    report = tmp_path / "r.json"
+    _blocker(report, kind)
+    proc = run_esr("roofline", "--json", report, timeout=120)
+    assert proc.returncode == 2 and f"--json {report}" in proc.stderr, proc.stdout[-2000:] + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == "" and _unchanged(report, kind)
+
+    def never(**kwargs):  # the work: must not start
+        raise AssertionError("esr roofline traced the models before checking --json")
+
+    monkeypatch.setattr(roofline, "build_report", never)
+    assert cli.main(["roofline", "--json", str(report)]) == 2
+
+
+@pytest.mark.triton
+def test_roofline_overwrite_replaces_the_report_through_no_link(tmp_path, monkeypatch):
+    import json
+
+    from esr_models.cli import roofline
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("traces esr:: ops on CPU tensors in-process: Triton's interpreter")
+    real = roofline.build_report
+    monkeypatch.setattr(roofline, "build_report",  # one model at a small size: the writing is what is tested
+                        lambda dtype_name: real(models=("pfdnlite",), size=(60, 80), dtype_name=dtype_name))
+    target = tmp_path / "mine.json"
+    target.write_text("mine")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    assert cli.main(["roofline", "--json", str(link)]) == 2
+    assert link.is_symlink() and target.read_text() == "mine"
+    assert cli.main(["roofline", "--json", str(link), "--overwrite"]) == 0
+    assert not link.is_symlink() and json.loads(link.read_text())["models"][0]["model"] == "pfdnlite"
+    assert target.read_text() == "mine"
