@@ -28,8 +28,17 @@ nothing that finished; a timed-out step keeps the rows it had written):
 
 The dry run (``--dry-run``) runs the same steps on CPU with tiny sizes and the fused CPU
 backend, Triton's interpreter for the sweep, and no install (it records what it would run), so
-that CI keeps this script working. Exit status: 0 when every step ran (skips included), 1 when
-one failed or timed out.
+that CI keeps this script working.
+
+Exit status: 0 when every chosen step ran (a step that ran and found nothing to do here, such
+as the install in a dry run or the GPU tests without a GPU, is listed as skipped with its
+reason and counts as run); 1 when a step failed, timed out, or was not run because the budget
+was spent (the summary's first line names them); 2 a usage error found before any step: an
+``--out`` that is not a folder, or one holding ``gpu-session.json`` or ``gpu-session.log``
+without ``--overwrite`` (the report files follow ``esr_models.io.outputs``'s rule: written
+atomically, never through a symlink, an existing file replaced only with ``--overwrite``).
+The step files live in a temporary folder (``esr-gpu-session-*``), removed when the session
+ends, also on failure, unless ``--keep-work``.
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,11 +65,40 @@ GROUPS = (("install", "warm", "env"), ("selftest",), ("pytest",), ("timing",), (
 BOXES = {"install": 200, "warm": 150, "env": 60, "selftest": 150, "pytest": 120, "timing": 180, "sweep": 120}
 
 
+NOT_RUN = "not run"  # a step the budget left no time for: the session is incomplete (exit 1)
+
+
 # ---------------------------------------------------------------- the parent: run the steps
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(path)
+class ReportFiles:
+    """``--out``'s two files, checked before any step (``esr_models.io.outputs``'s rule for
+    every report writer): the report, rewritten atomically as each step ends (the first write
+    replaces an earlier file only with ``--overwrite``; later ones replace this session's own),
+    and the log, appended to by each step."""
+
+    def __init__(self, out: str, overwrite: bool):
+        from esr_kernels.errors import InvalidValueError
+        from esr_models.io.outputs import check_report_path
+
+        self.out, self.overwrite, self._written = Path(out), overwrite, False
+        if os.path.lexists(self.out) and not self.out.is_dir():  # never replaced, even with --overwrite
+            raise InvalidValueError(f"--out {out}: not a folder (--out is the folder that gets gpu-session.json "
+                                    "and gpu-session.log)")
+        self.report = check_report_path(self.out / "gpu-session.json", overwrite, "--out")
+        self.log_path = check_report_path(self.out / "gpu-session.log", overwrite, "--out")
+
+    def open_log(self):
+        """The session log, new: an earlier one (accepted with --overwrite) is removed first and
+        the file is created exclusively, so a link there is never written through."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.overwrite and os.path.lexists(self.log_path):
+            self.log_path.unlink()
+        return open(self.log_path, "x", encoding="utf-8")
+
+    def write(self, data: dict) -> None:
+        from esr_models.io.outputs import write_report
+
+        write_report(self.report, json.dumps(data, indent=1, default=str) + "\n", self.overwrite or self._written)
+        self._written = True
 
 
 def _child_env(args, work: Path) -> dict:
@@ -77,8 +116,8 @@ def _start_step(name: str, args, work: Path, deadline: float) -> dict:
     work/log-NAME.txt."""
     box = min(BOXES[name], max(deadline - time.monotonic(), 0))
     entry = {"step": name, "box_s": round(box, 1)}
-    if box < 5:
-        return entry | {"status": "skipped", "why": "no time left in the budget"}
+    if box < 5:  # not a skip the step chose: the session did not do what was asked
+        return entry | {"status": NOT_RUN, "why": f"no time left in the budget ({box:.0f} s left, 5 s needed)"}
     cmd = [sys.executable, "-m", "benchmarks.gpu_session", "--step", name, "--work", str(work),
            "--deadline-s", str(round(box, 1))] + (["--dry-run"] if args.dry_run else [])
     env = _child_env(args, work)
@@ -137,36 +176,65 @@ def _install_wheels(args, work: Path) -> dict:
 
 
 def run_session(args) -> int:
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / "gpu-session.json"
-    if report_path.exists():
-        raise SystemExit(f"gpu_session: {report_path} exists (nothing is overwritten: choose another --out)")
+    """Check --out, run the steps group by group, write the report as each ends, print the
+    summary; the exit status is ``exit_status``'s. The temporary work folder is removed on
+    every way out unless --keep-work (or --work named one)."""
+    deadline = time.monotonic() + args.budget_s
+    files = ReportFiles(args.out, args.overwrite)  # before anything is made or run
     # Step files live outside --out: only the report and the log come back from a lent machine.
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="esr-gpu-session-"))
-    work.mkdir(parents=True, exist_ok=True)
+    made = not args.work
+    work = Path(tempfile.mkdtemp(prefix="esr-gpu-session-")) if made else Path(args.work)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        report = _run_steps(args, work, deadline, files)
+    finally:
+        if made and not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        elif made:
+            print(f"gpu_session: step files kept in {work}", file=sys.stderr)
+    print(summary_table(report))
+    code, verdict = exit_status(report)
+    if code:
+        print(verdict, file=sys.stderr)
+    return code
+
+
+def _run_steps(args, work: Path, deadline: float, files: ReportFiles) -> dict:
+    """The steps of ``args.steps`` in ``work``, group by group; the report."""
     (work / "args.json").write_text(json.dumps({"wheels": args.wheels, "dry_run": args.dry_run,
                                                 "models": args.models, "pytest_k": args.pytest_k,
                                                 "timing_filter": args.timing_filter}))
-    deadline = time.monotonic() + args.budget_s
     wheels = _install_wheels(args, work)
     report = {"command": shlex.join([sys.executable, "-m", "benchmarks.gpu_session", *sys.argv[1:]]),
               "dry_run": args.dry_run, "budget_s": args.budget_s, "started_utc": _utc(), "wheels": wheels,
               "steps": []}
-    with open(out_dir / "gpu-session.log", "a", encoding="utf-8") as log:
+    with files.open_log() as log:
         for group in GROUPS:
             started = [_start_step(name, args, work, deadline) for name in group if name in args.steps]
             for entry in started:  # steps of one group run side by side (CPU work beside the GPU's)
                 entry = _finish_step(entry, work, log)
                 report["steps"].append(entry)
                 report["elapsed_s"] = round(args.budget_s - (deadline - time.monotonic()), 1)
-                _write_json(report_path, report)
+                files.write(report)
                 print(f"gpu_session: {entry['step']}: {entry['status']} ({entry.get('seconds', 0)} s)", flush=True)
     report["finished_utc"] = _utc()
-    _write_json(report_path, report)
-    print(summary_table(report))
-    bad = [s for s in report["steps"] if s["status"] not in ("ok", "skipped")]
-    return 1 if bad else 0
+    report["exit_status"], report["verdict"] = exit_status(report)
+    files.write(report)
+    return report
+
+
+def exit_status(report: dict) -> tuple[int, str]:
+    """(exit status, one line): 0 when every chosen step ran (its own skips included), else 1,
+    naming the steps that failed, timed out or were not run."""
+    groups: dict[str, list[str]] = {}
+    for s in report["steps"]:
+        if s["status"] not in ("ok", "skipped"):
+            kind = ("not run (no time left in the budget)" if s["status"] == NOT_RUN else
+                    "timed out" if s["status"] == "timeout" else "failed")
+            groups.setdefault(kind, []).append(s["step"])
+    if not groups:
+        return 0, f"gpu_session: every step ran ({len(report['steps'])})"
+    return 1, "gpu_session: INCOMPLETE: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
 
 
 def _utc() -> str:
@@ -211,7 +279,8 @@ def device_command(dest: Path, budget_s: int = 500) -> str:
 # ---------------------------------------------------------------- the short table printed last
 def summary_table(report: dict) -> str:
     steps = {s["step"]: s for s in report["steps"]}
-    lines = ["", "gpu_session summary" + (" (DRY RUN on CPU: nothing here is a GPU figure)" if report["dry_run"] else "")]
+    lines = ["", "gpu_session summary" + (" (DRY RUN on CPU: nothing here is a GPU figure)" if report["dry_run"] else ""),
+             "  " + exit_status(report)[1].removeprefix("gpu_session: ")]
     for s in report["steps"]:
         lines.append(f"  {s['step']:<9} {s['status']:<22} {s.get('seconds', '-'):>6} s  {_step_note(s)}")
     timing = steps.get("timing", {}).get("result", {})
@@ -259,7 +328,11 @@ def run_child(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_session", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="folder for gpu-session.json and gpu-session.log (must not hold a report)")
+    p.add_argument("--out", help="folder for gpu-session.json and gpu-session.log (made if missing; one that "
+                                 "holds them only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out's gpu-session.json and gpu-session.log")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the temporary folder of step files (removed by default), and say where")
     p.add_argument("--prepare", metavar="DIR", default=None,
                    help="here, with the network: put the weights and wheels the lent machine lacks in "
                         "DIR (e.g. .gpu), print the device command, and exit")
@@ -285,10 +358,16 @@ def main(argv=None) -> int:
         p.error("--out DIR is required")
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in args.steps if s not in STEPS]
-    if unknown:
-        p.error(f"--steps: unknown {unknown}; choose from {STEPS}")
+    if unknown or not args.steps:  # no step chosen would be a session that checks nothing
+        p.error(f"--steps: {'unknown ' + str(unknown) if unknown else 'none chosen'}; choose from {STEPS}")
     args.models = [m.strip() for m in args.models.split(",")] if args.models else None
-    return run_session(args)
+    from esr_kernels.errors import EsrError
+
+    try:
+        return run_session(args)
+    except EsrError as exc:  # the package's own errors (a bad --out): one line, like the esr command's
+        print(f"gpu_session: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

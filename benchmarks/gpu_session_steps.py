@@ -135,6 +135,7 @@ def step_warm(ctx: StepContext) -> None:
         arch, extra = cap[0] * 10 + cap[1], ["--sizes", WARM_SIZES]
     cmd = [sys.executable, "-m", "esr_models.cli", "gpu-check", "--arch", str(arch), "--batch", "1",
            "--jobs", str(os.cpu_count() or 2), "--cache-dir", ctx.work / "gpu-check", "--json", report,
+           "--overwrite",  # the session's own scratch report: a rerun in the same --work replaces it
            "--models", ",".join(ctx.model_names), *extra]
     env = dict(os.environ, TRITON_INTERPRET="1")  # recording runs the models under the interpreter
     code, tail = _run(cmd, ctx.left(), env=env)

@@ -21,6 +21,9 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the session sets it for the one step that needs it
+    tmp = tmp_path / "tmp"  # a private temporary folder: the session's work folder must not stay in it
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", "--dry-run", "--out", str(out),
                            "--budget-s", "400", "--wheels", str(tmp_path / "no-wheels")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -45,10 +48,92 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     assert sweep["interpreter"] is True and sweep["best"]["la_reduce"]["passed"]
     # the short table comes last
     assert proc.stdout.rstrip().splitlines()[-1].lstrip().startswith("pfdnlite")
+    assert report["exit_status"] == 0 and "every step ran" in proc.stdout
+    assert not list(tmp.glob("esr-gpu-session-*"))  # the step files went with the session
     # the report is never overwritten
     again = subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", "--dry-run", "--out", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def _session(*args, tmp: Path, timeout=120) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.gpu_session ARGS`` with TMPDIR=``tmp`` (its work folder goes there)."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", *map(str, args)], cwd=ROOT,
+                          env=dict(os.environ, TMPDIR=str(tmp)), capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_budget_that_runs_no_step_is_a_failure_naming_them(tmp_path):
+    """--budget-s 0 runs nothing: the exit status says the session did not do what was asked
+    (README: 0 only when every step ran), the summary names the steps not run, and the temporary
+    work folder is gone."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "someone-else.txt").write_text("x")
+    out = tmp_path / "out"
+    proc = _session("--dry-run", "--out", out, "--budget-s", "0", "--steps", "env,timing", tmp=tmp)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "not run (no time left in the budget): env, timing" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == "gpu_session: INCOMPLETE: not run (no time left in the budget): env, timing"
+    report = json.loads((out / "gpu-session.json").read_text())
+    assert [s["status"] for s in report["steps"]] == ["not run", "not run"] and report["exit_status"] == 1
+    assert sorted(p.name for p in tmp.iterdir()) == ["someone-else.txt"]  # no esr-gpu-session-* left
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-session.json", "gpu-session.log"]
+
+
+def test_out_naming_a_file_is_one_line_and_nothing_runs(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for overwrite in ([], ["--overwrite"]):  # never replaced: --out is a folder, not a report
+        proc = _session("--dry-run", "--out", mine, "--budget-s", "0", *overwrite, tmp=tmp)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"gpu_session: error: --out {mine}: not a folder (--out is the "
+                                                    "folder that gets gpu-session.json and gpu-session.log)"]
+        assert mine.read_text() == "mine" and not list(tmp.iterdir())
+
+
+def test_an_earlier_report_is_replaced_only_with_overwrite_never_through_a_link(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "mine.json"
+    target.write_text("mine")
+    (out / "gpu-session.json").symlink_to(target)
+    (out / "gpu-session.log").write_text("an earlier log")
+    proc = _session("--dry-run", "--out", out, "--budget-s", "0", "--steps", "env", tmp=tmp)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "gpu-session.json: the file exists (add --overwrite to replace it)" in line
+    assert (out / "gpu-session.log").read_text() == "an earlier log" and not list(tmp.iterdir())
+    proc = _session("--dry-run", "--out", out, "--budget-s", "0", "--steps", "env", "--overwrite", tmp=tmp)
+    assert proc.returncode == 1 and "not run" in proc.stdout, proc.stdout + proc.stderr  # the budget, not --out
+    assert not (out / "gpu-session.json").is_symlink() and target.read_text() == "mine"
+    assert json.loads((out / "gpu-session.json").read_text())["steps"][0]["step"] == "env"
+    assert "an earlier log" not in (out / "gpu-session.log").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-session.json", "gpu-session.log"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_work_folder_is_removed_on_failure_unless_kept(tmp_path, monkeypatch, capsys, keep):
+    from benchmarks import gpu_session
+
+    made = []
+    real = gpu_session.tempfile.mkdtemp
+    monkeypatch.setattr(gpu_session.tempfile, "mkdtemp",
+                        lambda **kw: made.append(real(dir=tmp_path, **kw)) or made[-1])
+
+    def broken(args, work):
+        raise RuntimeError("a bug in the session")
+
+    monkeypatch.setattr(gpu_session, "_install_wheels", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        gpu_session.main(["--dry-run", "--out", str(tmp_path / "out"), "--steps", "env",
+                          *(["--keep-work"] if keep else [])])
+    (work,) = made
+    assert Path(work).is_dir() == keep and Path(work).name.startswith("esr-gpu-session-")
+    assert (f"step files kept in {work}" in capsys.readouterr().err) == keep
 
 
 def test_a_step_over_its_box_is_a_timeout_and_keeps_what_it_saved(tmp_path, monkeypatch):
