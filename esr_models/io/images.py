@@ -97,6 +97,9 @@ class Image:
     grayscale: bool               # source had one colour channel
     icc_profile: bytes | None = None                 # source ICC profile, written back as-is
     notes: list[str] = field(default_factory=list)   # per-file remarks for the user
+    # The planes as written, already quantised: (H, W, C) uint8 (bit_depth 8) or uint16, grey or
+    # RGB then alpha (the Upscaler's output, never float at full size; rgb/alpha are views of it).
+    pixels: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -598,10 +601,11 @@ def write_image(path: str | Path, img: Image) -> None:
     16-bit output needs .png. A profile whose colour space does not match the written
     channels (GRAY for grey, RGB for colour) is not written (with a warning)."""
     path = Path(path)
-    planes = img.rgb.mean(dim=0, keepdim=True) if img.grayscale else img.rgb
-    if img.alpha is not None:
-        planes = torch.cat([planes, img.alpha], dim=0)
-    planes = planes.clamp(0, 1)
+    if img.pixels is None:
+        planes = img.rgb.mean(dim=0, keepdim=True) if img.grayscale else img.rgb
+        if img.alpha is not None:
+            planes = torch.cat([planes, img.alpha], dim=0)
+        planes = planes.clamp(0, 1)
     icc = img.icc_profile or None
     if icc is not None and _icc_space(icc) != (b"GRAY" if img.grayscale else b"RGB "):
         warnings.warn(f"{path}: ICC profile does not match the written colour space; "
@@ -614,7 +618,8 @@ def write_image(path: str | Path, img: Image) -> None:
 
         import png
 
-        arr = (planes * 65535.0).round().to(torch.int32).permute(1, 2, 0).numpy().astype(np.uint16)
+        arr = img.pixels if img.pixels is not None else (
+            (planes * 65535.0).round().to(torch.int32).permute(1, 2, 0).numpy().astype(np.uint16))
         h, w, c = arr.shape
         writer = png.Writer(width=w, height=h, bitdepth=16, greyscale=c in (1, 2), alpha=c in (2, 4))
         buf = io.BytesIO()
@@ -622,7 +627,7 @@ def write_image(path: str | Path, img: Image) -> None:
         data = buf.getvalue() if icc is None else _png_with_icc(buf.getvalue(), icc)
         path.write_bytes(data)
         return
-    arr = to_uint8(planes).permute(1, 2, 0).numpy()
+    arr = img.pixels if img.pixels is not None else to_uint8(planes).permute(1, 2, 0).numpy()
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     if arr.shape[2] == 1:
         arr = arr[..., 0]
