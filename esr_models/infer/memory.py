@@ -3,12 +3,14 @@ when the user gave none and a whole image would not fit."""
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
 from esr_kernels.errors import InvalidValueError
 
 from ..arch.registry import ARCHITECTURES
+from .tiling import carry_rows
 
 # Peak bytes a float32 whole-image forward allocates per LR pixel (batch 1): each architecture
 # record's ``peak_bytes_per_pixel`` (measured); this for any other model.
@@ -166,12 +168,37 @@ def cgroup_available_bytes(root: str = CGROUP_ROOT, proc_self_cgroup: str = "/pr
     return None if best is None else max(best, 0)
 
 
+# Float32 tile-sized planes ``tiling.blend_tiles`` and the quantisation of its pieces hold at
+# once, per output channel of the batch: the tile's output, piece * mask, the accumulator, the
+# previous tile's accumulator (its shared columns), the blended piece handed on and one
+# temporary of it (the grey mean, the quantised copy); and per tile, not per channel: the mask
+# and the two weight accumulators.
+_TILE_PLANES_PER_CHANNEL = 6
+_TILE_PLANES = 3
+
+
+def tiled_bytes(model: torch.nn.Module, n: int, h: int, w: int, dtype: torch.dtype, tile: int,
+                overlap: int, scale: int, channels: int = 3) -> int:
+    """Estimated peak bytes of a tiled run over an (n, channels, h, w) input with square ``tile``
+    tiles, on top of its input and its assembled output: the model's forward on one tile, the
+    blending's tile-sized float32 buffers and the rows it carries from one tile row to the next
+    (full width; old and new carry)."""
+    th, tw = min(tile, h), min(tile, w)
+    tile_out = th * tw * scale * scale
+    buffers = (_TILE_PLANES_PER_CHANNEL * n * channels + _TILE_PLANES) * 4 * tile_out
+    carry = 2 * (n * channels + 1) * 4 * carry_rows(h, tile, overlap) * scale * w * scale
+    return peak_bytes(model, n, th, tw, dtype) + buffers + carry
+
+
 def choose_tile(model: torch.nn.Module, n: int, h: int, w: int, dtype: torch.dtype, budget: int,
-                min_size: int) -> int | None:
+                min_size: int, scale: int = 4, overlap_of: Callable[[int], int] = lambda t: t // 4) -> int | None:
     """None if the whole (n, 3, h, w) image fits in ``budget`` bytes, else the largest square
-    tile (a multiple of 16, at least ``min_size``) that does."""
+    tile (a multiple of 16, at least ``min_size``) whose tiled run (``tiled_bytes``, with
+    ``overlap_of(tile)`` pixels of overlap) does; the smallest when none does."""
     if peak_bytes(model, n, h, w, dtype) <= budget:
         return None
     per_tile_pixel = peak_bytes(model, n, 1, 1, dtype) or 1
-    side = int((budget / per_tile_pixel) ** 0.5) // 16 * 16
+    side = int((max(budget, 0) / per_tile_pixel) ** 0.5) // 16 * 16  # the forward alone: an upper bound
+    while side > 16 and tiled_bytes(model, n, h, w, dtype, side, overlap_of(side), scale) > budget:
+        side -= 16
     return max(side, min_size, 16)

@@ -7,6 +7,7 @@ A file's outcome is ``done``, ``skipped`` (its output exists: re-running resumes
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from esr_kernels.errors import EsrError
 
 from .images import read_image, write_image
 from .outputs import Job, OutputExistsError, file_identity, name_too_long, write_atomically
@@ -29,12 +32,53 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line for the user: the reason, with the exception type where it adds something."""
+def format_bytes(n: float) -> str:
+    """A size for messages: MiB below 1 GiB ("96 MiB", "0.5 MiB"), GiB from there ("1.5 GiB")."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    mib = n / 2**20
+    return f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.2g} MiB"
+
+
+# What torch's allocators say when they run out: the CPU one raises a RuntimeError
+# ("[enforce fail at alloc_cpu.cpp:...] ... DefaultCPUAllocator: not enough memory: you tried to
+# allocate 768000000 bytes"), CUDA's an OutOfMemoryError ("CUDA out of memory. Tried to allocate
+# 2.00 GiB ..."); a kernel's own allocation can also surface as "CUDA error: out of memory".
+_OOM_TEXT = re.compile(r"not enough memory|out of memory|DefaultCPUAllocator", re.I)
+_TRIED_BYTES = re.compile(r"tried to allocate (\d+) bytes", re.I)
+_TRIED_SIZE = re.compile(r"tried to allocate (\d+(?:\.\d+)? [KMGT]iB)", re.I)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure, whatever raised it (Python, torch's CPU or CUDA allocator)."""
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return "out of memory (try --tile 256, or a smaller tile)"
+        return True
+    return isinstance(exc, RuntimeError) and bool(_OOM_TEXT.search(str(exc)))
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """What ran out (host or GPU memory, and the allocation that failed when torch says) and
+    what to do: a smaller ``--tile``, or ``ESR_MAX_MEMORY_MB`` so that the automatic tile fits."""
+    text = str(exc)
+    where = "GPU memory" if isinstance(exc, torch.OutOfMemoryError) or "CUDA" in text else "memory"
+    size = None
+    if m := _TRIED_BYTES.search(text):
+        size = format_bytes(int(m.group(1)))
+    elif m := _TRIED_SIZE.search(text):
+        size = m.group(1)
+    failed = f" (an allocation of {size} failed)" if size else ""
+    return (f"out of {where}{failed}: upscale it in smaller pieces with --tile 256 (or a smaller tile), "
+            "or set ESR_MAX_MEMORY_MB to the megabytes this run may use so that the automatic tile "
+            "fits in them")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: the reason, with the exception type where it adds something; running
+    out of memory says what to do (``out_of_memory_message``), never the allocator's raw text."""
+    if is_out_of_memory(exc) and not isinstance(exc, EsrError):  # ours say what to do themselves
+        return out_of_memory_message(exc)
     msg = str(exc) or type(exc).__name__
-    return msg if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {msg}"
+    return msg if isinstance(exc, (ValueError, OSError, EsrError)) else f"{type(exc).__name__}: {msg}"
 
 
 def _named(src, msg: str) -> str:
@@ -126,11 +170,11 @@ class Report:
         """A failure found before any job ran (a missing input)."""
         self.add(Outcome(message.split(":")[0], FAILED, message))
 
-    def finish(self, interrupted: int | None = None) -> int:
+    def finish(self, interrupted: int | None = None, why: str = "interrupted") -> int:
         """Print the summary; ``interrupted``: the number of files not finished because of
-        Ctrl-C (the one in progress included)."""
+        Ctrl-C or a signal (the one in progress included), ``why`` saying which."""
         c = self.counts
-        tail = f", {interrupted} not done (interrupted)" if interrupted is not None else ""
+        tail = f", {interrupted} not done ({why})" if interrupted is not None else ""
         print(f"{c[DONE]} upscaled, {c[SKIPPED]} skipped, {c[FAILED]} failed{tail}", file=sys.stderr)
         if self.failures:
             print("failed:", file=sys.stderr)
