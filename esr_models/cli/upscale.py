@@ -3,11 +3,14 @@ one file at a time (``io.jobs.run_job``, ``io.video.upscale_video``), or spread 
 (``upscale_ray``). Exit codes: see ``esr_models.cli``."""
 from __future__ import annotations
 
+import contextlib
 import glob
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from ..infer.upscaler import DTYPES, Upscaler
+from ..infer.upscaler import DTYPES, Upscaler, capped_overlap
 from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from ..io.jobs import Report, run_job, triage
 from ..io.media import VIDEO_SUFFIXES, is_video
@@ -74,6 +77,10 @@ def _check_upscale_options(args) -> None:
             if not parent.is_dir():
                 raise UsageError(f"output folder {out}: {parent} exists and is not a folder")
             break
+    if args.tile is not None:  # the step between tiles is at least half the tile (capped_overlap)
+        args.tile_overlap, note = capped_overlap(args.tile, args.tile_overlap)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def cmd_upscale(args) -> int:
@@ -88,7 +95,7 @@ def cmd_upscale(args) -> int:
             print(f"error: {e}", file=sys.stderr)
         print("error: nothing to upscale", file=sys.stderr)
         return 2
-    if any(getattr(args, k, None) for k in ("ray", "ray_workers", "ray_cpus_per_worker")):  # on Ray
+    if any(getattr(args, k, None) for k in ("ray", "ray_workers", "ray_cpus_per_worker", "ray_connect_timeout")):  # on Ray
         return upscale_ray.upscale_on_ray(args, files, errors)
     outdir = Path(args.output)
     upscaler = Upscaler(model_of(args), device=args.device, dtype=DTYPES[args.dtype],
@@ -109,18 +116,54 @@ def cmd_upscale(args) -> int:
         report.add(outcome)
     before = sum(report.counts.values())
     try:
-        for job in tqdm(todo, desc="upscaling", unit="file", disable=args.quiet or None, file=sys.stderr):
-            upscaler.notify = lambda msg, src=job.src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
-            if is_video(job.src):
-                report.add(upscale_video(upscaler, job, args))  # never raises: failures are outcomes
-            else:
-                report.add(run_job(upscaler.upscale_image, job, args.overwrite, args.max_pixels))
-    except KeyboardInterrupt:
+        with signals_as_interrupts():
+            for job in tqdm(todo, desc="upscaling", unit="file", disable=args.quiet or None, file=sys.stderr):
+                upscaler.notify = lambda msg, src=job.src: tqdm.write(f"note: {src}: {msg}", file=sys.stderr)
+                if is_video(job.src):
+                    report.add(upscale_video(upscaler, job, args))  # never raises: failures are outcomes
+                else:
+                    report.add(run_job(upscaler.upscale_image, job, args.overwrite, args.max_pixels))
+    except KeyboardInterrupt as exc:
         # The file in progress left nothing under its final name (write_atomically): say what
-        # was done, then exit 130 as an interrupted command does.
-        report.finish(interrupted=len(todo) - (sum(report.counts.values()) - before))
-        return 130
+        # was done, then exit as an interrupted command does: 128 + the signal's number (130
+        # for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        why = "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
+        report.finish(interrupted=len(todo) - (sum(report.counts.values()) - before), why=why)
+        return 128 + signum
     return report.finish()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so that
+    the same clean-up runs (temporary file removed, video stages stopped, summary printed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts(signums=tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))):
+    """Within the block, ``signums`` raise ``Terminated`` (once: a second signal during the
+    clean-up is ignored, so that the clean-up finishes); the old handlers come back after it.
+    Signal handlers can only be set in the main thread: elsewhere the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def add_parser(sub) -> None:
@@ -133,7 +176,10 @@ def add_parser(sub) -> None:
     up.add_argument("--tile", type=int, default=None,
                     help="tile size in input pixels (default: whole image, tiled automatically when "
                          "it would not fit in memory)")
-    up.add_argument("--tile-overlap", type=int, default=16, help="overlap between tiles in input pixels")
+    up.add_argument("--tile-overlap", type=int, default=16,
+                    help="overlap between tiles in input pixels (default 16; smaller than --tile, and at most "
+                         "half of it: a larger overlap is lowered to half the tile, with a note, so that tiles "
+                         "step by at least half their size)")
     up.add_argument("--suffix", default=None,
                     help="added to output file names (default: _x<scale>, the model's scale: _x4, or _x2 for a x2 "
                          "checkpoint)")

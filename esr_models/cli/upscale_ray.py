@@ -19,6 +19,11 @@ with the job, so workers need no weights, ``ESR_WEIGHTS_DIR`` or network of thei
 driver's ``ESR_*`` environment variables are passed to the workers. Object-store paths (s3://,
 gs://) are not supported: outputs are written with the local path's file-system rules.
 
+Joining a cluster gives up after ``--ray-connect-timeout`` seconds (default 30) with one error
+line, exit 2, before the output folder is made: Ray alone would retry an address where nothing
+answers for many minutes. Nothing listening there fails at once (a TCP connection is tried
+first); something that accepts connections but does not answer as Ray fails at the timeout.
+
 Joining a cluster, the device and the fused backend are checked where they run, on the workers:
 if no worker can start (no GPU, no native extension), that one error is reported with exit 2
 and the output folder, if this run made it, is removed again.
@@ -45,8 +50,10 @@ import io
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +72,7 @@ LOCAL = "local"                 # --ray without an address: start a Ray for this
 MAX_ATTEMPTS = 4                # per file: the first run plus retries after a worker died
 MAX_TASKS = 10_000              # Ray tasks (blocks of files) per run
 TEST_DELAY_ENV = "ESR_TEST_DELAY_S"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0  # joining a cluster: --ray-connect-timeout
 _TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{8}-(.+)\Z", re.S)
 
 
@@ -74,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="upscale on Ray (pip install -e '.[ray]'): without ADDRESS a local Ray "
                         "is started for the run; with one (host:port, ray://host:port or auto) "
                         "the job joins that cluster. Put it after the inputs, or write --ray=ADDRESS")
+    p.add_argument("--ray-connect-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"with --ray ADDRESS: give up joining the cluster after this many seconds, with an "
+                        f"error (default {DEFAULT_CONNECT_TIMEOUT_S:g})")
     p.add_argument("--ray-workers", type=int, default=None, metavar="N",
                    help="with --ray: number of workers, each holding one model (default: one per "
                         "GPU with --device cuda, else CPUs / --ray-cpus-per-worker)")
@@ -102,6 +113,11 @@ def _import_ray():
 
 
 def _check_options(args) -> None:
+    timeout = getattr(args, "ray_connect_timeout", None)
+    if timeout is not None and args.ray is None:
+        raise UsageError("--ray-connect-timeout is an option of --ray")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise UsageError(f"--ray-connect-timeout must be a positive number of seconds, got {timeout:g}")
     for name in ("ray_workers", "ray_cpus_per_worker"):
         value = getattr(args, name)
         if value is not None and args.ray is None:
@@ -127,8 +143,11 @@ def _check_device_here(args) -> None:
         check_backend(args.backend, device, args.dtype)
 
 
-def _connect(ray, address: str) -> bool:
-    """Start or join Ray; True when this run started it (and must stop it)."""
+def _connect(ray, address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> bool:
+    """Start or join Ray; True when this run started it (and must stop it). Joining a cluster
+    gives up after ``timeout`` seconds with a UsageError (Ray itself would retry for many
+    minutes): first a plain TCP connection to the address (nothing listening fails at once),
+    then ``ray.init`` in a helper thread that is abandoned if it has not returned by then."""
     import logging
 
     if ray.is_initialized():  # a caller (a test, a notebook) already connected this process
@@ -138,9 +157,49 @@ def _connect(ray, address: str) -> bool:
     if address == LOCAL:
         ray.init(num_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                  else os.cpu_count() or 1, include_dashboard=False, **common)
-    else:
-        ray.init(address=address, **common)
+        return True
+    deadline = time.monotonic() + timeout
+    _check_reachable(address, timeout)
+    result: dict = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, **common)
+            result["done"] = True
+        except BaseException as exc:  # noqa: BLE001  (raised again in the calling thread)
+            result["error"] = exc
+
+    # Ray warns that a thread other than the main one cannot set its SIGTERM handler: expected here.
+    logging.getLogger("ray._private.worker").addFilter(
+        lambda record: "SIGTERM handler is not set" not in record.getMessage())
+    thread = threading.Thread(target=init, name="esr-ray-connect", daemon=True)
+    thread.start()
+    thread.join(max(deadline - time.monotonic(), 0.1))
+    if "error" in result:
+        raise result["error"]
+    if "done" not in result:
+        raise UsageError(f"--ray {address}: no answer from a Ray cluster there within {timeout:g} s "
+                         f"(--ray-connect-timeout); check the address and that Ray runs there "
+                         "(ray start --head), or give it more time")
     return True
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A TCP connection to ``address`` (host:port or ray://host:port; "auto" is left to Ray) within
+    ``timeout`` seconds, or a UsageError saying why not."""
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    host = host.strip("[]")  # [::1]:6379
+    try:
+        socket.create_connection((host, int(port)), timeout=max(timeout, 0.1)).close()
+    except OSError as exc:
+        why = (f"no answer within {timeout:g} s, --ray-connect-timeout" if isinstance(exc, TimeoutError)
+               else exc.strerror or str(exc))
+        raise UsageError(f"--ray {address}: cannot connect to {host}:{port} ({why}); is Ray running there "
+                         "(ray start --head)? Check the address, or use --ray without one to start a local "
+                         "Ray") from None
 
 
 def _worker_plan(ray, args) -> tuple[int, int, int]:
@@ -308,7 +367,8 @@ def upscale_on_ray(args, files: list[Path], errors: list[str]) -> int:
     suffix = default_suffix(scale) if args.suffix is None else args.suffix
     jobs, earlier = plan_outputs(files, outdir, suffix, out_ext=output_extension, scale=scale)
     todo, decided = triage(jobs, earlier, overwrite=args.overwrite)
-    started = _connect(ray, args.ray) if todo else False
+    timeout = getattr(args, "ray_connect_timeout", None) or DEFAULT_CONNECT_TIMEOUT_S
+    started = _connect(ray, args.ray, timeout) if todo else False
     names = {job.dst.name for job in todo}
     temps_before: set[Path] | None = None
     try:

@@ -191,3 +191,35 @@ def test_workers_that_cannot_start_are_a_setup_error(run_esr, cluster, tmp_path)
     assert len(errors) == 1 and "--backend cuda" in errors[0], proc.stderr[-2000:]
     assert "upscaled" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_an_address_where_no_ray_answers_is_an_error_within_the_timeout(run_esr, tmp_path, listening):
+    """Nothing listening on the port: an error at once; something that accepts connections but is
+    not Ray: an error after --ray-connect-timeout (Ray alone retried for many minutes)."""
+    import socket
+
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    src = _images(tmp_path / "in", 1)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    if listening:
+        server.listen(1)  # accepts, never answers
+    else:
+        server.close()  # the port just freed: nothing listens there
+    try:
+        start = time.monotonic()
+        proc = run_esr("upscale", src, "-o", tmp_path / "out", "--model", MODEL, "-q",
+                       "--ray", f"127.0.0.1:{port}", "--ray-connect-timeout", "3", check=2, timeout=60)
+        took = time.monotonic() - start
+    finally:
+        server.close()
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and f"--ray 127.0.0.1:{port}" in errors[0], proc.stderr[-2000:]
+    if listening:
+        assert "within 3 s (--ray-connect-timeout)" in errors[0]
+    else:
+        assert "cannot connect" in errors[0] and "Connection refused" in errors[0]
+    assert took < 40, f"took {took:.0f} s"
+    assert not (tmp_path / "out").exists()

@@ -328,3 +328,43 @@ def test_cli_rejects_bad_video_options_before_anything_runs(run_esr, tmp_path, c
             main(["upscale", str(tmp_path / "x.mp4"), "-o", str(tmp_path / "out"), *flags])
         assert exit_.value.code == 2 and text in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.shared
+def test_sigterm_mid_video_removes_the_partial_file_and_prints_the_summary(tmp_path):
+    """SIGTERM (as a batch system sends) is handled as Ctrl-C (issue 27): the encode stops, the
+    temporary file goes, the summary says the clip was not done, exit 128 + 15."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from esr_models.io.outputs import TEMP_PREFIX
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, audio=None, frames=400)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "esr_models.cli", "upscale", str(clip), "-o", str(out),
+                             "--model", "pfdnlite", "--batch-frames", "2", "-q"], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        def encoding() -> bool:  # the temporary output has frames in it: the pipeline is running
+            try:
+                return any(p.stat().st_size > 4096 for p in out.glob(TEMP_PREFIX + "*"))
+            except FileNotFoundError:
+                return False
+
+        while not encoding():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no temporary output appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "0 upscaled, 0 skipped, 0 failed, 1 not done (interrupted by SIGTERM)" in stderr
+    assert "Traceback" not in stderr
+    assert list(out.iterdir()) == []  # neither the partial file nor an output
