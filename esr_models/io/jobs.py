@@ -67,9 +67,9 @@ def out_of_memory_message(exc: BaseException) -> str:
     elif m := _TRIED_SIZE.search(text):
         size = m.group(1)
     failed = f" (an allocation of {size} failed)" if size else ""
-    return (f"out of {where}{failed}: upscale it in smaller pieces with --tile 256 (or a smaller tile), "
-            "or set ESR_MAX_MEMORY_MB to the megabytes this run may use so that the automatic tile "
-            "fits in them")
+    return (f"out of {where}{failed}: upscale it in smaller pieces with a smaller --tile (256, or half "
+            "the one given), or set ESR_MAX_MEMORY_MB to the megabytes this run may use so that the "
+            "automatic tile fits in them")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,26 @@ def test_an_image_whose_output_alone_exceeds_the_cap_fails_by_name(run_esr, tmp_
     assert f"{src}: 400x400: its input and 4x output images alone need" in proc.stderr
     assert "ESR_MAX_MEMORY_MB=12" in proc.stderr and "0 upscaled, 0 skipped, 1 failed" in proc.stderr
     assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmPeak from /proc")
+def test_a_real_out_of_memory_is_reported_with_what_to_do(tmp_path, random_png):
+    """Under an address-space limit (``ulimit -v``) 150 MB above what a tiny upscale needs, a
+    whole-image forward of 400x400 (~400 MB) fails in torch's CPU allocator: the file fails by
+    name with the advice, not "[enforce fail at alloc_cpu.cpp...]"."""
+    tiny = random_png(tmp_path / "t.png", size=(24, 24))
+    big = random_png(tmp_path / "b.png", size=(400, 400))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no thread to start under the limit
+    probe = subprocess.run([sys.executable, "-c", "import sys; from esr_models import cli; "
+                            f"cli.main(['upscale', {str(tiny)!r}, '-o', {str(tmp_path / 'o1')!r}, '-q', "
+                            "'--model', 'pfdnlite']); print(open('/proc/self/status').read())"],
+                           capture_output=True, text=True, env=env, timeout=300, check=True)
+    vm_peak_kib = int(re.search(r"VmPeak:\s+(\d+) kB", probe.stdout).group(1))
+    q = shlex.quote
+    cmd = (f"ulimit -v {vm_peak_kib + 150 * 1024} && exec {q(sys.executable)} -m esr_models.cli upscale "
+           f"{q(str(big))} -o {q(str(tmp_path / 'o2'))} -q --model pfdnlite --tile 400")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert f"error: {big}: out of memory (an allocation of " in proc.stderr
+    assert "--tile" in proc.stderr and "ESR_MAX_MEMORY_MB" in proc.stderr
+    assert "enforce fail" not in proc.stderr and "Traceback" not in proc.stderr
