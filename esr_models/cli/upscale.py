@@ -95,7 +95,8 @@ def cmd_upscale(args) -> int:
             print(f"error: {e}", file=sys.stderr)
         print("error: nothing to upscale", file=sys.stderr)
         return 2
-    if any(getattr(args, k, None) for k in ("ray", "ray_workers", "ray_cpus_per_worker", "ray_connect_timeout")):  # on Ray
+    ray_options = ("ray", "ray_workers", "ray_cpus_per_worker", "ray_connect_timeout")
+    if any(getattr(args, k, None) for k in ray_options):  # on Ray (upscale_ray refuses options without --ray)
         return upscale_ray.upscale_on_ray(args, files, errors)
     outdir = Path(args.output)
     upscaler = Upscaler(model_of(args), device=args.device, dtype=DTYPES[args.dtype],
