@@ -1,29 +1,69 @@
-"""Memory-traffic and roofline model of a fused model against its eager reference (the models
-are given: ``esr roofline``, in esr_models/cli/roofline.py, loads them). A model, not a
-measurement.
+"""Traffic, work and time model of a fused model's launches against its eager reference (the
+models are given: ``esr roofline``, in esr_models/cli/roofline.py, loads them). A model, not a
+measurement; its float32 times are checked against the H200 measurements of 2026-11-28
+(tests/kernels/test_roofline.py).
 
-What is counted, per kernel launch: the bytes of every tensor argument it reads (each read
-once) and of every tensor it writes, and its multiply-accumulates (MACs) as the kernel executes
-them (recomputation included). Each tensor is counted once per launch: this is a lower bound
-that ignores halo re-reads between tiles, cache misses and write-allocate traffic, on both sides.
-Elementwise arithmetic is not counted as compute (these ops are bandwidth-bound).
+What is counted, per kernel launch (``Launch``):
+
+- ``macs``: the *useful* multiply-accumulates, the reference network's for what the launch
+  computes (a 1x1 once per pixel, real channel counts, no padding);
+- ``executed_macs``: the MACs the Triton kernel really issues, from the launch's grid and
+  constexprs as ``esr_kernels.gpu_check.record_launches`` records them for a GPU arch (90 here):
+  every program's BLOCK_P pixels (the last program's masked tail included: masked lanes still
+  run), output channels padded to CO_PAD / CP / CR, input channels rounded up to the K block
+  (CI_BLOCK; la_reduce's CP), BSB's 1x1 recomputed at all 9 taps, la_reduce's at all 49 pool
+  taps, esa_down's at its 9 strided taps (see ``_EXECUTED``);
+- ``read`` / ``written``: DRAM bytes, each tensor once per launch. Assumption: halo re-reads
+  and per-program weight re-fetches hit the 50-60 MB L2 (a 3x3 conv's programs in flight span a
+  few image rows), so DRAM sees each tensor once;
+- ``l2_read``: the bytes the programs request from L2: per program its input footprint (for a
+  KxK conv of stride s over a run of L output pixels in one row: K rows of (L - 1) * s + K
+  pixels; a block that wraps to the next row counts each row run separately; pool windows
+  likewise) times the real input channels, plus *all* weights and bias vectors once per program
+  (every program loads them), plus residuals, gates and outputs once. Re-reads within one
+  program (the 9 taps over the same rows) are assumed served by L1.
 
 How launches are found: the model runs under ``FakeTensorMode`` (no memory, no arithmetic:
 540x960 costs nothing) inside a ``TorchDispatchMode`` that sees every op:
 
 - fused model (``backend="triton"``): each ``torch.ops.esr.*`` call is one Triton launch,
-  except ``esr::esa``, which is three (``triton/esa.py``: down = reduce 1x1 recomputed per
-  3x3/2 tap, writing the float32 ``d``; low = max-pool + 3x3 on ``d``, writing the float32
-  ``low``; out = skip 1x1 + bilinear(low) + expand 1x1 + gate over the full image); any aten op
-  the fused model still makes counts as in eager;
+  except ``esr::esa``, which is three (``triton/esa.py``: down, low, out); any aten op the fused
+  model still makes counts as in eager (IFADNet's concatenation: executed = useful = 0 MACs);
 - eager reference: every aten op reads its tensor inputs and writes its outputs; views and
   allocations (``empty*``) move nothing; convolutions' MACs are N*C_out*H_out*W_out*C_in/g*k*k.
 
-Modelled time of a launch on a device: max(bytes / bandwidth, 2 * MACs / peak fp16 FLOP/s);
-a model's time is the sum over its launches (launch overheads and occupancy are not modelled).
+The executed counts and L2 bytes come from a second pass, ``record_launches`` on a real CPU
+input of the same shape (nothing is computed: the launches are only recorded), matched to the
+esr:: launches in order (``attach_executed``).
+
+Modelled time of a launch on a device (``launch_seconds``):
+
+    max(DRAM bytes / HBM bandwidth, L2 bytes / L2 bandwidth,
+        2 * executed MACs / (matrix peak of the dtype's path * issue efficiency))
+    + a per-launch overhead
+
+- float32: the kernels' dots are IEEE float32 (``input_precision="ieee"``: FFMA on the CUDA
+  cores, never TF32), so the peak is the float32 FMA rate, and the issue efficiency is 1/2: the
+  dot loops Triton emits issue about one FFMA per two instructions (operand loads and address
+  arithmetic between them; issue 28's reading of the sm_90 SASS). That factor is issue 28's,
+  not fitted here, and one number for every kernel and model;
+- float16 / bfloat16: tensor cores at the dense matrix peak, efficiency 1. Not validated: the
+  measured float16 times are 7-23x this (small tiles, one K step per barrier: the kernels are
+  bound by instruction issue and latency, which this model does not contain);
+- the model time is the sum over launches (one stream, no overlap between launches); the
+  per-launch overhead (``launch_overhead_s``) is the GPU-side gap between back-to-back kernels
+  (a few µs), not the host's dispatch time, which overlaps with the GPU's work once the GPU is
+  the bottleneck. Occupancy, waves and cache misses beyond the above are not modelled.
+
+Devices (``DEVICES``): the H200 uses the ceilings *measured* on the lent H200 on 2026-11-28
+(benchmarks/results/gpu-session-h200-2026-11-28.json, env step: device-to-device copy
+4292 GB/s, float32 matrix product 50.9 TFLOP/s, bf16 790 TFLOP/s); the others, vendor
+datasheets. L2 bandwidths are not measured in this repository: third-party microbenchmark
+figures, approximate (they bind only for the float16 paths here).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -36,25 +76,46 @@ from .spec import pooled_size
 if TYPE_CHECKING:
     from .op_args import ConvGeometry
 
-DEVICES = {  # bytes/s, dense fp16 FLOP/s (tensor cores; vendor datasheets)
-    "H100 SXM": {"bandwidth": 3.35e12, "fp16_flops": 989e12},
-    "RTX 3090": {"bandwidth": 936e9, "fp16_flops": 71e12},
+# bandwidth / l2_bandwidth: bytes/s; fp32_flops: float32 FMA-unit matrix rate; fp16_flops: dense
+# fp16/bf16 tensor-core rate (FLOP/s, 2 per MAC); launch_overhead_s: per launch, GPU side.
+DEVICES = {
+    "H200 (measured)": {"bandwidth": 4.292e12, "l2_bandwidth": 5.5e12, "fp32_flops": 50.9e12,
+                        "fp16_flops": 790e12, "launch_overhead_s": 3e-6},
+    "H100 SXM": {"bandwidth": 3.35e12, "l2_bandwidth": 5.5e12, "fp32_flops": 67e12, "fp16_flops": 989e12,
+                 "launch_overhead_s": 3e-6},
+    "RTX 3090": {"bandwidth": 936e9, "l2_bandwidth": 2.0e12, "fp32_flops": 35.6e12, "fp16_flops": 71e12,
+                 "launch_overhead_s": 3e-6},
 }
+# Issue efficiency of the dots per dtype path (see the module docstring): IEEE float32 dots on
+# the FMA units issue about one FFMA per two instructions; tensor-core dots are taken at peak.
+ISSUE_EFFICIENCY = {"float32": 0.5, "float16": 1.0, "bfloat16": 1.0}
+RECORD_ARCH = 90  # the launch configurations of sm_90 (the lent H200)
 TARGET_RATIO = 1 / 3  # issue #10: fused traffic at most a third of eager's
 _ALLOC_PREFIXES = ("empty", "new_empty", "zeros_like", "full_like")
 
 
 @dataclass
 class Launch:
-    """One kernel launch: what it is, bytes read and written, multiply-accumulates."""
+    """One kernel launch: what it is, DRAM bytes read and written, useful MACs; with the
+    executed MACs, L2 bytes and program count once ``attach_executed`` has matched it to a
+    recorded Triton launch (0 before, and for aten ops)."""
     name: str
     read: int
     written: int
     macs: int = 0
+    executed_macs: int = 0
+    l2_read: int = 0
+    programs: int = 0
 
     @property
     def bytes(self) -> int:
         return self.read + self.written
+
+    @property
+    def l2_bytes(self) -> int:
+        """Bytes through L2: the programs' requests (``l2_read``, or the DRAM reads when no
+        kernel was matched) and the writes."""
+        return (self.l2_read or self.read) + self.written
 
 
 def nbytes(t) -> int:
@@ -83,7 +144,7 @@ def _unique_bytes(tensors) -> int:
 
 # ---------------------------------------------------------------- fused (esr::) launches
 def conv_macs(x_shape, w_packed_shape, g: ConvGeometry) -> int:
-    """MACs of esr::conv: every output pixel, c_conv channels, over the packed weight's C_in."""
+    """Useful MACs of esr::conv: every output pixel, c_conv channels, over the packed weight's C_in."""
     n, _, h, w = x_shape
     c_in = w_packed_shape[1]
     ho, wo = (h + 2 * g.padding - g.ksize) // g.stride + 1, (w + 2 * g.padding - g.ksize) // g.stride + 1
@@ -91,7 +152,8 @@ def conv_macs(x_shape, w_packed_shape, g: ConvGeometry) -> int:
 
 
 def esr_launches(op: str, args: tuple, out) -> list[Launch]:
-    """The launches of one torch.ops.esr call (see the module docstring)."""
+    """The launches of one torch.ops.esr call with their DRAM bytes and useful MACs (see the
+    module docstring; executed MACs come later, from ``attach_executed``)."""
     import torch
 
     from .op_args import CONV, ESA
@@ -105,10 +167,8 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
     if op == "bsb":
         return [Launch("esr::bsb", read_all, nbytes(out), n * h * w * (c * c + 9 * c))]
     if op == "la_reduce":
-        cr = args[2].shape[0]
-        hp, wp_ = out.shape[-2:]
-        # the 1x1 reduction is computed for every tap of each 7x7 window (pooled in registers)
-        return [Launch("esr::la_reduce", read_all, nbytes(out), n * hp * wp_ * 49 * c * cr)]
+        # useful: the reference's 1x1 reduction once per full-resolution pixel (pooling: no MACs)
+        return [Launch("esr::la_reduce", read_all, nbytes(out), n * h * w * c * args[2].shape[0])]
     if op == "esa":
         x, e, residual = ESA.split(args)
         cr = e.reduce_w.shape[-1]  # the packed width: esr::esa allocates d and low with it (16 here)
@@ -116,14 +176,157 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
         hp, wp_ = pooled_size(h2), pooled_size(w2)
         f32 = torch.finfo(torch.float32).bits // 8
         d_bytes, low_bytes = n * cr * h2 * w2 * f32, n * cr * hp * wp_ * f32
+        # useful: the reduction 1x1 once per full-resolution pixel, then the strided 3x3
         down = Launch("esr::esa/down", _unique_bytes([x, e.reduce_w, e.reduce_b, e.down_w, e.down_b]), d_bytes,
-                      n * h2 * w2 * 9 * (c * cr + cr * cr))
+                      n * h * w * c * cr + n * h2 * w2 * 9 * cr * cr)
         low = Launch("esr::esa/low", d_bytes + _unique_bytes([e.low_w, e.low_b]), low_bytes,
                      n * hp * wp_ * 9 * cr * cr)
         tail_in = [x, e.skip_w, e.skip_b, e.expand_w, e.expand_b] + ([residual] if residual is not None else [])
         tail = Launch("esr::esa/out", _unique_bytes(tail_in) + low_bytes, nbytes(out), n * h * w * 2 * c * cr)
         return [down, low, tail]
     raise KeyError(f"esr::{op}: no traffic rule")
+
+
+# ---------------------------------------------------------------- executed work (recorded launches)
+_KERNEL_OF = {"esr::conv": "_conv_kernel", "esr::bsb": "_bsb_kernel", "esr::la_reduce": "_la_reduce_kernel",
+              "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
+              "esr::esa/out": "_esa_out_kernel"}
+_ELEM = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _ceil_to(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _tbytes(t) -> int:
+    """Bytes of a recorded TensorArg (its whole shape)."""
+    return math.prod(t.shape) * _ELEM.get(t.dtype, 4)
+
+
+def footprint_pixels(total: int, width: int, block_p: int, ksize: int, stride: int) -> int:
+    """Input pixels all programs of one image request: program i owns flattened output pixels
+    [i * block_p, (i + 1) * block_p) of ``total`` (``width`` per row); each run of L of them in
+    one output row reads ksize rows of (L - 1) * stride + ksize input pixels (image borders and
+    the masked tail fetch nothing: ignored at the borders, excluded for the tail)."""
+    def run(n: int) -> int:
+        return ksize * ((n - 1) * stride + ksize)
+
+    out = 0
+    for p0 in range(0, total, block_p):
+        p1 = min(p0 + block_p, total) - 1
+        r0, r1 = p0 // width, p1 // width
+        if r0 == r1:
+            out += run(p1 - p0 + 1)
+        else:  # the block wraps: the end of row r0, full rows between, the start of row r1
+            out += run(width - p0 % width) + (r1 - r0 - 1) * run(width) + run(p1 % width + 1)
+    return out
+
+
+def _conv_executed(k) -> tuple[int, int, list[str]]:
+    """(executed MACs, input-footprint bytes, per-program weight tensors) of _conv_kernel:
+    every program runs BLOCK_P pixels x KSIZE^2 taps x C_in rounded up to CI_BLOCK x CO_PAD."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs, taps = k.grid[0] * k.grid[1], c["KSIZE"] ** 2
+    macs = programs * c["BLOCK_P"] * taps * _ceil_to(s["C_in"], c["CI_BLOCK"]) * c["CO_PAD"]
+    px = footprint_pixels(s["H_out"] * s["W_out"], s["W_out"], c["BLOCK_P"], c["KSIZE"], c["STRIDE"])
+    e = _ELEM[x.dtype]
+    # channels >= C_in of x (partial convs' passthrough) are read at the centre pixel only
+    fp = k.grid[1] * (px * s["C_in"] + (x.shape[1] - s["C_in"]) * s["H_out"] * s["W_out"]) * e
+    weights = ["w_ptr", "b_ptr"] + (["shift_ptr"] if c["HAS_SHIFT"] else [])
+    return macs, fp, weights
+
+
+def _bsb_executed(k) -> tuple[int, int, list[str]]:
+    """_bsb_kernel: at each of the 9 taps the 1x1 (C rounded up to CI_BLOCK x CO_PAD) again,
+    plus the depthwise product (CO_PAD)."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs = k.grid[0] * k.grid[1]
+    macs = programs * c["BLOCK_P"] * 9 * (_ceil_to(s["C"], c["CI_BLOCK"]) * c["CO_PAD"] + c["CO_PAD"])
+    fp = k.grid[1] * footprint_pixels(s["H"] * s["W"], s["W"], c["BLOCK_P"], 3, 1) * s["C"] * _ELEM[x.dtype]
+    return macs, fp, ["pw_ptr", "dw_ptr", "b_ptr"]
+
+
+def _la_reduce_executed(k) -> tuple[int, int, list[str]]:
+    """_la_reduce_kernel: per pooled pixel, the 1x1 (CP x CR, C padded to CP) at all POOL_K^2
+    window positions (the windows overlap: stride POOL_S < POOL_K)."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs = k.grid[0] * k.grid[1]
+    macs = programs * c["BLOCK_P"] * c["POOL_K"] ** 2 * c["CP"] * c["CR"]
+    px = footprint_pixels(s["Hp"] * s["Wp"], s["Wp"], c["BLOCK_P"], c["POOL_K"], c["POOL_S"])
+    return macs, k.grid[1] * px * s["C"] * _ELEM[x.dtype], ["wr_ptr", "br_ptr"]
+
+
+def _esa_down_executed(k) -> tuple[int, int, list[str]]:
+    """_esa_down_kernel: per half-resolution pixel and each of 9 taps, the reduction 1x1
+    (C rounded up to CI_BLOCK x CR) again, then the tap's CR x CR."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs, cr = k.grid[0] * k.grid[1], c["CR"]
+    macs = programs * c["BLOCK_P"] * 9 * (_ceil_to(s["C"], c["CI_BLOCK"]) * cr + cr * cr)
+    px = footprint_pixels(s["H2"] * s["W2"], s["W2"], c["BLOCK_P"], 3, 2)
+    return macs, k.grid[1] * px * s["C"] * _ELEM[x.dtype], ["wr_ptr", "br_ptr", "wd_ptr", "bd_ptr"]
+
+
+def _esa_low_executed(k) -> tuple[int, int, list[str]]:
+    """_esa_low_kernel: 9 taps of CR x CR per low-resolution pixel; each tap max-pools a
+    POOL_K window of d (float32), so a pixel reads a (2 * POOL_S + POOL_K)-wide window."""
+    c, s = k.constexprs, k.scalars
+    programs, cr = k.grid[0] * k.grid[1], c["CR"]
+    macs = programs * c["BLOCK_P"] * 9 * cr * cr
+    px = footprint_pixels(s["Hp"] * s["Wp"], s["Wp"], c["BLOCK_P"], 2 * c["POOL_S"] + c["POOL_K"], c["POOL_S"])
+    return macs, k.grid[1] * px * cr * _ELEM[k.tensors["d_ptr"].dtype], ["wl_ptr", "bl_ptr"]
+
+
+def _esa_out_executed(k) -> tuple[int, int, list[str]]:
+    """_esa_out_kernel: the folded skip (CP x CR) and the expansion (CR x CP) per pixel; x is
+    read once (a 1x1: no halo)."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs = k.grid[0] * k.grid[1]
+    macs = programs * c["BLOCK_P"] * 2 * c["CP"] * c["CR"]
+    return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
+
+
+_EXECUTED = {"_conv_kernel": _conv_executed, "_bsb_kernel": _bsb_executed,
+             "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
+             "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed}
+
+
+def executed_work(k) -> tuple[int, int, int, int]:
+    """(executed MACs, L2 read bytes, programs, bytes of input + weights once) of one recorded
+    Triton launch ``k``
+    (``gpu_check.Launch``). L2 bytes: the input footprint, plus the weight tensors once per
+    program, plus the launch's other inputs once (outputs are counted by the caller)."""
+    macs, footprint, weight_args = _EXECUTED[k.kernel](k)
+    programs = k.grid[0] * k.grid[1]
+    in_key = "d_ptr" if k.kernel == "_esa_low_kernel" else "x_ptr"
+    weights = sum(_tbytes(k.tensors[a]) for a in weight_args)
+    return macs, footprint + programs * weights, programs, _tbytes(k.tensors[in_key]) + weights
+
+
+def attach_executed(launches: list[Launch], recorded) -> None:
+    """Fill ``executed_macs``, ``l2_read`` and ``programs`` of the esr:: ``launches`` (in
+    order) from the Triton launches ``recorded`` of the same forward, which must correspond one
+    to one (``record_launches`` on the same model and input shape)."""
+    ours = [l for l in launches if l.name in _KERNEL_OF]
+    names = [_KERNEL_OF[l.name] for l in ours]
+    if names != [k.kernel for k in recorded]:
+        raise ValueError(f"roofline launches {names} do not match the recorded Triton launches "
+                         f"{[k.kernel for k in recorded]}")
+    for l, k in zip(ours, recorded):
+        macs, requested, programs, once = executed_work(k)
+        l.executed_macs, l.programs = macs, programs
+        # the DRAM reads minus the input and weights counted once, plus what the programs request
+        l.l2_read = l.read - once + requested
+
+
+def record_executed(model, x_shape, dtype, arch: int = RECORD_ARCH) -> list:
+    """The Triton launches of a fused model on a (real, CPU) input of ``x_shape`` and
+    ``dtype`` with the launch configurations of GPU ``arch``; nothing is computed (see
+    ``esr_kernels.gpu_check.record_launches``; needs Triton's interpreter)."""
+    import torch
+
+    from .gpu_check import record_launches
+
+    return record_launches(model, torch.zeros(x_shape, dtype=dtype), arch)
 
 
 # ---------------------------------------------------------------- aten launches
@@ -187,29 +390,61 @@ def record(model, x_shape, dtype) -> list[Launch]:
     return launches
 
 
-def modelled_seconds(launches, device: dict) -> float:
-    return sum(max(l.bytes / device["bandwidth"], 2 * l.macs / device["fp16_flops"]) for l in launches)
+def launch_seconds(l: Launch, device: dict, dtype_name: str = "float16") -> float:
+    """Modelled time of one launch (module docstring): the slowest of DRAM, L2 and the
+    executed MACs on the dtype's path, plus the device's per-launch overhead. A launch with no
+    executed count (aten ops; everything before ``attach_executed``) is taken at its useful
+    MACs and the path's full peak."""
+    float32 = dtype_name == "float32"
+    peak = device["fp32_flops"] if float32 else device["fp16_flops"]
+    if l.executed_macs:
+        compute = 2 * l.executed_macs / (peak * ISSUE_EFFICIENCY[dtype_name])
+    else:
+        compute = 2 * l.macs / peak
+    memory = max(l.bytes / device["bandwidth"], l.l2_bytes / device.get("l2_bandwidth", math.inf))
+    return max(memory, compute) + device.get("launch_overhead_s", 0.0)
 
 
-def summarise(launches) -> dict:
+def modelled_seconds(launches, device: dict, dtype_name: str = "float16") -> float:
+    """A forward's modelled time: the sum of ``launch_seconds``."""
+    return sum(launch_seconds(l, device, dtype_name) for l in launches)
+
+
+def bound_seconds(launches, device: dict, dtype_name: str = "float16") -> float:
+    """The traffic/MAC bound: Σ max(DRAM bytes / bandwidth, 2 useful MACs / peak), no overhead,
+    no padding or recompute, no L2 (what the kernels could approach; issue 28's target)."""
+    peak = device["fp32_flops"] if dtype_name == "float32" else device["fp16_flops"]
+    return sum(max(l.bytes / device["bandwidth"], 2 * l.macs / peak) for l in launches)
+
+
+def summarise(launches, dtype_name: str = "float16") -> dict:
+    """Totals of a launch list and its times (ms) on every device of ``DEVICES``."""
+    macs, executed = sum(l.macs for l in launches), sum(l.executed_macs for l in launches)
     return {"launches": len(launches), "read_bytes": sum(l.read for l in launches),
             "written_bytes": sum(l.written for l in launches), "bytes": sum(l.bytes for l in launches),
-            "macs": sum(l.macs for l in launches),
-            "modelled_ms": {k: 1e3 * modelled_seconds(launches, d) for k, d in DEVICES.items()}}
+            "l2_bytes": sum(l.l2_bytes for l in launches), "macs": macs, "executed_macs": executed,
+            "executed_over_useful": executed / macs if executed and macs else None,
+            "bound_ms": {k: 1e3 * bound_seconds(launches, d, dtype_name) for k, d in DEVICES.items()},
+            "modelled_ms": {k: 1e3 * modelled_seconds(launches, d, dtype_name) for k, d in DEVICES.items()}}
 
 
 def model_report(name: str, fused, eager, size, dtype_name: str = "float16") -> dict:
-    """Fused and eager traffic of one model (``fused``: fused with backend "triton"; ``eager``:
-    its reference) at (1, 3, *size); the fused model is traced, so this process needs Triton's
-    interpreter (``interpreter_usable``)."""
+    """Fused and eager launches of one model (``fused``: fused with backend "triton"; ``eager``:
+    its reference) at (1, 3, *size), the fused ones with their executed work on sm_90's launch
+    configurations; the fused model is traced, so this process needs Triton's interpreter
+    (``interpreter_usable``)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     shape = (1, 3, *size)
     fused_launches, eager_launches = record(fused, shape, dtype), record(eager, shape, dtype)
-    f, e = summarise(fused_launches), summarise(eager_launches)
+    attach_executed(fused_launches, record_executed(fused, shape, dtype))
+    f, e = summarise(fused_launches, dtype_name), summarise(eager_launches, dtype_name)
+    pixels = size[0] * size[1]
     return {"model": name, "dtype": dtype_name, "input": list(shape),
             "output": [1, 3, 4 * size[0], 4 * size[1]], "fused": f, "eager": e,
+            "launches_per_forward": f["launches"], "kernel_launches": sum(1 for l in fused_launches if l.programs),
+            "useful_macs_per_pixel": f["macs"] / pixels, "executed_macs_per_pixel": f["executed_macs"] / pixels,
             "traffic_ratio": f["bytes"] / e["bytes"], "meets_one_third": f["bytes"] <= TARGET_RATIO * e["bytes"],
             "fused_launches": [asdict(l) for l in fused_launches]}
 
@@ -226,23 +461,31 @@ def interpreter_usable() -> bool:
 
 
 def combine(model_reports: list[dict]) -> dict:
-    """The whole report: what is modelled, the devices, the target, one entry per model."""
-    return {"what": "a model, not a measurement: bytes each launch reads and writes (each tensor once: "
-                    "a lower bound, halo re-reads and cache misses ignored) and its MACs; modelled time = "
-                    "sum over launches of max(bytes / bandwidth, 2 MACs / peak)",
-            "devices": DEVICES, "target_ratio": TARGET_RATIO, "models": model_reports}
+    """The whole report: what is modelled, the devices, the target, one entry per model and dtype."""
+    return {"what": "a model, not a measurement. Per launch: DRAM bytes (each tensor once), L2 bytes (each "
+                    "program's input footprint with its halo, all weights once per program), useful MACs and "
+                    "executed MACs (sm_90 launch configurations: padding, K blocks, recomputation, masked "
+                    "tails). modelled_ms = sum over launches of max(DRAM bytes / bandwidth, L2 bytes / L2 "
+                    "bandwidth, 2 executed MACs / (peak x issue efficiency)) + launch overhead; bound_ms = "
+                    "sum of max(DRAM bytes / bandwidth, 2 useful MACs / peak). See esr_kernels/roofline.py",
+            "devices": DEVICES, "issue_efficiency": ISSUE_EFFICIENCY, "record_arch": RECORD_ARCH,
+            "target_ratio": TARGET_RATIO, "models": model_reports}
 
 
 def format_table(report: dict) -> str:
-    """Markdown table for the README."""
+    """Markdown table for the README: traffic and work per model and dtype, modelled times."""
     devs = list(report["devices"])
-    head = ["model", "launches fused / eager", "MB fused", "MB eager", "fused / eager"]
-    head += [f"{d} ms fused / eager" for d in devs]
+    head = ["model", "dtype", "launches fused / eager", "MB fused (L2)", "MB eager", "fused / eager",
+            "useful / executed kMAC per px", "executed / useful"]
+    head += [f"{d} ms modelled [bound]" for d in devs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in report["models"]:
         f, e = m["fused"], m["eager"]
-        row = [m["model"], f"{f['launches']} / {e['launches']}", f"{f['bytes'] / 1e6:.0f}",
-               f"{e['bytes'] / 1e6:.0f}", f"{m['traffic_ratio']:.2f}"]
-        row += [f"{f['modelled_ms'][d]:.2f} / {e['modelled_ms'][d]:.2f}" for d in devs]
+        row = [m["model"], m["dtype"], f"{f['launches']} / {e['launches']}",
+               f"{f['bytes'] / 1e6:.0f} ({f['l2_bytes'] / 1e6:.0f})", f"{e['bytes'] / 1e6:.0f}",
+               f"{m['traffic_ratio']:.2f}",
+               f"{m['useful_macs_per_pixel'] / 1e3:.0f} / {m['executed_macs_per_pixel'] / 1e3:.0f}",
+               f"{f['executed_over_useful']:.2f}"]
+        row += [f"{f['modelled_ms'][d]:.2f} [{f['bound_ms'][d]:.2f}]" for d in devs]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -1,5 +1,7 @@
-"""``esr roofline``: the memory-traffic model of the fused models against the eager references
-at 540x960 -> 2160x3840 (the model itself: esr_kernels/roofline.py, which takes models).
+"""``esr roofline``: the traffic, work and time model of the fused models against the eager
+references at 540x960 -> 2160x3840 (the model itself: esr_kernels/roofline.py, which takes
+models): bytes, useful and executed MACs, launches per forward, modelled times per device, for
+each dtype asked (default float16 and float32).
 
 ``python -m esr_models.cli.roofline [options of esr roofline]`` runs the command too.
 """
@@ -20,6 +22,7 @@ from .common import require_triton, run
 
 MODELS = ("ifadnet", "pfdnlite", "rlfn")
 LR_SIZE = (540, 960)  # -> 2160x3840 (4K UHD)
+DTYPES = ("float16", "bfloat16", "float32")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "roofline.json"
 
 
@@ -50,25 +53,47 @@ def cmd_roofline(args) -> int:
     # (without --overwrite) is refused now, not after the work (esr_models.io.outputs's rule).
     out = check_report_path(args.json, args.overwrite) if args.json else None
     require_triton("esr roofline (it traces the fused Triton models)")
-    report = build_report(dtype_name=args.dtype)
-    print(f"Memory traffic and roofline, {args.dtype}, {LR_SIZE[0]}x{LR_SIZE[1]} -> "
-          f"{4 * LR_SIZE[0]}x{4 * LR_SIZE[1]} (a model, not a measurement)\n")
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    reports = [build_report(dtype_name=d) for d in dtypes]
+    report = dict(reports[0], models=[m for r in reports for m in r["models"]])
+    print(f"Traffic, work and modelled time, {', '.join(dtypes)}, {LR_SIZE[0]}x{LR_SIZE[1]} -> "
+          f"{4 * LR_SIZE[0]}x{4 * LR_SIZE[1]} (a model, not a measurement; executed work from the "
+          f"sm_{report.get('record_arch', 90)} launch configurations)\n")
     print(format_table(report))
+    print()
+    for m in report["models"]:
+        f = m["fused"]
+        times = ", ".join(f"{d} {ms:.2f}" for d, ms in f["modelled_ms"].items())
+        print(f"{m['model']} {m['dtype']}: {f['launches']} launches per forward; MACs per LR pixel "
+              f"useful {m['useful_macs_per_pixel'] / 1e3:.0f}k, executed {m['executed_macs_per_pixel'] / 1e3:.0f}k "
+              f"({f['executed_over_useful']:.2f}x); modelled ms: {times}")
     for m in report["models"]:
         verdict = "meets" if m["meets_one_third"] else "misses"
-        print(f"{m['model']}: fused traffic {m['traffic_ratio']:.2f} of eager: {verdict} the 1/3 target")
+        print(f"{m['model']} {m['dtype']}: fused DRAM traffic {m['traffic_ratio']:.2f} of eager: "
+              f"{verdict} the 1/3 target")
     if out is not None:
         write_report(out, json.dumps(report, indent=1) + "\n", args.overwrite)
         print(f"report: {out}")
     return 0
 
 
+def _dtypes(text: str) -> str:
+    """``--dtype``: comma-separated, each float16, bfloat16 or float32, at least one."""
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in vals if v not in DTYPES]
+    if bad or not vals:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(DTYPES)} (comma-separated)")
+    return ",".join(vals)
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("roofline", help="memory-traffic / roofline model of fused vs eager (a model, not a measurement)")
+    p = sub.add_parser("roofline", help="traffic, executed work and modelled time of fused vs eager (a model, "
+                       "not a measurement)")
     p.add_argument("--json", default=None, metavar="PATH", help=f"write the report (e.g. {RESULTS}); an existing "
                    "file only with --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--dtype", default="float16,float32", type=_dtypes,
+                   help="dtypes to model, comma-separated (default float16,float32)")
     p.set_defaults(func=cmd_roofline)
 
 
