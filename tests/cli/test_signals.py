@@ -28,7 +28,7 @@ def _finished(out: Path) -> list[Path]:
 def test_a_signal_mid_batch_stops_cleanly_with_the_summary(tmp_path, random_png, signum):
     src = tmp_path / "in"
     for i in range(8):
-        random_png(src / f"im{i}.png", seed=i, size=(96, 96))
+        random_png(src / f"im{i}.png", seed=i, size=(128, 128))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "esr_models.cli", "upscale", str(src), "-o", str(out),
                              "--model", "pfdnlite", "-q"], stderr=subprocess.PIPE, text=True,
@@ -58,4 +58,4 @@ def test_a_signal_mid_batch_stops_cleanly_with_the_summary(tmp_path, random_png,
     for p in done:  # complete files only
         with PILImage.open(p) as im:
             im.load()
-            assert im.size == (384, 384)
+            assert im.size == (512, 512)
