@@ -36,20 +36,33 @@ The executed counts and L2 bytes come from a second pass, ``record_launches`` on
 input of the same shape (nothing is computed: the launches are only recorded), matched to the
 esr:: launches in order (``attach_executed``).
 
+- ``issued``: the warp-instructions the launch issues, read from each kernel compiled for sm_90
+  (``sass_profiles``: ``triton.compile`` as ``esr gpu-check`` does, ``cuobjdump -sass``, cached
+  beside gpu-check's compiles): straight-line code once per warp, each loop body (a backward
+  branch) times its trip count from the source (``_loop_trips``), times warps and programs.
+  The FFMAs counted this way agree with the executed MACs within 6% in float32 (a test checks
+  it), which checks both counts.
+
 Modelled time of a launch on a device (``launch_seconds``):
 
-    max(DRAM bytes / HBM bandwidth, L2 bytes / L2 bandwidth,
-        2 * executed MACs / (matrix peak of the dtype's path * issue efficiency))
-    + a per-launch overhead
+    max(DRAM bytes / HBM bandwidth, L2 bytes / L2 bandwidth, compute) + a per-launch overhead
 
-- float32: the kernels' dots are IEEE float32 (``input_precision="ieee"``: FFMA on the CUDA
-  cores, never TF32), so the peak is the float32 FMA rate, and the issue efficiency is 1/2: the
-  dot loops Triton emits issue about one FFMA per two instructions (operand loads and address
-  arithmetic between them; issue 28's reading of the sm_90 SASS). That factor is issue 28's,
-  not fitted here, and one number for every kernel and model;
-- float16 / bfloat16: tensor cores at the dense matrix peak, efficiency 1. Not validated: the
-  measured float16 times are 7-23x this (small tiles, one K step per barrier: the kernels are
-  bound by instruction issue and latency, which this model does not contain);
+    compute = issued warp-instructions / (SMs * 4 issue slots * clock * ISSUE_FRACTION)
+              on sm_90 devices when the SASS is known; otherwise
+              2 * executed MACs / (matrix peak of the dtype's path * ISSUE_EFFICIENCY)
+
+- ISSUE_FRACTION = 1/2: the kernels fill about half the SMs' issue slots (8-16 resident warps
+  per SM, ``num_stages=1``: each K step waits for its loads). It is issue 28's calibration
+  ("executed FMAs at half the float32 rate" reproduced IFADNet and RLFN) restated per
+  instruction: the 32-pixel float32 conv's K loop issues ~1.29 instructions per FFMA, and
+  1.29 / 32 lanes * 25.45e12 FFMA/s = 0.49 of the H200's 1.04e12 issue slots/s. One number for
+  every kernel, dtype and model, not fitted to the measurements it is checked against. What
+  the issue count adds over the MAC count: 16-pixel tiles issue ~1.65 instructions per FFMA,
+  the gated convs ~2, la_reduce 2.2, ESA's kernels 2.2-3.5, and the straight-line prologues
+  and epilogues;
+- fallback (no SASS, or the RTX 3090, whose sm_86 code is not what was read): float32 IEEE
+  dots on the FMA units at ISSUE_EFFICIENCY 1/2 of the float32 matrix rate (issue 28's rule);
+  float16/bfloat16 on tensor cores at the dense peak;
 - the model time is the sum over launches (one stream, no overlap between launches); the
   per-launch overhead (``launch_overhead_s``) is the GPU-side gap between back-to-back kernels
   (a few µs), not the host's dispatch time, which overlaps with the GPU's work once the GPU is
@@ -58,16 +71,19 @@ Modelled time of a launch on a device (``launch_seconds``):
 Devices (``DEVICES``): the H200 uses the ceilings *measured* on the lent H200 on 2026-11-28
 (benchmarks/results/gpu-session-h200-2026-11-28.json, env step: device-to-device copy
 4292 GB/s, float32 matrix product 50.9 TFLOP/s, bf16 790 TFLOP/s); the others, vendor
-datasheets. L2 bandwidths are not measured in this repository: third-party microbenchmark
-figures, approximate (they bind only for the float16 paths here).
+datasheets; the H200's 132 SMs at 1965 MHz under load were read there too (nvidia-smi). L2
+bandwidths are not measured in this repository: third-party microbenchmark figures, approximate.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 from unittest import mock
 
@@ -78,14 +94,19 @@ if TYPE_CHECKING:
 
 # bandwidth / l2_bandwidth: bytes/s; fp32_flops: float32 FMA-unit matrix rate; fp16_flops: dense
 # fp16/bf16 tensor-core rate (FLOP/s, 2 per MAC); launch_overhead_s: per launch, GPU side.
+# arch, sms, clock_hz: the SASS issue model applies where arch is RECORD_ARCH (sm_90's code).
 DEVICES = {
     "H200 (measured)": {"bandwidth": 4.292e12, "l2_bandwidth": 5.5e12, "fp32_flops": 50.9e12,
-                        "fp16_flops": 790e12, "launch_overhead_s": 3e-6},
+                        "fp16_flops": 790e12, "launch_overhead_s": 3e-6, "arch": 90, "sms": 132,
+                        "clock_hz": 1.965e9},
     "H100 SXM": {"bandwidth": 3.35e12, "l2_bandwidth": 5.5e12, "fp32_flops": 67e12, "fp16_flops": 989e12,
-                 "launch_overhead_s": 3e-6},
+                 "launch_overhead_s": 3e-6, "arch": 90, "sms": 132, "clock_hz": 1.98e9},
     "RTX 3090": {"bandwidth": 936e9, "l2_bandwidth": 2.0e12, "fp32_flops": 35.6e12, "fp16_flops": 71e12,
-                 "launch_overhead_s": 3e-6},
+                 "launch_overhead_s": 3e-6, "arch": 86, "sms": 82, "clock_hz": 1.695e9},
 }
+# Fraction of the SMs' issue slots (4 warp-instructions per SM per clock) the kernels fill:
+# issue 28's "half", per instruction (see the module docstring).
+ISSUE_FRACTION = 0.5
 # Issue efficiency of the dots per dtype path (see the module docstring): IEEE float32 dots on
 # the FMA units issue about one FFMA per two instructions; tensor-core dots are taken at peak.
 ISSUE_EFFICIENCY = {"float32": 0.5, "float16": 1.0, "bfloat16": 1.0}
@@ -106,6 +127,7 @@ class Launch:
     executed_macs: int = 0
     l2_read: int = 0
     programs: int = 0
+    issued: int = 0  # warp-instructions, from the sm_90 SASS (0: not known)
 
     @property
     def bytes(self) -> int:
@@ -302,10 +324,11 @@ def executed_work(k) -> tuple[int, int, int, int]:
     return macs, footprint + programs * weights, programs, _tbytes(k.tensors[in_key]) + weights
 
 
-def attach_executed(launches: list[Launch], recorded) -> None:
+def attach_executed(launches: list[Launch], recorded, profiles=None) -> None:
     """Fill ``executed_macs``, ``l2_read`` and ``programs`` of the esr:: ``launches`` (in
     order) from the Triton launches ``recorded`` of the same forward, which must correspond one
-    to one (``record_launches`` on the same model and input shape)."""
+    to one (``record_launches`` on the same model and input shape); and ``issued`` from their
+    SASS ``profiles`` (``sass_profiles``) when given."""
     ours = [l for l in launches if l.name in _KERNEL_OF]
     names = [_KERNEL_OF[l.name] for l in ours]
     if names != [k.kernel for k in recorded]:
@@ -316,6 +339,9 @@ def attach_executed(launches: list[Launch], recorded) -> None:
         l.executed_macs, l.programs = macs, programs
         # the DRAM reads minus the input and weights counted once, plus what the programs request
         l.l2_read = l.read - once + requested
+    for l, k, prof in zip(ours, recorded, profiles or [None] * len(ours)):
+        if prof is not None:
+            l.issued = issued_per_warp(k, prof)[0] * k.num_warps * l.programs
 
 
 def record_executed(model, x_shape, dtype, arch: int = RECORD_ARCH) -> list:
@@ -327,6 +353,157 @@ def record_executed(model, x_shape, dtype, arch: int = RECORD_ARCH) -> list:
     from .gpu_check import record_launches
 
     return record_launches(model, torch.zeros(x_shape, dtype=dtype), arch)
+
+
+# ---------------------------------------------------------------- issued instructions (sm_90 SASS)
+# The warp-instructions a program issues, read from the kernel compiled for the recorded arch:
+# straight-line code once, each loop body times its trip count. Loops are the backward branches
+# of the SASS; their trip counts come from the kernel's source (``_loop_trips``).
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def sass_loops(sass: str) -> dict:
+    """{"total": instructions, "ffma": FFMAs, "loops": [[start, end, instructions, FFMAs], ...]}
+    of one kernel's SASS (``cuobjdump -sass``); a loop is the range from a backward branch's
+    target to the branch."""
+    ins = [(int(a, 16), op, rest) for a, op, rest in _SASS_LINE.findall(sass)]
+    loops = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
+        if target and int(target.group(1), 16) < addr:
+            start = int(target.group(1), 16)
+            body = [o for a, o, _ in ins if start <= a <= addr]
+            loops.append([start, addr, len(body), sum(o.startswith("FFMA") for o in body)])
+    return {"total": len(ins), "ffma": sum(o.startswith("FFMA") for _, o, _ in ins), "loops": loops}
+
+
+def _loop_trips(k) -> tuple[int, int]:
+    """(trips of each outermost loop, trips of a loop nested in one) of recorded launch ``k``,
+    from the kernels' sources: conv/BSB loop over K blocks per (unrolled) tap; la_reduce over the
+    pool window; esa_down over 9 taps, then K blocks; esa_low over 9 taps, then the pool window."""
+    c, s = k.constexprs, k.scalars
+    k_blocks = -(-s.get("C_in", s.get("C", 0)) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
+    pool = c.get("POOL_K", 0) ** 2
+    return {"_conv_kernel": (k_blocks, 0), "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
+            "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),
+            "_esa_out_kernel": (0, 0)}[k.kernel]
+
+
+def issued_per_warp(k, prof: dict) -> tuple[int, int]:
+    """(warp-instructions, FFMAs) one warp of a program of launch ``k`` issues, from its SASS
+    profile ``prof`` (``sass_loops``) and the loops' trip counts."""
+    outer_trips, inner_trips = _loop_trips(k)
+    loops = prof["loops"]
+    def inside(a, b):
+        return a is not b and b[0] <= a[0] and a[1] <= b[1]
+    outer = [l for l in loops if not any(inside(l, o) for o in loops)]
+    instr, ffma = prof["total"], prof["ffma"]
+    for o in outer:
+        nested = [l for l in loops if inside(l, o)]
+        own_i, own_f = o[2] - sum(n[2] for n in nested), o[3] - sum(n[3] for n in nested)
+        instr += own_i * (outer_trips - 1) - sum(n[2] for n in nested)
+        ffma += own_f * (outer_trips - 1) - sum(n[3] for n in nested)
+        instr += sum(n[2] for n in nested) * outer_trips * inner_trips
+        ffma += sum(n[3] for n in nested) * outer_trips * inner_trips
+    return instr, ffma
+
+
+def _compile_sass(job: dict) -> str:
+    """SASS of one recorded launch (``job``: its fields, ``arch``), compiled as ``esr gpu-check``
+    compiles it. Runs in a worker process without TRITON_INTERPRET."""
+    import importlib
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    from .gpu_check import TensorArg, _fake_arg, _tool
+
+    kernel = getattr(importlib.import_module(job["module"]), job["kernel"])
+    target = GPUTarget("cuda", job["arch"], 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    args = [_fake_arg(TensorArg(**job["tensors"][n])) if n in job["tensors"]
+            else job["scalars"][n] if n in job["scalars"] else job["constexprs"][n] for n in job["params"]]
+    kwargs = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
+    if job.get("maxnreg"):
+        kwargs["maxnreg"] = job["maxnreg"]
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        return subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
+def _sass_job(job: dict) -> dict:
+    """Worker: the cached or freshly compiled SASS profile of one job."""
+    import json
+
+    cache = Path(job["cache"])
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    prof = sass_loops(_compile_sass(job))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(prof))
+    tmp.replace(cache)
+    return prof
+
+
+def sass_profiles(recorded, arch: int = RECORD_ARCH, jobs: int = 2) -> list[dict | None]:
+    """The SASS profile (``sass_loops``) of each recorded launch, compiled for ``arch`` in
+    worker processes (cached with ``esr gpu-check``'s compiles, by kernel source, specialisation
+    and Triton version); None for every launch when compiling is not possible here."""
+    import hashlib
+    import json
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import triton
+
+    from . import gpu_check
+
+    keys = [json.dumps({"spec": k.spec_key(), "arch": arch, "src": _kernel_hash(k), "triton": triton.__version__},
+                       sort_keys=True) for k in recorded]
+    todo = {}
+    for key, k in zip(keys, recorded):
+        if key not in todo:
+            d = asdict(k) | {"tensors": {n: asdict(v) for n, v in k.tensors.items()}, "arch": arch}
+            d["cache"] = str(gpu_check._cache_dir() / "sass" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json")
+            todo[key] = d
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            profiles = dict(zip(todo, pool.map(_sass_job, todo.values())))
+    except Exception as exc:  # no ptxas/cuobjdump here, or a compile error: the FMA-rate model applies
+        import warnings
+
+        warnings.warn(f"esr roofline: no SASS for the issue model ({type(exc).__name__}: {exc}); "
+                      "executed MACs at the FMA rate instead", stacklevel=2)
+        return [None] * len(recorded)
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+    return [profiles[key] for key in keys]
+
+
+def _kernel_hash(k) -> str:
+    """A hash of the kernel's source file (its jit functions live beside it or in common.py)."""
+    import hashlib
+    import importlib
+
+    mod = importlib.import_module(k.module)
+    common = importlib.import_module("esr_kernels.triton.common")
+    text = Path(mod.__file__).read_bytes() + Path(common.__file__).read_bytes()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- aten launches
@@ -392,12 +569,14 @@ def record(model, x_shape, dtype) -> list[Launch]:
 
 def launch_seconds(l: Launch, device: dict, dtype_name: str = "float16") -> float:
     """Modelled time of one launch (module docstring): the slowest of DRAM, L2 and the
-    executed MACs on the dtype's path, plus the device's per-launch overhead. A launch with no
-    executed count (aten ops; everything before ``attach_executed``) is taken at its useful
-    MACs and the path's full peak."""
+    instruction issue (sm_90 devices, SASS known) or the executed MACs on the dtype's path, plus
+    the device's per-launch overhead. A launch with no executed count (aten ops; everything
+    before ``attach_executed``) is taken at its useful MACs and the path's full peak."""
     float32 = dtype_name == "float32"
     peak = device["fp32_flops"] if float32 else device["fp16_flops"]
-    if l.executed_macs:
+    if l.issued and device.get("arch") == RECORD_ARCH:
+        compute = l.issued / (device["sms"] * 4 * device["clock_hz"] * ISSUE_FRACTION)
+    elif l.executed_macs:
         compute = 2 * l.executed_macs / (peak * ISSUE_EFFICIENCY[dtype_name])
     else:
         compute = 2 * l.macs / peak
@@ -423,26 +602,29 @@ def summarise(launches, dtype_name: str = "float16") -> dict:
     return {"launches": len(launches), "read_bytes": sum(l.read for l in launches),
             "written_bytes": sum(l.written for l in launches), "bytes": sum(l.bytes for l in launches),
             "l2_bytes": sum(l.l2_bytes for l in launches), "macs": macs, "executed_macs": executed,
+            "issued_warp_instructions": sum(l.issued for l in launches),
             "executed_over_useful": executed / macs if executed and macs else None,
             "bound_ms": {k: 1e3 * bound_seconds(launches, d, dtype_name) for k, d in DEVICES.items()},
             "modelled_ms": {k: 1e3 * modelled_seconds(launches, d, dtype_name) for k, d in DEVICES.items()}}
 
 
-def model_report(name: str, fused, eager, size, dtype_name: str = "float16") -> dict:
+def model_report(name: str, fused, eager, size, dtype_name: str = "float16", sass: bool = True) -> dict:
     """Fused and eager launches of one model (``fused``: fused with backend "triton"; ``eager``:
     its reference) at (1, 3, *size), the fused ones with their executed work on sm_90's launch
-    configurations; the fused model is traced, so this process needs Triton's interpreter
-    (``interpreter_usable``)."""
+    configurations and (``sass``) their issued instructions from the sm_90 SASS; the fused model
+    is traced, so this process needs Triton's interpreter (``interpreter_usable``)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     shape = (1, 3, *size)
     fused_launches, eager_launches = record(fused, shape, dtype), record(eager, shape, dtype)
-    attach_executed(fused_launches, record_executed(fused, shape, dtype))
+    recorded = record_executed(fused, shape, dtype)
+    attach_executed(fused_launches, recorded, sass_profiles(recorded) if sass else None)
     f, e = summarise(fused_launches, dtype_name), summarise(eager_launches, dtype_name)
     pixels = size[0] * size[1]
     return {"model": name, "dtype": dtype_name, "input": list(shape),
             "output": [1, 3, 4 * size[0], 4 * size[1]], "fused": f, "eager": e,
+            "issue_model": all(l.issued for l in fused_launches if l.programs),
             "launches_per_forward": f["launches"], "kernel_launches": sum(1 for l in fused_launches if l.programs),
             "useful_macs_per_pixel": f["macs"] / pixels, "executed_macs_per_pixel": f["executed_macs"] / pixels,
             "traffic_ratio": f["bytes"] / e["bytes"], "meets_one_third": f["bytes"] <= TARGET_RATIO * e["bytes"],
@@ -463,12 +645,15 @@ def interpreter_usable() -> bool:
 def combine(model_reports: list[dict]) -> dict:
     """The whole report: what is modelled, the devices, the target, one entry per model and dtype."""
     return {"what": "a model, not a measurement. Per launch: DRAM bytes (each tensor once), L2 bytes (each "
-                    "program's input footprint with its halo, all weights once per program), useful MACs and "
+                    "program's input footprint with its halo, all weights once per program), useful MACs, "
                     "executed MACs (sm_90 launch configurations: padding, K blocks, recomputation, masked "
-                    "tails). modelled_ms = sum over launches of max(DRAM bytes / bandwidth, L2 bytes / L2 "
-                    "bandwidth, 2 executed MACs / (peak x issue efficiency)) + launch overhead; bound_ms = "
-                    "sum of max(DRAM bytes / bandwidth, 2 useful MACs / peak). See esr_kernels/roofline.py",
-            "devices": DEVICES, "issue_efficiency": ISSUE_EFFICIENCY, "record_arch": RECORD_ARCH,
+                    "tails) and issued warp-instructions (sm_90 SASS loops x trip counts). modelled_ms = sum "
+                    "over launches of max(DRAM bytes / bandwidth, L2 bytes / L2 bandwidth, issued / (SMs x 4 "
+                    "x clock x issue_fraction), or without SASS 2 executed MACs / (peak x issue efficiency)) "
+                    "+ launch overhead; bound_ms = sum of max(DRAM bytes / bandwidth, 2 useful MACs / peak). "
+                    "See esr_kernels/roofline.py",
+            "devices": DEVICES, "issue_fraction": ISSUE_FRACTION, "issue_efficiency": ISSUE_EFFICIENCY,
+            "record_arch": RECORD_ARCH,
             "target_ratio": TARGET_RATIO, "models": model_reports}
 
 
