@@ -22,6 +22,12 @@ What is counted, per kernel launch (``Launch``):
   likewise) times the real input channels, plus *all* weights and bias vectors once per program
   (every program loads them), plus residuals, gates and outputs once. Re-reads within one
   program (the 9 taps over the same rows) are assumed served by L1.
+- ``issued``: the warp-instructions the launch issues, read from each kernel compiled for sm_90
+  (``sass_profiles``: ``triton.compile`` as ``esr gpu-check`` does, ``cuobjdump -sass``, cached
+  beside gpu-check's compiles): straight-line code once per warp, each loop body (a backward
+  branch) times its trip count from the source (``_loop_trips``), times warps and programs.
+  The FFMAs counted this way agree with the executed MACs within 6% in float32 (a test checks
+  it), which checks both counts.
 
 How launches are found: the model runs under ``FakeTensorMode`` (no memory, no arithmetic:
 540x960 costs nothing) inside a ``TorchDispatchMode`` that sees every op:
@@ -36,13 +42,6 @@ The executed counts and L2 bytes come from a second pass, ``record_launches`` on
 input of the same shape (nothing is computed: the launches are only recorded), matched to the
 esr:: launches in order (``attach_executed``).
 
-- ``issued``: the warp-instructions the launch issues, read from each kernel compiled for sm_90
-  (``sass_profiles``: ``triton.compile`` as ``esr gpu-check`` does, ``cuobjdump -sass``, cached
-  beside gpu-check's compiles): straight-line code once per warp, each loop body (a backward
-  branch) times its trip count from the source (``_loop_trips``), times warps and programs.
-  The FFMAs counted this way agree with the executed MACs within 6% in float32 (a test checks
-  it), which checks both counts.
-
 Modelled time of a launch on a device (``launch_seconds``):
 
     max(DRAM bytes / HBM bandwidth, L2 bytes / L2 bandwidth, compute) + a per-launch overhead
@@ -56,7 +55,8 @@ Modelled time of a launch on a device (``launch_seconds``):
   ("executed FMAs at half the float32 rate" reproduced IFADNet and RLFN) restated per
   instruction: the 32-pixel float32 conv's K loop issues ~1.29 instructions per FFMA, and
   1.29 / 32 lanes * 25.45e12 FFMA/s = 0.49 of the H200's 1.04e12 issue slots/s. One number for
-  every kernel, dtype and model, not fitted to the measurements it is checked against. What
+  every kernel, dtype and model, not fitted to the measurements it is checked against (the
+  float32 H200 times come out 1.11-1.13x the measured ones, every model, both sizes). What
   the issue count adds over the MAC count: 16-pixel tiles issue ~1.65 instructions per FFMA,
   the gated convs ~2, la_reduce 2.2, ESA's kernels 2.2-3.5, and the straight-line prologues
   and epilogues;
@@ -394,8 +394,11 @@ def issued_per_warp(k, prof: dict) -> tuple[int, int]:
     profile ``prof`` (``sass_loops``) and the loops' trip counts."""
     outer_trips, inner_trips = _loop_trips(k)
     loops = prof["loops"]
-    def inside(a, b):
+
+    def inside(a, b):  # loop a nested in loop b (address ranges)
         return a is not b and b[0] <= a[0] and a[1] <= b[1]
+
+    # static counts hold every body once: add the outer bodies' other trips, the nested ones'
     outer = [l for l in loops if not any(inside(l, o) for o in loops)]
     instr, ffma = prof["total"], prof["ffma"]
     for o in outer:
