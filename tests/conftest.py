@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,12 @@ SHARED = _shared_dir()
 
 def pytest_configure(config):
     """Environment for the whole session, set before any test module is imported."""
+    # A shell starts a background job (`cmd &` without job control, e.g. `nohup .ci/run &`) with
+    # SIGINT ignored, and Python then keeps it ignored, as do the processes it starts: the tests
+    # that send Ctrl-C to an `esr` child, or check that a handler is restored, need Python's
+    # interactive default. (xdist's workers are started after this, with it.)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Triton reads this once, at its first import: without a GPU, its kernels can only run on
     # CPU tensors through the interpreter. Setting it selects nothing and skips nothing by itself.
     if not torch.cuda.is_available():
