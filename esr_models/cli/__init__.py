@@ -26,29 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``esr`` command (``argv`` None: this process's arguments). Returns the exit status."""
-    code = run(build_parser(), argv)
-    if argv is None and code in _STOPPED_BY_SIGNAL:
-        _exit_now(code)
-    return code
-
-
-# 128 + SIGHUP / SIGTERM: `esr upscale` stopped by the signal (upscale.signals_as_interrupts)
-# after removing its temporary file and printing the summary.
-_STOPPED_BY_SIGNAL = (128 + 1, 128 + 15)
-
-
-def _exit_now(code: int) -> None:
-    """Exit with ``code`` without the interpreter's teardown. Why: the signal's exception can land
-    while the model stage is inside a PyAV call; the interrupted codec contexts are then freed at
-    interpreter exit, and under load that crashed (SIGSEGV, status -11 instead of the documented
-    143) in CI. Everything the command made is already cleaned up and reported by then."""
-    import os
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    """The ``esr`` command (``argv`` None: this process's arguments, as the ``esr`` script and
+    ``python -m esr_models.cli`` run it). Returns the exit status."""
+    parser = build_parser()
+    # Run as the command (not called in-process with argv): a run stopped by SIGTERM/SIGHUP may
+    # end the process at once after its clean-up (upscale.exit_after_signal).
+    parser.set_defaults(as_command=argv is None)
+    return run(parser, argv)

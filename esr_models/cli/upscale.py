@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import signal
 import sys
 import threading
@@ -131,8 +132,24 @@ def cmd_upscale(args) -> int:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         why = "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
         report.finish(interrupted=len(todo) - (sum(report.counts.values()) - before), why=why)
+        if signum != signal.SIGINT and getattr(args, "as_command", False):
+            exit_after_signal(128 + signum)
         return 128 + signum
     return report.finish()
+
+
+def exit_after_signal(code: int) -> None:
+    """End the process with ``code`` now, without unwinding: the run was stopped by SIGTERM or
+    SIGHUP, its temporary file is removed and its summary printed. Why: a video interrupted
+    mid-encode leaves PyAV objects (held by the exception's frames) that crashed (SIGSEGV,
+    status -11 instead of 143) when freed during the unwinding, under load in CI. Ctrl-C keeps
+    the ordinary return."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 class Terminated(KeyboardInterrupt):
