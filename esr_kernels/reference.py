@@ -72,6 +72,11 @@ def gate(x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
     return x * upsample(att, x.shape[-2:]) * torch.sigmoid(x[:, :1])
 
 
+def span_attention(o3: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """SPAN's parameter-free attention: (o3 + x) * (sigmoid(o3) - 0.5), in this order."""
+    return (o3 + x) * (torch.sigmoid(o3) - 0.5)
+
+
 def conv(x, w_packed, bias, geometry: ConvGeometry, epilogue: ConvEpilogue = ConvEpilogue()):
     """Reference of esr::conv, in its arguments grouped (``op_args.CONV.split`` of the op's).
 

@@ -29,6 +29,14 @@ def _shared_dir() -> Path | None:
 
 SHARED = _shared_dir()
 
+# The name a model's files have in ../shared (golden/<tag>_<input>.npz, expected_psnr.json)
+# where it is not the model name: the SPAN files are named after their widths.
+SHARED_TAGS = {"span": "span28", "spantiny": "spantiny26"}
+
+
+def _shared_tag(name: str) -> str:
+    return SHARED_TAGS.get(name, name)
+
 
 def pytest_configure(config):
     """Environment for the whole session, set before any test module is imported."""
@@ -85,6 +93,12 @@ def models():
 
 
 @pytest.fixture(scope="session")
+def shared_tag():
+    """shared_tag(model name) -> its name in ../shared's golden outputs and expected_psnr.json."""
+    return _shared_tag
+
+
+@pytest.fixture(scope="session")
 def golden(shared):
     """The one golden helper: golden(name, inp, device="cpu") -> (lr, sr), the upstream model's
     input (1, 3, h, w) float in [0, 1] and its output (1, 3, 4h, 4w), from
@@ -92,7 +106,7 @@ def golden(shared):
     import numpy as np
 
     def load(name: str, inp: str, device="cpu"):
-        g = np.load(shared / "golden" / f"{name}_{inp}.npz")
+        g = np.load(shared / "golden" / f"{_shared_tag(name)}_{inp}.npz")
         x = torch.from_numpy(g["lr"]).permute(2, 0, 1)[None].float().to(device) / 255.0
         return x, torch.from_numpy(g["sr"])[None].to(device)
 

@@ -50,7 +50,7 @@ def explain_mismatch(state: dict, exc: BaseException | None = None) -> str | Non
         if best[0] < 0.5:
             return None
         _, arch, upstream = best
-    mapped = {arch.rename(k): v for k, v in sd.items()} if upstream else dict(sd)
+    mapped = {arch.rename(k): v for k, v in arch.deploy_form(sd).items()} if upstream else dict(sd)
     try:
         expected = list(arch.build(mapped).state_dict())
         if upstream:

@@ -193,8 +193,9 @@ class _ExactConstants:
 
 
 class AffineInputConv2d(_ExactConstants, nn.Conv2d):
-    """Head conv of ``x * in_scale - in_shift`` (zero padding applies after the transform).
-    IFADNet subtracts the DIV2K mean; RLFN scales [0, 1] to its [0, 255] training range."""
+    """Head conv of ``(x - in_shift) * in_scale`` (zero padding applies after the transform).
+    IFADNet subtracts the DIV2K mean; RLFN scales [0, 1] to its [0, 255] training range; SPAN
+    does both, in this order (as upstream computes it)."""
 
     def __init__(self, c_in: int, c_out: int, in_scale: float = 1.0, in_shift=None):
         super().__init__(c_in, c_out, 3, padding=1)
@@ -203,10 +204,10 @@ class AffineInputConv2d(_ExactConstants, nn.Conv2d):
         self.has_shift = in_shift is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_scale != 1.0:
-            x = x * self.in_scale
         if self.has_shift:
             x = x - self.in_shift.to(x.dtype)
+        if self.in_scale != 1.0:
+            x = x * self.in_scale
         return super().forward(x)
 
 
@@ -241,6 +242,16 @@ class ConvAdd(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return super().forward(x) + residual
+
+
+class ConcatConv(nn.Conv2d):
+    """1x1 conv of the concatenated features (SPAN's feature fusion): conv(cat(features))."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(torch.cat(features, dim=1))
 
 
 class ConcatFuse(nn.Conv2d):

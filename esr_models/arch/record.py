@@ -1,5 +1,5 @@
 """What the package knows about one architecture, besides its nn.Module code: an ``Architecture``
-record. Each model file (ifadnet.py, pfdnlite.py, rlfn.py) ends with its ``ARCHITECTURE``;
+record. Each model file (ifadnet.py, pfdnlite.py, rlfn.py, span.py) ends with its ``ARCHITECTURE``;
 registry.py collects them, and everything else (detection, checkpoint files, key layouts,
 spandrel, the memory estimate, training's export) reads the records.
 
@@ -116,11 +116,26 @@ class Architecture:
     # Peak bytes a float32 whole-image forward allocates per LR pixel, batch 1 (memory.py: the
     # tile size when none is given).
     peak_bytes_per_pixel: int
+    # Further model names served by this architecture, each with its own upstream checkpoint
+    # (SPAN's "spantiny"): (name, checkpoint) pairs.
+    variants: tuple[tuple[str, Checkpoint], ...] = ()
+    # An upstream-layout state dict -> its deploy form, before the renames (SPAN merges
+    # train-time Conv3XC branches); None: checkpoints are deploy form already.
+    to_deploy_form: Callable[[dict], dict] | None = None
 
     @property
     def min_size(self) -> int:
         """Smallest H and W the model takes (its attention's pooling window, from esr_kernels.spec)."""
         return self.cls.min_size
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every model name with a checkpoint of this architecture: its own, then its variants'."""
+        return (self.name, *(name for name, _ in self.variants))
+
+    def deploy_form(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An upstream-layout state dict in deploy form (``to_deploy_form``; unchanged without one)."""
+        return sd if self.to_deploy_form is None else self.to_deploy_form(sd)
 
     def rename(self, key: str) -> str:
         """An upstream key -> ours."""

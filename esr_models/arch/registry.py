@@ -8,12 +8,13 @@ from torch import nn
 
 from esr_kernels.errors import EsrError
 
-from . import ifadnet, pfdnlite, rlfn
+from . import ifadnet, pfdnlite, rlfn, span
 from .record import Architecture
 
 # In detection order (the first whose identifying keys are all present wins). A new model: its
 # file, with its ARCHITECTURE record, and one entry here.
-ARCHITECTURES: tuple[Architecture, ...] = (ifadnet.ARCHITECTURE, pfdnlite.ARCHITECTURE, rlfn.ARCHITECTURE)
+ARCHITECTURES: tuple[Architecture, ...] = (ifadnet.ARCHITECTURE, pfdnlite.ARCHITECTURE, rlfn.ARCHITECTURE,
+                                           span.ARCHITECTURE)
 
 
 class UnknownArchitectureError(EsrError, ValueError):
@@ -21,9 +22,10 @@ class UnknownArchitectureError(EsrError, ValueError):
 
 
 def architecture(name: str) -> Architecture:
-    """The record of the architecture called ``name`` (KeyError for an unknown one)."""
+    """The record of the architecture called ``name``, or serving the model ``name`` (a
+    variant's: "spantiny" -> SPAN's record); KeyError for an unknown one."""
     for arch in ARCHITECTURES:
-        if arch.name == name:
+        if name in arch.model_names:
             return arch
     raise KeyError(name)
 
@@ -50,7 +52,7 @@ def detect(state: dict) -> tuple[str, nn.Module]:
     sd = unwrap(state)
     for arch in ARCHITECTURES:
         if all(k in sd for k in arch.upstream_keys):
-            mapped = {arch.rename(k): v for k, v in sd.items()}
+            mapped = {arch.rename(k): v for k, v in arch.deploy_form(sd).items()}
         elif all(k in sd for k in arch.own_keys):
             mapped = sd
         else:

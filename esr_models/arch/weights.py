@@ -26,8 +26,9 @@ class WeightsError(EsrError, RuntimeError):
     """A checkpoint could not be found, downloaded or verified."""
 
 
-# Model name -> its upstream checkpoint (the architecture records', record.py).
-CHECKPOINTS: dict[str, Checkpoint] = {arch.name: arch.checkpoint for arch in ARCHITECTURES}
+# Model name -> its upstream checkpoint (the architecture records', record.py, variants included).
+CHECKPOINTS: dict[str, Checkpoint] = {
+    name: ckpt for arch in ARCHITECTURES for name, ckpt in ((arch.name, arch.checkpoint), *arch.variants)}
 
 # Whole download, connection included; each socket operation waits at most SOCKET_TIMEOUT_S.
 DOWNLOAD_TIMEOUT_S = 15.0

@@ -151,8 +151,9 @@ class FusedAffineInputConv2d(_Fused, AffineInputConv2d):
     """Head conv: the input scale is folded into the weight, the shift is the prologue."""
 
     def _pack(self) -> None:
-        self._store("conv", self.kernels.pack_conv(self.weight * self.in_scale, self.bias))  # conv(s x) = (s W) x
-        shift = self.in_shift.detach().flatten().float() * self.in_scale if self.has_shift else None
+        # conv((x - t) s) = (s W)(x - t)
+        self._store("conv", self.kernels.pack_conv(self.weight * self.in_scale, self.bias))
+        shift = self.in_shift.detach().flatten().float() if self.has_shift else None
         self.register_buffer("shift_flat", shift, persistent=False)
 
     def forward(self, x):

@@ -63,8 +63,8 @@ def test_ssim_identical_is_one_and_noise_lowers_it():
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
-def test_reproduces_published_psnr(models, shared, name):
-    expected = json.loads((shared / "expected_psnr.json").read_text())[name]
+def test_reproduces_published_psnr(models, shared, shared_tag, name):
+    expected = json.loads((shared / "expected_psnr.json").read_text())[shared_tag(name)]
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     for dataset, target in expected.items():
         result = evaluate_folder(shared / "data" / dataset, models[name], with_ssim=False)
