@@ -1,4 +1,4 @@
-"""spandrel support: ``register_spandrel()`` adds IFADNet, PFDNLite and RLFN to spandrel's
+"""spandrel support: ``register_spandrel()`` adds IFADNet, PFDNLite, RLFN and SPAN to spandrel's
 architecture registry, so that hosts which load SR models through spandrel (chaiNNer, ComfyUI,
 ...) load the upstream checkpoints (and this package's own key layout) like any other model::
 
@@ -13,7 +13,10 @@ exactly the weights ``esr_models.load`` gives (same outputs, bit for bit). spand
 optional dependency: it is imported only when ``register_spandrel`` is called.
 
 What the descriptors declare, and why:
-- ``scale``: the tail's pixel-shuffle factor (4 for the three upstream files).
+- ``scale``: the tail's pixel-shuffle factor (4 for the five upstream files).
+- SPAN: spandrel has its own SPAN, which claims checkpoints in its train-time layout (Conv3XC
+  branches; it is registered before ours); it refuses the NTIRE 2024 deploy-form files
+  (``eval_conv`` only), which ours loads. ``esr_models.load`` takes both layouts.
 - ``size_requirements.minimum``: the model's ``min_size`` (its architecture record's: what
   the attention pooling needs); spandrel's ``__call__`` pads smaller images itself.
   No ``multiple_of`` (any H, W works) and no ``square``.
@@ -108,7 +111,7 @@ def _arch_supports() -> tuple:
 
 
 def register_spandrel(registry=None) -> list:
-    """Add IFADNet, PFDNLite and RLFN to spandrel's registry (``spandrel.MAIN_REGISTRY``, which
+    """Add IFADNet, PFDNLite, RLFN and SPAN to spandrel's registry (``spandrel.MAIN_REGISTRY``, which
     ``spandrel.ModelLoader()`` uses, unless ``registry`` is given) and return their
     ``ArchSupport`` entries. Calling it again is harmless: entries already there are kept.
     Raises ImportError (saying what to install) when spandrel cannot be imported."""

