@@ -1,6 +1,6 @@
 """``esr export SOURCE [-o OUT.pth] [--onnx OUT.onnx] [--opset N] [--raw] [--overwrite]``.
 
-SOURCE is a model name (``ifadnet``, ``pfdnlite``, ``rlfn``), a deploy checkpoint (any layout
+SOURCE is a model name (``ifadnet``, ``pfdnlite``, ``rlfn``, ``span``, ``spantiny``), a deploy checkpoint (any layout
 ``esr_models.load`` reads) or a checkpoint written by ``esr train``.
 
 * ``-o OUT.pth``: the deploy-form checkpoint in the upstream key layout

@@ -7,7 +7,8 @@ detects it and the upstream code loads it:
 * IFADNet (its record's checkpoint has ``subkey="params_ema"``): ``{"params": raw deploy weights,
   "params_ema": EMA deploy weights}``, the BasicSR layout of the upstream file (with ``use_ema=False`` both hold the raw weights, so that
   loaders preferring ``params_ema`` get what was asked for).
-* PFDNLite, RLFN: a plain state dict of the chosen weights.
+* PFDNLite, RLFN, SPAN: a plain state dict of the chosen weights (SPAN in the challenge files'
+  deploy layout, ``<p>.eval_conv.*``: a train-time SPAN is merged, Conv3XC by Conv3XC).
 """
 from __future__ import annotations
 

@@ -8,9 +8,13 @@ their forward code is the reference's own:
 * PFDNLite: each block's ``conv1`` (and ``conv2`` in full blocks) is a ``RepMBConv`` and its
   ``conv3`` a ``RepPointwiseConv``.
 * RLFN: the deploy network unchanged (it has no re-parameterisation).
+* SPAN: the head (``head``, upstream's conv_1), the body tail (``body_tail``, conv_2) and the
+  three convs of each SPAB (``blocks[i].convs``) are upstream's train-time ``Conv3XC``.
 
 Every model carries ``arch_config``: ``{"name": ..., **constructor kwargs}``, enough to rebuild
-it from a training checkpoint.
+it from a training checkpoint; ``name`` is the architecture's. Model names that are variants of
+an architecture (``spantiny``: SPAN with 26 channels) train that architecture with their
+constructor arguments (``VARIANT_CONFIGS``).
 """
 from __future__ import annotations
 
@@ -27,10 +31,22 @@ from ..arch.ifadnet import IFADNet, RFMB
 from ..arch.pfdnlite import PartialBlock, PFDNLite
 from ..arch.registry import ARCHITECTURES, architecture, architecture_of, detect
 from ..arch.rlfn import RLFN
+from ..arch.span import DIV2K_MEAN, PIXEL_RANGE, SPAN
 from ..infer.loading import load
-from .reparam import REP_BLOCKS, EdgeRepConv, RepMBConv, RepPointwiseConv
+from .reparam import REP_BLOCKS, AffineInputConv3XC, Conv3XC, EdgeRepConv, RepMBConv, RepPointwiseConv
 
+# Architecture names (TRAIN_CLASSES' keys, ``arch_config["name"]``) and every model name that can
+# be trained: the architectures' own and their variants' (``spantiny``).
 ARCH_NAMES = tuple(arch.name for arch in ARCHITECTURES)
+TRAIN_MODEL_NAMES = tuple(n for arch in ARCHITECTURES for n in arch.model_names)
+# Constructor arguments of a variant model name trained from scratch (those of its upstream
+# checkpoint; tests/models/test_reparam.py checks them against the checkpoint).
+VARIANT_CONFIGS = {"spantiny": {"channels": 26}}
+
+
+def arch_name(model_name: str) -> str:
+    """The architecture a model name trains (``spantiny`` -> ``span``); KeyError if unknown."""
+    return architecture(model_name).name
 
 
 class TrainIFADNet(IFADNet):
@@ -83,7 +99,27 @@ class TrainRLFN(RLFN):
                                 in_channels=in_channels)
 
 
-TRAIN_CLASSES = {"ifadnet": TrainIFADNet, "pfdnlite": TrainPFDNLite, "rlfn": TrainRLFN}
+class TrainSPAN(SPAN):
+    """SPAN with upstream's train-time ``Conv3XC`` (gain ``gain``) as its head, body tail and
+    SPAB convs; its forward is upstream's train-time forward (the Conv3XC branches, not the
+    merged convs). Same contract as ``SPAN``."""
+
+    def __init__(self, channels: int = 28, num_blocks: int = 6, scale: int = 4, in_channels: int = 3,
+                 norm: bool = True, gain: int = 2):
+        super().__init__(channels, num_blocks, scale, in_channels, norm)
+        self.arch_config = dict(name="span", channels=channels, num_blocks=num_blocks, scale=scale,
+                                in_channels=in_channels, norm=norm, gain=gain)
+        if norm:
+            self.head = AffineInputConv3XC(in_channels, channels, gain, in_scale=PIXEL_RANGE, in_shift=DIV2K_MEAN)
+        else:
+            self.head = AffineInputConv3XC(in_channels, channels, gain)
+        for block in self.blocks:
+            block.convs = nn.ModuleList(Conv3XC(channels, channels, gain) for _ in block.convs)
+        self.body_tail = Conv3XC(channels, channels, gain)
+
+
+TRAIN_CLASSES = {"ifadnet": TrainIFADNet, "pfdnlite": TrainPFDNLite, "rlfn": TrainRLFN, "span": TrainSPAN}
+assert set(TRAIN_CLASSES) == set(ARCH_NAMES), "every architecture needs its train-time class"
 
 
 def build(arch_config: dict) -> nn.Module:
@@ -144,10 +180,12 @@ def trainable(name_or_checkpoint, pretrained: bool = True, use_ema: bool = False
 
     ``name_or_checkpoint`` is one of:
 
-    * a model name (``ifadnet``, ``pfdnlite``, ``rlfn``): with ``pretrained=True`` the upstream
-      checkpoint (found as ``esr_models.load`` finds it) is loaded as below; with
-      ``pretrained=False`` a freshly initialised network, ``arch`` overriding its constructor
-      arguments (e.g. ``block_kinds=(True,) * 4`` for PFDNLite's first training stage);
+    * a model name (``TRAIN_MODEL_NAMES``: ``ifadnet``, ``pfdnlite``, ``rlfn``, ``span``,
+      ``spantiny``): with ``pretrained=True`` the upstream checkpoint (found as
+      ``esr_models.load`` finds it) is loaded as below; with ``pretrained=False`` a freshly
+      initialised network of its architecture (a variant's ``VARIANT_CONFIGS`` applied), ``arch``
+      overriding its constructor arguments (e.g. ``block_kinds=(True,) * 4`` for PFDNLite's
+      first training stage);
     * a deploy checkpoint path (any layout ``esr_models.load`` detects) or a deploy model:
       its weights go to each re-parameterisable block's main 3x3 branch and every other branch
       outputs zero, so the model gives the deploy output (to float32 rounding) before any step;
@@ -158,14 +196,14 @@ def trainable(name_or_checkpoint, pretrained: bool = True, use_ema: bool = False
             return copy.deepcopy(name_or_checkpoint).train()
         return from_deploy(name_or_checkpoint).train()
     key = str(name_or_checkpoint).lower()
-    if key in ARCH_NAMES:
+    if key in TRAIN_MODEL_NAMES:
         if not pretrained:
-            cls = TRAIN_CLASSES[key]
-            return cls(**arch).train()
+            cls = TRAIN_CLASSES[arch_name(key)]
+            return cls(**{**VARIANT_CONFIGS.get(key, {}), **arch}).train()
         return from_deploy(load(key)).train()
     path = Path(name_or_checkpoint)
     if not path.is_file():
-        raise InvalidValueError(f"unknown model {name_or_checkpoint!r}: expected one of {list(ARCH_NAMES)} "
+        raise InvalidValueError(f"unknown model {name_or_checkpoint!r}: expected one of {list(TRAIN_MODEL_NAMES)} "
                                 "or the path of a checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -193,7 +231,7 @@ def deploy_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def deploy(model: nn.Module) -> nn.Module:
-    """The deploy-form reference model (``IFADNet``/``PFDNLite``/``RLFN``, the classes
+    """The deploy-form reference model (``IFADNet``/``PFDNLite``/``RLFN``/``SPAN``, the classes
     ``esr_models.load`` returns) computing the train-time model's function, in eval mode on the
     model's device and dtype. A deploy model passes through as an eval-mode copy."""
     if not hasattr(model, "arch_config"):

@@ -9,6 +9,9 @@ Borders. A chain "1x1 conv -> 3x3 conv" is only equal to a single zero-padded 3x
 3x3 sees, outside the image, what the 1x1 would output for a zero input: its bias. So the
 chains here pad the 1x1's output with the 1x1's bias (``_pad_with_bias``), never with zeros,
 and then run the 3x3 unpadded. The merged conv then agrees at every pixel, borders included.
+SPAN's ``Conv3XC`` does it upstream's way, zero-padding the *input* of its first 1x1: the 1x1
+then outputs its bias on the padding, which is the same thing (checked at every pixel by
+tests/models/test_reparam.py).
 
 Shapes: every ``forward`` takes (N, C_in, H, W) float and returns (N, C_out, H, W), same dtype.
 ``merged()`` returns ``(weight (C_out, C_in, 3, 3), bias (C_out,))`` in the parameters' dtype.
@@ -20,6 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..arch.layers import _ExactConstants
+from ..arch.span import merge_conv3xc
 
 # Isotropic Sobel (sqrt(2) centre weights instead of 2; its gradient magnitude is the same in
 # every direction for a linear ramp), as the IFADNet factsheet's "isotropic Sobel" edge branches.
@@ -64,9 +70,13 @@ class _RepBase(nn.Module):
     def merged64(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _any_weight(self) -> torch.Tensor:
+        """A parameter giving the block's dtype and device."""
+        return self.main.weight
+
     def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
         w, b = self.merged64()
-        dtype = self.main.weight.dtype
+        dtype = self._any_weight().dtype
         return w.to(dtype), b.to(dtype)
 
     def to_conv(self) -> nn.Conv2d:
@@ -76,7 +86,7 @@ class _RepBase(nn.Module):
         with torch.no_grad():
             conv.weight.copy_(w)
             conv.bias.copy_(b)
-        return conv.to(self.main.weight.device)
+        return conv.to(self._any_weight().device)
 
     @torch.no_grad()
     def load_deploy_(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -233,4 +243,99 @@ class RepPointwiseConv(_RepBase):
         self.identity_scale.zero_()
 
 
-REP_BLOCKS = (EdgeRepConv, RepMBConv, RepPointwiseConv)
+class Conv3XC(_RepBase):
+    """SPAN's train-time ``Conv3XC`` (C_in -> C_out, gain ``gain``; upstream's layout and key
+    names): ``sk`` a 1x1 (C_in -> C_out) skip; ``conv`` = 1x1 (C_in -> gain C_in) -> 3x3
+    unpadded (-> gain C_out) -> 1x1 (-> C_out), run on the input zero-padded by one pixel.
+
+    Train forward, as upstream's: ``conv(F.pad(x, (1, 1, 1, 1))) + sk(x)``. The first 1x1 thus
+    outputs its bias on the zero padding, and the 3x3 sees it there: exactly what the merged
+    bias (``sum(w2 * b1) + b2``) assumes, so the merged 3x3 (``merged()``, zero padding 1: what
+    upstream's eval and the deploy ``SPAN`` run) equals the train forward at every pixel,
+    borders included. The merge is ``esr_models.arch.span.merge_conv3xc`` (upstream's
+    ``update_params`` formula), evaluated in float64 and rounded once."""
+
+    EXTRA_SCALE = 1e-3  # load_deploy_: the extra channels' initial weights, scaled down
+
+    def __init__(self, c_in: int, c_out: int, gain: int = 2):
+        super().__init__()
+        self.in_channels, self.out_channels, self.gain = c_in, c_out, gain
+        self.sk = nn.Conv2d(c_in, c_out, 1)
+        self.conv = nn.Sequential(nn.Conv2d(c_in, c_in * gain, 1), nn.Conv2d(c_in * gain, c_out * gain, 3),
+                                  nn.Conv2d(c_out * gain, c_out, 1))
+
+    def _any_weight(self) -> torch.Tensor:
+        return self.sk.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (1, 1, 1, 1), "constant", 0)) + self.sk(x)
+
+    def merged64(self) -> tuple[torch.Tensor, torch.Tensor]:
+        sd = {f"m.{k}": _f64(v) for k, v in self.state_dict().items()}
+        return merge_conv3xc(sd, "m")
+
+    @torch.no_grad()
+    def load_deploy_(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Deploy weights (C_out, C_in, 3, 3), (C_out,) such that the train forward is the deploy
+        conv at every pixel, borders included, and every parameter gets a gradient within two
+        steps (none is left on an exact saddle, as ``[I; 0]`` / ``[I 0]`` factors would be):
+
+        * first 1x1: rows [0, C_in) the identity, the other rows their initial values times
+          ``EXTRA_SCALE``; bias zero;
+        * 3x3: block [0, C_out) x [0, C_in) the deploy weight, block [0, C_out) x [C_in, gain
+          C_in) zero, rows [C_out, gain C_out) their initial values times ``EXTRA_SCALE``; bias
+          [0, C_out) the deploy bias, the rest its initial values times ``EXTRA_SCALE``;
+        * last 1x1: [I 0] (columns [C_out, gain C_out) zero: the zeroed factor of the extra
+          channels' chain), bias zero;
+        * ``sk``: zero (one factor: it gets a gradient).
+
+        Why the extra channels start small: Adam's first steps move every parameter by about the
+        learning rate whatever its gradient, so a zero factor multiplying full-size features jumps
+        by lr times their size. SPAN's features are large (its head sees the image times 255):
+        with the extra channels at their initial size, two steps at lr 2e-4 took SPAN from 32.1 to
+        13.4 dB on a Set5 image, against 26.3 dB with them at 1e-3 of it or zero (measured
+        2026-12-06). The remaining drop is the deploy weights' own first steps: fine-tune SPAN
+        at a lower learning rate (2e-5: 31.9 dB after the same two steps)."""
+        ci, co = self.in_channels, self.out_channels
+        first, mid, last = self.conv
+        first.weight[:ci].zero_()
+        first.weight[torch.arange(ci), torch.arange(ci), 0, 0] = 1.0
+        first.weight[ci:].mul_(self.EXTRA_SCALE)
+        first.bias.zero_()
+        mid.weight[:co].zero_()
+        mid.weight[:co, :ci].copy_(weight)
+        mid.weight[co:].mul_(self.EXTRA_SCALE)
+        mid.bias[:co].copy_(bias)
+        mid.bias[co:].mul_(self.EXTRA_SCALE)
+        last.weight.zero_()
+        last.weight[torch.arange(co), torch.arange(co), 0, 0] = 1.0
+        last.bias.zero_()
+        self.sk.weight.zero_()
+        self.sk.bias.zero_()
+
+
+class AffineInputConv3XC(_ExactConstants, Conv3XC):
+    """SPAN's train-time head: ``Conv3XC`` of ``(x - in_shift) * in_scale`` (upstream
+    normalises the image, then pads the normalised image with zeros), as the deploy head
+    ``esr_models.arch.layers.AffineInputConv2d`` applies the same transform before its merged
+    conv. ``weight`` is what the models' input check reads (its shape[1], dtype and device)."""
+
+    def __init__(self, c_in: int, c_out: int, gain: int = 2, in_scale: float = 1.0, in_shift=None):
+        super().__init__(c_in, c_out, gain)
+        self.in_scale = in_scale
+        self._register_constant("in_shift", in_shift, c_in)
+        self.has_shift = in_shift is not None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.sk.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.has_shift:
+            x = x - self.in_shift.to(x.dtype)
+        if self.in_scale != 1.0:
+            x = x * self.in_scale
+        return super().forward(x)
+
+
+REP_BLOCKS = (EdgeRepConv, RepMBConv, RepPointwiseConv, Conv3XC)

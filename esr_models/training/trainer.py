@@ -43,7 +43,8 @@ from ..evaluation.protocol import evaluate_images, list_images, summarise
 from ..infer.loading import load
 from ..io.images import image_size
 from .data import PairedPatches, make_loader
-from .models import ARCH_NAMES, deploy, from_training_checkpoint, prune_pfdnlite, trainable
+from .models import (TRAIN_MODEL_NAMES, VARIANT_CONFIGS, arch_name, deploy, from_training_checkpoint,
+                     prune_pfdnlite, trainable)
 from .recipes import ConfigError, check_arch, load_config, resolve_stages
 
 LOG_FIELDS = ["global_iter", "stage", "stage_iter", "loss", "pixel_loss", "distill_loss", "lr",
@@ -350,10 +351,13 @@ class Trainer:
         if not model_name:
             raise InvalidValueError("no model: pass --model or a config that names one")
         self.model_name = str(model_name).lower()
-        if self.model_name not in ARCH_NAMES:
-            raise ConfigError(f"model {model_name!r}: expected one of {', '.join(ARCH_NAMES)}")
+        if self.model_name not in TRAIN_MODEL_NAMES:
+            raise ConfigError(f"model {model_name!r}: expected one of {', '.join(TRAIN_MODEL_NAMES)}")
+        # The architecture trained: the model name's own, or the one a variant belongs to
+        # (spantiny: span, with VARIANT_CONFIGS' constructor arguments).
+        self.arch_name = arch_name(self.model_name)
         if self.resume_state is None:
-            check_arch(self.model_name, self.cfg.get("arch", {}), str(opts.config or "config"))
+            check_arch(self.arch_name, self.cfg.get("arch", {}), str(opts.config or "config"))
         self.cfg = {**self.cfg, "model": self.model_name}
         if self.resume_state is not None:
             # The run's own resolved stages, so that a resumed run is the run that was started;
@@ -418,9 +422,14 @@ class Trainer:
         if self.opts.init:
             # An esr train checkpoint starts from its EMA weights (the validated, exported ones).
             model = trainable(self.opts.init, use_ema=True)
-            if model.arch_config["name"] != self.model_name:
+            if model.arch_config["name"] != self.arch_name:
                 raise InvalidValueError(f"--init {self.opts.init} is a {model.arch_config['name']} model, "
                                         f"not {self.model_name}")
+            variant = VARIANT_CONFIGS.get(self.model_name, {})
+            differ = {k: model.arch_config.get(k) for k, v in variant.items() if model.arch_config.get(k) != v}
+            if differ:
+                raise InvalidValueError(f"--init {self.opts.init} is a {model.arch_config['name']} model with "
+                                        f"{differ}, not {self.model_name} ({variant})")
             return model
         torch.manual_seed(self.stages[0]["seed"])
         return trainable(self.model_name, pretrained=False, **self.cfg.get("arch", {}))
@@ -532,7 +541,7 @@ class Trainer:
             # from the stream the interrupted run would have continued.
             set_rng_state(resume["rng"])
         if not resuming_here and st["prune_blocks"]:
-            if self.model_name != "pfdnlite":
+            if self.arch_name != "pfdnlite":
                 raise InvalidValueError("prune_blocks applies to pfdnlite only")
             model = prune_pfdnlite(model.cpu(), st["prune_blocks"])
         model = self._prepare(model.train(), st)

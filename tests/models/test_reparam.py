@@ -13,8 +13,11 @@ import esr_models
 from esr_models.arch.ifadnet import IFADNet
 from esr_models.arch.pfdnlite import PFDNLite
 from esr_models.arch.rlfn import RLFN
-from esr_models.training.models import TrainPFDNLite, deploy, prune_pfdnlite, trainable
-from esr_models.training.reparam import (LAPLACIAN, SOBEL_X, SOBEL_Y, EdgeRepConv, RepMBConv,
+from esr_models.arch.span import SPAN, merge_conv3xc
+from esr_models.training.models import (VARIANT_CONFIGS, TrainPFDNLite, TrainSPAN, deploy, deploy_state_dict,
+                                        from_deploy,
+                                        prune_pfdnlite, trainable)
+from esr_models.training.reparam import (LAPLACIAN, SOBEL_X, SOBEL_Y, Conv3XC, EdgeRepConv, RepMBConv,
                                          RepPointwiseConv)
 
 TOL = 1e-5
@@ -65,6 +68,85 @@ def test_block_merge_exact(name, make, c, trained, size):
     if min(size) > 2:
         ring[1:-1, 1:-1] = False
     assert (out - ref)[..., ring].abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("c_in,c_out", [(8, 8), (3, 6)], ids=["square", "head-like"])
+@pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
+def test_conv3xc_merge(c_in, c_out, trained):
+    """SPAN's Conv3XC: the merged conv equals upstream's train-time forward (input zero-padded
+    before the first 1x1, whose bias then lies on the padding, as the merged bias assumes) at
+    every pixel, borders included, and is merge_conv3xc applied to the block's state dict."""
+    torch.manual_seed(5)
+    block = Conv3XC(c_in, c_out)
+    if trained:
+        _perturb_(block)
+    with torch.no_grad():
+        block.conv[0].bias.add_(0.5)  # a first-1x1 bias that makes the padding visible
+    x = torch.randn(2, c_in, 9, 11)
+    with torch.no_grad():
+        ref = block(x)
+        ref_by_hand = block.conv(F.pad(x, (1, 1, 1, 1), "constant", 0)) + block.sk(x)
+        out = _merged_conv(block, x)
+        deploy_conv = block.to_conv()(x)
+        # What the border would be with the 1x1's output zero-padded instead (not upstream's).
+        zero_padded = block.conv[2](block.conv[1](F.pad(block.conv[0](x), (1, 1, 1, 1)))) + block.sk(x)
+    assert torch.equal(ref, ref_by_hand)
+    assert (out - ref).abs().max().item() <= TOL
+    assert (deploy_conv - ref).abs().max().item() <= TOL
+    ring = torch.ones(9, 11, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    assert (out - ref)[..., ring].abs().max().item() <= TOL
+    assert (zero_padded - ref)[..., ring].abs().max().item() > 1e-2
+    # The merge is span.merge_conv3xc (upstream's update_params) on the block's own state dict.
+    w, b = block.merged()
+    w32, b32 = merge_conv3xc({f"p.{k}": v for k, v in block.state_dict().items()}, "p")
+    assert w.shape == (c_out, c_in, 3, 3) and b.shape == (c_out,)
+    assert (w - w32).abs().max() <= 1e-6 and (b - b32).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "no_norm"])
+def test_span_from_deploy_round_trip(norm):
+    """A deploy SPAN -> from_deploy -> the train-time forward equals it (borders included)
+    before any step -> deploy() gives its weights back; every Conv3XC parameter is trainable."""
+    torch.manual_seed(6)
+    dm = SPAN(channels=12, num_blocks=2, norm=norm).eval()
+    _perturb_(dm, std=0.02)
+    model = from_deploy(dm)
+    assert isinstance(model, TrainSPAN) and model.arch_config["norm"] is norm
+    assert sum(isinstance(m, Conv3XC) for m in model.modules()) == 2 * 3 + 2  # SPABs, head, body tail
+    x = torch.rand(2, 3, 13, 10)
+    with torch.no_grad():
+        assert (model.eval()(x) - dm(x)).abs().max().item() <= TOL
+        again = deploy(model)
+        assert type(again) is SPAN and (again(x) - dm(x)).abs().max().item() <= TOL
+        for k, v in dm.state_dict().items():
+            assert (again.state_dict()[k] - v).abs().max() <= 1e-6, k
+    model.train()
+    model(x).square().mean().backward()
+    for m in (mod for mod in model.modules() if isinstance(mod, Conv3XC)):
+        co = m.out_channels
+        for zero in (m.sk.weight, m.conv[2].weight[:, co:]):  # zero at init, trainable
+            assert zero.abs().sum() == 0
+        assert m.sk.weight.grad.abs().sum() > 0 and m.conv[2].weight.grad[:, co:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
+def test_span_whole_model_merge_exact(trained):
+    """TrainSPAN's deploy() equals its eval forward at every pixel. In float64: SPAN's features
+    are large (its head sees the image times 255), so a random SPAN's float32 outputs carry
+    ~1e-5 of rounding, which would hide nothing but would not show an exact merge either."""
+    torch.manual_seed(7)
+    model = trainable("span", pretrained=False, channels=8, num_blocks=2).double()
+    if trained:
+        _perturb_(model, std=0.02)
+    model.eval()
+    x = torch.rand(2, 3, 17, 23, dtype=torch.float64)
+    assert type(deploy(model)) is SPAN  # (which rounds the merged weights to float32 once)
+    dm = SPAN(channels=8, num_blocks=2).double().eval()
+    dm.load_state_dict(deploy_state_dict(model))  # the float64 merge, not rounded
+    with torch.no_grad():
+        ref, out = model(x), dm(x)
+    assert (out - ref).abs().max().item() <= TOL * 1e-3
 
 
 def test_chain_pads_with_bias_not_zero():
@@ -171,7 +253,7 @@ def test_trainable_from_upstream_matches_deploy(models):
         model = trainable(name)
         assert model.training and hasattr(model, "arch_config")
         if name != "rlfn":  # RLFN has nothing to re-parameterise
-            assert any(type(m).__name__ in ("EdgeRepConv", "RepMBConv") for m in model.modules())
+            assert any(type(m).__name__ in ("EdgeRepConv", "RepMBConv", "Conv3XC") for m in model.modules())
         with torch.no_grad():
             out = model.eval()(x)
             want = ref(x)
@@ -185,9 +267,27 @@ def test_trainable_from_upstream_matches_deploy(models):
         model(x).square().mean().backward()
         rep = [m for m in model.modules() if hasattr(m, "merged")]
         for m in rep:
-            last = getattr(m, "squeeze", None) or getattr(m, "project", None) or getattr(m, "pointwise", None)
-            assert last.weight.abs().sum() == 0 and last.weight.grad is not None
-            assert last.weight.grad.abs().sum() > 0
+            if isinstance(m, Conv3XC):  # the skip, and the last 1x1's columns of the extra channels
+                co = m.out_channels
+                zeroed = [(m.sk.weight, m.sk.weight.grad), (m.conv[2].weight[:, co:], m.conv[2].weight.grad[:, co:])]
+            else:
+                last = getattr(m, "squeeze", None) or getattr(m, "project", None) or getattr(m, "pointwise", None)
+                zeroed = [(last.weight, last.weight.grad)]
+            for w, g in zeroed:
+                assert w.abs().sum() == 0 and g is not None
+                assert g.abs().sum() > 0
+
+
+@pytest.mark.shared
+def test_variant_configs_match_their_checkpoints(models):
+    """A variant trained from scratch (trainable("spantiny", pretrained=False)) has its upstream
+    checkpoint's shape; its arch_config names the architecture."""
+    for name, cfg in VARIANT_CONFIGS.items():
+        fresh = trainable(name, pretrained=False)
+        assert fresh.arch_config["name"] == esr_models.arch.registry.architecture(name).name != name
+        assert {k: v.shape for k, v in deploy(fresh).state_dict().items()} == \
+            {k: v.shape for k, v in models[name].state_dict().items()}, name
+        assert all(fresh.arch_config[k] == v for k, v in cfg.items())
 
 
 @pytest.mark.shared

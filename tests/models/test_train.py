@@ -223,7 +223,8 @@ def test_ema_differs_and_is_exported(scratch_run, tmp_path):
 
 def test_export_plain_layouts(tmp_path):
     """PFDNLite and RLFN exports are plain upstream-named state dicts that load and detect."""
-    for name, key in (("pfdnlite", "block1.attn.body.0.weight"), ("rlfn", "block_1.c1_r.weight")):
+    for name, key in (("pfdnlite", "block1.attn.body.0.weight"), ("rlfn", "block_1.c1_r.weight"),
+                      ("span", "block_1.c1_r.eval_conv.weight")):
         model = trainable(name, pretrained=False)
         src = tmp_path / f"{name}_src.pth"
         dm = deploy(model)
@@ -243,7 +244,7 @@ def test_export_matches_upstream_files(tmp_path):
     upstream code loads the exported files with strict=True."""
     from esr_models.arch import weights
 
-    for name in ("ifadnet", "pfdnlite", "rlfn"):
+    for name in ("ifadnet", "pfdnlite", "rlfn", "span", "spantiny"):
         upstream = torch.load(weights.resolve(name, allow_download=False), map_location="cpu", weights_only=True)
         src = tmp_path / f"{name}_deploy.pth"
         torch.save(deploy(trainable(name)).state_dict(), src)
@@ -256,6 +257,41 @@ def test_export_matches_upstream_files(tmp_path):
         # the others, so deploy() adds exact zeros to them (in float64, then back to float32).
         for k, v in want.items():
             assert got[k].shape == v.shape and got[k].dtype == v.dtype and torch.equal(got[k], v), (name, k)
+
+
+@pytest.mark.shared
+def test_span_variant_run_and_export(folders, tmp_path):
+    """esr train --model spantiny --init spantiny (a variant name: SPAN at 26 channels), one step
+    with a SPAN teacher; its checkpoint exports to an upstream-layout deploy file that loads
+    back as the trained model."""
+    from esr_models.cli import main
+
+    train, val = folders
+    out = tmp_path / "spantiny"
+    rc = main(["train", "--model", "spantiny", "--init", "spantiny", "--teacher", "span", "--train-hr", str(train),
+               "--val-hr", str(val), "--out", str(out), "--iters", "1", "--patch", "32", "--batch", "2",
+               "--val-every", "1", "--val-max-images", "1", "--num-workers", "0", "--no-progress"])
+    assert rc == 0
+    ckpt = out / "checkpoints" / "last.pth"
+    ck = torch.load(ckpt, weights_only=True)
+    assert ck["arch"]["name"] == "span" and ck["arch"]["channels"] == 26 and ck["global_iter"] == 1
+    assert "blocks.0.convs.0.conv.1.weight" in ck["model"] and "head.sk.weight" in ck["model"]
+    assert float([r for r in _log(out) if r["loss"]][0]["distill_loss"]) > 0
+    dst = export_deploy_checkpoint(ckpt, tmp_path / "spantiny_deploy.pth", use_ema=False)
+    sd = torch.load(dst, weights_only=True)
+    assert "conv_1.eval_conv.weight" in sd and not any(".sk." in k for k in sd)
+    model = trainable(ckpt).eval()
+    # Image content: SPAN maps uniform noise far outside [0, 1], where float32 rounding of the
+    # merged vs the branch form alone reaches 5e-4 (interop.onnx.image_like says more).
+    from esr_models.interop.onnx import image_like
+
+    x = image_like((1, 3, 17, 13), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (esr_models.load(dst)(x) - model(x)).abs().max() <= 1e-5
+    # --init of the other width is refused for the variant.
+    rc = main(["train", "--model", "spantiny", "--init", "span", "--train-hr", str(train), "--val-hr", str(val),
+               "--out", str(tmp_path / "wrong"), "--iters", "1", "--num-workers", "0", "--no-progress"])
+    assert rc != 0
 
 
 @pytest.mark.shared
