@@ -86,8 +86,8 @@ def conv(x, w_packed, bias, geometry: ConvGeometry, epilogue: ConvEpilogue = Con
     [c_conv, c_out) pass the (prologued) input through. The conv reads input channels
     [0, C_in of the packed weight). Then ``+ residual`` (``residual_mode`` RES_TENSOR), or
     ``+ gate(residual, att)`` (RES_GATED_INPUT), or ``(y + residual) * (sigmoid(y) - 0.5)`` (RES_SPAN_ATT: SPAN's
-    parameter-free attention, the residual its block input), then ``+ shortcut`` (the input image repeated r^2 times per channel, or a
-    vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
+    parameter-free attention, the residual its block input), then ``+ shortcut`` (the input image repeated r^2
+    times per channel, or a vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
     """
     g, e = geometry, epilogue
     dtype = x.dtype

@@ -6,7 +6,8 @@ Prologue, applied to every input value as it is loaded (zero padding applies aft
     (align_corners=False) from att's (h, w) to (H, W): the gated tensor never hits memory.
 Epilogue: bias, activation, partial-channel passthrough (channels >= c_conv copy the
 prologued input: PFDNLite's partial convs), residual (a tensor, or the gated input recomputed
-from x and att; or SPAN's attention (y + residual) * (sigmoid(y) - 0.5)), shortcut + pixel shuffle (the tail writes the final image).
+from x and att; or SPAN's attention (y + residual) * (sigmoid(y) - 0.5)), shortcut + pixel
+shuffle (the tail writes the final image).
 
 One program computes all output channels of BLOCK_P output pixels of one image, as a sum over
 taps and input-channel blocks of (BLOCK_P x CI) @ (CI x CO) products, accumulated in float32.
