@@ -7,8 +7,8 @@ backend's business; the shapes a fused module sees are the model's own.
 
 The ops (semantics: ``esr_kernels.reference``, one Python reference per op):
 - ``conv``: dense KxK conv (K in {1, 3}) with its fused prologue (input shift, LocalAttention
-  gate) and epilogue (bias, activation, partial-channel passthrough, residual or gated
-  residual, shortcut + pixel shuffle);
+  gate) and epilogue (bias, activation, partial-channel passthrough, residual, gated
+  residual or SPAN's attention, shortcut + pixel shuffle);
 - ``bsb``: IFADNet's blueprint shallow block, GELU(depthwise3x3_reflect(pointwise(x)) + b);
 - ``esa``: enhanced spatial attention, x * sigmoid(expand(up(low(pool(down(reduce x)))) + skip x));
 - ``la_reduce``: PFDNLite's LocalAttention reduction, max_pool 7/3 of a 1x1 conv;

@@ -184,7 +184,8 @@ class ConvEpilogue(OpArgs):
     carries it; the tensors come with each call (``KernelBackend.conv``'s keywords), so in a
     pack they are None."""
     act: int = ACT_NONE                # activation after the bias
-    residual: Optional[Tensor] = None  # + residual (RES_TENSOR), or + gate(residual, att) (RES_GATED_INPUT)
+    residual: Optional[Tensor] = None  # + residual (RES_TENSOR), or + gate(residual, att) (RES_GATED_INPUT), or
+    #                                    (y + residual) * (sigmoid(y) - 0.5) (RES_SPAN_ATT: SPAN's attention)
     residual_mode: int = RES_NONE
     att: Optional[Tensor] = None       # the LocalAttention map of gate_input and RES_GATED_INPUT
     gate_input: bool = False           # prologue: the conv reads gate(x, att)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .op_args import ConvEpilogue, ConvGeometry, EsaWeights
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
-                   POOL_STRIDE, RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
+                   POOL_STRIDE, RES_GATED_INPUT, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR)
 
 
 def next_pow2_16(n: int) -> int:
@@ -85,8 +85,9 @@ def conv(x, w_packed, bias, geometry: ConvGeometry, epilogue: ConvEpilogue = Con
     ``c_out > c_conv`` (partial mode: stride 1, same size, c_out = C_in), channels
     [c_conv, c_out) pass the (prologued) input through. The conv reads input channels
     [0, C_in of the packed weight). Then ``+ residual`` (``residual_mode`` RES_TENSOR), or
-    ``+ gate(residual, att)`` (RES_GATED_INPUT), then ``+ shortcut`` (the input image repeated r^2 times per channel, or a
-    vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
+    ``+ gate(residual, att)`` (RES_GATED_INPUT), or ``(y + residual) * (sigmoid(y) - 0.5)`` (RES_SPAN_ATT: SPAN's
+    parameter-free attention, the residual its block input), then ``+ shortcut`` (the input image repeated r^2
+    times per channel, or a vector per image channel) and pixel shuffle by ``shuffle`` if non-zero.
     """
     g, e = geometry, epilogue
     dtype = x.dtype
@@ -104,6 +105,8 @@ def conv(x, w_packed, bias, geometry: ConvGeometry, epilogue: ConvEpilogue = Con
         y = y + e.residual.float()
     elif e.residual_mode == RES_GATED_INPUT:
         y = y + gate(e.residual.float(), e.att.float())
+    elif e.residual_mode == RES_SPAN_ATT:
+        y = (y + e.residual.float()) * (torch.sigmoid(y) - 0.5)
     if e.shuffle:
         r2 = e.shuffle * e.shuffle
         if e.shortcut_mode == SHORTCUT_REPEAT_INPUT:

@@ -37,6 +37,11 @@ ESR_HD float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654
 // ATen's form: x / (1 + exp(-x)).
 ESR_HD float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// SPAN's parameter-free attention (RES_SPAN_ATT) of the activated conv output z and the block
+// input x, given s = sigmoid(z) (taken apart so a caller can compute the sigmoids as one vector
+// span): (z + x) * (sigmoid(z) - 0.5), PyTorch's order.
+ESR_HD float span_attention(float z, float x, float s) { return (z + x) * (s - 0.5f); }
+
 ESR_HD float leaky_relu(float x) { return x >= 0.0f ? x : x * esr_spec::kLeakySlope; }
 
 template <int64_t ACT>

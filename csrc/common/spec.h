@@ -17,7 +17,7 @@ enum Act : int64_t { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU = 2, ACT_LEAKY = 3, AC
 constexpr float kLeakySlope = 0.05f;
 
 // What is added after the activation.
-enum Residual : int64_t { RES_NONE = 0, RES_TENSOR = 1, RES_GATED_INPUT = 2 };
+enum Residual : int64_t { RES_NONE = 0, RES_TENSOR = 1, RES_GATED_INPUT = 2, RES_SPAN_ATT = 3 };
 
 // Shortcut added to the conv output before pixel shuffle.
 enum Shortcut : int64_t { SHORTCUT_NONE = 0, SHORTCUT_REPEAT_INPUT = 1, SHORTCUT_VECTOR = 2 };

@@ -2,7 +2,9 @@
 // conv) and the conv engine (fused: applied to each block of conv output while it is in cache).
 // For the conv output y (bias optional) of c_conv channels at pixel (n, yy, xx):
 //   z = act(y + bias) for channels < c_conv; channels [c_conv, c_out) copy `passthrough`;
-//   z += residual (RES_TENSOR) or gate(residual, att) (RES_GATED_INPUT);
+//   z += residual (RES_TENSOR) or gate(residual, att) (RES_GATED_INPUT), or
+//   z = (z + residual) * (sigmoid(z) - 0.5) (RES_SPAN_ATT: SPAN's attention; full convs only,
+//   no shortcut or shuffle);
 //   shuffle r > 0: z += shortcut (image repeated r^2 times per channel, or a per-image-channel
 //   vector), pixel shuffle; output NCHW (N, c_out / r^2, r H, r W). Otherwise channels_last.
 #pragma once
@@ -73,6 +75,10 @@ class ConvEpilogue {
                       residual->size(3) == W, op, ": residual must be (N, c_out, H, W)");
       res_ = as_nhwc(*residual);
     }
+    // SPAN's attention multiplies the whole z: segment() computes it on its own path, which
+    // has no partial channels, shortcut or shuffle (SPAN needs none).
+    TORCH_CHECK(residual_mode != RES_SPAN_ATT || (c_out == c_conv && shortcut_mode == SHORTCUT_NONE && shuffle == 0),
+                op, ": RES_SPAN_ATT supports neither partial output channels, a shortcut nor pixel shuffle");
     if (residual_mode == RES_GATED_INPUT) {
       TORCH_CHECK(att.has_value(), op, ": gated residual needs att");
       att_ = as_nhwc(*att);
@@ -105,6 +111,12 @@ class ConvEpilogue {
     const float* SC = sc_.defined() ? sc_.data_ptr<float>() : nullptr;
     const int64_t sc_c = shortcut_mode_ == SHORTCUT_REPEAT_INPUT ? sc_.size(1) : 0;
     float* O = out_.data_ptr<float>();
+    if (residual_mode_ == RES_SPAN_ATT) {  // act(y + bias), then the attention, each over the whole segment
+      const int64_t off = ((n * H_ + yy) * W_ + x0) * c_out;
+      biased_rows<ACT>(ysrc, ldy, bias, x1 - x0, c_out, O + off, nullptr);
+      span_attention_rows(O + off, RS + off, scratch, (x1 - x0) * c_out);
+      return;
+    }
     if (bias && !shuffle && Cc == c_out && residual_mode_ != RES_GATED_INPUT) {
       // The common case (the conv engine's plain convs): act(y + bias) [+ residual], without
       // the per-pixel mode branches of the general loop below.
@@ -200,6 +212,16 @@ class ConvEpilogue {
       }
     }
     activate_span<ACT>(z, res, len);
+  }
+
+  // z[i] = span_attention(z[i], x[i], sigmoid(z[i])) for i < len (RES_SPAN_ATT), the sigmoids
+  // as one vector span (activate_span) on a copy in s (len floats: scratch_floats' first
+  // pixels * c_out).
+  static void span_attention_rows(float* z, const float* x, float* s, int64_t len) {
+    std::memcpy(s, z, len * sizeof(float));
+    activate_span<ACT_SIGMOID>(s, nullptr, len);
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) z[i] = esr_maths::span_attention(z[i], x[i], s[i]);
   }
 
   int64_t N_, H_, W_, Cc_, c_out_, residual_mode_, shortcut_mode_, r_;

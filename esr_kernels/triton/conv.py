@@ -6,7 +6,8 @@ Prologue, applied to every input value as it is loaded (zero padding applies aft
     (align_corners=False) from att's (h, w) to (H, W): the gated tensor never hits memory.
 Epilogue: bias, activation, partial-channel passthrough (channels >= c_conv copy the
 prologued input: PFDNLite's partial convs), residual (a tensor, or the gated input recomputed
-from x and att), shortcut + pixel shuffle (the tail writes the final image).
+from x and att; or SPAN's attention (y + residual) * (sigmoid(y) - 0.5)), shortcut + pixel
+shuffle (the tail writes the final image).
 
 One program computes all output channels of BLOCK_P output pixels of one image, as a sum over
 taps and input-channel blocks of (BLOCK_P x CI) @ (CI x CO) products, accumulated in float32.
@@ -17,13 +18,14 @@ import triton.language as tl
 
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
-from ..spec import RES_GATED_INPUT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
+from ..spec import RES_GATED_INPUT, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
 from .common import (apply_act, bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma,
                      program_pixels, sigmoid)
 from .configs import launch_config
 
 _RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
+_RES_SPAN: tl.constexpr = tl.constexpr(RES_SPAN_ATT)
 _SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
 _SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
 
@@ -116,7 +118,11 @@ def _conv_kernel(
             gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(r0, oy, ox, att_h, att_w, scale_h, scale_w)
             r = _gated(r, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
                        sa_c, sa_h, sa_w, out_mask)
-        y = y + r
+        if RES_MODE == _RES_SPAN:
+            # SPAN's parameter-free attention (float32, PyTorch's order).
+            y = (y + r) * (sigmoid(y) - 0.5)
+        else:
+            y = y + r
 
     if SHUFFLE > 0:
         img_c = co // (SHUFFLE * SHUFFLE)

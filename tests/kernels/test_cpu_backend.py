@@ -41,7 +41,7 @@ def test_gate_matches_reference(native):
     assert (native.gate(x, att) - R.gate(x, att)).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("case", ["partial", "gated_residual", "repeat_shuffle", "vector_shuffle"])
+@pytest.mark.parametrize("case", ["partial", "gated_residual", "span_att", "repeat_shuffle", "vector_shuffle"])
 def test_conv_epilogue(native, case):
     n, h, w = 2, 9, 11
     y = torch.randn(n, 24 if case == "partial" else 48, h, w)
@@ -53,6 +53,9 @@ def test_conv_epilogue(native, case):
     elif case == "gated_residual":
         out = native.conv_epilogue(y, None, 48, 2, x, 2, att, None, 0, 0)
         ref = F.silu(y) + R.gate(x, att)
+    elif case == "span_att":  # after oneDNN's conv, its activation a post-op: act NONE here
+        out = native.conv_epilogue(y, None, 48, 0, x, 3, None, None, 0, 0)
+        ref = (y + x) * (torch.sigmoid(y) - 0.5)
     elif case == "repeat_shuffle":
         img = torch.rand(n, 3, h, w)
         out = native.conv_epilogue(y, None, 48, 0, None, 0, None, img, 1, 4)
@@ -95,6 +98,26 @@ def test_conv3x3_im2col_matches_conv2d_at_every_geometry(native, cin, stride, pa
     ref = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=padding)
     assert y.shape == ref.shape
     assert (y - ref).abs().max() <= FP32_TOL
+
+
+@pytest.mark.parametrize("c,stride", [(28, 1), (26, 2)])
+def test_conv3x3_im2col_with_span_attention(native, c, stride):
+    """SPAN's attention epilogue (RES_SPAN_ATT) on the im2col GEMM at SPAN's widths, odd size,
+    batch 2, against reference.conv."""
+    from esr_kernels.op_args import ConvEpilogue, ConvGeometry
+    from esr_kernels.packing import pack_im2col_3x3, pad_vector, round_up16
+    from esr_kernels.spec import ACT_NONE, RES_SPAN_ATT
+
+    if not native.conv_engine_available():
+        pytest.skip("no conv engine at the ISA level that runs (it needs AVX2)")
+    x, w, b = torch.randn(2, c, 47, 59), torch.randn(c, c, 3, 3) / (3 * c ** 0.5), torch.randn(c)
+    ho, wo = (47 - 1) // stride + 1, (59 - 1) // stride + 1
+    res = torch.randn(2, c, ho, wo)
+    y = native.conv3x3_im2col(x, pack_im2col_3x3(w), pad_vector(b, round_up16(c), w), stride, 1, c, ACT_NONE, None,
+                              c, res, RES_SPAN_ATT, None, None, 0, 0)
+    ref = R.conv(x, R.pack_conv_weight(w), b, ConvGeometry(c, c, 3, stride, 1),
+                 ConvEpilogue(residual=res, residual_mode=RES_SPAN_ATT))
+    assert y.shape == ref.shape and (y - ref).abs().max() <= FP32_TOL
 
 
 def test_esa_gate_1x1_with_its_input_conv_folded(native):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from esr_kernels import reference as R
 from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
-from esr_kernels.spec import ACT_GELU, ACT_NONE, RES_NONE, RES_TENSOR, SHORTCUT_NONE
+from esr_kernels.spec import ACT_GELU, ACT_NONE, RES_NONE, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_NONE
 
 pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
 
@@ -58,33 +58,44 @@ def _layouts(x):
     return [x, x.contiguous(memory_format=torch.channels_last), wide[..., 2:-3]]
 
 
+def _residual(y, res, mode):
+    """The residual epilogue in y's dtype: + res (RES_TENSOR), or SPAN's attention (RES_SPAN_ATT)."""
+    return y + res if mode == RES_TENSOR else (y + res) * (torch.sigmoid(y) - 0.5)
+
+
 @needs_bf16
-@pytest.mark.parametrize("cin", [13, 48])
-def test_winograd_bf16_within_twice_the_bf16_convs_error(native, cin):
+@pytest.mark.parametrize("cin,co,mode", [(13, 36, RES_TENSOR), (48, 36, RES_TENSOR), (28, 28, RES_SPAN_ATT),
+                                         (26, 26, RES_SPAN_ATT)])
+def test_winograd_bf16_within_twice_the_bf16_convs_error(native, cin, co, mode):
     g = torch.Generator().manual_seed(cin)
     x = torch.randn(2, cin, 47, 59, generator=g)
-    w, b = torch.randn(36, cin, 3, 3, generator=g) / (3 * cin ** 0.5), torch.randn(36, generator=g)
-    res = torch.randn(2, 36, 47, 59, generator=g)
-    truth = F.conv2d(x.double(), w.double(), b.double(), padding=1) + res.double()
-    own = (F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1) + res.bfloat16()).double()
-    bp, tail = pad_vector(b, round_up16(36), w), (res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
-    y32 = native.conv3x3_winograd(x, pack_winograd_3x3(w), bp, 36, ACT_NONE, None, 36, *tail)
+    w, b = torch.randn(co, cin, 3, 3, generator=g) / (3 * cin ** 0.5), torch.randn(co, generator=g)
+    res = torch.randn(2, co, 47, 59, generator=g)
+    truth = _residual(F.conv2d(x.double(), w.double(), b.double(), padding=1), res.double(), mode)
+    own = _residual(F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1), res.bfloat16(), mode).double()
+    bp, tail = pad_vector(b, round_up16(co), w), (res, mode, None, None, SHORTCUT_NONE, 0)
+    y32 = native.conv3x3_winograd(x, pack_winograd_3x3(w), bp, co, ACT_NONE, None, co, *tail)
     for xl in _layouts(x):
-        y = native.conv3x3_winograd(xl, vnni_pairs(pack_winograd_3x3(w)), bp, 36, ACT_NONE, None, 36, *tail)
+        y = native.conv3x3_winograd(xl, vnni_pairs(pack_winograd_3x3(w)), bp, co, ACT_NONE, None, co, *tail)
         assert y.dtype == torch.float32
         assert err(y, truth) <= 2 * err(own, truth)
         assert err(y, truth) > 10 * err(y32, truth)  # the bf16 GEMM ran, not the float32 one
 
 
 @needs_bf16
-def test_conv1x1_bf16_over_concatenated_inputs_of_odd_widths(native):
+@pytest.mark.parametrize("mode", [RES_NONE, RES_SPAN_ATT])
+def test_conv1x1_bf16_over_concatenated_inputs_of_odd_widths(native, mode):
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(2, c, 11, 13, generator=g) for c in (7, 12, 5)]
     w, b = torch.randn(20, 24, 1, 1, generator=g) / 5, torch.randn(20, generator=g)
+    res = torch.randn(2, 20, 11, 13, generator=g) if mode != RES_NONE else None
     truth = F.conv2d(torch.cat(xs, 1).double(), w.double(), b.double())
-    own = F.conv2d(torch.cat(xs, 1).bfloat16(), w.bfloat16(), b.bfloat16()).double()
+    own = F.conv2d(torch.cat(xs, 1).bfloat16(), w.bfloat16(), b.bfloat16())
+    if res is not None:
+        truth, own = _residual(truth, res.double(), mode), _residual(own, res.bfloat16(), mode)
+    own = own.double()
     w1 = vnni_pairs(pack_gemm_1x1(w), chunks=(7, 12, 5))
-    y = native.conv1x1(xs, w1, pad_vector(b, round_up16(20), w), 20, ACT_NONE, None, 20, None, RES_NONE, None, None,
+    y = native.conv1x1(xs, w1, pad_vector(b, round_up16(20), w), 20, ACT_NONE, None, 20, res, mode, None, None,
                        SHORTCUT_NONE, 0)
     assert y.shape == (2, 20, 11, 13)
     assert err(y, truth) <= 2 * err(own, truth)

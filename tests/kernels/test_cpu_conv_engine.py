@@ -32,32 +32,36 @@ def cl(t):
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def plain(c_out, add=None):
-    """The conv engine's epilogue arguments for act(conv + bias) [+ add]."""
-    return (None, c_out, add, 0 if add is None else 1, None, None, 0, 0)
+def plain(c_out, add=None, add_mode=1):
+    """The conv engine's epilogue arguments for act(conv + bias) [+ add] (add_mode 1), or SPAN's
+    attention with add (3)."""
+    return (None, c_out, add, 0 if add is None else add_mode, None, None, 0, 0)
 
 
 def reference(x, w, b, act, add, add_mode, padding):
     y = ACTS[act](F.conv2d(x.double(), w.double(), b.double(), padding=padding))
     if add_mode == 1:
         y = y + add.double()
+    elif add_mode == 3:  # RES_SPAN_ATT
+        y = (y + add.double()) * (torch.sigmoid(y) - 0.5)
     return y
 
 
-# (C_in, C_out, H, W): the models' widths (48, 36, 24, 16, 3), channel tails, odd sizes, 1x1.
+# (C_in, C_out, H, W): the models' widths (48, 36, 28, 26, 24, 16, 3), channel tails, odd sizes, 1x1.
 SHAPES = [(48, 48, 61, 67), (36, 36, 47, 59), (36, 48, 9, 5), (3, 48, 8, 11), (16, 48, 1, 1),
-          (24, 24, 2, 3), (48, 24, 17, 1), (46, 46, 7, 7)]
+          (24, 24, 2, 3), (48, 24, 17, 1), (46, 46, 7, 7), (28, 28, 47, 59), (26, 26, 13, 17)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("act,add_mode", [(0, 0), (3, 1), (1, 0), (2, 1), (4, 0)])
+@pytest.mark.parametrize("act,add_mode", [(0, 0), (3, 1), (1, 0), (2, 1), (4, 0), (0, 3), (1, 3)])
 def test_winograd_3x3_matches_conv2d(native, shape, act, add_mode):
     ci, co, h, w_ = shape
     torch.manual_seed(ci * 1000 + h)
     x = cl(torch.randn(2, ci, h, w_))
     w, b = torch.randn(co, ci, 3, 3) / (3 * ci ** 0.5), torch.randn(co)
     add = cl(torch.randn(2, co, h, w_)) if add_mode else None
-    out = native.conv3x3_winograd(x, pack_winograd_3x3(w), pad_vector(b, round_up16(co), w), co, act, *plain(co, add))
+    out = native.conv3x3_winograd(x, pack_winograd_3x3(w), pad_vector(b, round_up16(co), w), co, act,
+                                  *plain(co, add, add_mode))
     assert out.shape == (2, co, h, w_) and out.is_contiguous(memory_format=torch.channels_last)
     assert (out.double() - reference(x, w, b, act, add, add_mode, 1)).abs().max() <= FP32_TOL
 
@@ -96,20 +100,20 @@ def test_engine_ops_take_noncontiguous_inputs(native):
 
 
 @pytest.mark.parametrize("widths,co", [([48], 48), ([36, 36, 36, 36, 36, 36], 36), ([48], 16), ([16], 48),
-                                       ([3], 5)])
+                                       ([3], 5), ([28], 28), ([26, 26], 26)])
 @pytest.mark.parametrize("hw", [(47, 59), (1, 1), (3, 5)], ids=["odd", "minimum", "tail"])
-@pytest.mark.parametrize("act,add_mode", [(0, 0), (1, 1), (4, 0)])
+@pytest.mark.parametrize("act,add_mode", [(0, 0), (1, 1), (4, 0), (0, 3)])
 def test_conv1x1_over_virtual_concatenation(native, widths, co, hw, act, add_mode):
     torch.manual_seed(len(widths) + co)
     xs = [cl(torch.randn(2, c, *hw)) for c in widths]
     w, b = torch.randn(co, sum(widths), 1, 1) / sum(widths) ** 0.5, torch.randn(co)
     add = cl(torch.randn(2, co, *hw)) if add_mode else None
-    out = native.conv1x1(xs, pack_gemm_1x1(w), pad_vector(b, round_up16(co), w), co, act, *plain(co, add))
+    out = native.conv1x1(xs, pack_gemm_1x1(w), pad_vector(b, round_up16(co), w), co, act, *plain(co, add, add_mode))
     ref = reference(torch.cat(xs, 1), w, b, act, add, add_mode, 0)
     assert out.shape == ref.shape and (out.double() - ref).abs().max() <= FP32_TOL
 
 
-@pytest.mark.parametrize("case", ["partial", "gated_residual", "repeat_shuffle", "vector_shuffle"])
+@pytest.mark.parametrize("case", ["partial", "gated_residual", "span_att", "repeat_shuffle", "vector_shuffle"])
 @pytest.mark.parametrize("ksize", [3, 1])
 def test_conv_engine_fused_epilogues(native, case, ksize):
     """The epilogues that the models use, fused into both engine convs, against conv2d + the
@@ -130,6 +134,9 @@ def test_conv_engine_fused_epilogues(native, case, ksize):
     elif case == "gated_residual":
         epi, act = (None, 48, x, 2, att, None, 0, 0), 2
         ref = F.silu(y) + R.gate(x.double(), att.double())
+    elif case == "span_att":  # RES_SPAN_ATT after an activation (SPAN's has none: the mode applies it first)
+        epi, act = (None, 48, x, 3, None, None, 0, 0), 2
+        ref = (F.silu(y) + x.double()) * (torch.sigmoid(F.silu(y)) - 0.5)
     elif case == "repeat_shuffle":
         img = torch.rand(n, 3, h, w_)
         epi, act = (None, 48, None, 0, None, img, 1, 4), 0
@@ -156,6 +163,8 @@ def test_conv_engine_opcheck(native):
     w48 = torch.randn(48, 16, 3, 3)
     torch.library.opcheck(native.conv3x3_winograd.default,
                           (x, pack_winograd_3x3(w48), torch.zeros(48), 48, 0, None, 48, None, 0, None, img, 1, 4))
+    torch.library.opcheck(native.conv3x3_winograd.default,
+                          (x, pack_winograd_3x3(w3), b, 24, 0, *plain(24, cl(torch.randn(2, 24, 5, 7)), 3)))
 
 
 def test_conv_engine_rejects_mismatched_weights(native):
@@ -167,6 +176,20 @@ def test_conv_engine_rejects_mismatched_weights(native):
     with pytest.raises(RuntimeError, match="residual must be"):
         native.conv1x1([x], pack_gemm_1x1(torch.randn(16, 16, 1, 1)), torch.zeros(16), 16, 0,
                        *plain(16, torch.randn(1, 16, 4, 5)))
+
+
+def test_span_attention_refuses_partial_output_and_shuffle(native):
+    """RES_SPAN_ATT (SPAN's attention) runs on full convs only: a partial conv or a pixel
+    shuffle with it is a clear error, in every op that takes the epilogue."""
+    x, w = cl(torch.randn(1, 16, 4, 4)), torch.randn(16, 16, 3, 3)
+    res, img = torch.randn(1, 16, 4, 4), torch.rand(1, 1, 4, 4)
+    with pytest.raises(RuntimeError, match="RES_SPAN_ATT supports neither"):
+        native.conv3x3_winograd(x[:, :8], pack_winograd_3x3(w[:8, :8]), torch.zeros(16), 8, 0, x, 16, res, 3, None,
+                                None, 0, 0)
+    with pytest.raises(RuntimeError, match="RES_SPAN_ATT supports neither"):
+        native.conv1x1([x], pack_gemm_1x1(w[:, :, :1, :1]), torch.zeros(16), 16, 0, None, 16, res, 3, None, img, 1, 4)
+    with pytest.raises(RuntimeError, match="RES_SPAN_ATT supports neither"):
+        native.conv_epilogue(x, None, 16, 0, res, 3, None, img, 1, 4)
 
 
 def test_buffer_cache_reuses_freed_outputs_and_empties(native):

@@ -9,7 +9,7 @@ import torch
 from esr_kernels import reference as R
 from esr_kernels.op_args import CONV, ESA
 from esr_kernels.spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, RES_GATED_INPUT,
-                              RES_NONE, RES_TENSOR, SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT,
+                              RES_NONE, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_NONE, SHORTCUT_REPEAT_INPUT,
                               SHORTCUT_VECTOR)
 
 pytestmark = pytest.mark.triton
@@ -79,6 +79,8 @@ CONV_CASES = {
     "gated_partial": (48, 24, 48, 3, 1, ACT_SILU, RES_NONE, True, True, False, SHORTCUT_NONE, 0),
     "partial_24in": (24, 24, 48, 3, 1, ACT_SILU, RES_NONE, False, False, False, SHORTCUT_NONE, 0),
     "gated_residual": (48, 48, 48, 3, 1, ACT_SILU, RES_GATED_INPUT, False, True, False, SHORTCUT_NONE, 0),
+    "span_att": (28, 28, 28, 3, 1, ACT_NONE, RES_SPAN_ATT, False, False, False, SHORTCUT_NONE, 0),
+    "span_att_1x1_gelu": (26, 26, 26, 1, 1, ACT_GELU, RES_SPAN_ATT, False, False, False, SHORTCUT_NONE, 0),
     "tail_repeat_shuffle": (48, 48, 48, 3, 1, ACT_NONE, RES_NONE, False, False, False, SHORTCUT_REPEAT_INPUT, 4),
     "tail_vector_shuffle": (36, 48, 48, 3, 1, ACT_NONE, RES_NONE, False, False, False, SHORTCUT_VECTOR, 4),
 }
@@ -121,7 +123,7 @@ def test_conv_matches_reference(case, layout, dtype, device, on_gpu):
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("case", ["3x3_gelu", "gated_partial", "gated_residual", "tail_repeat_shuffle"])
+@pytest.mark.parametrize("case", ["3x3_gelu", "gated_partial", "gated_residual", "span_att", "tail_repeat_shuffle"])
 def test_conv_opcheck(case, device):
     args = conv_args(case, 2, 9, 11, torch.float32, "nchw", device)
     torch.library.opcheck(torch.ops.esr.conv.default, args)
