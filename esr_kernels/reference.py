@@ -106,7 +106,7 @@ def conv(x, w_packed, bias, geometry: ConvGeometry, epilogue: ConvEpilogue = Con
     elif e.residual_mode == RES_GATED_INPUT:
         y = y + gate(e.residual.float(), e.att.float())
     elif e.residual_mode == RES_SPAN_ATT:
-        y = (y + e.residual.float()) * (torch.sigmoid(y) - 0.5)
+        y = span_attention(y, e.residual.float())
     if e.shuffle:
         r2 = e.shuffle * e.shuffle
         if e.shortcut_mode == SHORTCUT_REPEAT_INPUT:

@@ -25,9 +25,10 @@ from esr_kernels.packing import fold_esa
 from esr_kernels.policy import make_backend
 
 from ..arch.ifadnet import BFEB, RFMB
-from ..arch.layers import AffineInputConv2d, ConcatFuse, ConvAdd, PixelShuffleTail
+from ..arch.layers import AffineInputConv2d, ConcatConv, ConcatFuse, ConvAdd, PixelShuffleTail
 from ..arch.pfdnlite import PartialBlock
 from ..arch.rlfn import RLFB
+from ..arch.span import SPAB
 
 
 def _buffer_name(pack_name: str, path: str) -> str:
@@ -203,6 +204,34 @@ class FusedConcatFuse(_Fused, ConcatFuse):
         return self.kernels.concat_conv(features, self.packs["conv"], residual)
 
 
+class FusedConcatConv(_Fused, ConcatConv):
+    """1x1 conv of the concatenated features (SPAN), without materialising the concatenation
+    where the backend can (as FusedConcatFuse, with no activation or residual)."""
+
+    def _pack(self) -> None:
+        chunks = self.in_channels // self.out_channels
+        self._store("conv", self.kernels.pack_concat_conv(self.weight, self.bias, chunks, ConvEpilogue()))
+
+    def forward(self, features):
+        return self.kernels.concat_conv(features, self.packs["conv"])
+
+
+class FusedSPAB(_Fused, SPAB):
+    """Three 3x3 conv launches: SiLU in the first two's epilogues, the parameter-free attention
+    ``(o3 + x) * (sigmoid(o3) - 0.5)`` in the last's (RES_SPAN_ATT, x as its residual), so o3
+    is never stored. Returns (block output, silu(o1)) as the reference does."""
+
+    def _pack(self) -> None:
+        for i, conv in enumerate(self.convs):
+            epilogue = ConvEpilogue(act=spec.ACT_SILU) if i < 2 else ConvEpilogue(residual_mode=spec.RES_SPAN_ATT)
+            self._store(f"c{i}", self.kernels.pack_conv(conv.weight, conv.bias, epilogue))
+
+    def forward(self, x):
+        k, p = self.kernels, self.packs
+        a1 = k.conv(x, p["c0"])
+        return k.conv(k.conv(a1, p["c1"]), p["c2"], residual=x), a1
+
+
 class FusedBFEB(_Fused, BFEB):
     """Three BSB launches; the last adds the block residual."""
 
@@ -289,7 +318,8 @@ class FusedPartialBlock(_Fused, PartialBlock):
 
 
 FUSED_TYPES: dict[type, type] = {
-    BFEB: FusedBFEB, RFMB: FusedRFMB, RLFB: FusedRLFB, PartialBlock: FusedPartialBlock,
+    BFEB: FusedBFEB, RFMB: FusedRFMB, RLFB: FusedRLFB, PartialBlock: FusedPartialBlock, SPAB: FusedSPAB,
+    ConcatConv: FusedConcatConv,
     AffineInputConv2d: FusedAffineInputConv2d, PixelShuffleTail: FusedPixelShuffleTail,
     ConvAdd: FusedConvAdd, ConcatFuse: FusedConcatFuse, nn.Conv2d: FusedConv2d,
 }
