@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("ifadnet", "pfdnlite", "rlfn")
+MODELS = ("ifadnet", "pfdnlite", "rlfn", "span")
 
 
 @dataclass

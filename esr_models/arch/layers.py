@@ -121,9 +121,9 @@ def check_input(x: torch.Tensor, min_size: int, model_name: str, weight: torch.T
         raise InputError(f"{model_name}: input is on {x.device} but the weights are on {weight.device}")
     h, w = x.shape[-2:]
     if h < min_size or w < min_size:
-        raise InputTooSmallError(
-            f"{model_name} needs inputs of at least {min_size}x{min_size} pixels "
-            f"(its attention pooling uses a {POOL_KERNEL}x{POOL_KERNEL} window); got {h}x{w}")
+        why = f" (its attention pooling uses a {POOL_KERNEL}x{POOL_KERNEL} window)" if min_size > 1 else ""
+        raise InputTooSmallError(f"{model_name} needs inputs of at least {min_size}x{min_size} pixels{why}; "
+                                 f"got {h}x{w}")
     if _can_inspect_values(x) and x.numel():
         _check_values(x.detach(), model_name)
 

@@ -22,7 +22,7 @@ from ..infer.loading import load
 from ..io.outputs import check_report_path, write_report
 from .common import require_triton
 
-MODELS = ("ifadnet", "pfdnlite", "rlfn")
+MODELS = ("ifadnet", "pfdnlite", "rlfn", "span")
 DTYPES = ("float32", "float16", "bfloat16")
 LAYOUTS = ("nchw", "channels_last")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu-resources.json"

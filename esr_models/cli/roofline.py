@@ -20,7 +20,7 @@ from ..infer.loading import load
 from ..io.outputs import check_report_path, write_report
 from .common import require_triton, run
 
-MODELS = ("ifadnet", "pfdnlite", "rlfn")
+MODELS = ("ifadnet", "pfdnlite", "rlfn", "span")
 LR_SIZE = (540, 960)  # -> 2160x3840 (4K UHD)
 DTYPES = ("float16", "bfloat16", "float32")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "roofline.json"

@@ -36,10 +36,14 @@ from torch import nn
 
 from ..arch.checkpoints import CheckpointError, detect_checked
 from ..arch.registry import ARCHITECTURES, architecture, unwrap
+from ..fused.fusion import fuse_
 
 # spandrel architecture ids are global; a namespace keeps ours from ever colliding with a
 # built-in of the same name (a later spandrel could add e.g. "RLFN").
 _ID_PREFIX = "esr_models."
+# What our loaders return: the reference model (None) or the fused one for this backend
+# (register_spandrel(fused=...)); one setting, as the architecture ids are global.
+_FUSED_BACKEND: list = [None]
 
 
 def _architecture_of(state_dict: dict) -> str | None:
@@ -100,6 +104,8 @@ def _arch_supports() -> tuple:
                 if value.is_floating_point() and not torch.isfinite(value).all():
                     raise CheckpointError(f"weight {key!r} has NaN or Inf values; refusing to load it")
             channels = model.head.in_channels
+            if _FUSED_BACKEND[0] is not None:
+                fuse_(model.eval(), _FUSED_BACKEND[0])
             return spandrel.ImageModelDescriptor(
                 model.eval(), model.state_dict(), self, purpose="SR", tags=_tags(model),
                 supports_half=True, supports_bfloat16=True, scale=int(model.scale),
@@ -110,12 +116,20 @@ def _arch_supports() -> tuple:
     return tuple(spandrel.ArchSupport.from_architecture(_EsrArchitecture(a.name)) for a in ARCHITECTURES)
 
 
-def register_spandrel(registry=None) -> list:
+def register_spandrel(registry=None, fused: bool | None = None, backend: str = "auto") -> list:
     """Add IFADNet, PFDNLite, RLFN and SPAN to spandrel's registry (``spandrel.MAIN_REGISTRY``, which
     ``spandrel.ModelLoader()`` uses, unless ``registry`` is given) and return their
     ``ArchSupport`` entries. Calling it again is harmless: entries already there are kept.
+    ``fused=True``: from then on the descriptors' models are fused (``fuse_(model, backend)`` on
+    the CPU where spandrel loads them: backend "auto" picks the native CPU kernels, with a
+    warning and the reference where none apply); ``fused=False`` goes back to the reference;
+    None leaves the choice as it is. The choice holds for every registry (spandrel's
+    architecture ids are global). Fused models are inference-only (spandrel's ``__call__``
+    runs under ``torch.inference_mode``).
     Raises ImportError (saying what to install) when spandrel cannot be imported."""
     spandrel = _import_spandrel()
+    if fused is not None:
+        _FUSED_BACKEND[0] = backend if fused else None
     target = spandrel.MAIN_REGISTRY if registry is None else registry
     supports = _arch_supports()
     target.add(*supports, ignore_duplicates=True)

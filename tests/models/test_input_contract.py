@@ -49,6 +49,8 @@ def _with(value: float, size: int = 20) -> torch.Tensor:
 def test_reference_and_fused_reject_bad_input_alike(pairs, name, case):
     make, error, fragment = BAD_INPUTS[case]
     x = make()
+    if case == "too small" and esr_models.min_input_size(pairs[name][0]) == 1:
+        x = torch.rand(1, 3, 20, 0)  # SPAN has no pooling: any size but an empty one
     messages = []
     for model in pairs[name]:
         with torch.no_grad(), pytest.raises(error) as info:

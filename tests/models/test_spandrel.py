@@ -179,6 +179,24 @@ def test_deploy_span_checkpoints_load_through_spandrel(spandrel, models, name):
     assert desc.architecture.id == "esr_models.SPAN" and type(desc.model) is type(models[name])
 
 
+@pytest.mark.native_cpu
+@pytest.mark.parametrize("name", ["span", "rlfn"])
+def test_fused_models_when_asked(spandrel, models, golden, name):
+    """register_spandrel(fused=True): the descriptor's model is the fused one (native CPU
+    kernels), equal to the reference within the fused models' float32 bar; fused=False goes back."""
+    try:
+        esr_models.register_spandrel(fused=True)
+        desc = spandrel.ModelLoader().load_from_file(_file(name))
+    finally:
+        esr_models.register_spandrel(fused=False)
+    assert getattr(desc.model, "_esr_fused_backend", None) == "cpu"
+    x = golden(name, "comic_odd")[0]
+    with torch.inference_mode():
+        assert (desc(x) - models[name](x).clamp(0, 1)).abs().max() <= 1e-5
+    plain = spandrel.ModelLoader().load_from_file(_file(name))
+    assert getattr(plain.model, "_esr_fused_backend", None) is None
+
+
 def test_non_finite_weights_are_refused(spandrel, models):
     sd = {k: v.clone() for k, v in models["pfdnlite"].state_dict().items()}
     sd["head.weight"][0, 0, 0, 0] = float("nan")
