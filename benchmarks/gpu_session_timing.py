@@ -33,14 +33,16 @@ class Case:
     batch: int = 1
     channels_last: bool = False
     graph: bool = False
-    tf32: bool = True        # eager float32 only: cuDNN's TF32 convolutions (PyTorch's default) or IEEE
+    tf32: bool = True        # float32: PyTorch's TF32 flag for convolutions (its default), which eager,
+                             # torch.compile and the fused Triton kernels follow (the CUDA C++ ones are IEEE)
+    conv: str = "auto"       # triton: the dense-conv kernel (ESR_TRITON_CONV: v1, or v2 the tensor-core GEMM)
 
     @property
     def name(self) -> str:
-        ieee = self.provider in ("eager", "compile") and self.dtype == "float32" and not self.tf32
+        ieee = self.provider in ("eager", "compile", "triton") and self.dtype == "float32" and not self.tf32
         parts = [self.provider, self.dtype] + (["ieee"] if ieee else []) + (["channels_last"] if self.channels_last else [])
         parts += (["cuda_graph"] if self.graph else []) + ([f"batch{self.batch}"] if self.batch > 1 else [])
-        return "/".join(parts)
+        return "/".join(parts + ([f"conv_{self.conv}"] if self.conv != "auto" else []))
 
 
 def plan_cases(models, dry_run: bool) -> list[Case]:
@@ -52,13 +54,18 @@ def plan_cases(models, dry_run: bool) -> list[Case]:
     cases = []
     for size, hw in GPU_SIZES.items():
         cases += [Case(m, size, hw, p) for m in models for p in ("eager", "triton", "cuda")]
-        # the fused float32 kernels are IEEE float32: eager without TF32 is their like-for-like
-        cases += [Case(m, size, hw, "eager", tf32=False) for m in models]
+        # TF32 off: IEEE float32 for eager and the Triton kernels (the CUDA C++ kernels' arithmetic)
+        cases += [Case(m, size, hw, p, tf32=False) for m in models for p in ("eager", "triton")]
     big = ("540x960", GPU_SIZES["540x960"])
     for dt in ("float16", "bfloat16"):
         cases += [Case(m, *big, "eager", dt, channels_last=True) for m in models]
         cases += [Case(m, *big, p, dt) for m in models for p in ("triton", "cuda")]
+    # issue 28's A/B: the dense conv as v1 (today's "auto") and v2 (the tensor-core implicit GEMM)
+    # side by side, in v2's layout (channels_last), float16 and float32 (TF32)
+    for dt in ("float16", "float32"):
+        cases += [Case(m, *big, "triton", dt, channels_last=True, conv=v) for m in models for v in ("v1", "v2")]
     cases += [Case(m, *big, p, "float16", graph=True) for m in models for p in ("triton", "cuda")]
+    cases += [Case(m, *big, "triton", "float16", channels_last=True, graph=True, conv="v2") for m in models]
     cases += [Case(m, *big, p, "float16", batch=4, graph=True) for m in models for p in ("triton", "cuda")]
     cases += [Case(m, *big, "eager", "float16", batch=4, channels_last=True) for m in models]
     cases += [Case(m, *big, "compile", "float32") for m in models]
@@ -194,6 +201,8 @@ def step_timing(ctx) -> None:
         t0 = time.monotonic()
         saved_tf32 = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = case.tf32
+        saved_conv = os.environ.get("ESR_TRITON_CONV")
+        os.environ["ESR_TRITON_CONV"] = case.conv  # read at each launch: the capture and every forward
         try:
             run = build_runner(case, device)
             times = time_ms(run, device, warmup, iters)
@@ -203,6 +212,10 @@ def step_timing(ctx) -> None:
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         finally:
             torch.backends.cudnn.allow_tf32 = saved_tf32
+            if saved_conv is None:
+                os.environ.pop("ESR_TRITON_CONV", None)
+            else:
+                os.environ["ESR_TRITON_CONV"] = saved_conv
         row["setup_and_run_s"] = round(time.monotonic() - t0, 1)
         rows.append(row)
         ctx.save(rows=rows)

@@ -1,4 +1,4 @@
-"""The environment variables of esr_kernels that hold numbers, parsed here and nowhere else:
+"""The environment variables of esr_kernels that hold numbers or choices, parsed here and nowhere else:
 the ``esr`` command checks them up front (esr_models/cli/common.py, ``check_environment``) and
 the Python API applies them when the CPU extension first loads (extensions.py), with the same
 answer and the same error. The C++ extension reads none of them.
@@ -29,3 +29,19 @@ def cpu_cache_limit_bytes() -> int | None:
                                 f"megabytes (0 or more; default {CPU_CACHE_DEFAULT_MB}; above 2**30 means no limit)")
     limit = int(text) << 20  # Python ints do not overflow: any number of digits is read exactly
     return None if limit > CPU_CACHE_NO_LIMIT_BYTES else limit
+
+
+TRITON_CONV_VAR = "ESR_TRITON_CONV"
+TRITON_CONV_CHOICES = ("auto", "v1", "v2")
+
+
+def triton_conv_choice() -> str:
+    """Which Triton dense-conv kernel to run, from ESR_TRITON_CONV: "auto" (default: what the
+    last lent GPU measured faster, ``esr_kernels.triton.configs.AUTO_CONV``), "v1" (the
+    small-tile kernel) or "v2" (the tensor-core implicit GEMM). Anything else is an
+    InvalidValueError naming the variable."""
+    text = os.environ.get(TRITON_CONV_VAR, "").strip().lower() or "auto"
+    if text not in TRITON_CONV_CHOICES:
+        raise InvalidValueError(f"environment variable {TRITON_CONV_VAR}={os.environ[TRITON_CONV_VAR]!r}: "
+                                f"expected one of {', '.join(TRITON_CONV_CHOICES)}")
+    return text

@@ -461,7 +461,9 @@ def format_table(report: dict) -> str:
         for r in a["specialisations"]:
             local = (r.get("stack") or 0) + (r.get("local") or 0)
             used = r["used_by"][0] + (f" +{len(r['used_by']) - 1}" if len(r["used_by"]) > 1 else "")
-            lines.append(f"  {r['kernel']:<16} {r['constexprs'].get('BLOCK_P', ''):>7} {r['num_warps']:>2} "
+            c = r["constexprs"]
+            pixels = c.get("BLOCK_P", c.get("TILE_H", 0) * c.get("TILE_W", 0) or "")
+            lines.append(f"  {r['kernel']:<16} {pixels:>7} {r['num_warps']:>2} "
                          f"{r['num_stages']:>2} {str(r.get('regs', '-')):>4} {str(r.get('shared', '-')):>7} "
                          f"{local:>6} {str(r.get('warps_per_sm', '-')):>8}  {r['verdict']:<7}  {used}  "
                          f"[{describe(r['constexprs'])}]")

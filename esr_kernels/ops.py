@@ -22,7 +22,8 @@ from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
 from .spec import pooled_size
 from .triton.bsb import _bsb_kernel, bsb_launch
 from .triton.common import interpreting
-from .triton.conv import _conv_kernel, conv_launch, conv_out_shape
+from .triton.configs import conv_choice
+from .triton.conv import conv_launch, conv_out_shape
 from .triton.esa import esa_launch, esa_shapes
 from .triton.la_reduce import _la_reduce_kernel, la_reduce_launch
 
@@ -44,17 +45,41 @@ def _define(name: str, alloc, signature: Optional[OpSignature] = None):
     return decorate
 
 
+def _channels_innermost(x: Tensor) -> bool:
+    """x is laid out channels-last: channels innermost (stride 1), pixels padded or not."""
+    return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
+
+
+def _padded_channels_last(shape, like: Tensor) -> Tensor:
+    """An empty (N, C, H, W) tensor, channels innermost, each pixel's channels padded to a
+    multiple of 8 elements (16 bytes in fp16): the layout the v2 conv loads with 16-byte vectors
+    (RLFN's 46 and SPAN's 28/26 channels are not; unpadded, every load is a scalar one)."""
+    n, c, h, w = shape
+    cp = -(-c // 8) * 8
+    return torch.empty_strided(shape, (h * w * cp, 1, w * cp, cp), dtype=like.dtype, device=like.device)
+
+
 def _like(x: Tensor, shape) -> Tensor:
-    """An output in x's layout (channels_last in, channels_last out)."""
-    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.empty(shape, dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if cl else torch.contiguous_format)
+    """An output in x's layout (channels_last in, channels_last out; padded pixels when the
+    v2 conv is chosen, ``_padded_channels_last``)."""
+    if _channels_innermost(x):
+        if conv_choice() == "v2":
+            return _padded_channels_last(shape, x)
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
 
 
 # ---------------------------------------------------------------- conv
 def _conv_output(x: Tensor, geometry: ConvGeometry, epilogue: ConvEpilogue) -> Tensor:
+    """The conv's output: the final image (NCHW) with a pixel shuffle; else x's layout, or
+    padded channels-last whenever the v2 conv is chosen (v2 reads channels innermost: from the
+    head conv on, a model's activations then stay in that layout whatever the input's)."""
     shape = conv_out_shape(x.shape, geometry, epilogue.shuffle)
-    return torch.empty(shape, dtype=x.dtype, device=x.device) if epilogue.shuffle else _like(x, shape)
+    if epilogue.shuffle:
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    if conv_choice() == "v2":
+        return _padded_channels_last(shape, x)
+    return _like(x, shape)
 
 
 def _alloc_conv(*args) -> Tensor:
@@ -68,7 +93,7 @@ def conv(*args) -> Tensor:
     layout; output (N, c_out, H', W') in x's layout, or (N, c_out / r^2, r H', r W') NCHW when
     ``shuffle`` = r > 0."""
     x, w_packed, bias, geometry, epilogue = CONV.split(args)
-    return conv_launch(wrap_triton(_conv_kernel), x, w_packed, bias, geometry, epilogue,
+    return conv_launch(wrap_triton, x, w_packed, bias, geometry, epilogue,
                        _conv_output(x, geometry, epilogue))
 
 

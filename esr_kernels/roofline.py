@@ -62,6 +62,7 @@ Modelled time of a launch on a device (``launch_seconds``):
   and epilogues;
 - fallback (no SASS, or the RTX 3090, whose sm_86 code is not what was read): float32 IEEE
   dots on the FMA units at ISSUE_EFFICIENCY 1/2 of the float32 matrix rate (issue 28's rule);
+  TF32 dots (float32 under PyTorch's default flags, ``dot_path``) at half the dense fp16 peak;
   float16/bfloat16 on tensor cores at the dense peak;
 - the model time is the sum over launches (one stream, no overlap between launches); the
   per-launch overhead (``launch_overhead_s``) is the GPU-side gap between back-to-back kernels
@@ -109,7 +110,25 @@ DEVICES = {
 ISSUE_FRACTION = 0.5
 # Issue efficiency of the dots per dtype path (see the module docstring): IEEE float32 dots on
 # the FMA units issue about one FFMA per two instructions; tensor-core dots are taken at peak.
-ISSUE_EFFICIENCY = {"float32": 0.5, "float16": 1.0, "bfloat16": 1.0}
+ISSUE_EFFICIENCY = {"float32": 0.5, "tf32": 1.0, "float16": 1.0, "bfloat16": 1.0}
+
+
+def _peak(device: dict, path: str) -> float:
+    """The matrix rate of a dot path: float32 (IEEE) on the FMA units, TF32 on the tensor cores
+    at half their dense fp16 rate (A100, H100/H200), fp16/bf16 at the dense rate."""
+    if path == "float32":
+        return device["fp32_flops"]
+    return device["fp16_flops"] / 2 if path == "tf32" else device["fp16_flops"]
+
+
+def dot_path(dtype_name: str) -> str:
+    """The dot path a model of ``dtype_name`` runs now: float32 is "tf32" when PyTorch lets
+    convolutions use TF32 (the kernels follow that flag), else "float32" (IEEE)."""
+    if dtype_name != "float32":
+        return dtype_name
+    from .triton.common import conv_tf32_allowed
+
+    return "tf32" if conv_tf32_allowed() else "float32"
 RECORD_ARCH = 90  # the launch configurations of sm_90 (the lent H200)
 TARGET_RATIO = 1 / 3  # issue #10: fused traffic at most a third of eager's
 _ALLOC_PREFIXES = ("empty", "new_empty", "zeros_like", "full_like")
@@ -210,7 +229,7 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
 
 
 # ---------------------------------------------------------------- executed work (recorded launches)
-_KERNEL_OF = {"esr::conv": "_conv_kernel", "esr::bsb": "_bsb_kernel", "esr::la_reduce": "_la_reduce_kernel",
+_KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb": "_bsb_kernel", "esr::la_reduce": "_la_reduce_kernel",
               "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
               "esr::esa/out": "_esa_out_kernel"}
 _ELEM = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -256,6 +275,30 @@ def _conv_executed(k) -> tuple[int, int, list[str]]:
     fp = k.grid[1] * (px * s["C_in"] + (x.shape[1] - s["C_in"]) * s["H_out"] * s["W_out"]) * e
     weights = ["w_ptr", "b_ptr"] + (["shift_ptr"] if c["HAS_SHIFT"] else [])
     return macs, fp, weights
+
+
+def _halo_extent(out_len: int, tile: int, ksize: int, stride: int, pad: int, in_len: int) -> int:
+    """Input rows (or columns) all tiles along one axis read: each tile of ``tile`` outputs
+    reads (tile - 1) * stride + ksize inputs, clipped to the image (padding fetches nothing)."""
+    total = 0
+    for o0 in range(0, out_len, tile):
+        lo = o0 * stride - pad
+        hi = (min(o0 + tile, out_len) - 1) * stride - pad + ksize
+        total += max(0, min(hi, in_len) - max(lo, 0))
+    return total
+
+
+def _conv_tc_executed(k) -> tuple[int, int, list[str]]:
+    """_conv_tc_kernel (v2): every program runs TILE_H x TILE_W pixels x KSIZE^2 taps x C_in
+    rounded up to CI_BLOCK x (CO_A + CO_B); it reads its tile's halo of the input."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs, taps = k.grid[0] * k.grid[1], c["KSIZE"] ** 2
+    macs = programs * c["TILE_H"] * c["TILE_W"] * taps * _ceil_to(c["C_in"], c["CI_BLOCK"]) * (c["CO_A"] + c["CO_B"])
+    rows = _halo_extent(s["H_out"], c["TILE_H"], c["KSIZE"], c["STRIDE"], c["PAD"], s["H"])
+    cols = _halo_extent(s["W_out"], c["TILE_W"], c["KSIZE"], c["STRIDE"], c["PAD"], s["W"])
+    e = _ELEM[x.dtype]
+    fp = k.grid[1] * (rows * cols * c["C_in"] + (x.shape[1] - c["C_in"]) * s["H_out"] * s["W_out"]) * e
+    return macs, fp, ["w_ptr", "b_ptr"] + (["shift_ptr"] if c["HAS_SHIFT"] else [])
 
 
 def _bsb_executed(k) -> tuple[int, int, list[str]]:
@@ -307,7 +350,7 @@ def _esa_out_executed(k) -> tuple[int, int, list[str]]:
     return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
 
 
-_EXECUTED = {"_conv_kernel": _conv_executed, "_bsb_kernel": _bsb_executed,
+_EXECUTED = {"_conv_kernel": _conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_kernel": _bsb_executed,
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
              "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed}
 
@@ -331,7 +374,8 @@ def attach_executed(launches: list[Launch], recorded, profiles=None) -> None:
     SASS ``profiles`` (``sass_profiles``) when given."""
     ours = [l for l in launches if l.name in _KERNEL_OF]
     names = [_KERNEL_OF[l.name] for l in ours]
-    if names != [k.kernel for k in recorded]:
+    if len(names) != len(recorded) or any(k.kernel not in ((n,) if isinstance(n, str) else n)
+                                          for n, k in zip(names, recorded)):
         raise ValueError(f"roofline launches {names} do not match the recorded Triton launches "
                          f"{[k.kernel for k in recorded]}")
     for l, k in zip(ours, recorded):
@@ -363,9 +407,9 @@ _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_
 
 
 def sass_loops(sass: str) -> dict:
-    """{"total": instructions, "ffma": FFMAs, "loops": [[start, end, instructions, FFMAs], ...]}
-    of one kernel's SASS (``cuobjdump -sass``); a loop is the range from a backward branch's
-    target to the branch."""
+    """{"total": instructions, "ffma": FFMAs, "mma": tensor-core MMAs (HGMMA, sm_90's warpgroup
+    MMA, or HMMA, mma.sync), "loops": [[start, end, instructions, FFMAs], ...]} of one kernel's
+    SASS (``cuobjdump -sass``); a loop is the range from a backward branch's target to the branch."""
     ins = [(int(a, 16), op, rest) for a, op, rest in _SASS_LINE.findall(sass)]
     loops = []
     for addr, op, rest in ins:
@@ -374,17 +418,20 @@ def sass_loops(sass: str) -> dict:
             start = int(target.group(1), 16)
             body = [o for a, o, _ in ins if start <= a <= addr]
             loops.append([start, addr, len(body), sum(o.startswith("FFMA") for o in body)])
-    return {"total": len(ins), "ffma": sum(o.startswith("FFMA") for _, o, _ in ins), "loops": loops}
+    return {"total": len(ins), "ffma": sum(o.startswith("FFMA") for _, o, _ in ins),
+            "mma": sum(o.startswith(("HGMMA", "HMMA")) for _, o, _ in ins), "loops": loops}
 
 
 def _loop_trips(k) -> tuple[int, int]:
     """(trips of each outermost loop, trips of a loop nested in one) of recorded launch ``k``,
-    from the kernels' sources: conv/BSB loop over K blocks per (unrolled) tap; la_reduce over the
+    from the kernels' sources: conv/BSB loop over K blocks per (unrolled) tap, conv v2 over taps x
+    K blocks in one loop; la_reduce over the
     pool window; esa_down over 9 taps, then K blocks; esa_low over 9 taps, then the pool window."""
     c, s = k.constexprs, k.scalars
-    k_blocks = -(-s.get("C_in", s.get("C", 0)) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
+    k_blocks = -(-s.get("C_in", c.get("C_in", s.get("C", 0))) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
     pool = c.get("POOL_K", 0) ** 2
-    return {"_conv_kernel": (k_blocks, 0), "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
+    taps = c.get("KSIZE", 0) ** 2
+    return {"_conv_kernel": (k_blocks, 0), "_conv_tc_kernel": (taps * k_blocks, 0), "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
             "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),
             "_esa_out_kernel": (0, 0)}[k.kernel]
 
@@ -473,7 +520,8 @@ def sass_profiles(recorded, arch: int = RECORD_ARCH, jobs: int = 2) -> list[dict
 
     from . import gpu_check
 
-    keys = [json.dumps({"spec": k.spec_key(), "arch": arch, "src": _kernel_hash(k), "triton": triton.__version__},
+    keys = [json.dumps({"spec": k.spec_key(), "arch": arch, "src": _kernel_hash(k), "triton": triton.__version__,
+                        "profile": 2},  # 2: profiles count the tensor-core MMAs
                        sort_keys=True) for k in recorded]
     todo = {}
     for key, k in zip(keys, recorded):
@@ -575,8 +623,7 @@ def launch_seconds(l: Launch, device: dict, dtype_name: str = "float16") -> floa
     instruction issue (sm_90 devices, SASS known) or the executed MACs on the dtype's path, plus
     the device's per-launch overhead. A launch with no executed count (aten ops; everything
     before ``attach_executed``) is taken at its useful MACs and the path's full peak."""
-    float32 = dtype_name == "float32"
-    peak = device["fp32_flops"] if float32 else device["fp16_flops"]
+    peak = _peak(device, dtype_name)
     if l.issued and device.get("arch") == RECORD_ARCH:
         compute = l.issued / (device["sms"] * 4 * device["clock_hz"] * ISSUE_FRACTION)
     elif l.executed_macs:
@@ -595,7 +642,7 @@ def modelled_seconds(launches, device: dict, dtype_name: str = "float16") -> flo
 def bound_seconds(launches, device: dict, dtype_name: str = "float16") -> float:
     """The traffic/MAC bound: Σ max(DRAM bytes / bandwidth, 2 useful MACs / peak), no overhead,
     no padding or recompute, no L2 (what the kernels could approach; issue 28's target)."""
-    peak = device["fp32_flops"] if dtype_name == "float32" else device["fp16_flops"]
+    peak = _peak(device, dtype_name)
     return sum(max(l.bytes / device["bandwidth"], 2 * l.macs / peak) for l in launches)
 
 
@@ -623,7 +670,8 @@ def model_report(name: str, fused, eager, size, dtype_name: str = "float16", sas
     fused_launches, eager_launches = record(fused, shape, dtype), record(eager, shape, dtype)
     recorded = record_executed(fused, shape, dtype)
     attach_executed(fused_launches, recorded, sass_profiles(recorded) if sass else None)
-    f, e = summarise(fused_launches, dtype_name), summarise(eager_launches, dtype_name)
+    path = dot_path(dtype_name)  # float32: TF32 or IEEE, as PyTorch's flag says now (fused and eager alike)
+    f, e = summarise(fused_launches, path), summarise(eager_launches, path)
     pixels = size[0] * size[1]
     return {"model": name, "dtype": dtype_name, "input": list(shape),
             "output": [1, 3, 4 * size[0], 4 * size[1]], "fused": f, "eager": e,

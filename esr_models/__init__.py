@@ -21,10 +21,11 @@ from .arch.checkpoints import load_state_dict_file
 from .arch.registry import UnknownArchitectureError, detect
 from .arch.weights import WeightsError
 from .fused.fusion import fuse_
+from .fused.graphs import set_cuda_graphs
 from .infer.loading import MODEL_NAMES, load, min_input_size
 from .interop.spandrel import register_spandrel
 from .training.models import deploy, trainable
 
-__all__ = ["MODEL_NAMES", "load", "fuse_", "load_state_dict_file", "detect", "min_input_size",
+__all__ = ["MODEL_NAMES", "load", "fuse_", "set_cuda_graphs", "load_state_dict_file", "detect", "min_input_size",
            "UnknownArchitectureError", "WeightsError", "trainable", "deploy",
            "register_spandrel", "EsrError"]

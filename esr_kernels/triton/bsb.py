@@ -12,7 +12,7 @@ import triton.language as tl
 
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, exact_dot, launch_arch, mma, program_pixels
+from .common import apply_act, dot_precision, launch_arch, mma, program_pixels
 from .configs import launch_config
 
 
@@ -27,7 +27,7 @@ def _bsb_kernel(
     x_ptr, pw_ptr, dw_ptr, b_ptr, res_ptr, out_ptr, C, H, W,
     sx_n, sx_c, sx_h, sx_w, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
     HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr,
-    IEEE: tl.constexpr, ACT: tl.constexpr,
+    PREC: tl.constexpr, ACT: tl.constexpr,
 ):
     _, p_mask, oy, ox = program_pixels(BLOCK_P, H * W, W)
     n = tl.program_id(1).to(tl.int64)
@@ -43,7 +43,7 @@ def _bsb_kernel(
             m = p_mask[:, None] & (ci < C)[None, :]
             xv = tl.load(x_ptr + pix[:, None] + ci[None, :].to(tl.int64) * sx_c, mask=m, other=0.0)
             w = tl.load(pw_ptr + ci[:, None] * CO_PAD + co[None, :], mask=(ci < C)[:, None], other=0.0)
-            pw += mma(xv.to(tl.float32), w, IEEE)
+            pw += mma(xv.to(tl.float32), w, PREC)
         dw = tl.load(dw_ptr + tap * CO_PAD + co).to(tl.float32)
         acc += pw * dw[None, :]
     bias = tl.load(b_ptr + co, mask=co < C, other=0.0).to(tl.float32)
@@ -76,6 +76,6 @@ def bsb_launch(kernel_wrapper, x, pw_packed, dw_packed, dw_bias, residual, out):
         x, pw_packed, dw_packed, dw_bias, res, out, c, h, w,
         *x.stride(), *res.stride(), *out.stride(),
         HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=ci_block,
-        CO_PAD=co_pad, IEEE=exact_dot(pw_packed.dtype), ACT=ACT_GELU, **cfg.launch_kwargs(),
+        CO_PAD=co_pad, PREC=dot_precision(pw_packed.dtype), ACT=ACT_GELU, **cfg.launch_kwargs(),
     )
     return out

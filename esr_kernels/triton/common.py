@@ -109,31 +109,61 @@ def recording() -> bool:
     return _TARGET.get()[1]
 
 
+# How a kernel's dots multiply (the constexpr PREC of every kernel with a dot; ``dot_precision``).
+DOT_NATIVE = 0  # float16/bfloat16 operands on the tensor cores, float32 accumulation
+DOT_IEEE = 1    # operands rounded to the weights' dtype, then multiplied exactly in float32
+DOT_TF32 = 2    # float32 operands on the tensor cores as TF32 (PyTorch's default for convs)
+_DOT_IEEE: tl.constexpr = tl.constexpr(DOT_IEEE)
+_DOT_TF32: tl.constexpr = tl.constexpr(DOT_TF32)
+
+
 @triton.jit
-def mma(a, b, EXACT: tl.constexpr):
+def mma(a, b, PREC: tl.constexpr):
     """a @ b with float32 accumulation; ``a`` is float32, ``b`` holds the weights' dtype.
-    EXACT: operands rounded to b's dtype, then multiplied exactly in float32 (IEEE, no tf32):
-    float32 models, and bfloat16 under the interpreter (see ``exact_dot``). bf16 x bf16
-    products are exact in float32, so this is the tensor cores' arithmetic.
-    Otherwise fp16/bf16 operands on the tensor cores."""
-    if EXACT:
+    PREC (``dot_precision``): DOT_IEEE rounds the operands to b's dtype, then multiplies them
+    exactly in float32 (no TF32; bf16 x bf16 products are exact in float32, so for bf16 this is
+    the tensor cores' arithmetic); DOT_TF32 runs float32 on the tensor cores with TF32 inputs;
+    DOT_NATIVE puts fp16/bf16 operands on the tensor cores."""
+    if PREC == _DOT_IEEE:
         return tl.dot(a.to(b.dtype).to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    if PREC == _DOT_TF32:
+        return tl.dot(a, b.to(tl.float32), input_precision="tf32")
     return tl.dot(a.to(b.dtype), b)
 
 
-def exact_dot(dtype) -> bool:
-    """Whether ``mma`` takes its EXACT path for weights of ``dtype``.
+def conv_tf32_allowed() -> bool:
+    """Whether PyTorch lets convolutions use TF32 now: ``torch.backends.cudnn.conv.fp32_precision``
+    ("tf32" / "ieee"; torch >= 2.9) where it says so, else the legacy
+    ``torch.backends.cudnn.allow_tf32`` (True by default: what eager convs and torch.compile do).
+    Read at every launch, so the fused kernels follow the flag as cuDNN does."""
+    import torch
 
-    float32: always (IEEE float32, never tf32). bfloat16: only when the kernel really runs under
-    the interpreter. Its dot is still wrong in triton 3.9.0 (re-checked there: a 32x32 @ 32x16
-    bf16 dot was off by 4.7e10 on values of ~20; the fp16 one was exact):
-    triton/runtime/interpreter.py, InterpreterBuilder.create_dot, calls np.matmul on the raw
-    storage, and the interpreter stores bf16 as uint16 bit patterns, so it multiplies integers.
-    The workaround is confined to that case: compiled GPU launches, and launches recorded for
-    compilation (gpu_check), take the tensor-core bf16 dot. float16 takes the fp16 dot
-    everywhere (the interpreter's matches it)."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv in ("tf32", "ieee"):
+        return conv == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # flags set through both APIs, and this one left "none": not TF32
+        return False
+
+
+def dot_precision(dtype) -> int:
+    """The PREC a kernel's dots take for weights of ``dtype``.
+
+    float32: DOT_TF32 when ``conv_tf32_allowed()`` (PyTorch's default), else DOT_IEEE (IEEE
+    float32 FMAs: the exact path, <= 1e-5 from the reference). The interpreter multiplies
+    float32 exactly whatever PREC says (numpy), so there both give the IEEE answer.
+    bfloat16: DOT_IEEE only when the kernel really runs under the interpreter. Its dot is
+    still wrong in triton 3.9.0 (re-checked there: a 32x32 @ 32x16 bf16 dot was off by 4.7e10 on
+    values of ~20; the fp16 one was exact): triton/runtime/interpreter.py,
+    InterpreterBuilder.create_dot, calls np.matmul on the raw storage, and the interpreter
+    stores bf16 as uint16 bit patterns, so it multiplies integers. The workaround is confined to
+    that case: compiled GPU launches, and launches recorded for compilation (gpu_check), take
+    the tensor-core bf16 dot. float16 takes the fp16 dot everywhere (the interpreter's matches it)."""
     import torch
 
     if dtype == torch.float32:
-        return True
-    return dtype == torch.bfloat16 and interpreting() and not recording()
+        return DOT_TF32 if conv_tf32_allowed() else DOT_IEEE
+    if dtype == torch.bfloat16 and interpreting() and not recording():
+        return DOT_IEEE
+    return DOT_NATIVE

@@ -49,7 +49,51 @@ def table_arch(arch: int) -> int:
     return rows[-1] if rows else KNOWN_ARCHS[0]
 
 
-KERNELS = ("conv", "bsb", "esa_down", "esa_low", "esa_out", "la_reduce")
+KERNELS = ("conv", "conv_tc", "bsb", "esa_down", "esa_low", "esa_out", "la_reduce")
+
+# Which dense-conv kernel "auto" runs on a GPU (issue 28, item 7: per op, what the last lent GPU
+# measured faster). v2 (conv_tc.py, the tensor-core implicit GEMM) has not run on a GPU yet: the
+# last measurement (H200, 2026-11-28) timed v1 only, so "auto" stays on v1 until a GPU session's
+# A/B (benchmarks/gpu_session.py times both) says otherwise. ESR_TRITON_CONV or
+# ``conv_kernel(...)`` choose explicitly.
+AUTO_CONV = "v1"
+AUTO_CONV_MEASURED = "H200, 2026-11-28 (v1 only; v2 not yet timed on a GPU)"
+_CONV_CHOICE: contextvars.ContextVar = contextvars.ContextVar("esr_conv_kernel", default=None)
+
+
+@contextlib.contextmanager
+def conv_kernel(choice: str):
+    """Within this block the dense conv runs kernel ``choice`` ("auto", "v1" or "v2") whatever
+    ESR_TRITON_CONV says (the GPU session's A/B; tests)."""
+    from ..env import TRITON_CONV_CHOICES
+
+    if choice not in TRITON_CONV_CHOICES:
+        raise ValueError(f"unknown conv kernel {choice!r}; expected one of {TRITON_CONV_CHOICES}")
+    token = _CONV_CHOICE.set(choice)
+    try:
+        yield
+    finally:
+        _CONV_CHOICE.reset(token)
+
+
+def conv_choice() -> str:
+    """The dense-conv kernel chosen for this process or block, "v1" or "v2" ("auto" resolved to
+    ``AUTO_CONV``), before ``conv_version``'s per-conv exceptions."""
+    from ..env import triton_conv_choice
+
+    choice = _CONV_CHOICE.get() or triton_conv_choice()
+    return AUTO_CONV if choice == "auto" else choice
+
+
+def conv_version(gpu_fma_dots: bool, gated: bool) -> str:
+    """"v1" or "v2" for one dense conv: v2 does not gate its input (PFDNLite's gated convs stay
+    on v1), and serves only tensor-core dots on a GPU (``gpu_fma_dots``: IEEE float32 dots
+    launched, or recorded, for a GPU stay on v1's small tiles: FMA dots over 128 x 64 tiles
+    would spill); otherwise the explicit choice, else ``AUTO_CONV``."""
+    choice = conv_choice()
+    if choice == "v2" and (gated or gpu_fma_dots):
+        return "v1"
+    return choice
 
 # {kernel: LaunchConfig} forced for GPU launches within ``override`` (launch-configuration
 # sweeps, benchmarks/gpu_session.py); empty otherwise.
@@ -115,6 +159,21 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
             # ptxas capped this one at 96 registers and spilled 16 bytes; allowed 255, it fits.
             return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16, maxnreg=255)
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
+    if kernel == "conv_tc":
+        # 8 x 16 output pixels (M = 128: one warpgroup MMA on sm_90, 4 warps x 32 rows of
+        # mma.sync before), 3 stages of cp.async in flight. K per step (read from the sm_90
+        # SASS, fp16, channels_last, 540x960): the per-step address, mask and pipeline
+        # bookkeeping (~130 warp-instructions at K = 16, ~270 at K = 64) is what the issue count
+        # is made of, so a 48 -> 48 3x3 issued 110 warp-instructions per pixel at K = 16 and 76
+        # (+ 23 outside the loop) at K = 64: all input channels up to 64 in one step per tap.
+        # Not when the channel count is not a multiple of 8 (RLFN's 46): its pixels are not
+        # 16-byte aligned, every load is a scalar one, and K = 64's channel masks then cost more
+        # than three steps of 16 (234 against 166). float32 (TF32): at most 32, so that 3 stages
+        # of [128 x K] fp32 fit sm_86/89's 99 KB.
+        c_in = int(sizes.get("c_in", 16))
+        cap = 32 if dtype == torch.float32 else 64
+        ci_block = min(max(16, 1 << max(c_in - 1, 1).bit_length()), cap) if c_in % 8 == 0 or c_in < 16 else 16
+        return LaunchConfig(block_p=128, num_warps=4, num_stages=3, ci_block=ci_block)
     if kernel == "bsb":
         # The pointwise conv is recomputed per tap into a second [BLOCK_P, CO_PAD] float32
         # tile beside the accumulator: 64 input channels at a time took 255 registers + spills.

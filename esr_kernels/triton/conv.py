@@ -19,9 +19,10 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import (apply_act, bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma,
-                     program_pixels, sigmoid)
-from .configs import launch_config
+from .common import (DOT_IEEE, apply_act, bilinear_coords, bilinear_sample, dot_precision, interpreting,
+                     launch_arch, mma, program_pixels, recording, sigmoid)
+from .configs import conv_version, launch_config
+from .conv_tc import _conv_tc_kernel, conv_tc_launch
 
 _RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
@@ -58,7 +59,7 @@ def _conv_kernel(
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr,
     HAS_SHIFT: tl.constexpr, HAS_GATE: tl.constexpr, RES_MODE: tl.constexpr,
     SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr, PARTIAL: tl.constexpr,
-    BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr, PREC: tl.constexpr,
 ):
     p, p_mask, oy, ox = program_pixels(BLOCK_P, H_out * W_out, W_out)
     n = tl.program_id(1).to(tl.int64)
@@ -88,7 +89,7 @@ def _conv_kernel(
                             sa_c, sa_h, sa_w, m)
             w = tl.load(w_ptr + (tap * C_in + ci[:, None]) * CO_PAD + co[None, :],
                         mask=(ci < C_in)[:, None], other=0.0)
-            acc += mma(xv, w, IEEE)
+            acc += mma(xv, w, PREC)
 
     bias = tl.load(b_ptr + co, mask=co < C_conv, other=0.0).to(tl.float32)
     y = apply_act(acc + bias[None, :], ACT)
@@ -157,9 +158,10 @@ def _strides(t, ndim=4):
     return tuple(t.stride()) if t is not None else (0,) * ndim
 
 
-def conv_launch(kernel_wrapper, x, w_packed, bias, g: ConvGeometry, e: ConvEpilogue, out):
-    """Launch _conv_kernel (through ``kernel_wrapper``: wrap_triton's or the plain kernel): esr::conv's
-    arguments as ``op_args.CONV.split`` groups them."""
+def conv_launch(wrap, x, w_packed, bias, g: ConvGeometry, e: ConvEpilogue, out):
+    """Launch the dense conv, v1 (``_conv_kernel``) or v2 (``conv_tc._conv_tc_kernel``, see
+    ``configs.conv_version``), through ``wrap`` (maps a kernel to its launcher: wrap_triton,
+    gpu_check's recorder, or identity): esr::conv's arguments as ``op_args.CONV.split`` groups them."""
     n, _, h, w = x.shape
     c_in = w_packed.shape[1]  # may be fewer than x's channels: the conv reads channels [0, c_in)
     if c_in > x.shape[1]:
@@ -167,8 +169,15 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, g: ConvGeometry, e: ConvEpilo
     if w_packed.shape[-1] < g.c_out:
         raise ValueError(f"packed weight covers {w_packed.shape[-1]} output channels, op has {g.c_out}")
     _, _, ho, wo = conv_out_shape(x.shape, g, 0)
+    arch, prec = launch_arch(x), dot_precision(w_packed.dtype)
+    gated = bool(e.gate_input or e.residual_mode == RES_GATED_INPUT)
+    # IEEE dots a GPU would run (not the interpreter's bf16 workaround, which runs them itself)
+    gpu_fma = prec == DOT_IEEE and arch is not None and (recording() or not interpreting())
+    if conv_version(gpu_fma, gated) == "v2":
+        cfg = launch_config("conv_tc", arch, w_packed.dtype, c_in=c_in, co_pad=w_packed.shape[-1], ksize=g.ksize)
+        return conv_tc_launch(wrap(_conv_tc_kernel), x, w_packed, bias, g, e, out, cfg, c_in, prec)
     ci_block = min(next_pow2_16(c_in), 64)
-    cfg = launch_config("conv", launch_arch(x), w_packed.dtype, c_in=c_in, ci_block=ci_block,
+    cfg = launch_config("conv", arch, w_packed.dtype, c_in=c_in, ci_block=ci_block,
                         co_pad=w_packed.shape[-1], ksize=g.ksize, gate=bool(e.gate_input or e.att is not None),
                         shuffle=e.shuffle)
     block_p, ci_block = cfg.block_p, cfg.ci_block or ci_block
@@ -176,7 +185,7 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, g: ConvGeometry, e: ConvEpilo
     att_h, att_w = (att.shape[-2], att.shape[-1]) if att is not None else (1, 1)
     dummy = x
     grid = (triton.cdiv(ho * wo, block_p), n)
-    kernel_wrapper[grid](
+    wrap(_conv_kernel)[grid](
         x, w_packed, bias, out,
         e.residual if e.residual is not None else dummy, att if att is not None else dummy,
         e.shift if e.shift is not None else dummy, shortcut if shortcut is not None else dummy,
@@ -187,6 +196,6 @@ def conv_launch(kernel_wrapper, x, w_packed, bias, g: ConvGeometry, e: ConvEpilo
         HAS_GATE=e.gate_input, RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode,
         PARTIAL=g.c_out > g.c_conv,
         BLOCK_P=block_p, CI_BLOCK=ci_block, CO_PAD=w_packed.shape[-1],
-        IEEE=exact_dot(w_packed.dtype), **cfg.launch_kwargs(),
+        PREC=prec, **cfg.launch_kwargs(),
     )
     return out

@@ -15,7 +15,7 @@ import triton.language as tl
 from ..op_args import EsaWeights
 from ..reference import next_pow2_16
 from ..spec import POOL_KERNEL, POOL_STRIDE, pooled_size
-from .common import (bilinear_coords, bilinear_sample, exact_dot, launch_arch, mma, program_pixels,
+from .common import (bilinear_coords, bilinear_sample, dot_precision, launch_arch, mma, program_pixels,
                      sigmoid)
 from .configs import launch_config
 
@@ -25,7 +25,7 @@ from .configs import launch_config
 def _esa_down_kernel(
     x_ptr, wr_ptr, br_ptr, wd_ptr, bd_ptr, d_ptr, C, H, W, H2, W2,
     sx_n, sx_c, sx_h, sx_w,
-    BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CR: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CR: tl.constexpr, PREC: tl.constexpr,
 ):
     p, p_mask, oy, ox = program_pixels(BLOCK_P, H2 * W2, W2)
     n = tl.program_id(1).to(tl.int64)
@@ -44,10 +44,10 @@ def _esa_down_kernel(
             m = p_mask[:, None] & (ci < C)[None, :]
             xv = tl.load(x_ptr + pix[:, None] + ci[None, :].to(tl.int64) * sx_c, mask=m, other=0.0)
             w = tl.load(wr_ptr + ci[:, None] * CR + cr[None, :], mask=(ci < C)[:, None], other=0.0)
-            r += mma(xv.to(tl.float32), w, IEEE)
+            r += mma(xv.to(tl.float32), w, PREC)
         r = r + br[None, :]
         wd = tl.load(wd_ptr + (tap * CR + cr[:, None]) * CR + cr[None, :])
-        acc += mma(r, wd, IEEE)
+        acc += mma(r, wd, PREC)
     bd = tl.load(bd_ptr + cr).to(tl.float32)
     d = acc + bd[None, :]
     dst = n * CR * H2 * W2 + cr[None, :].to(tl.int64) * (H2 * W2) + p[:, None]
@@ -57,7 +57,7 @@ def _esa_down_kernel(
 @triton.jit
 def _esa_low_kernel(
     d_ptr, wl_ptr, bl_ptr, low_ptr, H2, W2, Hp, Wp,
-    BLOCK_P: tl.constexpr, CR: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, CR: tl.constexpr, PREC: tl.constexpr,
     POOL_K: tl.constexpr, POOL_S: tl.constexpr,
 ):
     p, p_mask, oy, ox = program_pixels(BLOCK_P, Hp * Wp, Wp)
@@ -78,7 +78,7 @@ def _esa_low_kernel(
             pooled = tl.maximum(pooled, v)
         pooled = tl.where(valid[:, None], pooled, 0.0)
         wl = tl.load(wl_ptr + (tap * CR + cr[:, None]) * CR + cr[None, :])
-        acc += mma(pooled, wl, IEEE)
+        acc += mma(pooled, wl, PREC)
     bl = tl.load(bl_ptr + cr).to(tl.float32)
     dst = n * CR * Hp * Wp + cr[None, :].to(tl.int64) * (Hp * Wp) + p[:, None]
     tl.store(low_ptr + dst, acc + bl[None, :], mask=p_mask[:, None])
@@ -90,7 +90,7 @@ def _esa_out_kernel(
     C, H, W, Hp, Wp, scale_h, scale_w,
     sx_n, sx_c, sx_h, sx_w, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
     HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, CP: tl.constexpr, CR: tl.constexpr,
-    IEEE: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     p, p_mask, oy, ox = program_pixels(BLOCK_P, H * W, W)
     n = tl.program_id(1).to(tl.int64)
@@ -100,14 +100,14 @@ def _esa_out_kernel(
     x = tl.load(x_ptr + n * sx_n + c[None, :].to(tl.int64) * sx_c + oy[:, None].to(tl.int64) * sx_h
                 + ox[:, None].to(tl.int64) * sx_w, mask=m, other=0.0).to(tl.float32)
     wsr = tl.load(wsr_ptr + c[:, None] * CR + cr[None, :], mask=(c < C)[:, None], other=0.0)
-    t = mma(x, wsr, IEEE) + tl.load(bsr_ptr + cr).to(tl.float32)[None, :]
+    t = mma(x, wsr, PREC) + tl.load(bsr_ptr + cr).to(tl.float32)[None, :]
     y0, y1, ly = bilinear_coords(oy, scale_h, Hp)
     xa, xb, lx = bilinear_coords(ox, scale_w, Wp)
     up = bilinear_sample(low_ptr + n * CR * Hp * Wp, cr[None, :].to(tl.int64) * (Hp * Wp),
                          y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
                          Wp, 1, p_mask[:, None])
     we = tl.load(we_ptr + cr[:, None] * CP + c[None, :])
-    s = mma(up + t, we, IEEE) + tl.load(be_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
+    s = mma(up + t, we, PREC) + tl.load(be_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
     y = x * sigmoid(s)
     if HAS_RES:
         r = tl.load(res_ptr + n * sr_n + c[None, :].to(tl.int64) * sr_c + oy[:, None].to(tl.int64) * sr_h
@@ -131,17 +131,17 @@ def esa_launch(wrap, x, weights: EsaWeights, residual, out, d, low):
     n, c, h, w = x.shape
     (h2, w2), (hp, wp) = d.shape[-2:], low.shape[-2:]
     cr = wt.reduce_w.shape[-1]
-    ieee = exact_dot(wt.reduce_w.dtype)
+    prec = dot_precision(wt.reduce_w.dtype)
     arch = launch_arch(x)
     ci_block = min(next_pow2_16(c), 64)
     cfg = launch_config("esa_down", arch, wt.reduce_w.dtype, c_in=c, ci_block=ci_block, cr=cr)
     ci_block = cfg.ci_block or ci_block
     wrap(_esa_down_kernel)[(triton.cdiv(h2 * w2, cfg.block_p), n)](
         x, wt.reduce_w, wt.reduce_b, wt.down_w, wt.down_b, d, c, h, w, h2, w2, *x.stride(),
-        BLOCK_P=cfg.block_p, CI_BLOCK=ci_block, CR=cr, IEEE=ieee, **cfg.launch_kwargs())
+        BLOCK_P=cfg.block_p, CI_BLOCK=ci_block, CR=cr, PREC=prec, **cfg.launch_kwargs())
     cfg = launch_config("esa_low", arch, wt.reduce_w.dtype, cr=cr)
     wrap(_esa_low_kernel)[(triton.cdiv(hp * wp, cfg.block_p), n)](
-        d, wt.low_w, wt.low_b, low, h2, w2, hp, wp, BLOCK_P=cfg.block_p, CR=cr, IEEE=ieee,
+        d, wt.low_w, wt.low_b, low, h2, w2, hp, wp, BLOCK_P=cfg.block_p, CR=cr, PREC=prec,
         POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, **cfg.launch_kwargs())
     res = residual if residual is not None else x
     cp = wt.expand_w.shape[-1]
@@ -150,6 +150,6 @@ def esa_launch(wrap, x, weights: EsaWeights, residual, out, d, low):
         x, low, wt.skip_w, wt.skip_b, wt.expand_w, wt.expand_b, res, out, c, h, w, hp, wp,
         float(hp) / h, float(wp) / w,
         *x.stride(), *res.stride(), *out.stride(),
-        HAS_RES=residual is not None, BLOCK_P=cfg.block_p, CP=cp, CR=cr, IEEE=ieee,
+        HAS_RES=residual is not None, BLOCK_P=cfg.block_p, CP=cp, CR=cr, PREC=prec,
         **cfg.launch_kwargs())
     return out

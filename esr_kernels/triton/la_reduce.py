@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import exact_dot, launch_arch, mma, program_pixels
+from .common import dot_precision, launch_arch, mma, program_pixels
 from .configs import launch_config
 
 
@@ -15,7 +15,7 @@ from .configs import launch_config
 def _la_reduce_kernel(
     x_ptr, wr_ptr, br_ptr, out_ptr, C, H, W, Hp, Wp,
     sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w,
-    BLOCK_P: tl.constexpr, CP: tl.constexpr, CR: tl.constexpr, C_RED: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, CP: tl.constexpr, CR: tl.constexpr, C_RED: tl.constexpr, PREC: tl.constexpr,
     POOL_K: tl.constexpr, POOL_S: tl.constexpr,
 ):
     _, p_mask, oy, ox = program_pixels(BLOCK_P, Hp * Wp, Wp)
@@ -30,7 +30,7 @@ def _la_reduce_kernel(
         ix = ox * POOL_S + k % POOL_K
         xv = tl.load(x_ptr + n * sx_n + c[None, :].to(tl.int64) * sx_c + iy[:, None].to(tl.int64) * sx_h
                      + ix[:, None].to(tl.int64) * sx_w, mask=m, other=0.0)
-        r = mma(xv.to(tl.float32), w, IEEE)
+        r = mma(xv.to(tl.float32), w, PREC)
         best = tl.maximum(best, r)
     y = best + tl.load(br_ptr + cr, mask=cr < C_RED, other=0.0).to(tl.float32)[None, :]
     dst = n * so_n + cr[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
@@ -48,6 +48,6 @@ def la_reduce_launch(kernel_wrapper, x, wr, br, c_red, out):
     block_p = cfg.block_p
     kernel_wrapper[(triton.cdiv(hp * wp, block_p), n)](
         x, wr, br, out, c, h, w, hp, wp, *x.stride(), *out.stride(),
-        BLOCK_P=block_p, CP=cp, CR=wr.shape[-1], C_RED=c_red, IEEE=exact_dot(wr.dtype),
+        BLOCK_P=block_p, CP=cp, CR=wr.shape[-1], C_RED=c_red, PREC=dot_precision(wr.dtype),
         POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, **cfg.launch_kwargs())
     return out

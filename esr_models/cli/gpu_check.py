@@ -28,12 +28,27 @@ LAYOUTS = ("nchw", "channels_last")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu-resources.json"
 
 
+def variants(dtype: str, layout: str) -> list[tuple[str, bool]]:
+    """The (dense-conv kernel, TF32 allowed) pairs recorded for one dtype and layout: v1 under
+    PyTorch's default flags (float32 as TF32); float32 also with TF32 off (IEEE float32 dots);
+    channels_last also v2, the tensor-core implicit GEMM (``ESR_TRITON_CONV=v2``; its layout)."""
+    out = [("v1", True)]
+    if dtype == "float32":
+        out.append(("v1", False))
+    if layout == "channels_last":
+        out.append(("v2", True))
+    return out
+
+
 def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
                   batch: int = 2) -> list:
-    """(Launch, "model/dtype/layout/HxW") for every launch of every combination."""
+    """(Launch, "model/dtype/layout/HxW[/variant]") for every launch of every combination and
+    ``variants``."""
     # Set before triton's first import (it reads it once): the fused models record on CPU tensors.
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
+
+    from esr_kernels.triton.configs import conv_kernel
 
     out = []
     for name in models:
@@ -41,8 +56,12 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
             model = load(name, fused=True, backend="triton", dtype=getattr(torch, dt))
             for layout in layouts:
                 for hw in parse_sizes(",".join(f"{h}x{w}" for h, w in sizes)):  # checks them
-                    for launch in record_launches(model, make_input(dt, layout, hw, batch), arch):
-                        out.append((launch, f"{name}/{dt}/{layout}/{hw[0]}x{hw[1]}"))
+                    for conv, tf32 in variants(dt, layout):
+                        tag = "" if (conv, tf32) == ("v1", True) else f"/{conv}" + ("" if tf32 else "/ieee")
+                        with conv_kernel(conv), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                                                           allow_tf32=tf32):
+                            launches = record_launches(model, make_input(dt, layout, hw, batch), arch)
+                        out += [(launch, f"{name}/{dt}/{layout}/{hw[0]}x{hw[1]}{tag}") for launch in launches]
     return out
 
 

@@ -26,27 +26,39 @@ DTYPES = ("float16", "bfloat16", "float32")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "roofline.json"
 
 
-def report_for(name: str, size=LR_SIZE, dtype_name: str = "float16", sass: bool = True) -> dict:
-    """Fused (Triton) and eager traffic and work of model ``name`` at (1, 3, *size)."""
+def report_for(name: str, size=LR_SIZE, dtype_name: str = "float16", sass: bool = True, tf32: bool = True) -> dict:
+    """Fused (Triton) and eager traffic and work of model ``name`` at (1, 3, *size); float32
+    dots as TF32 (``tf32``, PyTorch's default for convolutions) or IEEE float32."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     fused = load(name, fused=True, backend="triton", dtype=dtype)
-    return model_report(name, fused, load(name, dtype=dtype), size, dtype_name, sass)
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=tf32):
+        rep = model_report(name, fused, load(name, dtype=dtype), size, dtype_name, sass)
+    if dtype_name == "float32":
+        rep["float32_dots"] = "tf32" if tf32 else "ieee"
+    return rep
 
 
-def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16", sass: bool = True) -> dict:
+def build_report(models=MODELS, size=LR_SIZE, dtype_name: str = "float16", sass: bool = True,
+                 tf32: bool | None = None) -> dict:
     """The report for ``models``; in a subprocess under Triton's interpreter when this process
     imported triton for a GPU (nothing runs either way: the fused model is only traced).
-    ``sass``: the issue model from the sm_90 SASS (compiled once, then cached)."""
+    ``sass``: the issue model from the sm_90 SASS (compiled once, then cached). ``tf32``: float32
+    dots as TF32 or IEEE; None follows PyTorch's flag in this process, as the kernels do."""
+    if tf32 is None:
+        from esr_kernels.triton.common import conv_tf32_allowed
+
+        tf32 = conv_tf32_allowed()
     if not interpreter_usable():
         proc = subprocess.run([sys.executable, "-m", "esr_models.cli.roofline", "--report-json", ",".join(models),
-                               f"{size[0]}x{size[1]}", dtype_name, "sass" if sass else "nosass"],
+                               f"{size[0]}x{size[1]}", dtype_name, "sass" if sass else "nosass",
+                               "tf32" if tf32 else "ieee"],
                               capture_output=True, text=True, env=dict(os.environ, TRITON_INTERPRET="1"), check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"roofline subprocess failed: {proc.stderr.strip()[-2000:]}")
         return json.loads(proc.stdout)
-    return combine([report_for(m, size, dtype_name, sass) for m in models])
+    return combine([report_for(m, size, dtype_name, sass, tf32) for m in models])
 
 
 def cmd_roofline(args) -> int:
@@ -99,9 +111,10 @@ def add_parser(sub) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--report-json"]:  # build_report's subprocess: MODELS HxW DTYPE SASS -> JSON on stdout
+    if sys.argv[1:2] == ["--report-json"]:  # build_report's subprocess: MODELS HxW DTYPE SASS TF32 -> JSON
         h, w = (int(v) for v in sys.argv[3].split("x"))
-        print(json.dumps(build_report(tuple(sys.argv[2].split(",")), (h, w), sys.argv[4], sys.argv[5] == "sass")))
+        print(json.dumps(build_report(tuple(sys.argv[2].split(",")), (h, w), sys.argv[4], sys.argv[5] == "sass",
+                                      sys.argv[6] == "tf32")))
         sys.exit(0)
     parser = argparse.ArgumentParser(prog="esr")
     add_parser(parser.add_subparsers(dest="command", required=True))

@@ -15,6 +15,7 @@ from esr_kernels.policy import (auto_reference_reason, bf16_gemm_available, cpu_
                                 resolve_backend, runs)
 
 from ..arch.layers import InputError
+from .graphs import install as install_graphs
 from .modules import FUSED_TYPES, _Fused, can_fuse
 
 
@@ -78,6 +79,7 @@ def fuse_resolved(model: nn.Module, backend: str, _stacklevel: int = 2) -> dict[
         if getattr(model, "_esr_fused_backend", None) is None:
             model.register_forward_pre_hook(_check_fused_input)
             model.register_forward_hook(_output_in_input_dtype)
+            install_graphs(model)  # CUDA graphs per input shape on a GPU (graphs.py)
         model._esr_fused_backend = backend
         model._esr_packed_versions = _param_versions(model)
         if not any(h is _note_packed for h in model._load_state_dict_post_hooks.values()):

@@ -198,6 +198,12 @@ def test_timing_plan_puts_the_protocol_first_and_compile_last():
     assert {c.provider for c in first} == {"eager", "triton", "cuda"}
     assert cases[-1].provider == "compile" and any(c.batch == 4 and c.graph for c in cases)
     assert any(c.name == "eager/float32/ieee" for c in cases)
+    # issue 28: TF32 off is IEEE for the Triton kernels too; the v1 / v2 dense-conv A/B, same layout
+    assert any(c.name == "triton/float32/ieee" for c in cases)
+    for dt in ("float16", "float32"):
+        ab = [c.name for c in cases if c.provider == "triton" and c.dtype == dt and c.channels_last and not c.graph
+              and c.model == "rlfn"]
+        assert ab == [f"triton/{dt}/channels_last/conv_v1", f"triton/{dt}/channels_last/conv_v2"]
     assert [c for c in cases if _selected(c, "compile/")] == [c for c in cases if c.provider == "compile"]
 
 

@@ -45,6 +45,24 @@ def test_cuda_graph_capture_replays_the_same_answer(name):
     assert not torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
+def test_default_cuda_graphs_replay_and_follow_a_new_shape(name):
+    """Issue 28, item 5: a fused model on CUDA captures a graph per input shape by default (the
+    second forward of a shape) and replays it: equal, bit for bit, to the same model with graphs
+    off, for fresh inputs, a changed shape, and the first shape again."""
+    from esr_models.fused.graphs import graphs_of
+
+    model = esr_models.load(name, device="cuda", dtype=torch.float16, fused=True)
+    plain = esr_models.set_cuda_graphs(esr_models.load(name, device="cuda", dtype=torch.float16, fused=True), False)
+    shapes = [(64, 80)] * 3 + [(48, 56)] * 3 + [(64, 80)]
+    with torch.inference_mode():
+        for i, hw in enumerate(shapes):
+            x = _image(*hw).half() * (0.5 + 0.05 * i)
+            out = model(x)
+            assert torch.equal(out, plain(x)), (i, hw)
+    assert len(graphs_of(model).graphs) == 2
+
+
 @pytest.mark.slow
 def test_fused_at_real_size_540x960(_no_tf32):
     """"auto" (Triton) at 540x960 on image content within the float32 bar. With PyTorch's
@@ -57,6 +75,27 @@ def test_fused_at_real_size_540x960(_no_tf32):
         assert fused.backend == "triton"
         with torch.inference_mode():
             assert (fused(x) - ref(x)).abs().max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("name", esr_models.MODEL_NAMES)
+def test_triton_float32_follows_the_tf32_flag(name):
+    """Issue 28, item 1: under PyTorch's default (convolutions may use TF32) the fused float32
+    Triton model runs TF32 tensor-core dots, and its error from the IEEE float32 answer is at
+    most twice the eager reference's own under the same flag (cuDNN's TF32 convolutions); with
+    TF32 off it is the IEEE path, within 1e-5."""
+    x = _image(96, 128)
+    flags = torch.backends.cudnn.flags
+    on = torch.backends.cudnn.enabled
+    with torch.inference_mode():
+        ref = esr_models.load(name, device="cuda")
+        fused = esr_models.load(name, device="cuda", fused=True, backend="triton")
+        with flags(enabled=on, allow_tf32=False):
+            truth, ieee = ref(x), fused(x)
+        with flags(enabled=on, allow_tf32=True):
+            ref_tf32, tf32 = ref(x), fused(x)
+    assert (ieee - truth).abs().max() <= 1e-5
+    ref_err = (ref_tf32 - truth).abs().max()
+    assert 0 < (tf32 - truth).abs().max() <= 2 * ref_err, "TF32 on: the fused path should round like cuDNN's"
 
 
 # ---------------------------------------------------------------- backend="cuda", named explicitly

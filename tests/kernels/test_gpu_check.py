@@ -31,6 +31,7 @@ def pfdnlite_launches():
 
 def test_record_launches_gives_the_gpu_parameters(pfdnlite_launches):
     from esr_kernels.spec import RES_GATED_INPUT
+    from esr_kernels.triton.common import DOT_TF32
     from esr_kernels.triton.configs import launch_config
 
     launches = pfdnlite_launches[90]
@@ -41,7 +42,7 @@ def test_record_launches_gives_the_gpu_parameters(pfdnlite_launches):
         assert bp < 4096, "recorded the interpreter's pixel block, not the GPU's"
         x = next(iter(launch.tensors.values()))
         assert x.dtype == "float32" and launch.grid[1] == 2 and launch.num_warps >= 1
-        assert launch.constexprs["IEEE"] is True  # float32: IEEE dots, never tf32
+        assert launch.constexprs["PREC"] == DOT_TF32  # float32 under PyTorch's default flags
         if launch.kernel == "_conv_kernel":
             w = launch.tensors["w_ptr"]
             cfg = launch_config("conv", 90, torch.float32, c_in=w.shape[1],
@@ -57,11 +58,38 @@ def test_record_launches_gives_the_gpu_parameters(pfdnlite_launches):
 
 def test_recording_bf16_takes_the_tensor_core_dot():
     import esr_models
+    from esr_kernels.triton.common import DOT_NATIVE
     from esr_kernels.gpu_check import make_input, record_launches
 
     model = esr_models.load("rlfn", fused=True, backend="triton", dtype=torch.bfloat16)
     launches = record_launches(model, make_input("bfloat16", "nchw", (32, 32), 1), 86)
-    assert launches and all(launch.constexprs["IEEE"] is False for launch in launches)
+    assert launches and all(launch.constexprs["PREC"] == DOT_NATIVE for launch in launches)
+
+
+@pytest.mark.parametrize("api", ["legacy", "fp32_precision"])
+def test_float32_dots_follow_pytorchs_tf32_flag(api):
+    """Issue 28, item 1: float32 runs TF32 tensor-core dots when PyTorch lets convolutions use
+    TF32 (its default, what eager and torch.compile run) and IEEE float32 when it does not,
+    read at each launch (not at load), through either of PyTorch's flag APIs."""
+    import esr_models
+    from esr_kernels.gpu_check import make_input, record_launches
+    from esr_kernels.triton.common import DOT_IEEE, DOT_TF32
+
+    model = esr_models.load("rlfn", fused=True, backend="triton")
+    x = make_input("float32", "nchw", (32, 32), 1)
+    if api == "legacy":
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            ieee = record_launches(model, x, 90)
+    else:
+        conv = torch.backends.cudnn.conv
+        saved, conv.fp32_precision = conv.fp32_precision, "ieee"
+        try:
+            ieee = record_launches(model, x, 90)
+        finally:
+            conv.fp32_precision = saved
+    tf32 = record_launches(model, x, 90)
+    assert ieee and {launch.constexprs["PREC"] for launch in ieee} == {DOT_IEEE}
+    assert {launch.constexprs["PREC"] for launch in tf32} == {DOT_TF32}
 
 
 def test_check_subset_has_no_violation(tmp_path):
@@ -96,6 +124,7 @@ def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
     """256 pixels x 64 channels of float32 in one warp cannot live in registers: the check must
     report local memory and the command exit 1."""
     from esr_kernels.triton import configs
+    from esr_kernels.triton.common import DOT_IEEE, DOT_TF32
     from esr_models.cli import main
 
     real = configs._gpu_config
@@ -114,9 +143,11 @@ def test_oversized_config_is_flagged(tmp_path, monkeypatch, capsys):
     import json
 
     report = json.loads(out_json.read_text())
-    (row,) = report["archs"]["86"]["specialisations"]
-    assert row["constexprs"]["BLOCK_P"] == 256 and row["verdict"] == "FAIL"
-    assert row["stack"] + row["local"] > 0 or row["shared"] > 101376
+    rows = report["archs"]["86"]["specialisations"]  # float32: TF32 (PyTorch's default) and IEEE dots
+    assert len(rows) == 2 and {r["constexprs"]["PREC"] for r in rows} == {DOT_IEEE, DOT_TF32}
+    for row in rows:
+        assert row["constexprs"]["BLOCK_P"] == 256 and row["verdict"] == "FAIL"
+        assert row["stack"] + row["local"] > 0 or row["shared"] > 101376
     assert "FAIL" in capsys.readouterr().out
 
 
@@ -138,7 +169,7 @@ def test_odd_sizes_reach_the_specialisations_a_square_size_does_not():
 # A narrow selection (one model, dtype, layout, size, kernel, arch): each case below changes one option.
 NARROW = {"--arch": "90", "--models": "rlfn", "--dtypes": "float16", "--layouts": "channels_last", "--size": "40",
           "--kernels": "_esa_low_kernel"}
-KERNELS = ("_bsb_kernel", "_conv_kernel", "_esa_down_kernel", "_esa_low_kernel", "_esa_out_kernel",
+KERNELS = ("_bsb_kernel", "_conv_kernel", "_conv_tc_kernel", "_esa_down_kernel", "_esa_low_kernel", "_esa_out_kernel",
            "_la_reduce_kernel")
 
 

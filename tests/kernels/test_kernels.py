@@ -108,10 +108,20 @@ def conv_args(case, n, h, w, dtype, layout, device):
             shift, shortcut, smode, shuffle)
 
 
+@pytest.fixture(params=["v1", "v2"])
+def conv_kernel(request):
+    """Each esr::conv test runs both dense-conv kernels (ESR_TRITON_CONV's v1 and v2; v2 sends
+    the gated cases, and on a GPU IEEE float32, to v1 itself)."""
+    from esr_kernels.triton.configs import conv_kernel as choose
+
+    with choose(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_conv_matches_reference(case, layout, dtype, device, on_gpu):
+def test_conv_matches_reference(case, layout, dtype, device, on_gpu, conv_kernel):
     h, w = size(on_gpu, (13, 17), (67, 131))
     args = conv_args(case, 2, h, w, dtype, layout, device)
     out = ops().conv(*args)
@@ -119,12 +129,15 @@ def test_conv_matches_reference(case, layout, dtype, device, on_gpu):
     assert out.dtype == dtype and out.shape == ref.shape
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) <= REL_TOL[dtype]
-    if layout == "channels_last" and CONV_CASES[case][-1] == 0:
+    if CONV_CASES[case][-1] == 0 and conv_kernel == "v2":
+        # v2's layout, whatever the input's: channels innermost, pixels padded to 8 elements
+        assert out.stride(1) == 1 and out.stride(3) % 8 == 0 and out.stride(3) >= out.shape[1]
+    elif layout == "channels_last" and CONV_CASES[case][-1] == 0:
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("case", ["3x3_gelu", "gated_partial", "gated_residual", "span_att", "tail_repeat_shuffle"])
-def test_conv_opcheck(case, device):
+def test_conv_opcheck(case, device, conv_kernel):
     args = conv_args(case, 2, 9, 11, torch.float32, "nchw", device)
     torch.library.opcheck(torch.ops.esr.conv.default, args)
 

@@ -6,7 +6,7 @@ blocks of a real GPU — several programs per image, a partial last block — wo
 here. ``target_arch(arch)`` makes the launchers pick each arch's configuration instead; the
 images below are sized so that every kernel gets several programs and a partial last one.
 bfloat16 still takes the exact-dot workaround under the interpreter (see
-``esr_kernels.triton.common.exact_dot``); float16 runs the tensor-core dot path itself.
+``esr_kernels.triton.common.dot_precision``); float16 runs the tensor-core dot path itself.
 """
 from __future__ import annotations
 
@@ -82,6 +82,28 @@ def test_every_arch_is_covered():
         assert _configs_used(arch) in {_configs_used(a) for a in DISTINCT_ARCHS}
 
 
+# v2 (conv_tc.py): one configuration for every arch, 8 x 16 tiles; 19 x 37 output pixels make
+# partial tiles in both directions, and the 216-channel 1x1 a partial last channel block.
+V2_CASES = (("head_shift", "nchw"), ("1x1_wide_residual", "channels_last"), ("stride2_small", "strided"),
+            ("partial_24in", "channels_last"), ("span_att", "channels_last"), ("tail_repeat_shuffle", "nchw"))
+
+
+@pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
+def test_conv_v2_gpu_tiles(dtype, device):
+    from esr_kernels.triton.common import target_arch
+    from esr_kernels.triton.configs import conv_kernel, launch_config
+
+    cfg = launch_config("conv_tc", 90, dtype, c_in=216)
+    assert cfg.block_p == 128 and 216 % cfg.ci_block != 0
+    for case, layout in V2_CASES:
+        args = conv_args(case, 2, 19, 37, dtype, layout, device)
+        with target_arch(90), conv_kernel("v2"):
+            out = torch.ops.esr.conv(*args)
+        ref = R.conv(*CONV.split(upcast(*args)))
+        assert out.shape == ref.shape and torch.isfinite(out).all()
+        assert rel_err(out, ref) <= REL_TOL[dtype], (case, layout)
+
+
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
 @pytest.mark.parametrize("arch", DISTINCT_ARCHS)
 def test_conv_gpu_configs(arch, dtype, device):
@@ -135,7 +157,7 @@ def test_bsb_esa_la_reduce_gpu_configs(arch, dtype, device):
 def test_interpreter_bf16_dot_is_still_wrong():
     """Why bfloat16 keeps the exact-dot path under the interpreter: its tl.dot multiplies the
     uint16 storage of bf16 values (triton 3.9.0). If this starts failing, the interpreter is
-    fixed and ``exact_dot`` can drop the workaround."""
+    fixed and ``dot_precision`` can drop the workaround."""
     import triton
     import triton.language as tl
 

@@ -121,6 +121,25 @@ def test_batch2_channels_last_noncontiguous(fused, refs, golden, dev, name):
         assert_matches_reference(fused[name](wide[..., 3:40]), refs[name], x, ref)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in VARIANTS])
+def test_triton_v2_conv_in_whole_models(refs, golden, name):
+    """Issue 28: the tensor-core dense conv (v2, ``ESR_TRITON_CONV=v2``) in whole models, from
+    an NCHW image: the same bar as v1. From the first conv on the activations are channels-last
+    with 16-byte aligned pixels (v2's layout), and the output is the NCHW image."""
+    from esr_kernels.triton.configs import conv_kernel
+
+    dev = _device_for("triton")
+    try:
+        resolve_backend("triton", dev)
+    except RuntimeError as exc:
+        pytest.skip(f"backend 'triton' cannot run here: {exc}")
+    x = image_crops(golden, dev, 1, 19, 23).to(dev)
+    with conv_kernel("v2"), torch.inference_mode():
+        out = esr_models.load(name, device=dev, fused=True, backend="triton")(x)
+    assert out.shape == (1, 3, 76, 92) and out.is_contiguous()
+    assert_matches_reference(out, refs[name].to(dev), x)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_minimum_size(fused, refs, golden, dev, name):
     size = esr_models.min_input_size(refs[name])

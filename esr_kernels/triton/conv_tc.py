@@ -1,0 +1,211 @@
+"""Dense KxK convolution as a tensor-core implicit GEMM: the "v2" conv (issue 28, item 2).
+
+The same op as ``conv._conv_kernel`` (``esr::conv``, semantics in
+``esr_kernels.reference.conv``, the same packed weights); what differs is the structure:
+
+- a program computes a TILE_H x TILE_W tile of output pixels of one image (128 pixels: M = 128
+  is what sm_90's warpgroup MMA wants), a 2-D tile so that the taps of neighbouring pixels hit
+  the same input rows (a 3x3 over an 8x16 tile touches 1.4 input pixels per output pixel,
+  against 3.1 for v1's run of 32 pixels in one row);
+- all output channels, padded to the next multiple of 16 only, as CO_A (a power of two) plus
+  CO_B (0 or 16) accumulator columns: 48 channels are 32 + 16 (v1 pads 36/46/48 to 64), 28 are
+  32;
+- one flattened K loop over taps x input-channel blocks, software-pipelined (the launch's
+  num_stages: cp.async loads of the next blocks while this one multiplies);
+- fp16/bf16 operands on the tensor cores, or float32 as TF32 when PyTorch's flag allows it
+  (``common.dot_precision``); IEEE float32 runs too (the interpreter's bf16 workaround and
+  tests), but on a GPU the launcher keeps IEEE float32 on v1 (FMA dots need v1's small tiles).
+
+Prologue: ``shift`` (x - shift[c]); the LocalAttention gate is v1's alone (the launcher keeps
+gated convs there). Epilogue: bias, activation, partial-channel passthrough, residual (a
+tensor; SPAN's attention), shortcut + pixel shuffle — as v1.
+"""
+import triton
+import triton.language as tl
+
+from ..spec import RES_SPAN_ATT, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
+from .common import DOT_IEEE, DOT_TF32, apply_act, sigmoid
+
+_RES_SPAN: tl.constexpr = tl.constexpr(RES_SPAN_ATT)
+_SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
+_SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
+_DOT_IEEE: tl.constexpr = tl.constexpr(DOT_IEEE)
+_DOT_TF32: tl.constexpr = tl.constexpr(DOT_TF32)
+
+TILE_PIXELS = 128  # TILE_H * TILE_W
+
+
+@triton.jit
+def _dot_acc(a, w, acc, PREC: tl.constexpr):
+    """acc + a @ w: ``a`` [M, K] the (prologued) input, ``w`` [K, N] in the weights' dtype. No
+    conversion when a already holds w's dtype (no shift prologue): the loads then go straight
+    to shared memory (cp.async) and the tensor cores."""
+    if PREC == _DOT_IEEE:
+        return tl.dot(a.to(w.dtype).to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+    if PREC == _DOT_TF32:
+        return tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="tf32")
+    return tl.dot(a.to(w.dtype), w, acc)
+
+
+@triton.jit
+def _store_columns(acc, co, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
+                   sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                   ss_n, ss_c, ss_h, ss_w,
+                   ACT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
+                   PARTIAL: tl.constexpr):
+    """The epilogue of output channels ``co`` [N] for pixels (oy, ox) [M]: bias, activation,
+    passthrough, residual, shortcut and shuffle, then the store (v1's, column group by group)."""
+    bias = tl.load(b_ptr + co, mask=co < C_conv, other=0.0).to(tl.float32)
+    y = apply_act(acc + bias[None, :], ACT)
+    out_mask = p_ok[:, None] & (co < C_out)[None, :]
+    if PARTIAL:
+        # channels >= C_conv pass the input through (PFDNLite's ungated partial conv)
+        xc = tl.load(x_ptr + x_base + oy[:, None].to(tl.int64) * sx_h + ox[:, None].to(tl.int64) * sx_w
+                     + co[None, :].to(tl.int64) * sx_c, mask=out_mask & (co >= C_conv)[None, :], other=0.0)
+        y = tl.where((co >= C_conv)[None, :], xc.to(tl.float32), y)
+    if RES_MODE != 0:
+        r = tl.load(res_ptr + n * sr_n + oy[:, None].to(tl.int64) * sr_h + ox[:, None].to(tl.int64) * sr_w
+                    + co[None, :].to(tl.int64) * sr_c, mask=out_mask, other=0.0).to(tl.float32)
+        if RES_MODE == _RES_SPAN:
+            y = (y + r) * (sigmoid(y) - 0.5)  # SPAN's parameter-free attention, PyTorch's order
+        else:
+            y = y + r
+    if SHUFFLE > 0:
+        img_c = co // (SHUFFLE * SHUFFLE)
+        if SC_MODE == _SC_REPEAT:
+            s = tl.load(sc_ptr + n * ss_n + img_c[None, :].to(tl.int64) * ss_c
+                        + oy[:, None].to(tl.int64) * ss_h + ox[:, None].to(tl.int64) * ss_w,
+                        mask=out_mask, other=0.0).to(tl.float32)
+            y = y + s
+        elif SC_MODE == _SC_VECTOR:
+            y = y + tl.load(sc_ptr + img_c, mask=co < C_out, other=0.0).to(tl.float32)[None, :]
+        sub = co % (SHUFFLE * SHUFFLE)
+        out_y = oy[:, None] * SHUFFLE + (sub // SHUFFLE)[None, :]
+        out_x = ox[:, None] * SHUFFLE + (sub % SHUFFLE)[None, :]
+        dst = n * so_n + img_c[None, :].to(tl.int64) * so_c + out_y.to(tl.int64) * so_h + out_x.to(tl.int64) * so_w
+    else:
+        dst = n * so_n + co[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
+            + ox[:, None].to(tl.int64) * so_w
+    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _conv_tc_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, shift_ptr, sc_ptr,
+    H, W, C_conv, C_out, H_out, W_out, tiles_w,
+    sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w, ss_n, ss_c, ss_h, ss_w,
+    C_in: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr,
+    HAS_SHIFT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
+    PARTIAL: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, CI_BLOCK: tl.constexpr,
+    CO_A: tl.constexpr, CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """x (N, C_in.., H, W) any strides; w (K*K, C_in, W_LD) packed (``reference.pack_conv_weight``);
+    grid (tiles, N). WIDE: one image's element offsets may pass 2^31 (int64 pixel offsets).
+    ALIGN: x's image, row and pixel strides are multiples of it, channels innermost (the
+    launcher checks; 1: nothing known): with 8, a pixel's channels load as 16-byte vectors.
+    C_in is a compile-time constant (each layer's own): the K loop's tap / channel-block split
+    is a division by a constant and the channel mask vanishes when CI_BLOCK divides C_in."""
+    if ALIGN > 1:
+        sx_n = tl.multiple_of(sx_n, ALIGN)
+        sx_h = tl.multiple_of(sx_h, ALIGN)
+        sx_w = tl.multiple_of(sx_w, ALIGN)
+    tile = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    r = tl.arange(0, TILE_H * TILE_W)
+    oy = (tile // tiles_w) * TILE_H + r // TILE_W
+    ox = (tile % tiles_w) * TILE_W + r % TILE_W
+    p_ok = (oy < H_out) & (ox < W_out)
+    x_base = n * sx_n
+    if WIDE:
+        iy0 = oy.to(tl.int64) * STRIDE - PAD
+        ix0 = ox.to(tl.int64) * STRIDE - PAD
+    else:
+        iy0 = oy * STRIDE - PAD
+        ix0 = ox * STRIDE - PAD
+    ca = tl.arange(0, CO_A)
+    acc_a = tl.zeros((TILE_H * TILE_W, CO_A), dtype=tl.float32)
+    if CO_B > 0:
+        cb = CO_A + tl.arange(0, CO_B)
+        acc_b = tl.zeros((TILE_H * TILE_W, CO_B), dtype=tl.float32)
+    ci_blocks: tl.constexpr = (C_in + CI_BLOCK - 1) // CI_BLOCK
+    for kk in range(0, KSIZE * KSIZE * ci_blocks):  # taps x input-channel blocks, pipelined
+        tap = kk // ci_blocks
+        ci = (kk - tap * ci_blocks) * CI_BLOCK + tl.arange(0, CI_BLOCK)
+        iy = iy0 + tap // KSIZE
+        ix = ix0 + tap % KSIZE
+        valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        m = valid[:, None] & (ci < C_in)[None, :]
+        a = tl.load(x_ptr + x_base + (iy * sx_h + ix * sx_w)[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
+        if HAS_SHIFT:  # zero padding applies after the shift
+            sh = tl.load(shift_ptr + ci, mask=ci < C_in, other=0.0).to(tl.float32)
+            a = tl.where(m, a.to(tl.float32) - sh[None, :], 0.0)
+        w_row = (tap * C_in + ci) * W_LD
+        wa = tl.load(w_ptr + w_row[:, None] + ca[None, :], mask=(ci < C_in)[:, None], other=0.0)
+        acc_a = _dot_acc(a, wa, acc_a, PREC)
+        if CO_B > 0:
+            wb = tl.load(w_ptr + w_row[:, None] + cb[None, :], mask=(ci < C_in)[:, None], other=0.0)
+            acc_b = _dot_acc(a, wb, acc_b, PREC)
+    _store_columns(acc_a, ca, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
+                   sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                   ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
+    if CO_B > 0:
+        _store_columns(acc_b, cb, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
+                       sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                       ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
+
+
+def column_groups(c_out: int) -> tuple[int, int]:
+    """(CO_A, CO_B): ``c_out`` rounded up to a multiple of 16 as a power of two plus 0 or 16
+    (16, 32, 32 + 16, 64; 80 = 64 + 16)."""
+    padded = -(-c_out // 16) * 16
+    a = 16
+    while a * 2 <= padded:
+        a *= 2
+    b = padded - a
+    if b not in (0, 16):  # e.g. 96 = 64 + 32: one power-of-two group instead
+        return a * 2, 0
+    return a, b
+
+
+def _wide(*tensors) -> bool:
+    """Whether an element offset within one image of these tensors can reach 2^31."""
+    return any(t is not None and t.dim() == 4 and sum((s - 1) * st for s, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31
+               for t in tensors)
+
+
+def _align(x) -> int:
+    """8 when x's channels are innermost and its image, row and pixel strides are multiples of 8
+    elements (``ops._padded_channels_last``), else 1. (The start's 16-byte alignment is Triton's
+    own pointer specialisation.)"""
+    n_s, c_s, h_s, w_s = x.stride()
+    ok = c_s == 1 and all(s % 8 == 0 for s in (n_s, h_s, w_s))
+    return 8 if ok else 1
+
+
+def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int, prec: int):
+    """Launch ``_conv_tc_kernel`` through ``kernel_wrapper`` (wrap_triton's, a recorder or the
+    kernel): ``conv.conv_launch``'s arguments, its choice of ``cfg`` (TILE_H x TILE_W from
+    ``cfg.block_p``, CI_BLOCK, warps, stages) and dot precision."""
+    n, _, h, w = x.shape
+    ho, wo = (h + 2 * g.padding - g.ksize) // g.stride + 1, (w + 2 * g.padding - g.ksize) // g.stride + 1
+    tile_w = 16 if cfg.block_p >= 16 else cfg.block_p
+    tile_h = cfg.block_p // tile_w
+    tiles_w = triton.cdiv(wo, tile_w)
+    co_a, co_b = column_groups(g.c_out)
+    if co_a + co_b > w_packed.shape[-1]:
+        raise ValueError(f"packed weight has {w_packed.shape[-1]} columns, the conv needs {co_a + co_b}")
+    res, sc = e.residual, e.shortcut
+    dummy = x
+    sc_strides = tuple(sc.stride()) if sc is not None and sc.dim() == 4 else (0, 0, 0, 0)
+    kernel_wrapper[(tiles_w * triton.cdiv(ho, tile_h), n)](
+        x, w_packed, bias, out, res if res is not None else dummy, e.shift if e.shift is not None else dummy,
+        sc if sc is not None else dummy,
+        h, w, g.c_conv, g.c_out, ho, wo, tiles_w,
+        *x.stride(), *out.stride(), *(res.stride() if res is not None else (0, 0, 0, 0)), *sc_strides,
+        C_in=c_in, KSIZE=g.ksize, STRIDE=g.stride, PAD=g.padding, ACT=e.act, HAS_SHIFT=e.shift is not None,
+        RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode, PARTIAL=g.c_out > g.c_conv,
+        TILE_H=tile_h, TILE_W=tile_w, CI_BLOCK=cfg.ci_block or 16, CO_A=co_a, CO_B=co_b,
+        W_LD=w_packed.shape[-1], PREC=prec, WIDE=_wide(x, out, res, sc), ALIGN=_align(x), **cfg.launch_kwargs(),
+    )
+    return out
