@@ -23,7 +23,10 @@ nothing that finished; a timed-out step keeps the rows it had written):
    size (339x510) and 540x960, then float16/bfloat16, a CUDA graph, batch 4 frames/s, and
    torch.compile last (its compile time is the costliest); each beside the roofline's modelled
    time for this GPU's measured ceilings (``esr_kernels.roofline``).
-6. ``sweep``: while time is left, per Triton kernel, pixels per program x warps
+6. ``profile``: per-kernel times of one forward (torch.profiler, CUDA activities) beside the
+   roofline's modelled time per op, with the dense conv as v1 and v2; the TF32 PSNR change on
+   Set5 (``benchmarks/gpu_session_profile.py``).
+7. ``sweep``: while time is left, per Triton kernel, pixels per program x warps
    (``esr_kernels.triton.configs.override``), each checked against the table's output first.
 
 The dry run (``--dry-run``) runs the same steps on CPU with tiny sizes and the fused CPU
@@ -58,11 +61,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # tqdm, pytest, ninja, setuptools): carried as wheels for its Python.
 DEVICE_WHEELS = ("pypng==0.20220715.0",)
 DEVICE_PYTHON = "3.12"
-STEPS = ("install", "warm", "env", "selftest", "pytest", "timing", "sweep")
+STEPS = ("install", "warm", "env", "selftest", "pytest", "timing", "profile", "sweep")
 # Steps in one group run side by side: the build and the Triton pre-compile use the CPUs while
 # env measures the GPU. Each step's time box in seconds (the dry run finishes far inside them).
-GROUPS = (("install", "warm", "env"), ("selftest",), ("pytest",), ("timing",), ("sweep",))
-BOXES = {"install": 200, "warm": 150, "env": 60, "selftest": 150, "pytest": 120, "timing": 180, "sweep": 120}
+GROUPS = (("install", "warm", "env"), ("selftest",), ("pytest",), ("timing",), ("profile",), ("sweep",))
+BOXES = {"install": 200, "warm": 150, "env": 60, "selftest": 150, "pytest": 120, "timing": 180, "profile": 90,
+         "sweep": 120}
 
 
 NOT_RUN = "not run"  # a step the budget left no time for: the session is incomplete (exit 1)

@@ -327,6 +327,7 @@ def step_pytest(ctx: StepContext) -> None:
 
 
 # ---------------------------------------------------------------- 5. timing and 6. sweep
+from benchmarks.gpu_session_profile import step_profile  # noqa: E402,F401
 from benchmarks.gpu_session_timing import step_sweep, step_timing  # noqa: E402,F401
 
 

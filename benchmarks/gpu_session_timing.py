@@ -36,13 +36,15 @@ class Case:
     tf32: bool = True        # float32: PyTorch's TF32 flag for convolutions (its default), which eager,
                              # torch.compile and the fused Triton kernels follow (the CUDA C++ ones are IEEE)
     conv: str = "auto"       # triton: the dense-conv kernel (ESR_TRITON_CONV: v1, or v2 the tensor-core GEMM)
+    mode: str = "default"    # compile: torch.compile's mode ("max-autotune": inductor's conv templates, autotuned)
 
     @property
     def name(self) -> str:
         ieee = self.provider in ("eager", "compile", "triton") and self.dtype == "float32" and not self.tf32
         parts = [self.provider, self.dtype] + (["ieee"] if ieee else []) + (["channels_last"] if self.channels_last else [])
         parts += (["cuda_graph"] if self.graph else []) + ([f"batch{self.batch}"] if self.batch > 1 else [])
-        return "/".join(parts + ([f"conv_{self.conv}"] if self.conv != "auto" else []))
+        parts += [f"conv_{self.conv}"] if self.conv != "auto" else []
+        return "/".join(parts + ([self.mode] if self.mode != "default" else []))
 
 
 def plan_cases(models, dry_run: bool) -> list[Case]:
@@ -70,6 +72,7 @@ def plan_cases(models, dry_run: bool) -> list[Case]:
     cases += [Case(m, *big, "eager", "float16", batch=4, channels_last=True) for m in models]
     cases += [Case(m, *big, "compile", "float32") for m in models]
     cases += [Case(m, *big, "compile", "float16", channels_last=True) for m in models]
+    cases += [Case(m, *big, "compile", "float16", channels_last=True, mode="max-autotune") for m in models]
     return cases
 
 
@@ -90,7 +93,7 @@ def build_runner(case: Case, device: str):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if case.provider == "compile":
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if case.mode == "default" else case.mode)
     if not case.graph:
         def run():
             with torch.inference_mode():
@@ -193,7 +196,7 @@ def step_timing(ctx) -> None:
              tf32={"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
              rows=rows)
     for case in cases:
-        need = 90 if case.provider == "compile" else 8
+        need = (240 if case.mode == "max-autotune" else 90) if case.provider == "compile" else 8
         if ctx.left() < need + 15:
             rows.append(asdict(case) | {"name": case.name, "error": f"skipped: under {need} s left"})
             continue

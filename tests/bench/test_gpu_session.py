@@ -30,7 +30,7 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads((out / "gpu-session.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert list(steps) == ["install", "warm", "env", "selftest", "pytest", "timing", "sweep"]
+    assert list(steps) == ["install", "warm", "env", "selftest", "pytest", "timing", "profile", "sweep"]
     assert report["dry_run"] is True and "DRY RUN" in proc.stdout
     # install and the GPU tests are skipped on CPU and say why; nothing skipped is called passed
     assert steps["install"]["status"] == "skipped" and steps["install"]["result"]["commands"]
@@ -44,6 +44,10 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     rows = steps["timing"]["result"]["rows"]
     assert {r["provider"] for r in rows} == {"eager", "cpu"} and all(r["ms"] > 0 for r in rows)
     assert all(r["roofline_ms"] > 0 for r in rows), steps["timing"]["result"].get("roofline_error")
+    (prof,) = steps["profile"]["result"]["rows"]  # one model, v1, CPU activities in the dry run
+    assert prof["launches"] > 0 and prof["total_us"] > 0 and prof["kernels"], prof
+    assert sum(prof["measured_us_by_op"].values()) == pytest.approx(prof["total_us"], rel=1e-3)
+    assert "tf32" in steps["profile"]["result"]
     sweep = steps["sweep"]["result"]
     assert sweep["interpreter"] is True and sweep["best"]["la_reduce"]["passed"]
     # the short table comes last
@@ -198,6 +202,7 @@ def test_timing_plan_puts_the_protocol_first_and_compile_last():
     assert {c.provider for c in first} == {"eager", "triton", "cuda"}
     assert cases[-1].provider == "compile" and any(c.batch == 4 and c.graph for c in cases)
     assert any(c.name == "eager/float32/ieee" for c in cases)
+    assert cases[-1].name == "compile/float16/channels_last/max-autotune"
     # issue 28: TF32 off is IEEE for the Triton kernels too; the v1 / v2 dense-conv A/B, same layout
     assert any(c.name == "triton/float32/ieee" for c in cases)
     for dt in ("float16", "float32"):
