@@ -20,9 +20,10 @@ from torch.library import triton_op, wrap_triton
 
 from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
 from .spec import pooled_size
-from .triton.bsb import _bsb_kernel, bsb_launch
+from .triton.bsb import bsb_launch
 from .triton.common import interpreting
 from .triton.configs import conv_choice
+from .triton.conv_tc import padded_channels_last
 from .triton.conv import conv_launch, conv_out_shape
 from .triton.esa import esa_launch, esa_shapes
 from .triton.la_reduce import _la_reduce_kernel, la_reduce_launch
@@ -50,21 +51,12 @@ def _channels_innermost(x: Tensor) -> bool:
     return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
 
 
-def _padded_channels_last(shape, like: Tensor) -> Tensor:
-    """An empty (N, C, H, W) tensor, channels innermost, each pixel's channels padded to a
-    multiple of 8 elements (16 bytes in fp16): the layout the v2 conv loads with 16-byte vectors
-    (RLFN's 46 and SPAN's 28/26 channels are not; unpadded, every load is a scalar one)."""
-    n, c, h, w = shape
-    cp = -(-c // 8) * 8
-    return torch.empty_strided(shape, (h * w * cp, 1, w * cp, cp), dtype=like.dtype, device=like.device)
-
-
 def _like(x: Tensor, shape) -> Tensor:
     """An output in x's layout (channels_last in, channels_last out; padded pixels when the
-    v2 conv is chosen, ``_padded_channels_last``)."""
+    v2 conv is chosen, ``conv_tc.padded_channels_last``)."""
     if _channels_innermost(x):
         if conv_choice() == "v2":
-            return _padded_channels_last(shape, x)
+            return padded_channels_last(shape, x)
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     return torch.empty(shape, dtype=x.dtype, device=x.device)
 
@@ -78,7 +70,7 @@ def _conv_output(x: Tensor, geometry: ConvGeometry, epilogue: ConvEpilogue) -> T
     if epilogue.shuffle:
         return torch.empty(shape, dtype=x.dtype, device=x.device)
     if conv_choice() == "v2":
-        return _padded_channels_last(shape, x)
+        return padded_channels_last(shape, x)
     return _like(x, shape)
 
 
@@ -108,7 +100,7 @@ def bsb(x: Tensor, pw_packed: Tensor, dw_packed: Tensor, dw_bias: Tensor,
         residual: Optional[Tensor]) -> Tensor:
     """GELU(depthwise3x3_reflect(pointwise1x1(x)) + bias) [+ residual]; x (N, C, H, W), H, W >= 2."""
     out = _alloc_bsb(x, pw_packed, dw_packed, dw_bias, residual)
-    return bsb_launch(wrap_triton(_bsb_kernel), x, pw_packed, dw_packed, dw_bias, residual, out)
+    return bsb_launch(wrap_triton, x, pw_packed, dw_packed, dw_bias, residual, out)
 
 
 # ---------------------------------------------------------------- esa

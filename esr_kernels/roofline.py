@@ -206,6 +206,14 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
         _, wp, _, geometry, _ = CONV.split(args)
         return [Launch("esr::conv", read_all, nbytes(out), conv_macs(x.shape, wp.shape, geometry))]
     if op == "bsb":
+        from .triton.configs import conv_choice
+
+        if conv_choice() == "v2":  # the pointwise conv once, its output stored, then the depthwise kernel
+            x, pw, dw, b, res = args
+            inter = n * h * w * (-(-c // 8) * 8) * x.element_size()  # padded channels-last, x's dtype
+            rest = _unique_bytes([t for t in (dw, b, res) if t is not None])
+            return [Launch("esr::bsb/pw", _unique_bytes([x, pw]), inter, n * h * w * c * c),
+                    Launch("esr::bsb/dw", inter + rest, nbytes(out), n * h * w * 9 * c)]
         return [Launch("esr::bsb", read_all, nbytes(out), n * h * w * (c * c + 9 * c))]
     if op == "la_reduce":
         # useful: the reference's 1x1 reduction once per full-resolution pixel (pooling: no MACs)
@@ -229,7 +237,8 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
 
 
 # ---------------------------------------------------------------- executed work (recorded launches)
-_KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb": "_bsb_kernel", "esr::la_reduce": "_la_reduce_kernel",
+_KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb": "_bsb_kernel",
+              "esr::bsb/pw": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb/dw": "_bsb_dw_kernel", "esr::la_reduce": "_la_reduce_kernel",
               "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
               "esr::esa/out": "_esa_out_kernel"}
 _ELEM = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -311,6 +320,17 @@ def _bsb_executed(k) -> tuple[int, int, list[str]]:
     return macs, fp, ["pw_ptr", "dw_ptr", "b_ptr"]
 
 
+def _bsb_dw_executed(k) -> tuple[int, int, list[str]]:
+    """_bsb_dw_kernel (v2's depthwise half): TILE_H x TILE_W pixels x 9 taps x CP channels; it
+    reads its tile's halo of the intermediate (reflected at the borders: no fewer pixels)."""
+    c, s, t = k.constexprs, k.scalars, k.tensors["t_ptr"]
+    programs = k.grid[0] * k.grid[1]
+    macs = programs * c["TILE_H"] * c["TILE_W"] * 9 * c["CP"]
+    rows = _halo_extent(s["H"], c["TILE_H"], 3, 1, 1, s["H"])
+    cols = _halo_extent(s["W"], c["TILE_W"], 3, 1, 1, s["W"])
+    return macs, k.grid[1] * rows * cols * s["C"] * _ELEM[t.dtype], ["dw_ptr", "b_ptr"]
+
+
 def _la_reduce_executed(k) -> tuple[int, int, list[str]]:
     """_la_reduce_kernel: per pooled pixel, the 1x1 (CP x CR, C padded to CP) at all POOL_K^2
     window positions (the windows overlap: stride POOL_S < POOL_K)."""
@@ -350,7 +370,7 @@ def _esa_out_executed(k) -> tuple[int, int, list[str]]:
     return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
 
 
-_EXECUTED = {"_conv_kernel": _conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_kernel": _bsb_executed,
+_EXECUTED = {"_conv_kernel": _conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
              "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed}
 
@@ -362,7 +382,7 @@ def executed_work(k) -> tuple[int, int, int, int]:
     program, plus the launch's other inputs once (outputs are counted by the caller)."""
     macs, footprint, weight_args = _EXECUTED[k.kernel](k)
     programs = k.grid[0] * k.grid[1]
-    in_key = "d_ptr" if k.kernel == "_esa_low_kernel" else "x_ptr"
+    in_key = {"_esa_low_kernel": "d_ptr", "_bsb_dw_kernel": "t_ptr"}.get(k.kernel, "x_ptr")
     weights = sum(_tbytes(k.tensors[a]) for a in weight_args)
     return macs, footprint + programs * weights, programs, _tbytes(k.tensors[in_key]) + weights
 
@@ -431,7 +451,8 @@ def _loop_trips(k) -> tuple[int, int]:
     k_blocks = -(-s.get("C_in", c.get("C_in", s.get("C", 0))) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
     pool = c.get("POOL_K", 0) ** 2
     taps = c.get("KSIZE", 0) ** 2
-    return {"_conv_kernel": (k_blocks, 0), "_conv_tc_kernel": (taps * k_blocks, 0), "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
+    return {"_conv_kernel": (k_blocks, 0), "_conv_tc_kernel": (taps * k_blocks, 0), "_bsb_dw_kernel": (9, 0),
+            "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
             "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),
             "_esa_out_kernel": (0, 0)}[k.kernel]
 

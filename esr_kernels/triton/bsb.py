@@ -1,5 +1,11 @@
 """BSB: 1x1 pointwise (no bias) -> 3x3 depthwise with bias and reflect padding -> GELU (erf),
-optionally + residual, in one kernel: the pointwise output never goes to memory.
+optionally + residual.
+
+v1 (``_bsb_kernel``): one kernel, the pointwise output never goes to memory, at the price of
+computing it 9 times. v2 (with the v2 conv, ``configs.conv_choice() == "v2"``; issue 28, item 3):
+the pointwise conv once, on the tensor cores (``conv_launch``: v2's implicit GEMM), into a
+channels-last intermediate in the model's dtype (as the reference rounds it), then
+``_bsb_dw_kernel``: the depthwise 3x3, bias, GELU and residual over 8x16-pixel tiles.
 
 Each program owns BLOCK_P output pixels x all channels; for each of the 9 taps it recomputes
 the pointwise conv at the reflected neighbour ((BLOCK_P x C) @ (C x C)) and accumulates the
@@ -10,10 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
 from .common import apply_act, dot_precision, launch_arch, mma, program_pixels
-from .configs import launch_config
+from .configs import conv_choice, launch_config
+from .conv import conv_launch
+from .conv_tc import padded_channels_last
 
 
 @triton.jit
@@ -66,13 +75,71 @@ def pack_depthwise(dw_weight: torch.Tensor, co_pad: int) -> torch.Tensor:
     return packed.contiguous()
 
 
-def bsb_launch(kernel_wrapper, x, pw_packed, dw_packed, dw_bias, residual, out):
+@triton.jit
+def _bsb_dw_kernel(
+    t_ptr, dw_ptr, b_ptr, res_ptr, out_ptr, C, H, W, tiles_w,
+    st_n, st_c, st_h, st_w, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
+    HAS_RES: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, CP: tl.constexpr, ACT: tl.constexpr,
+):
+    """v2's second half: out = act(depthwise3x3_reflect(t) + b) (+ res) over a TILE_H x TILE_W
+    tile, all channels (CP, padded); t, res, out (N, C, H, W) any strides; dw (9, CP) float32."""
+    tile = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    r = tl.arange(0, TILE_H * TILE_W)
+    oy = (tile // tiles_w) * TILE_H + r // TILE_W
+    ox = (tile % tiles_w) * TILE_W + r % TILE_W
+    p_ok = (oy < H) & (ox < W)
+    c = tl.arange(0, CP)
+    m = p_ok[:, None] & (c < C)[None, :]
+    acc = tl.zeros((TILE_H * TILE_W, CP), dtype=tl.float32)
+    for tap in range(9):  # a runtime loop: unrolled, the nine taps' loads were all live at once (spills)
+        iy = _reflect(oy + tap // 3 - 1, H)
+        ix = _reflect(ox + tap % 3 - 1, W)
+        v = tl.load(t_ptr + n * st_n + (iy.to(tl.int64) * st_h + ix.to(tl.int64) * st_w)[:, None]
+                    + c[None, :].to(tl.int64) * st_c, mask=m, other=0.0).to(tl.float32)
+        acc += v * tl.load(dw_ptr + tap * CP + c)[None, :]
+    y = apply_act(acc + tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :], ACT)
+    if HAS_RES:
+        y += tl.load(res_ptr + n * sr_n + (oy.to(tl.int64) * sr_h + ox.to(tl.int64) * sr_w)[:, None]
+                     + c[None, :].to(tl.int64) * sr_c, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + n * so_n + (oy.to(tl.int64) * so_h + ox.to(tl.int64) * so_w)[:, None]
+             + c[None, :].to(tl.int64) * so_c, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
+    """v2: the pointwise conv once (``conv_launch``, no bias), then ``_bsb_dw_kernel``."""
+    import torch
+
+    n, c, h, w = x.shape
+    co_pad = pw_packed.shape[-1]
+    t = padded_channels_last((n, c, h, w), x)
+    zero_bias = torch.zeros(co_pad, dtype=torch.float32, device=x.device)
+    conv_launch(wrap, x, pw_packed, zero_bias, ConvGeometry(c_conv=c, c_out=c, ksize=1, stride=1, padding=0),
+                ConvEpilogue(), t)
+    cfg = launch_config("bsb_dw", launch_arch(x), pw_packed.dtype, c_in=c)
+    tile_w = 16
+    tile_h = max(cfg.block_p // tile_w, 1)
+    tiles_w = triton.cdiv(w, tile_w)
+    res = residual if residual is not None else x
+    wrap(_bsb_dw_kernel)[(tiles_w * triton.cdiv(h, tile_h), n)](
+        t, dw_packed, dw_bias, res, out, c, h, w, tiles_w, *t.stride(), *res.stride(), *out.stride(),
+        HAS_RES=residual is not None, TILE_H=tile_h, TILE_W=tile_w, CP=dw_packed.shape[-1], ACT=ACT_GELU,
+        **cfg.launch_kwargs(),
+    )
+    return out
+
+
+def bsb_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
+    """esr::bsb through ``wrap`` (maps a kernel to its launcher): v1's one kernel, or with the v2
+    conv chosen the pointwise conv once and the depthwise kernel (module docstring)."""
+    if conv_choice() == "v2":
+        return _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out)
     n, c, h, w = x.shape
     co_pad = pw_packed.shape[-1]
     cfg = launch_config("bsb", launch_arch(x), pw_packed.dtype, c_in=c, co_pad=co_pad)
     block_p, ci_block = cfg.block_p, cfg.ci_block or min(next_pow2_16(c), 64)
     res = residual if residual is not None else x
-    kernel_wrapper[(triton.cdiv(h * w, block_p), n)](
+    wrap(_bsb_kernel)[(triton.cdiv(h * w, block_p), n)](
         x, pw_packed, dw_packed, dw_bias, res, out, c, h, w,
         *x.stride(), *res.stride(), *out.stride(),
         HAS_RES=residual is not None, BLOCK_P=block_p, CI_BLOCK=ci_block,

@@ -49,7 +49,7 @@ def table_arch(arch: int) -> int:
     return rows[-1] if rows else KNOWN_ARCHS[0]
 
 
-KERNELS = ("conv", "conv_tc", "bsb", "esa_down", "esa_low", "esa_out", "la_reduce")
+KERNELS = ("conv", "conv_tc", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "la_reduce")
 
 # Which dense-conv kernel "auto" runs on a GPU (issue 28, item 7: per op, what the last lent GPU
 # measured faster). v2 (conv_tc.py, the tensor-core implicit GEMM) has not run on a GPU yet: the
@@ -174,6 +174,11 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         cap = 32 if dtype == torch.float32 else 64
         ci_block = min(max(16, 1 << max(c_in - 1, 1).bit_length()), cap) if c_in % 8 == 0 or c_in < 16 else 16
         return LaunchConfig(block_p=128, num_warps=4, num_stages=3, ci_block=ci_block)
+    if kernel == "bsb_dw":
+        # v2's depthwise half: 4 x 16 pixels x all channels (<= 64) float32 accumulators, the
+        # taps as a runtime loop. 8 x 16 pixels took 255 registers and spilled 100-180 B with the
+        # residual (4 warps; 8 warps with the taps unrolled: 152 B).
+        return LaunchConfig(block_p=64, num_warps=4, num_stages=1)
     if kernel == "bsb":
         # The pointwise conv is recomputed per tap into a second [BLOCK_P, CO_PAD] float32
         # tile beside the accumulator: 64 input channels at a time took 255 registers + spills.

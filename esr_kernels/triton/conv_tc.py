@@ -155,6 +155,18 @@ def _conv_tc_kernel(
                        ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
 
 
+def padded_channels_last(shape, like):
+    """An empty (N, C, H, W) tensor of ``like``'s dtype and device, channels innermost, each
+    pixel's channels padded to a multiple of 8 elements (16 bytes in fp16): v2's layout, which
+    it loads with 16-byte vectors (RLFN's 46 and SPAN's 28/26 channels are not; unpadded, every
+    load is a scalar one)."""
+    import torch
+
+    n, c, h, w = shape
+    cp = -(-c // 8) * 8
+    return torch.empty_strided(shape, (h * w * cp, 1, w * cp, cp), dtype=like.dtype, device=like.device)
+
+
 def column_groups(c_out: int) -> tuple[int, int]:
     """(CO_A, CO_B): ``c_out`` rounded up to a multiple of 16 as a power of two plus 0 or 16
     (16, 32, 32 + 16, 64; 80 = 64 + 16)."""

@@ -110,8 +110,9 @@ def conv_args(case, n, h, w, dtype, layout, device):
 
 @pytest.fixture(params=["v1", "v2"])
 def conv_kernel(request):
-    """Each esr::conv test runs both dense-conv kernels (ESR_TRITON_CONV's v1 and v2; v2 sends
-    the gated cases, and on a GPU IEEE float32, to v1 itself)."""
+    """Each esr::conv and esr::bsb test runs both dense-conv kernels (ESR_TRITON_CONV's v1 and
+    v2; v2 sends the gated cases, and on a GPU IEEE float32, to v1 itself; with v2, BSB is the
+    pointwise conv once and a depthwise kernel)."""
     from esr_kernels.triton.configs import conv_kernel as choose
 
     with choose(request.param):
@@ -158,7 +159,7 @@ def bsb_args(n, c, h, w, dtype, layout, device, residual=True):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("hw", [(2, 2), (13, 17)], ids=["minimum", "odd"])
-def test_bsb_matches_reference(hw, layout, dtype, device):
+def test_bsb_matches_reference(hw, layout, dtype, device, conv_kernel):
     args, dw = bsb_args(2, 36, *hw, dtype, layout, device)
     x, pw, _, bias, res = args
     out = ops().bsb(*args)
@@ -166,7 +167,7 @@ def test_bsb_matches_reference(hw, layout, dtype, device):
     assert out.shape == x.shape and rel_err(out, ref) <= REL_TOL[dtype]
 
 
-def test_bsb_reflect_excludes_the_edge(device):
+def test_bsb_reflect_excludes_the_edge(device, conv_kernel):
     # One bright pixel in the first row: with PyTorch's reflect padding, row -1 mirrors row 1,
     # so the output of row 0 must not see row 0 twice. Compare against F.pad(mode='reflect').
     args, dw = bsb_args(1, 16, 5, 6, torch.float32, "nchw", device, residual=False)
@@ -176,7 +177,7 @@ def test_bsb_reflect_excludes_the_edge(device):
     assert rel_err(ops().bsb(*args), R.bsb(x, args[1], dw, args[3][:16])) <= 1e-6
 
 
-def test_bsb_opcheck(device):
+def test_bsb_opcheck(device, conv_kernel):
     args, _ = bsb_args(2, 36, 7, 9, torch.float32, "nchw", device)
     torch.library.opcheck(torch.ops.esr.bsb.default, args)
 

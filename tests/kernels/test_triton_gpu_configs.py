@@ -105,6 +105,22 @@ def test_conv_v2_gpu_tiles(dtype, device):
 
 
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
+def test_bsb_v2_gpu_tiles(dtype, device):
+    """v2's BSB (the 1x1 on v2's tiles, then the 4x16-pixel depthwise kernel) with the GPU's
+    configuration: partial tiles both ways, the reflected borders."""
+    from esr_kernels.triton.common import target_arch
+    from esr_kernels.triton.configs import conv_kernel, launch_config
+
+    assert launch_config("bsb_dw", 90, dtype, c_in=36).block_p == 64
+    args, dw = bsb_args(2, 36, 19, 37, dtype, "channels_last", device)
+    x, pw, _, bias, res = args
+    with target_arch(90), conv_kernel("v2"):
+        out = torch.ops.esr.bsb(*args)
+    ref = R.bsb(x.float(), pw.float(), dw, bias[:36], res.float())
+    assert out.shape == x.shape and rel_err(out, ref) <= REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
 @pytest.mark.parametrize("arch", DISTINCT_ARCHS)
 def test_conv_gpu_configs(arch, dtype, device):
     from esr_kernels.triton.common import target_arch
