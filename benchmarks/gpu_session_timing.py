@@ -225,11 +225,27 @@ def step_timing(ctx) -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
     why = _attach_roofline(rows, roof, _ceilings(ctx.work), min(ctx.left() - 2, 60))
+    ctx.save(conv_ab=conv_ab(rows))
     ctx.save(rows=rows, roofline_error=why,
              roofline="esr_kernels.roofline traffic (Triton launches for triton and cuda) with the env step's "
                       "measured copy bandwidth and matrix rates: sum of max(bytes/BW, 2 MACs/peak)")
     if any("error" in r and not r["error"].startswith("skipped") for r in rows):
         raise SystemExit(1)
+
+
+def conv_ab(rows) -> dict:
+    """The v1 / v2 dense-conv A/B from the timing rows (same model, dtype, size, layout, no
+    graph): per model and dtype v1 ms / v2 ms (> 1: v2 faster), and what "auto" should run
+    (``esr_kernels.triton.configs.AUTO_CONV``): v2 only if it won every pair measured."""
+    ms = {(r["model"], r["dtype"], r["conv"]): r["ms"] for r in rows
+          if r.get("provider") == "triton" and r.get("conv") in ("v1", "v2") and not r.get("graph") and "ms" in r}
+    ratios = {}
+    for (model, dtype, conv), v in ms.items():
+        if conv == "v1" and (model, dtype, "v2") in ms:
+            ratios.setdefault(model, {})[dtype] = round(v / ms[(model, dtype, "v2")], 3)
+    pairs = [r for d in ratios.values() for r in d.values()]
+    return {"v1_over_v2": ratios, "pairs": len(pairs),
+            "auto_should_be": ("v2" if pairs and min(pairs) > 1 else "v1") if pairs else None}
 
 
 # ---------------------------------------------------------------- 6. sweep

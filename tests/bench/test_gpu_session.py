@@ -212,6 +212,21 @@ def test_timing_plan_puts_the_protocol_first_and_compile_last():
     assert [c for c in cases if _selected(c, "compile/")] == [c for c in cases if c.provider == "compile"]
 
 
+def test_conv_ab_says_what_auto_should_run():
+    from benchmarks.gpu_session_timing import conv_ab
+
+    def row(model, dtype, conv, ms, graph=False):
+        return {"provider": "triton", "model": model, "dtype": dtype, "conv": conv, "ms": ms, "graph": graph}
+
+    rows = [row("rlfn", "float16", "v1", 6.0), row("rlfn", "float16", "v2", 3.0),
+            row("span", "float16", "v1", 4.0), row("span", "float16", "v2", 5.0),
+            row("span", "float16", "v2", 1.0, graph=True), {"provider": "triton", "model": "span", "error": "x"}]
+    ab = conv_ab(rows)
+    assert ab["v1_over_v2"] == {"rlfn": {"float16": 2.0}, "span": {"float16": 0.8}}
+    assert ab["auto_should_be"] == "v1"  # v2 lost one pair
+    assert conv_ab(rows[:2])["auto_should_be"] == "v2" and conv_ab([])["auto_should_be"] is None
+
+
 def test_modelled_time_is_the_roofline_of_the_measured_ceilings():
     from benchmarks.gpu_session_timing import modelled_ms
 
