@@ -48,6 +48,39 @@ def _dot_acc(a, w, acc, PREC: tl.constexpr):
 
 
 @triton.jit
+def _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb, sx_c,
+            C_in: tl.constexpr, CI: tl.constexpr, MASKED: tl.constexpr, HAS_SHIFT: tl.constexpr,
+            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr):
+    """One K step: input channels [ci0, ci0 + CI) of the pixels at offsets ``pix`` (``valid``:
+    inside the image) times their weight rows of ``tap``, into both accumulator column groups.
+    MASKED: some of those channels lie past C_in (else no channel mask: whole-vector loads)."""
+    ci = ci0 + tl.arange(0, CI)
+    if MASKED:
+        cm = ci < C_in
+        m = valid[:, None] & cm[None, :]
+    else:
+        cm = ci >= 0
+        m = valid[:, None] & cm[None, :]
+    a = tl.load(x_ptr + pix[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
+    if HAS_SHIFT:  # zero padding applies after the shift
+        sh = tl.load(shift_ptr + ci, mask=cm, other=0.0).to(tl.float32)
+        a = tl.where(m, a.to(tl.float32) - sh[None, :], 0.0)
+    w_row = (tap * C_in + ci) * W_LD
+    if MASKED:
+        wa = tl.load(w_ptr + w_row[:, None] + ca[None, :], mask=cm[:, None], other=0.0)
+    else:
+        wa = tl.load(w_ptr + w_row[:, None] + ca[None, :])
+    acc_a = _dot_acc(a, wa, acc_a, PREC)
+    if CO_B > 0:
+        if MASKED:
+            wb = tl.load(w_ptr + w_row[:, None] + cb[None, :], mask=cm[:, None], other=0.0)
+        else:
+            wb = tl.load(w_ptr + w_row[:, None] + cb[None, :])
+        acc_b = _dot_acc(a, wb, acc_b, PREC)
+    return acc_a, acc_b
+
+
+@triton.jit
 def _store_columns(acc, co, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
                    sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w,
@@ -98,14 +131,16 @@ def _conv_tc_kernel(
     HAS_SHIFT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
     PARTIAL: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, CI_BLOCK: tl.constexpr,
     CO_A: tl.constexpr, CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr,
-    ALIGN: tl.constexpr,
+    ALIGN: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
 ):
     """x (N, C_in.., H, W) any strides; w (K*K, C_in, W_LD) packed (``reference.pack_conv_weight``);
     grid (tiles, N). WIDE: one image's element offsets may pass 2^31 (int64 pixel offsets).
     ALIGN: x's image, row and pixel strides are multiples of it, channels innermost (the
     launcher checks; 1: nothing known): with 8, a pixel's channels load as 16-byte vectors.
     C_in is a compile-time constant (each layer's own): the K loop's tap / channel-block split
-    is a division by a constant and the channel mask vanishes when CI_BLOCK divides C_in."""
+    is a division by a constant and the channel mask vanishes when CI_BLOCK divides C_in.
+    K_A > 0 (C_in a multiple of 16, <= 64): the K loop is over taps only, each tap's channels as
+    K_A (a power of two) + K_B (0 or 16), else CI_BLOCK-channel blocks."""
     if ALIGN > 1:
         sx_n = tl.multiple_of(sx_n, ALIGN)
         sx_h = tl.multiple_of(sx_h, ALIGN)
@@ -124,28 +159,33 @@ def _conv_tc_kernel(
         iy0 = oy * STRIDE - PAD
         ix0 = ox * STRIDE - PAD
     ca = tl.arange(0, CO_A)
+    cb = CO_A + tl.arange(0, CO_B if CO_B > 0 else 16)
     acc_a = tl.zeros((TILE_H * TILE_W, CO_A), dtype=tl.float32)
-    if CO_B > 0:
-        cb = CO_A + tl.arange(0, CO_B)
-        acc_b = tl.zeros((TILE_H * TILE_W, CO_B), dtype=tl.float32)
-    ci_blocks: tl.constexpr = (C_in + CI_BLOCK - 1) // CI_BLOCK
-    for kk in range(0, KSIZE * KSIZE * ci_blocks):  # taps x input-channel blocks, pipelined
-        tap = kk // ci_blocks
-        ci = (kk - tap * ci_blocks) * CI_BLOCK + tl.arange(0, CI_BLOCK)
-        iy = iy0 + tap // KSIZE
-        ix = ix0 + tap % KSIZE
-        valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        m = valid[:, None] & (ci < C_in)[None, :]
-        a = tl.load(x_ptr + x_base + (iy * sx_h + ix * sx_w)[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
-        if HAS_SHIFT:  # zero padding applies after the shift
-            sh = tl.load(shift_ptr + ci, mask=ci < C_in, other=0.0).to(tl.float32)
-            a = tl.where(m, a.to(tl.float32) - sh[None, :], 0.0)
-        w_row = (tap * C_in + ci) * W_LD
-        wa = tl.load(w_ptr + w_row[:, None] + ca[None, :], mask=(ci < C_in)[:, None], other=0.0)
-        acc_a = _dot_acc(a, wa, acc_a, PREC)
-        if CO_B > 0:
-            wb = tl.load(w_ptr + w_row[:, None] + cb[None, :], mask=(ci < C_in)[:, None], other=0.0)
-            acc_b = _dot_acc(a, wb, acc_b, PREC)
+    acc_b = tl.zeros((TILE_H * TILE_W, CO_B if CO_B > 0 else 16), dtype=tl.float32)  # unused when CO_B == 0
+    if K_A > 0:
+        # one step per tap, its channels as a power-of-two part plus 0 or 16 (48 = 32 + 16),
+        # neither masked (16-byte vector loads)
+        for tap in range(0, KSIZE * KSIZE):  # pipelined
+            iy = iy0 + tap // KSIZE
+            ix = ix0 + tap % KSIZE
+            valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            pix = x_base + iy * sx_h + ix * sx_w
+            acc_a, acc_b = _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, 0, acc_a, acc_b, ca, cb, sx_c,
+                                   C_in, K_A, K_A > C_in, HAS_SHIFT, CO_B, W_LD, PREC)
+            if K_B > 0:
+                acc_a, acc_b = _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, K_A, acc_a, acc_b, ca, cb, sx_c,
+                                       C_in, K_B, K_A + K_B > C_in, HAS_SHIFT, CO_B, W_LD, PREC)
+    else:
+        ci_blocks: tl.constexpr = (C_in + CI_BLOCK - 1) // CI_BLOCK
+        for kk in range(0, KSIZE * KSIZE * ci_blocks):  # taps x input-channel blocks, pipelined
+            tap = kk // ci_blocks
+            iy = iy0 + tap // KSIZE
+            ix = ix0 + tap % KSIZE
+            valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            pix = x_base + iy * sx_h + ix * sx_w
+            acc_a, acc_b = _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, (kk - tap * ci_blocks) * CI_BLOCK,
+                                   acc_a, acc_b, ca, cb, sx_c, C_in, CI_BLOCK, C_in % CI_BLOCK != 0, HAS_SHIFT,
+                                   CO_B, W_LD, PREC)
     _store_columns(acc_a, ca, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
                    sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
@@ -205,6 +245,13 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
     tile_h = cfg.block_p // tile_w
     tiles_w = triton.cdiv(wo, tile_w)
     co_a, co_b = column_groups(g.c_out)
+    # One step per tap when its channels fit and need no mask: C_in a multiple of 16 up to 64
+    # (float32: 32, so that 3 stages of [128 x K] fit sm_86/89's 99 KB of shared memory). From
+    # the sm_90 SASS, fp16, 540x960: RLFN's 48 -> 48 3x3 issues 92 warp-instructions per pixel
+    # this way, 99.5 in 64-channel blocks; with a masked part (46 = 32 + 14) 248, against 163
+    # in 16-channel blocks, so masked channel counts take the blocks.
+    fits = c_in % 16 == 0 and c_in <= (32 if w_packed.dtype.itemsize == 4 else 64)
+    k_a, k_b = column_groups(c_in) if fits else (0, 0)
     if co_a + co_b > w_packed.shape[-1]:
         raise ValueError(f"packed weight has {w_packed.shape[-1]} columns, the conv needs {co_a + co_b}")
     res, sc = e.residual, e.shortcut
@@ -218,6 +265,7 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
         C_in=c_in, KSIZE=g.ksize, STRIDE=g.stride, PAD=g.padding, ACT=e.act, HAS_SHIFT=e.shift is not None,
         RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode, PARTIAL=g.c_out > g.c_conv,
         TILE_H=tile_h, TILE_W=tile_w, CI_BLOCK=cfg.ci_block or 16, CO_A=co_a, CO_B=co_b,
-        W_LD=w_packed.shape[-1], PREC=prec, WIDE=_wide(x, out, res, sc), ALIGN=_align(x), **cfg.launch_kwargs(),
+        W_LD=w_packed.shape[-1], PREC=prec, WIDE=_wide(x, out, res, sc), ALIGN=_align(x), K_A=k_a, K_B=k_b,
+        **cfg.launch_kwargs(),
     )
     return out
