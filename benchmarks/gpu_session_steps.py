@@ -132,7 +132,7 @@ def step_warm(ctx: StepContext) -> None:
                            "--sizes", "24x32"]
     else:
         cap = torch.cuda.get_device_capability()
-        arch, extra = cap[0] * 10 + cap[1], ["--sizes", WARM_SIZES]
+        arch, extra = cap[0] * 10 + cap[1], ["--sizes", WARM_SIZES, "--variants-everywhere"]
     cmd = [sys.executable, "-m", "esr_models.cli", "gpu-check", "--arch", str(arch), "--batch", "1",
            "--jobs", str(os.cpu_count() or 2), "--cache-dir", ctx.work / "gpu-check", "--json", report,
            "--overwrite",  # the session's own scratch report: a rerun in the same --work replaces it

@@ -170,10 +170,12 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         # 16-byte aligned, every load is a scalar one, and K = 64's channel masks then cost more
         # than three steps of 16 (234 against 166). float32 (TF32): at most 32, so that 3 stages
         # of [128 x K] fp32 fit sm_86/89's 99 KB.
+        # sm_80/86/89 (mma.sync: operands through registers): 8 warps, where 4 took 128-255
+        # registers and spilled 8-64 bytes in some of PFDNLite's and IFADNet's convs.
         c_in = int(sizes.get("c_in", 16))
         cap = 32 if dtype == torch.float32 else 64
         ci_block = min(max(16, 1 << max(c_in - 1, 1).bit_length()), cap) if c_in % 8 == 0 or c_in < 16 else 16
-        return LaunchConfig(block_p=128, num_warps=4, num_stages=3, ci_block=ci_block)
+        return LaunchConfig(block_p=128, num_warps=4 if arch >= 90 else 8, num_stages=3, ci_block=ci_block)
     if kernel == "bsb_dw":
         # v2's depthwise half: 4 x 16 pixels x all channels (<= 64) float32 accumulators, the
         # taps as a runtime loop. 8 x 16 pixels took 255 registers and spilled 100-180 B with the

@@ -19,7 +19,7 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import (DOT_IEEE, apply_act, bilinear_coords, bilinear_sample, dot_precision, interpreting,
+from .common import (DOT_IEEE, DOT_TF32, apply_act, bilinear_coords, bilinear_sample, dot_precision, interpreting,
                      launch_arch, mma, program_pixels, recording, sigmoid)
 from .configs import conv_version, launch_config
 from .conv_tc import _conv_tc_kernel, conv_tc_launch
@@ -171,8 +171,11 @@ def conv_launch(wrap, x, w_packed, bias, g: ConvGeometry, e: ConvEpilogue, out):
     _, _, ho, wo = conv_out_shape(x.shape, g, 0)
     arch, prec = launch_arch(x), dot_precision(w_packed.dtype)
     gated = bool(e.gate_input or e.residual_mode == RES_GATED_INPUT)
-    # IEEE dots a GPU would run (not the interpreter's bf16 workaround, which runs them itself)
-    gpu_fma = prec == DOT_IEEE and arch is not None and (recording() or not interpreting())
+    # IEEE dots a GPU would run (not the interpreter's bf16 workaround, which runs them itself);
+    # and TF32 before sm_90, where v2's float32 tiles spilled in some convs (ptxas held them at
+    # 80-128 registers): v1 runs those
+    on_gpu = arch is not None and (recording() or not interpreting())
+    gpu_fma = on_gpu and (prec == DOT_IEEE or (prec == DOT_TF32 and arch < 90))
     if conv_version(gpu_fma, gated) == "v2":
         cfg = launch_config("conv_tc", arch, w_packed.dtype, c_in=c_in, co_pad=w_packed.shape[-1], ksize=g.ksize)
         return conv_tc_launch(wrap(_conv_tc_kernel), x, w_packed, bias, g, e, out, cfg, c_in, prec)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..spec import RES_SPAN_ATT, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import DOT_IEEE, DOT_TF32, apply_act, sigmoid
+from .common import DOT_IEEE, DOT_TF32, apply_act, launch_arch, sigmoid
 
 _RES_SPAN: tl.constexpr = tl.constexpr(RES_SPAN_ATT)
 _SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
@@ -250,7 +250,10 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
     # the sm_90 SASS, fp16, 540x960: RLFN's 48 -> 48 3x3 issues 92 warp-instructions per pixel
     # this way, 99.5 in 64-channel blocks; with a masked part (46 = 32 + 14) 248, against 163
     # in 16-channel blocks, so masked channel counts take the blocks.
-    fits = c_in % 16 == 0 and c_in <= (32 if w_packed.dtype.itemsize == 4 else 64)
+    # sm_90 only: with mma.sync (sm_80/86/89) the two parts' operands and 48 accumulator
+    # columns took 255 registers and an 88-byte stack on sm_86.
+    arch = launch_arch(x)
+    fits = c_in % 16 == 0 and c_in <= (32 if w_packed.dtype.itemsize == 4 else 64) and (arch is None or arch >= 90)
     k_a, k_b = column_groups(c_in) if fits else (0, 0)
     if co_a + co_b > w_packed.shape[-1]:
         raise ValueError(f"packed weight has {w_packed.shape[-1]} columns, the conv needs {co_a + co_b}")

@@ -28,22 +28,28 @@ LAYOUTS = ("nchw", "channels_last")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu-resources.json"
 
 
-def variants(dtype: str, layout: str) -> list[tuple[str, bool]]:
+def variants(dtype: str, layout: str, extras: bool = True, everywhere: bool = False) -> list[tuple[str, bool]]:
     """The (dense-conv kernel, TF32 allowed) pairs recorded for one dtype and layout: v1 under
-    PyTorch's default flags (float32 as TF32); float32 also with TF32 off (IEEE float32 dots);
-    channels_last also v2, the tensor-core implicit GEMM (``ESR_TRITON_CONV=v2``; its layout)."""
+    PyTorch's default flags (float32 as TF32) always; with ``extras`` (CI: at the last size
+    asked, the odd 47x59 by default, which reaches Triton's non-divisible specialisation
+    class) also float32 with TF32 off (IEEE float32 dots) and, for channels_last, v2, the
+    tensor-core implicit GEMM (``ESR_TRITON_CONV=v2``; its layout) in float16 and float32 (its
+    bfloat16 build is float16's with another element type; ``everywhere``, the GPU session's
+    warm-up, records it too). The restriction keeps CI's compile count within its time budget."""
     out = [("v1", True)]
-    if dtype == "float32":
-        out.append(("v1", False))
-    if layout == "channels_last":
-        out.append(("v2", True))
+    if extras or everywhere:
+        if dtype == "float32":
+            out.append(("v1", False))
+        if layout == "channels_last" and (everywhere or dtype != "bfloat16"):
+            out.append(("v2", True))
     return out
 
 
 def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
-                  batch: int = 2) -> list:
+                  batch: int = 2, variants_everywhere: bool = False) -> list:
     """(Launch, "model/dtype/layout/HxW[/variant]") for every launch of every combination and
-    ``variants``."""
+    ``variants`` (at the last size, or at every size with ``variants_everywhere``: the GPU
+    session's warm-up compiles what it will launch)."""
     # Set before triton's first import (it reads it once): the fused models record on CPU tensors.
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
@@ -55,8 +61,9 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
         for dt in dtypes:
             model = load(name, fused=True, backend="triton", dtype=getattr(torch, dt))
             for layout in layouts:
-                for hw in parse_sizes(",".join(f"{h}x{w}" for h, w in sizes)):  # checks them
-                    for conv, tf32 in variants(dt, layout):
+                checked = parse_sizes(",".join(f"{h}x{w}" for h, w in sizes))  # checks them
+                for i, hw in enumerate(checked):
+                    for conv, tf32 in variants(dt, layout, i == len(checked) - 1, variants_everywhere):
                         tag = "" if (conv, tf32) == ("v1", True) else f"/{conv}" + ("" if tf32 else "/ieee")
                         with conv_kernel(conv), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
                                                                            allow_tf32=tf32):
@@ -67,13 +74,14 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
 
 def run_check(archs=DEFAULT_ARCHS, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, sizes=DEFAULT_SIZES,
               batch: int = 2, jobs: int = 2, cache_dir: str | Path | None = None,
-              kernels=None) -> dict:
+              kernels=None, variants_everywhere: bool = False) -> dict:
     """Record, compile and judge; returns the report (the JSON ``esr gpu-check`` writes).
     ``kernels``: only these kernel names (e.g. ``("_conv_kernel",)``), default (None) all."""
     check_archs(archs)
     _check_selection(archs, models, dtypes, layouts, kernels)
     recorded = ((arch, launch, used_by) for arch in archs
-                for launch, used_by in record_models(arch, models, dtypes, layouts, sizes, batch))
+                for launch, used_by in record_models(arch, models, dtypes, layouts, sizes, batch,
+                                                     variants_everywhere))
     inputs = {"batch": batch, "sizes": [list(hw) for hw in sizes], "models": list(models), "dtypes": list(dtypes),
               "layouts": list(layouts), "kernels": list(kernels) if kernels else None}
     report = check_launches(recorded, inputs, jobs, cache_dir, kernels)
@@ -156,7 +164,7 @@ def cmd_gpu_check(args) -> int:
     json_path = check_report_path(args.json, args.overwrite) if args.json else None  # before any work
     require_triton("esr gpu-check")
     report = run_check(args.arch, args.models, args.dtypes, args.layouts, args.sizes, args.batch,
-                       args.jobs, args.cache_dir, args.kernels)
+                       args.jobs, args.cache_dir, args.kernels, args.variants_everywhere)
     print(format_table(report))
     if json_path is not None:
         write_report(json_path, json.dumps(report, indent=1) + "\n", args.overwrite)
@@ -185,6 +193,9 @@ def add_parser(sub) -> None:
                    help="input sizes while recording, HxW[,HxW...] (default 40x40,47x59: both "
                         "divisibility classes of the size and stride arguments)")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--variants-everywhere", action="store_true",
+                   help="record the IEEE float32 and v2-conv variants at every size and dtype, not only at "
+                        "the last size (and v2 not in bfloat16)")
     p.add_argument("--jobs", type=int, default=2, help="compiler processes")
     p.add_argument("--cache-dir", default=None, help="default $ESR_GPU_CHECK_CACHE or "
                                                      "~/.cache/esr-kernels/gpu-check")

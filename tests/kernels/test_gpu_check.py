@@ -169,7 +169,7 @@ def test_odd_sizes_reach_the_specialisations_a_square_size_does_not():
 # A narrow selection (one model, dtype, layout, size, kernel, arch): each case below changes one option.
 NARROW = {"--arch": "90", "--models": "rlfn", "--dtypes": "float16", "--layouts": "channels_last", "--size": "40",
           "--kernels": "_esa_low_kernel"}
-KERNELS = ("_bsb_kernel", "_conv_kernel", "_conv_tc_kernel", "_esa_down_kernel", "_esa_low_kernel", "_esa_out_kernel",
+KERNELS = ("_bsb_dw_kernel", "_bsb_kernel", "_conv_kernel", "_conv_tc_kernel", "_esa_down_kernel", "_esa_low_kernel", "_esa_out_kernel",
            "_la_reduce_kernel")
 
 

@@ -224,14 +224,16 @@ def _rlfn_48_to_48(conv: str, dtype, arch: int):
 
 @needs_interpreter
 @pytest.mark.shared
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype,arch", [(torch.float16, 80), (torch.float16, 90), (torch.float32, 90)],
+                         ids=["float16-sm80", "float16-sm90", "float32-sm90"])
 def test_v2_conv_multiplies_on_the_tensor_cores(dtype, arch):
     """From the SASS compiled here (no GPU): v2's dots are tensor-core MMAs (HGMMA, the
     warpgroup MMA, on sm_90; HMMA before), in float16 and in float32 under PyTorch's default
-    flags (TF32), and no FFMA does a multiply of the K loop."""
+    flags (TF32), and no FFMA does a multiply of the K loop. (TF32 before sm_90 stays on v1:
+    v2's float32 tiles spilled there.)"""
     k = _rlfn_48_to_48("v2", dtype, arch)
     assert k.kernel == "_conv_tc_kernel"
+    assert _rlfn_48_to_48("v2", torch.float32, 80).kernel == "_conv_kernel"
     (prof,) = roofline.sass_profiles([k], arch=arch)
     assert prof is not None, "could not compile for the GPU here"
     assert prof["mma"] > 0
