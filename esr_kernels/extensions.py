@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .env import cpu_cache_limit_bytes
+from .env import cpu_cache_limit_bytes, cpu_gemm_choice
 
 # Why a native extension did not import, kept so that an ABI mismatch or a missing library is
 # shown (``esr backends``, backend errors) instead of looking like "not built".
@@ -33,14 +33,17 @@ _CONFIGURED: list[bool] = []  # non-empty once the CPU extension has its setting
 
 
 def _configure_cpu() -> None:
-    """Hand the CPU extension its buffer-cache limit, parsed from ESR_CPU_CACHE_MB by the one
-    parser of it (env.py; the extension does not read the variable). A bad value raises
+    """Hand the CPU extension its buffer-cache limit and its bf16 GEMM, parsed from
+    ESR_CPU_CACHE_MB and ESR_CPU_GEMM by their one parser (env.py; the extension reads neither
+    variable). A bad value raises
     InvalidValueError here, at every use of the extension until it is fixed: never a silent
     default. Read once per process, like ESR_CPU_ISA."""
-    limit = cpu_cache_limit_bytes()
+    limit, gemm = cpu_cache_limit_bytes(), cpu_gemm_choice()
     ops = torch.ops.esr_native
     if hasattr(ops, "set_cache_limit"):  # an extension built before it reads the variable itself
         ops.set_cache_limit(-1 if limit is None else limit)
+    if hasattr(ops, "set_bf16_gemm"):
+        ops.set_bf16_gemm(1 if gemm == "brgemm" else 0)
     _CONFIGURED.append(True)
 
 

@@ -44,14 +44,32 @@ def cpu_dtype_note(dtype: torch.dtype) -> str | None:
     float32): said by `esr backends` and, once per load, as a note."""
     name = str(dtype).removeprefix("torch.")
     if dtype == torch.bfloat16 and bf16_gemm_available():
-        return ("bfloat16 on CPU: conv GEMMs in bf16 with float32 accumulation (vdpbf16ps), activations and "
+        brgemm = int(torch.ops.esr_native.bf16_gemm()) == 1 if hasattr(torch.ops.esr_native, "bf16_gemm") else False
+        note = ("bfloat16 on CPU: conv GEMMs in bf16 with float32 accumulation ("
+                + ("oneDNN's brgemm, ESR_CPU_GEMM=brgemm" if brgemm else "vdpbf16ps") + "), activations and "
                 "residuals in float32, output bfloat16")
+        return note + (f"; {BF16_SLOWER_ON_AMX}" if bf16_slower_than_float32() else "")
     if dtype in (torch.bfloat16, torch.float16):
         level = (cpu_isa() or {}).get("running_level")
         return (f"{name} on CPU: the fused kernels compute in float32 (the {name} weights are exact in float32) "
                 f"and return {name}; no {name} GEMM at this ISA level ({level})"
                 + ("" if dtype == torch.bfloat16 else ": float16 kernels (AVX512_FP16, AMX-FP16) are not built"))
     return None
+
+
+# Issue 29, item 4: where bf16 was measured slower than float32, a bf16 model says so at load.
+BF16_SLOWER_ON_AMX = (
+    "on this CPU (AMX) the own bf16 GEMM measured slower than float32 (Intel Xeon with AMX, 2 threads, "
+    "256x256: IFADNet 191 vs 146 ms, PFDNLite 166 vs 131, RLFN 263 vs 221): float32 is the faster choice "
+    "here; ESR_CPU_GEMM=brgemm runs oneDNN's brgemm on AMX tiles (not yet measured)")
+
+
+def bf16_slower_than_float32() -> bool:
+    """Whether this CPU's bf16 path is the one measured slower than its float32 path: the own
+    bf16 GEMM (avx512_bf16 kernels) at the amx level (README, issue 29's table)."""
+    isa = cpu_isa() or {}
+    own = not hasattr(torch.ops.esr_native, "bf16_gemm") or int(torch.ops.esr_native.bf16_gemm()) == 0
+    return bf16_gemm_available() and isa.get("running_level") == "amx" and own
 
 
 def cpu_auto_reason() -> str | None:
@@ -97,6 +115,11 @@ def available_backends() -> dict:
         # ESR_CPU_ISA that cannot run is an error for "auto" too).
         "cpu_auto": ("cpu" if auto_reason is None else f"error: {auto_reason}" if cpu and isa["error"]
                      else f"reference: {auto_reason}"),
+        # The conv engine's bf16 GEMM (ESR_CPU_GEMM): "own" or "brgemm", and whether oneDNN
+        # repacks its weights (AMX tiles); None without bf16 GEMMs here.
+        "cpu_bf16_gemm": ({"gemm": "brgemm" if int(torch.ops.esr_native.bf16_gemm()) else "own",
+                           "brgemm_on_amx_tiles": bool(torch.ops.esr_native.brgemm_packs_weights())}
+                          if cpu_ok and bf16_gemm_available() and hasattr(torch.ops.esr_native, "bf16_gemm") else None),
         # How bfloat16 and float16 models run on the native CPU backend here.
         "cpu_dtypes": {str(d).removeprefix("torch."): cpu_dtype_note(d) for d in (torch.bfloat16, torch.float16)}
         if cpu_ok else None,

@@ -17,6 +17,7 @@ struct PointwiseRows {
   const float* X = nullptr;    // (H, W, C) of the current image (set by reset)
   const void* Wpw = nullptr;  // the packed pointwise weight: float32 (C, CP) or bf16 pairs
   bool bf16 = false;          // (ceil(C / 2), 2 CP) (gemm_bf16.h)
+  const BrgemmWeights* brg = nullptr;  // ESR_CPU_GEMM=brgemm: the bf16 pointwise through brgemm
   int64_t W, C, CP;
   std::vector<float> rows;
   int64_t tag[4] = {-1, -1, -1, -1};
@@ -39,7 +40,9 @@ struct PointwiseRows {
       if (tag[slot] != keep[0] && tag[slot] != keep[1] && tag[slot] != keep[2]) break;
     float* out = rows.data() + slot * W * C;
 #if defined(ESR_HAVE_BF16_ENGINE)
-    if (bf16)
+    if (brg)
+      brgemm_rows(*brg, 0, X + r * W * C, C, W, C, out, C, false, a_bf16);
+    else if (bf16)
       gemm_bf16_rows(X + r * W * C, C, W, static_cast<const bf16_t*>(Wpw), 2 * CP, C, out, C, C, false, a_bf16,
                      scratch);
     else
@@ -85,10 +88,14 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
   float* O = out.data_ptr<float>();
   const int64_t row_len = W * C;
 
+  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, wpw.data_ptr(), CP, C, {{0, (C + 1) / 2}});
+
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    const BrgemmDone brgemm_done(brg != nullptr);
     PointwiseRows pw(W, C, CP);
     pw.Wpw = wpw.data_ptr();
     pw.bf16 = bf16;
+    pw.brg = brg.get();
     int64_t image = -1;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, y = row % H;

@@ -69,8 +69,13 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
   const int64_t n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);
   const float* B = bias.data_ptr<float>();
 
+  std::vector<std::pair<int64_t, int64_t>> mats;  // each input's rows of w
+  for (size_t i = 0; i < xs.size(); ++i) mats.emplace_back(w_row[i] * 2 * CoutP, (xs[i].size(1) + 1) / 2);
+  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, w.data_ptr(), CoutP, n_cols, std::move(mats));
+
   dispatch_act(act, [&](auto act_c) {
     at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
+      const BrgemmDone brgemm_done(brg != nullptr);
       std::vector<float> gemm_scratch, ybuf(kBlockPixels * CoutP), scratch(epi.scratch_floats(kBlockPixels));
       std::vector<uint16_t> a_bf16;
       for (int64_t blk = begin; blk < end; ++blk) {
@@ -85,6 +90,10 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
           const int64_t Ci = xs[i].size(1);
           const float* a = xs[i].data_ptr<float>() + p0 * Ci;
 #if defined(ESR_HAVE_BF16_ENGINE)
+          if (brg) {
+            brgemm_rows(*brg, i, a, Ci, p1 - p0, Ci, ybuf.data(), CoutP, i > 0, a_bf16);
+            continue;
+          }
           if (bf16) {
             gemm_bf16_rows(a, Ci, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()) + w_row[i] * 2 * CoutP,
                            2 * CoutP, Ci, ybuf.data(), CoutP, n_cols, i > 0, a_bf16, gemm_scratch);
@@ -139,7 +148,9 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
   const float *X = x.data_ptr<float>(), *L = low.data_ptr<float>(), *B = bias.data_ptr<float>();
   const float* R = res.defined() ? res.data_ptr<float>() : nullptr;
   float* O = out.data_ptr<float>();
+  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, w.data_ptr(), cols, n_cols, {{0, (C + 1) / 2}});
   at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
+    const BrgemmDone brgemm_done(brg != nullptr);
     std::vector<float> gemm_scratch, ybuf(kBlockPixels * cols), xbuf(input_conv ? kBlockPixels * C : 0);
     std::vector<uint16_t> a_bf16;
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -151,7 +162,9 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
         if (R) prefetch_span(R + p1 * C, (q1 - p1) * C * sizeof(float));
       }
 #if defined(ESR_HAVE_BF16_ENGINE)
-      if (bf16)
+      if (brg)
+        brgemm_rows(*brg, 0, X + p0 * C, C, p1 - p0, C, ybuf.data(), cols, false, a_bf16);
+      else if (bf16)
         gemm_bf16_rows(X + p0 * C, C, p1 - p0, static_cast<const bf16_t*>(w.data_ptr()), 2 * cols, C, ybuf.data(),
                        cols, n_cols, false, a_bf16, gemm_scratch);
       else

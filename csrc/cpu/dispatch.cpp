@@ -7,6 +7,7 @@
 // has them). ESR_CPU_ISA=baseline|avx2|avx512|avx512_bf16|amx forces a level at or below the
 // CPU's (tests, benchmarks); a higher one, or an unknown name, is an error raised by every op
 // (and shown by `esr backends`), never an illegal instruction.
+#include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <string>
@@ -162,5 +163,14 @@ std::vector<std::string> cpu_isa_info() {
 }
 
 bool conv_engine_available() { return kernels().conv_engine; }
+
+namespace {
+std::atomic<int64_t> g_bf16_gemm{kBf16GemmOwn};
+}
+int64_t bf16_gemm() { return g_bf16_gemm.load(std::memory_order_relaxed); }
+void set_bf16_gemm(int64_t kind) {
+  TORCH_CHECK(kind == kBf16GemmOwn || kind == kBf16GemmBrgemm, "set_bf16_gemm: 0 (own) or 1 (brgemm), got ", kind);
+  g_bf16_gemm.store(kind, std::memory_order_relaxed);
+}
 
 }  // namespace esr_cpu

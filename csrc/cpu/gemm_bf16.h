@@ -12,6 +12,11 @@
 //   C: float32, row r at C + r * ldc.
 #pragma once
 
+#include <ATen/native/CPUBlas.h>
+
+#include <memory>
+#include <utility>
+
 #include "gemm.h"
 
 #if ESR_CPU_LEVEL >= ESR_LEVEL_AVX512_BF16
@@ -93,5 +98,110 @@ inline void gemm_bf16_rows(const float* A, int64_t lda, int64_t rows, const bf16
   }
 }
 
+// ---- oneDNN's batch-reduce GEMM through ATen (ESR_CPU_GEMM=brgemm; isa.h: bf16_gemm)
+// The same products with float32 accumulation as gemm_bf16_8rows, by
+// at::native::cpublas::brgemm: AMX tiles on a CPU that has them, vdpbf16ps otherwise (there it
+// reads this file's B layout as is: oneDNN's VNNI pairs). Where oneDNN wants B repacked
+// (cpublas::could_pack: AMX) each matrix is packed once per op call by cpublas::pack, in panels
+// of at most 64 columns (its leading dimensions are 16, 32, 48 or 64).
+
+// The B operands of one op's bf16 GEMMs: matrices of this file's layout (K2 pair-rows of
+// 2 * ldn bf16, `n_cols` columns used), made once per op call and shared by its threads.
+class BrgemmWeights {
+ public:
+  static constexpr int64_t kPanel = 64;  // columns per brgemm call
+
+  // mats: (first element, K2) of each matrix within B.
+  BrgemmWeights(const bf16_t* B, int64_t ldn, int64_t n_cols, std::vector<std::pair<int64_t, int64_t>> mats)
+      : B_(B), ldn_(ldn), n_cols_(n_cols), mats_(std::move(mats)),
+        packed_(at::native::cpublas::could_pack(at::kBFloat16)) {
+    if (packed_) pack_all();
+  }
+
+  // C[M x n_cols] (+)= A[M x 2 K2] @ matrix m, A bf16 rows at stride lda (the odd channel past
+  // K zero, as for gemm_bf16_8rows), C float32 rows at stride ldc.
+  void gemm(int64_t m, const bf16_t* A, int64_t lda, int64_t M, float* C, int64_t ldc, bool accumulate) const {
+    const int64_t K2 = mats_[m].second;
+    for (int64_t col0 = 0, p = 0; col0 < n_cols_; col0 += kPanel, ++p) {
+      const int64_t n = std::min(kPanel, n_cols_ - col0);
+      const bf16_t* b = packed_ ? packs_.data() + (m * panels() + p) * panel_elems(K2_max_)
+                                : B_ + mats_[m].first + 2 * col0;
+      at::native::cpublas::brgemm(M, n, 2 * K2, lda, packed_ ? round16(n) : ldn_, ldc, accumulate,
+                                  reinterpret_cast<const at::BFloat16*>(A), reinterpret_cast<const at::BFloat16*>(b),
+                                  C + col0, true);
+    }
+  }
+
+ private:
+  static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+  int64_t panels() const { return (n_cols_ + kPanel - 1) / kPanel; }
+  // Room for one packed panel: K rounded up to oneDNN's largest K block (32 pairs), 64 columns.
+  static int64_t panel_elems(int64_t K2) { return (2 * K2 + 63) / 64 * 64 * kPanel; }
+
+  void pack_all() {
+    for (const auto& mat : mats_) K2_max_ = std::max(K2_max_, mat.second);
+    packs_.assign(mats_.size() * panels() * panel_elems(K2_max_), bf16_t{0});
+    std::vector<bf16_t> plain;
+    for (size_t m = 0; m < mats_.size(); ++m)
+      for (int64_t col0 = 0, p = 0; col0 < n_cols_; col0 += kPanel, ++p) {
+        const int64_t n = std::min(kPanel, n_cols_ - col0), K = 2 * mats_[m].second;
+        plain.assign(K * n, bf16_t{0});  // this file's pairs back to plain (K x n) rows
+        const bf16_t* src = B_ + mats_[m].first;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < n; ++j) plain[k * n + j] = src[k / 2 * 2 * ldn_ + 2 * (col0 + j) + k % 2];
+        at::native::cpublas::pack(K, n, n, round16(n), at::kBFloat16, at::kBFloat16, plain.data(),
+                                  packs_.data() + (m * panels() + p) * panel_elems(K2_max_));
+      }
+  }
+
+  const bf16_t* B_;
+  int64_t ldn_, n_cols_, K2_max_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> mats_;
+  bool packed_;
+  std::vector<bf16_t> packs_;
+};
+
+// gemm_bf16_rows through brgemm: float32 A rows (K floats at stride lda) rounded to bf16 in
+// `scratch`, then one call per panel over all `rows`.
+inline void brgemm_rows(const BrgemmWeights& bw, int64_t m, const float* A, int64_t lda, int64_t rows, int64_t K,
+                        float* C, int64_t ldc, bool accumulate, std::vector<bf16_t>& scratch) {
+  const int64_t ld = 2 * ((K + 1) / 2);
+  scratch.resize(rows * ld);
+  rows_to_bf16(A, lda, rows, K, scratch.data(), ld);
+  bw.gemm(m, scratch.data(), ld, rows, C, ldc, accumulate);
+}
+
+
 ESR_CPU_NAMESPACE_END
 #endif  // ESR_CPU_LEVEL >= ESR_LEVEL_AVX512_BF16
+
+ESR_CPU_NAMESPACE_BEGIN
+#if !defined(ESR_HAVE_BF16_ENGINE)
+// Below avx512_bf16 there are no bf16 GEMMs: never made (make_brgemm returns null).
+struct BrgemmWeights {
+  void gemm(int64_t, const uint16_t*, int64_t, int64_t, float*, int64_t, bool) const {}
+};
+#endif
+
+// The brgemm B operands of an op's bf16 weight (B, ldn, n_cols and mats as BrgemmWeights'),
+// when ESR_CPU_GEMM chose brgemm (isa.h: bf16_gemm) and the weight is bf16; null otherwise (the
+// op runs gemm_bf16.h's own micro-kernel, or float32).
+inline std::unique_ptr<BrgemmWeights> make_brgemm(bool bf16, const void* B, int64_t ldn, int64_t n_cols,
+                                                  std::vector<std::pair<int64_t, int64_t>> mats) {
+#if defined(ESR_HAVE_BF16_ENGINE)
+  if (bf16 && bf16_gemm() == kBf16GemmBrgemm)
+    return std::make_unique<BrgemmWeights>(static_cast<const uint16_t*>(B), ldn, n_cols, std::move(mats));
+#endif
+  return nullptr;
+}
+
+// At the end of a thread's share of an op that ran brgemm: releases oneDNN's per-thread
+// hardware context (AMX's tile configuration).
+struct BrgemmDone {
+  bool used;
+  explicit BrgemmDone(bool u) : used(u) {}
+  ~BrgemmDone() {
+    if (used) at::native::cpublas::brgemm_release(true);
+  }
+};
+ESR_CPU_NAMESPACE_END

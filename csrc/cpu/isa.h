@@ -63,4 +63,12 @@ ESR_DECLARE_KERNEL_TABLE(arch)
 // ESR_CPU_ISA asks for a level this CPU or build does not have.
 const KernelTable& kernels();
 
+// Which bf16 GEMM the conv engine runs at the levels with one (avx512_bf16, amx): its own
+// micro-kernel (gemm_bf16.h), or oneDNN's batch-reduce GEMM through ATen
+// (at::native::cpublas::brgemm: AMX tiles on a CPU that has them, vdpbf16ps otherwise). Set
+// from Python's parse of ESR_CPU_GEMM (esr_kernels/env.py); dispatch.cpp holds it.
+enum : int64_t { kBf16GemmOwn = 0, kBf16GemmBrgemm = 1 };
+int64_t bf16_gemm();
+void set_bf16_gemm(int64_t kind);
+
 }  // namespace esr_cpu

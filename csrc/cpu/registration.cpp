@@ -1,5 +1,6 @@
 // CPU kernels of the esr_native ops (schemas: csrc/common/schemas.cpp, defined from PyInit
 // below). Fake (meta) implementations are registered from Python (esr_kernels/native.py).
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include "../common/schemas.h"
@@ -32,6 +33,11 @@ TORCH_LIBRARY_FRAGMENT(esr_native, m) {
   m.def("cache_limit() -> int", &esr_cpu::cache_limit);
   // The ISA level that runs and why (dispatch.cpp): "key=value" strings.
   m.def("cpu_isa_info() -> str[]", &esr_cpu::cpu_isa_info);
+  // The bf16 GEMM of the conv engine (isa.h: 0 own micro-kernel, 1 oneDNN's brgemm), set from
+  // Python's parse of ESR_CPU_GEMM; brgemm_packs_weights: oneDNN wants B repacked (AMX).
+  m.def("set_bf16_gemm(int kind) -> ()", &esr_cpu::set_bf16_gemm);
+  m.def("bf16_gemm() -> int", &esr_cpu::bf16_gemm);
+  m.def("brgemm_packs_weights() -> bool", [] { return at::native::cpublas::could_pack(at::kBFloat16); });
 }
 
 TORCH_LIBRARY_IMPL(esr_native, CPU, m) {

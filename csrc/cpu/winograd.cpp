@@ -120,9 +120,17 @@ ESR_INLINE void output_transform(const float* M, int64_t pos_stride, Vec16 y[2][
 // M[pos] = V[pos] (tiles x Cin) @ U[pos] (Cin x CoutP) for the 16 positions; V and U float32,
 // or (bf16) V's rows of CinP bf16 and U's bf16 pairs. Only M's first n_cols columns are written
 // (the conv's channels rounded up to 8: the GEMM's last vector can be half width).
-void winograd_gemms(const float* V, const void* U, bool bf16, int64_t Cin, int64_t CinP, int64_t CoutP,
-                    int64_t n_cols, int64_t tiles, float* M) {
+// With brg (ESR_CPU_GEMM=brgemm, bf16 only): one brgemm call per position over the tiles.
+void winograd_gemms(const float* V, const void* U, bool bf16, const BrgemmWeights* brg, int64_t Cin,
+                    int64_t CinP, int64_t CoutP, int64_t n_cols, int64_t tiles, float* M) {
   const int64_t v_pos = kStrip * CinP, m_pos = kStrip * CoutP;
+#if defined(ESR_HAVE_BF16_ENGINE)
+  if (brg != nullptr) {
+    for (int64_t pos = 0; pos < 16; ++pos)
+      brg->gemm(pos, reinterpret_cast<const bf16_t*>(V) + pos * v_pos, CinP, tiles, M + pos * m_pos, CoutP, false);
+    return;
+  }
+#endif
   for (int64_t pos = 0; pos < 16; ++pos)
     for (int64_t r0 = 0; r0 < tiles; r0 += kRows) {  // rows past `tiles` hold stale finite values
       float* m = M + pos * m_pos + r0 * CoutP;
@@ -188,9 +196,14 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
   const int64_t y_row = 2 * kStrip * CoutP;                       // floats per strip output row
   const int64_t n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8);  // M's columns written (the rest stay 0)
 
+  std::vector<std::pair<int64_t, int64_t>> mats;  // the 16 positions' GEMMs (u's layout)
+  for (int64_t pos = 0; pos < 16; ++pos) mats.emplace_back(pos * ((Cin + 1) / 2) * 2 * CoutP, (Cin + 1) / 2);
+  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, U, CoutP, n_cols, std::move(mats));
+
   dispatch_act(act, [&](auto act_c) {
     constexpr int64_t ACT = decltype(act_c)::value;
     at::parallel_for(0, N * TH * strips, 1, [&](int64_t begin, int64_t end) {
+      const BrgemmDone brgemm_done(brg != nullptr);
       AlignedBuffer vbuf(16 * v_pos), mbuf(16 * m_pos), ybuf(2 * y_row), tbuf(CinP / kLanes * kSliceFloats);
       std::vector<float> scratch(epi.scratch_floats(2 * kStrip));
       for (int64_t unit = begin; unit < end; ++unit) {
@@ -219,7 +232,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
           for (int64_t yy = 2 * ty2; yy < std::min(H, 2 * ty2 + 2); ++yy)
             epi.prefetch((n2 * H + yy) * W + x0 + (x0 > 0), (n2 * H + yy) * W + x1 - (x1 < W));
         }
-        winograd_gemms(vbuf.data, U, bf16, Cin, CinP, CoutP, n_cols, tiles, mbuf.data);
+        winograd_gemms(vbuf.data, U, bf16, brg.get(), Cin, CinP, CoutP, n_cols, tiles, mbuf.data);
         for (int64_t t = 0; t < tiles; ++t)
           for (int64_t c = 0; c < CoutP; c += kLanes) {
             Vec16 yv[2][2];

@@ -70,7 +70,7 @@ def check_environment(with_cpu_isa: bool = True) -> None:
     value is a usage error naming the variable (not a failure of every file later), whatever
     the command and its options (a setting the reference path does not read is still wrong).
     ``with_cpu_isa=False`` leaves ESR_CPU_ISA to the command (``esr backends`` reports first)."""
-    from esr_kernels.env import triton_conv_choice
+    from esr_kernels.env import cpu_gemm_choice, triton_conv_choice
 
     from ..fused.graphs import graphs_enabled_by_env
 
@@ -78,6 +78,7 @@ def check_environment(with_cpu_isa: bool = True) -> None:
         memory_cap_bytes()
         cpu_cache_limit_bytes()  # the parser the extension's loader uses (esr_kernels.env)
         triton_conv_choice()  # ESR_TRITON_CONV
+        cpu_gemm_choice()  # ESR_CPU_GEMM
         graphs_enabled_by_env()  # ESR_CUDA_GRAPHS
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -11,8 +11,8 @@ import warnings
 import torch
 from torch import nn
 
-from esr_kernels.policy import (auto_reference_reason, bf16_gemm_available, cpu_dtype_note, make_backend,
-                                resolve_backend, runs)
+from esr_kernels.policy import (auto_reference_reason, bf16_gemm_available, bf16_slower_than_float32, cpu_dtype_note,
+                                make_backend, resolve_backend, runs)
 
 from ..arch.layers import InputError
 from .graphs import install as install_graphs
@@ -53,9 +53,10 @@ def fuse_resolved(model: nn.Module, backend: str, _stacklevel: int = 2) -> dict[
     if already is not None and backend != already:
         raise ValueError(f"this model is already fused for backend {already!r}, not {backend!r}")
     weight = next(model.parameters())
-    if backend == "cpu" and weight.dtype != torch.float32 and not (weight.dtype == torch.bfloat16
-                                                                   and bf16_gemm_available()):
-        # float16, or bfloat16 without vdpbf16ps: float32 kernels, said rather than silent.
+    if backend == "cpu" and weight.dtype != torch.float32 and (
+            not (weight.dtype == torch.bfloat16 and bf16_gemm_available()) or bf16_slower_than_float32()):
+        # float16, or bfloat16 without vdpbf16ps: float32 kernels, said rather than silent; or
+        # bf16 where it was measured slower than float32 (an AMX CPU on the own GEMM).
         warnings.warn(f"fuse_: {cpu_dtype_note(weight.dtype)}", stacklevel=_stacklevel)
     kernels = make_backend(backend, weight.device)
     replaced: dict[str, nn.Module] = {}

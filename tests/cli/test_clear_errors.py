@@ -24,7 +24,7 @@ def weights_dir() -> Path:
                                         ("ESR_CPU_CONV_ENGINE", "maybe"), ("ESR_WEIGHTS_DIR", "FILE"),
                                         ("ESR_CACHE_DIR", "FILE"), ("ESR_CPU_CACHE_MB", "abc"),
                                         ("ESR_CPU_CACHE_MB", "-1"), ("ESR_CPU_CACHE_MB", "1.5"),
-                                        ("ESR_CPU_ISA", "bogus")])
+                                        ("ESR_CPU_ISA", "bogus"), ("ESR_CPU_GEMM", "amx")])
 def test_a_bad_environment_variable_is_a_usage_error_naming_it(run_esr, random_png, tmp_path, name, value):
     src = random_png(tmp_path / "a.png")
     if value == "FILE":

@@ -220,3 +220,125 @@ def test_a_fused_model_converted_to_bf16_packs_again():
         assert torch.equal(again(x.bfloat16()), direct(x.bfloat16()))  # .to(its own dtype), as Upscaler does
         from_bf16 = esr_models.load("pfdnlite", dtype=torch.bfloat16).float()  # the bf16-rounded weights
         assert err(back(x), from_bf16(x)) <= 1e-5
+
+
+# ---------------------------------------------------------------- oneDNN's brgemm (ESR_CPU_GEMM)
+@pytest.fixture
+def gemm_kind(native):
+    """Runs a test body under a chosen bf16 GEMM (0 own micro-kernel, 1 brgemm), restoring the
+    process's choice (ESR_CPU_GEMM, set when the extension loaded) afterwards."""
+    before = int(native.bf16_gemm())
+
+    def use(kind: int) -> None:
+        native.set_bf16_gemm(kind)
+        assert int(native.bf16_gemm()) == kind
+
+    yield use
+    native.set_bf16_gemm(before)
+
+
+def _bf16_ops(native, g):
+    """The four bf16 GEMM ops, each a closure over fixed inputs: Winograd with 80 output
+    channels (two brgemm panels: 64 + 16), conv1x1 over three inputs of odd widths (one matrix
+    per input), ESA's gate with its input conv (2 x 48 columns), the fused BSB (47 x 59)."""
+    x = torch.randn(2, 36, 47, 59, generator=g)
+    w3, b3 = torch.randn(80, 36, 3, 3, generator=g) / 18, torch.randn(80, generator=g)
+    u = vnni_pairs(pack_winograd_3x3(w3))
+    tail = (None, RES_NONE, None, None, SHORTCUT_NONE, 0)
+    xs = [torch.randn(2, c, 11, 13, generator=g) for c in (7, 12, 5)]
+    w1, b1 = torch.randn(20, 24, 1, 1, generator=g) / 5, torch.randn(20, generator=g)
+    w1p = vnni_pairs(pack_gemm_1x1(w1), chunks=(7, 12, 5))
+    xe, we = torch.randn(2, 46, 17, 21, generator=g), torch.randn(46, 46, 1, 1, generator=g) / 7
+    low = torch.randn(2, 46, 3, 4, generator=g)
+    pw, dw, db = torch.randn(36, 36, 1, 1, generator=g) / 6, torch.randn(36, 1, 3, 3, generator=g) * .3, torch.randn(36, generator=g)
+    bsb = pack_bsb_cpu(pw, dw, db)
+    return {
+        "winograd": lambda: native.conv3x3_winograd(x, u, pad_vector(b3, round_up16(80), w3), 80, ACT_NONE, None, 80,
+                                                    *tail),
+        "conv1x1": lambda: native.conv1x1(xs, w1p, pad_vector(b1, round_up16(20), w1), 20, ACT_NONE, None, 20,
+                                          *tail),
+        "esa_gate_1x1": lambda: native.esa_gate_1x1(xe, vnni_pairs(pack_gemm_1x1(we)),
+                                                    pad_vector(torch.zeros(46), round_up16(46), we), low, None, False),
+        "bsb_packed": lambda: native.bsb_packed(x, vnni_pairs(bsb["pw"]), bsb["taps"], bsb["bias"], None),
+    }
+
+
+@needs_bf16
+def test_brgemm_computes_what_the_own_bf16_gemm_computes(native, gemm_kind):
+    """Issue 29, item 1: ESR_CPU_GEMM=brgemm runs the same bf16 products with float32
+    accumulation through oneDNN's brgemm (AMX tiles where the CPU has them, its B packed by
+    cpublas::pack), so the ops agree with the own micro-kernel up to float32 summation order:
+    at most 1e-5 of the output's scale (on the AMD EPYC they are bit-identical)."""
+    for name, op in _bf16_ops(native, torch.Generator().manual_seed(29)).items():
+        gemm_kind(0)
+        own = op()
+        gemm_kind(1)
+        brg = op()
+        assert brg.shape == own.shape and torch.isfinite(brg).all(), name
+        assert err(brg, own) <= 1e-5 * own.abs().max().item(), name
+
+
+def test_esr_cpu_gemm_is_parsed_once_and_checked(monkeypatch):
+    from esr_kernels.env import CPU_GEMM_AUTO, cpu_gemm_choice
+    from esr_kernels.errors import InvalidValueError
+
+    monkeypatch.setenv("ESR_CPU_GEMM", " BRGEMM ")
+    assert cpu_gemm_choice() == "brgemm"
+    monkeypatch.setenv("ESR_CPU_GEMM", "")
+    assert cpu_gemm_choice() == CPU_GEMM_AUTO == "own"
+    monkeypatch.setenv("ESR_CPU_GEMM", "amx")
+    with pytest.raises(InvalidValueError, match="ESR_CPU_GEMM='amx': expected one of auto, own, brgemm"):
+        cpu_gemm_choice()
+
+
+_BRGEMM_PROCESS = """
+import torch, esr_models
+from esr_kernels.policy import native_ops
+m = esr_models.load("rlfn", dtype=torch.bfloat16, fused=True, backend="cpu")
+from esr_kernels.policy import available_backends
+print("KIND", int(native_ops("_C_cpu").bf16_gemm()), available_backends()["cpu_bf16_gemm"]["gemm"])
+with torch.inference_mode():
+    y = m(torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0)).bfloat16())
+torch.save(y, __import__("sys").argv[1])
+"""
+
+
+@needs_bf16
+@pytest.mark.shared
+def test_esr_cpu_gemm_brgemm_runs_a_whole_model(tmp_path):
+    """The variable reaches the extension when it loads, and a bf16 model runs the same with
+    either GEMM (the subprocess is the user's view: only the environment differs)."""
+    outs = {}
+    for choice in ("own", "brgemm"):
+        path = tmp_path / f"{choice}.pt"
+        r = subprocess.run([sys.executable, "-c", _BRGEMM_PROCESS, str(path)], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "ESR_CPU_GEMM": choice})
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"KIND {int(choice == 'brgemm')} {choice}" in r.stdout  # as `esr backends` reports it
+        outs[choice] = torch.load(path)
+    assert err(outs["brgemm"], outs["own"]) <= 1e-2  # one bf16 step of the output's [0, 1] scale
+
+
+@needs_bf16
+@pytest.mark.shared
+def test_bf16_on_an_amx_cpu_says_it_measured_slower_than_float32(monkeypatch, gemm_kind):
+    """Issue 29, item 4: on a CPU whose level is amx, the own bf16 GEMM was measured slower than
+    float32 (Xeon, README): loading a bf16 model there says so, with the way to AMX tiles; with
+    brgemm chosen, or below amx, no such note (the level is imitated: the CPU here may lack it)."""
+    import esr_models
+    import esr_kernels.policy as P
+
+    real = P.cpu_isa()
+    monkeypatch.setattr(P, "cpu_isa", lambda: {**real, "running_level": "amx"})
+    for kind, noted in ((0, True), (1, False)):
+        gemm_kind(kind)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            esr_models.load("pfdnlite", dtype=torch.bfloat16, fused=True, backend="cpu")
+        said = [str(w.message) for w in caught if "measured slower than float32" in str(w.message)]
+        assert bool(said) == noted, kind
+        if noted:
+            assert "ESR_CPU_GEMM=brgemm" in said[0] and "IFADNet 191 vs 146 ms" in said[0]
+    monkeypatch.setattr(P, "cpu_isa", lambda: {**real, "running_level": "avx512_bf16"})
+    gemm_kind(0)
+    assert not P.bf16_slower_than_float32() and "measured slower" not in P.cpu_dtype_note(torch.bfloat16)
