@@ -48,6 +48,7 @@ class Provider:
     fused_backend: str | None = None
     autocast: torch.dtype | None = None     # torch.autocast dtype around the forward
     ov_precision: str | None = None         # OpenVINO INFERENCE_PRECISION_HINT; None: its default
+    cpu_gemm: str | None = None             # the CPU extension's bf16 GEMM around each call (ESR_CPU_GEMM)
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         if self.needs_cuda and device.type != "cuda":
@@ -56,6 +57,11 @@ class Provider:
             return f"{self.name} is a CPU provider"
         if self.needs_module and importlib.util.find_spec(self.needs_module) is None:
             return f"{self.needs_module} is not installed (pip install -e '.[cpu-providers]')"
+        if self.cpu_gemm:
+            from esr_kernels.policy import bf16_gemm_available
+
+            if not bf16_gemm_available():
+                return f"{self.name}: no bf16 GEMM at this CPU's ISA level (needs AVX512_BF16)"
         if self.fused_backend:
             from esr_kernels.policy import backend_unavailable_reason
 
@@ -74,6 +80,8 @@ PROVIDERS = [
     # "auto" as a user would ask for it; Runner.info says whether native kernels or the
     # reference ran (resolve_backend decides per dtype).
     Provider("fused_bf16", torch.bfloat16, False, cpu_only=True, fused_backend="auto"),
+    # The same, its GEMMs through oneDNN's brgemm (AMX tiles where the CPU has them; issue 29).
+    Provider("fused_bf16_brgemm", torch.bfloat16, False, cpu_only=True, fused_backend="cpu", cpu_gemm="brgemm"),
     Provider("fused_fp16", torch.float16, False, needs_cuda=True, fused_backend="auto"),
     Provider("fused_fp16_cuda_graph", torch.float16, False, needs_cuda=True, fused_backend="auto"),
     Provider("onnxruntime_fp32", torch.float32, False, cpu_only=True, needs_module="onnxruntime"),
@@ -233,4 +241,25 @@ def build_runner(provider: Provider, model_name: str, shape: tuple[int, ...],
     prepare, infer = _torch_infer(provider, model, device, info)
     xp = prepare(x)  # the fixed input already in the provider's dtype and layout: only the forward is timed
     run = _cuda_graph_run(model, xp, device) if provider.name.endswith("cuda_graph") else (lambda: infer(xp))
-    return Runner(run, lambda inp: infer(prepare(inp)).float(), info)
+    forward = lambda inp: infer(prepare(inp)).float()  # noqa: E731
+    if provider.cpu_gemm:
+        run, forward = _with_cpu_gemm(provider.cpu_gemm, run), _with_cpu_gemm(provider.cpu_gemm, forward)
+        info["cpu_gemm"] = provider.cpu_gemm
+    return Runner(run, forward, info)
+
+
+def _with_cpu_gemm(choice: str, fn):
+    """``fn`` run with the CPU extension's bf16 GEMM set to ``choice`` (what ESR_CPU_GEMM sets
+    at load), the process's own choice restored after: providers interleave in one process."""
+    from esr_kernels.policy import native_ops
+
+    ops, kind = native_ops("_C_cpu"), {"own": 0, "brgemm": 1}[choice]
+
+    def call(*args):
+        before = int(ops.bf16_gemm())
+        ops.set_bf16_gemm(kind)
+        try:
+            return fn(*args)
+        finally:
+            ops.set_bf16_gemm(before)
+    return call
