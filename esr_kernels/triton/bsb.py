@@ -19,7 +19,7 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, dot_precision, launch_arch, mma, program_pixels
+from .common import apply_act, dot_precision, launch_arch, mma, program_pixels, tile_pixels
 from .configs import conv_choice, launch_config
 from .conv import conv_launch
 from .conv_tc import padded_channels_last
@@ -83,12 +83,8 @@ def _bsb_dw_kernel(
 ):
     """v2's second half: out = act(depthwise3x3_reflect(t) + b) (+ res) over a TILE_H x TILE_W
     tile, all channels (CP, padded); t, res, out (N, C, H, W) any strides; dw (9, CP) float32."""
-    tile = tl.program_id(0)
+    oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H, W)
     n = tl.program_id(1).to(tl.int64)
-    r = tl.arange(0, TILE_H * TILE_W)
-    oy = (tile // tiles_w) * TILE_H + r // TILE_W
-    ox = (tile % tiles_w) * TILE_W + r % TILE_W
-    p_ok = (oy < H) & (ox < W)
     c = tl.arange(0, CP)
     m = p_ok[:, None] & (c < C)[None, :]
     acc = tl.zeros((TILE_H * TILE_W, CP), dtype=tl.float32)

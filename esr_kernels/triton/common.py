@@ -7,13 +7,17 @@ import contextvars
 import triton
 import triton.language as tl
 
-from ..spec import ACT_GELU, ACT_LEAKY, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE
+from ..spec import (ACT_GELU, ACT_LEAKY, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, RES_SPAN_ATT, SHORTCUT_REPEAT_INPUT,
+                    SHORTCUT_VECTOR)
 
 _ACT_GELU: tl.constexpr = tl.constexpr(ACT_GELU)
 _ACT_SILU: tl.constexpr = tl.constexpr(ACT_SILU)
 _ACT_LEAKY: tl.constexpr = tl.constexpr(ACT_LEAKY)
 _ACT_SIGMOID: tl.constexpr = tl.constexpr(ACT_SIGMOID)
 _LEAKY_SLOPE: tl.constexpr = tl.constexpr(LEAKY_SLOPE)
+_RES_SPAN: tl.constexpr = tl.constexpr(RES_SPAN_ATT)
+_SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
+_SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
 
 
 @triton.jit
@@ -22,6 +26,17 @@ def program_pixels(BLOCK_P: tl.constexpr, total, width):
     mask, and their (row, column) in an image ``width`` wide."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     return p, p < total, p // width, p % width
+
+
+@triton.jit
+def tile_pixels(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, height, width):
+    """This program's TILE_H x TILE_W pixel tile (axis 0 of the grid; ``tiles_w`` tiles per row
+    of tiles), flattened row-major: the pixels' rows, columns and in-bounds mask."""
+    tile = tl.program_id(0)
+    r = tl.arange(0, TILE_H * TILE_W)
+    oy = (tile // tiles_w) * TILE_H + r // TILE_W
+    ox = (tile % tiles_w) * TILE_W + r % TILE_W
+    return oy, ox, (oy < height) & (ox < width)
 
 
 @triton.jit
@@ -167,3 +182,42 @@ def dot_precision(dtype) -> int:
     if dtype == torch.bfloat16 and interpreting() and not recording():
         return DOT_IEEE
     return DOT_NATIVE
+
+
+# ---------------------------------------------------------------- the dense convs' epilogue tail
+# (v1 ``conv._conv_kernel`` and v2 ``conv_tc._conv_tc_kernel``: semantics in reference.conv)
+@triton.jit
+def add_residual(y, r, RES_MODE: tl.constexpr):
+    """y + r, or SPAN's parameter-free attention (y + r) * (sigmoid(y) - 0.5) (RES_SPAN_ATT;
+    float32, PyTorch's order)."""
+    if RES_MODE == _RES_SPAN:
+        y = (y + r) * (sigmoid(y) - 0.5)
+    else:
+        y = y + r
+    return y
+
+
+@triton.jit
+def shuffle_store(y, co, n, oy, ox, out_mask, out_ptr, sc_ptr, C_out, so_n, so_c, so_h, so_w,
+                  ss_n, ss_c, ss_h, ss_w, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr):
+    """Stores y [P, CO], output channels ``co`` [CO] of image n's pixels (oy, ox) [P], at out
+    (strides so_*): as they are, or (SHUFFLE = r > 0) plus the shortcut (SC_MODE: the image
+    input repeated per sub-pixel, strides ss_*, or a per-channel vector) and pixel-shuffled to
+    (r oy + sub // r, r ox + sub % r) of image channel co // r^2."""
+    if SHUFFLE > 0:
+        img_c = co // (SHUFFLE * SHUFFLE)
+        if SC_MODE == _SC_REPEAT:
+            s = tl.load(sc_ptr + n * ss_n + img_c[None, :].to(tl.int64) * ss_c
+                        + oy[:, None].to(tl.int64) * ss_h + ox[:, None].to(tl.int64) * ss_w,
+                        mask=out_mask, other=0.0).to(tl.float32)
+            y = y + s
+        elif SC_MODE == _SC_VECTOR:
+            y = y + tl.load(sc_ptr + img_c, mask=co < C_out, other=0.0).to(tl.float32)[None, :]
+        sub = co % (SHUFFLE * SHUFFLE)
+        out_y = oy[:, None] * SHUFFLE + (sub // SHUFFLE)[None, :]
+        out_x = ox[:, None] * SHUFFLE + (sub % SHUFFLE)[None, :]
+        dst = n * so_n + img_c[None, :].to(tl.int64) * so_c + out_y.to(tl.int64) * so_h + out_x.to(tl.int64) * so_w
+    else:
+        dst = n * so_n + co[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
+            + ox[:, None].to(tl.int64) * so_w
+    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)

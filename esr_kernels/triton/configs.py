@@ -85,13 +85,15 @@ def conv_choice() -> str:
     return AUTO_CONV if choice == "auto" else choice
 
 
-def conv_version(gpu_fma_dots: bool, gated: bool) -> str:
-    """"v1" or "v2" for one dense conv: v2 does not gate its input (PFDNLite's gated convs stay
-    on v1), and serves only tensor-core dots on a GPU (``gpu_fma_dots``: IEEE float32 dots
-    launched, or recorded, for a GPU stay on v1's small tiles: FMA dots over 128 x 64 tiles
-    would spill); otherwise the explicit choice, else ``AUTO_CONV``."""
+def conv_version(gated: bool, gpu_arch: int | None, ieee_dots: bool, tf32_dots: bool) -> str:
+    """"v1" or "v2" for one dense conv: the explicit choice, else ``AUTO_CONV``, except where v2
+    does not serve: a gated input (PFDNLite's gated convs), and on a GPU (``gpu_arch``: the
+    architecture launched or recorded for; None for the interpreter's own runs) IEEE float32
+    dots (FMA dots over 128 x 64 tiles would spill) and TF32 dots before sm_90 (v2's float32
+    tiles spilled in some convs there: ptxas held them at 80-128 registers). Those run v1."""
     choice = conv_choice()
-    if choice == "v2" and (gated or gpu_fma_dots):
+    gpu_fma = gpu_arch is not None and (ieee_dots or (tf32_dots and gpu_arch < 90))
+    if choice == "v2" and (gated or gpu_fma):
         return "v1"
     return choice
 

@@ -18,17 +18,13 @@ import triton.language as tl
 
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
-from ..spec import RES_GATED_INPUT, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import (DOT_IEEE, DOT_TF32, apply_act, bilinear_coords, bilinear_sample, dot_precision, interpreting,
-                     launch_arch, mma, program_pixels, recording, sigmoid)
+from ..spec import RES_GATED_INPUT
+from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, bilinear_coords, bilinear_sample, dot_precision,
+                     interpreting, launch_arch, mma, program_pixels, recording, shuffle_store, sigmoid)
 from .configs import conv_version, launch_config
 from .conv_tc import _conv_tc_kernel, conv_tc_launch
 
-_RES_TENSOR: tl.constexpr = tl.constexpr(RES_TENSOR)
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
-_RES_SPAN: tl.constexpr = tl.constexpr(RES_SPAN_ATT)
-_SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
-_SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
 
 
 @triton.jit
@@ -119,30 +115,9 @@ def _conv_kernel(
             gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(r0, oy, ox, att_h, att_w, scale_h, scale_w)
             r = _gated(r, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
                        sa_c, sa_h, sa_w, out_mask)
-        if RES_MODE == _RES_SPAN:
-            # SPAN's parameter-free attention (float32, PyTorch's order).
-            y = (y + r) * (sigmoid(y) - 0.5)
-        else:
-            y = y + r
-
-    if SHUFFLE > 0:
-        img_c = co // (SHUFFLE * SHUFFLE)
-        if SC_MODE == _SC_REPEAT:
-            s = tl.load(sc_ptr + n * ss_n + img_c[None, :].to(tl.int64) * ss_c
-                        + oy[:, None].to(tl.int64) * ss_h + ox[:, None].to(tl.int64) * ss_w,
-                        mask=out_mask, other=0.0).to(tl.float32)
-            y = y + s
-        elif SC_MODE == _SC_VECTOR:
-            s = tl.load(sc_ptr + img_c, mask=co < C_out, other=0.0).to(tl.float32)
-            y = y + s[None, :]
-        sub = co % (SHUFFLE * SHUFFLE)
-        out_y = oy[:, None] * SHUFFLE + (sub // SHUFFLE)[None, :]
-        out_x = ox[:, None] * SHUFFLE + (sub % SHUFFLE)[None, :]
-        dst = n * so_n + img_c[None, :].to(tl.int64) * so_c + out_y.to(tl.int64) * so_h + out_x.to(tl.int64) * so_w
-    else:
-        dst = n * so_n + co[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
-            + ox[:, None].to(tl.int64) * so_w
-    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+        y = add_residual(y, r, RES_MODE)
+    shuffle_store(y, co, n, oy, ox, out_mask, out_ptr, sc_ptr, C_out, so_n, so_c, so_h, so_w,
+                  ss_n, ss_c, ss_h, ss_w, SHUFFLE, SC_MODE)
 
 
 def conv_out_shape(x_shape, g: ConvGeometry, shuffle: int):
@@ -171,12 +146,10 @@ def conv_launch(wrap, x, w_packed, bias, g: ConvGeometry, e: ConvEpilogue, out):
     _, _, ho, wo = conv_out_shape(x.shape, g, 0)
     arch, prec = launch_arch(x), dot_precision(w_packed.dtype)
     gated = bool(e.gate_input or e.residual_mode == RES_GATED_INPUT)
-    # IEEE dots a GPU would run (not the interpreter's bf16 workaround, which runs them itself);
-    # and TF32 before sm_90, where v2's float32 tiles spilled in some convs (ptxas held them at
-    # 80-128 registers): v1 runs those
-    on_gpu = arch is not None and (recording() or not interpreting())
-    gpu_fma = on_gpu and (prec == DOT_IEEE or (prec == DOT_TF32 and arch < 90))
-    if conv_version(gpu_fma, gated) == "v2":
+    # The GPU whose dots these are: a launch or gpu-check's recording (not the interpreter's own
+    # run, whose bf16 workaround runs IEEE dots itself).
+    gpu_arch = arch if arch is not None and (recording() or not interpreting()) else None
+    if conv_version(gated, gpu_arch, prec == DOT_IEEE, prec == DOT_TF32) == "v2":
         cfg = launch_config("conv_tc", arch, w_packed.dtype, c_in=c_in, co_pad=w_packed.shape[-1], ksize=g.ksize)
         return conv_tc_launch(wrap(_conv_tc_kernel), x, w_packed, bias, g, e, out, cfg, c_in, prec)
     ci_block = min(next_pow2_16(c_in), 64)

@@ -23,12 +23,8 @@ tensor; SPAN's attention), shortcut + pixel shuffle — as v1.
 import triton
 import triton.language as tl
 
-from ..spec import RES_SPAN_ATT, SHORTCUT_REPEAT_INPUT, SHORTCUT_VECTOR
-from .common import DOT_IEEE, DOT_TF32, apply_act, launch_arch, sigmoid
+from .common import DOT_IEEE, DOT_TF32, add_residual, apply_act, launch_arch, shuffle_store, tile_pixels
 
-_RES_SPAN: tl.constexpr = tl.constexpr(RES_SPAN_ATT)
-_SC_REPEAT: tl.constexpr = tl.constexpr(SHORTCUT_REPEAT_INPUT)
-_SC_VECTOR: tl.constexpr = tl.constexpr(SHORTCUT_VECTOR)
 _DOT_IEEE: tl.constexpr = tl.constexpr(DOT_IEEE)
 _DOT_TF32: tl.constexpr = tl.constexpr(DOT_TF32)
 
@@ -87,7 +83,8 @@ def _store_columns(acc, co, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_
                    ACT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
                    PARTIAL: tl.constexpr):
     """The epilogue of output channels ``co`` [N] for pixels (oy, ox) [M]: bias, activation,
-    passthrough, residual, shortcut and shuffle, then the store (v1's, column group by group)."""
+    passthrough, residual, shortcut and shuffle, then the store (v1's, column group by group;
+    the residual and the shuffled store are common.py's, shared with v1)."""
     bias = tl.load(b_ptr + co, mask=co < C_conv, other=0.0).to(tl.float32)
     y = apply_act(acc + bias[None, :], ACT)
     out_mask = p_ok[:, None] & (co < C_out)[None, :]
@@ -99,27 +96,9 @@ def _store_columns(acc, co, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_
     if RES_MODE != 0:
         r = tl.load(res_ptr + n * sr_n + oy[:, None].to(tl.int64) * sr_h + ox[:, None].to(tl.int64) * sr_w
                     + co[None, :].to(tl.int64) * sr_c, mask=out_mask, other=0.0).to(tl.float32)
-        if RES_MODE == _RES_SPAN:
-            y = (y + r) * (sigmoid(y) - 0.5)  # SPAN's parameter-free attention, PyTorch's order
-        else:
-            y = y + r
-    if SHUFFLE > 0:
-        img_c = co // (SHUFFLE * SHUFFLE)
-        if SC_MODE == _SC_REPEAT:
-            s = tl.load(sc_ptr + n * ss_n + img_c[None, :].to(tl.int64) * ss_c
-                        + oy[:, None].to(tl.int64) * ss_h + ox[:, None].to(tl.int64) * ss_w,
-                        mask=out_mask, other=0.0).to(tl.float32)
-            y = y + s
-        elif SC_MODE == _SC_VECTOR:
-            y = y + tl.load(sc_ptr + img_c, mask=co < C_out, other=0.0).to(tl.float32)[None, :]
-        sub = co % (SHUFFLE * SHUFFLE)
-        out_y = oy[:, None] * SHUFFLE + (sub // SHUFFLE)[None, :]
-        out_x = ox[:, None] * SHUFFLE + (sub % SHUFFLE)[None, :]
-        dst = n * so_n + img_c[None, :].to(tl.int64) * so_c + out_y.to(tl.int64) * so_h + out_x.to(tl.int64) * so_w
-    else:
-        dst = n * so_n + co[None, :].to(tl.int64) * so_c + oy[:, None].to(tl.int64) * so_h \
-            + ox[:, None].to(tl.int64) * so_w
-    tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+        y = add_residual(y, r, RES_MODE)
+    shuffle_store(y, co, n, oy, ox, out_mask, out_ptr, sc_ptr, C_out, so_n, so_c, so_h, so_w,
+                  ss_n, ss_c, ss_h, ss_w, SHUFFLE, SC_MODE)
 
 
 @triton.jit
@@ -145,12 +124,8 @@ def _conv_tc_kernel(
         sx_n = tl.multiple_of(sx_n, ALIGN)
         sx_h = tl.multiple_of(sx_h, ALIGN)
         sx_w = tl.multiple_of(sx_w, ALIGN)
-    tile = tl.program_id(0)
+    oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H_out, W_out)
     n = tl.program_id(1).to(tl.int64)
-    r = tl.arange(0, TILE_H * TILE_W)
-    oy = (tile // tiles_w) * TILE_H + r // TILE_W
-    ox = (tile % tiles_w) * TILE_W + r % TILE_W
-    p_ok = (oy < H_out) & (ox < W_out)
     x_base = n * sx_n
     if WIDE:
         iy0 = oy.to(tl.int64) * STRIDE - PAD
