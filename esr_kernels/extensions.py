@@ -87,6 +87,13 @@ def cpu_isa() -> dict | None:
             "requested": info["requested"] or None, "error": info["error"] or None}
 
 
+def cpu_bf16_gemm() -> str:
+    """Which bf16 GEMM the CPU extension runs now: "own" or "brgemm" (ESR_CPU_GEMM at load,
+    ``esr_native.set_bf16_gemm`` since); "own" for an extension built before the choice."""
+    ops = torch.ops.esr_native
+    return "brgemm" if hasattr(ops, "bf16_gemm") and int(ops.bf16_gemm()) == 1 else "own"
+
+
 def bf16_gemm_available() -> bool:
     """Whether the running ISA level has the conv engine's bf16 GEMM (vdpbf16ps: avx512_bf16,
     amx); ESR_CPU_BF16_GEMM=0 turns it off (bf16 models then run float32 GEMMs, to compare)."""

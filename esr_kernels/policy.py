@@ -16,8 +16,8 @@ from .cpu_backend import CpuBackend
 from .cuda_backend import CudaBackend
 # Extension loading lives in extensions.py, which the backends use too (IMPORT_ERRORS,
 # native_ops: still importable from here).
-from .extensions import (CPU_ISA_LEVELS, IMPORT_ERRORS, bf16_gemm_available, cpu_isa,  # noqa: F401
-                         extension_error, native_ops)
+from .extensions import (CPU_ISA_LEVELS, IMPORT_ERRORS, bf16_gemm_available, cpu_bf16_gemm,  # noqa: F401
+                         cpu_isa, extension_error, native_ops)
 from .extensions import load_extension as _extension
 from .triton_backend import TritonBackend
 
@@ -44,9 +44,8 @@ def cpu_dtype_note(dtype: torch.dtype) -> str | None:
     float32): said by `esr backends` and, once per load, as a note."""
     name = str(dtype).removeprefix("torch.")
     if dtype == torch.bfloat16 and bf16_gemm_available():
-        brgemm = int(torch.ops.esr_native.bf16_gemm()) == 1 if hasattr(torch.ops.esr_native, "bf16_gemm") else False
         note = ("bfloat16 on CPU: conv GEMMs in bf16 with float32 accumulation ("
-                + ("oneDNN's brgemm, ESR_CPU_GEMM=brgemm" if brgemm else "vdpbf16ps") + "), activations and "
+                + ("oneDNN's brgemm, ESR_CPU_GEMM=brgemm" if cpu_bf16_gemm() == "brgemm" else "vdpbf16ps") + "), activations and "
                 "residuals in float32, output bfloat16")
         return note + (f"; {BF16_SLOWER_ON_AMX}" if bf16_slower_than_float32() else "")
     if dtype in (torch.bfloat16, torch.float16):
@@ -68,8 +67,7 @@ def bf16_slower_than_float32() -> bool:
     """Whether this CPU's bf16 path is the one measured slower than its float32 path: the own
     bf16 GEMM (avx512_bf16 kernels) at the amx level (README, issue 29's table)."""
     isa = cpu_isa() or {}
-    own = not hasattr(torch.ops.esr_native, "bf16_gemm") or int(torch.ops.esr_native.bf16_gemm()) == 0
-    return bf16_gemm_available() and isa.get("running_level") == "amx" and own
+    return bf16_gemm_available() and isa.get("running_level") == "amx" and cpu_bf16_gemm() == "own"
 
 
 def cpu_auto_reason() -> str | None:
@@ -117,7 +115,7 @@ def available_backends() -> dict:
                      else f"reference: {auto_reason}"),
         # The conv engine's bf16 GEMM (ESR_CPU_GEMM): "own" or "brgemm", and whether oneDNN
         # repacks its weights (AMX tiles); None without bf16 GEMMs here.
-        "cpu_bf16_gemm": ({"gemm": "brgemm" if int(torch.ops.esr_native.bf16_gemm()) else "own",
+        "cpu_bf16_gemm": ({"gemm": cpu_bf16_gemm(),
                            "brgemm_on_amx_tiles": bool(torch.ops.esr_native.brgemm_packs_weights())}
                           if cpu_ok and bf16_gemm_available() and hasattr(torch.ops.esr_native, "bf16_gemm") else None),
         # How bfloat16 and float16 models run on the native CPU backend here.

@@ -130,20 +130,26 @@ def launch_config(kernel: str, arch, dtype: torch.dtype, **sizes) -> LaunchConfi
 
 def _gpu_config(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> LaunchConfig:
     cfg = _gpu_config_table(kernel, arch, dtype, sizes)
-    if kernel == "esa_out" and dtype == torch.float32 and cfg.maxnreg is None:
-        # Triton 3.6's ptxas held RLFN's float32 (TF32) esa_out at 80 registers with an 8-byte
-        # stack on sm_90; allowed 255, it fits.
-        return LaunchConfig(cfg.block_p, cfg.num_warps, cfg.num_stages, cfg.ci_block, maxnreg=255)
-    if kernel == "conv" and sizes.get("gate") and arch >= 90 and dtype != torch.float32 and cfg.maxnreg is None:
-        # Triton 3.6 on sm_90: PFDNLite's float16 gated residual conv on v2's padded layout got
-        # 40 registers and an 8-byte stack at 8 warps; allowed 255, it fits.
-        return LaunchConfig(cfg.block_p, cfg.num_warps, cfg.num_stages, cfg.ci_block, maxnreg=255)
-    if dtype == torch.float32 and kernel in ("conv", "la_reduce") and cfg.maxnreg is None:
-        # ptxas (Triton 3.9 passes --regAllocOptLevel=2) capped some float32 convs and
-        # la_reduce at exactly 128 registers on sm_80/sm_90 and spilled 8-16 bytes; allowed
-        # 255, they fit (the pixel-shuffle tail on sm_86 likewise).
+    if cfg.maxnreg is None and _spills_under_the_register_cap(kernel, arch, dtype, sizes):
         cfg = LaunchConfig(cfg.block_p, cfg.num_warps, cfg.num_stages, cfg.ci_block, maxnreg=255)
     return cfg
+
+
+def _spills_under_the_register_cap(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> bool:
+    """Launches whose ptxas register choice spilled (a few bytes of stack) and which fit once
+    allowed 255 registers (``maxnreg``)."""
+    float32 = dtype == torch.float32
+    return (
+        # ptxas (Triton 3.9 passes --regAllocOptLevel=2) capped some float32 convs and
+        # la_reduce at exactly 128 registers on sm_80/sm_90 and spilled 8-16 bytes (the
+        # pixel-shuffle tail on sm_86 likewise).
+        (float32 and kernel in ("conv", "la_reduce"))
+        # Triton 3.6's ptxas held RLFN's float32 (TF32) esa_out at 80 registers with an 8-byte
+        # stack on sm_90.
+        or (float32 and kernel == "esa_out")
+        # Triton 3.6 on sm_90: PFDNLite's float16 gated residual conv on v2's padded layout got
+        # 40 registers and an 8-byte stack at 8 warps.
+        or (kernel == "conv" and bool(sizes.get("gate")) and arch >= 90 and not float32))
 
 
 def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -> LaunchConfig:
