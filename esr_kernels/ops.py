@@ -1,4 +1,4 @@
-"""The public ops ``esr::conv``, ``esr::bsb``, ``esr::esa``, ``esr::la_reduce``.
+"""The public ops ``esr::conv``, ``esr::concat_conv``, ``esr::bsb``, ``esr::esa``, ``esr::la_reduce``.
 
 With compiled Triton (a GPU) each is a ``triton_op`` whose kernels are launched through
 ``wrap_triton``, so torch.compile(fullgraph=True) traces into them and CUDA graphs capture
@@ -21,6 +21,7 @@ from torch.library import triton_op, wrap_triton
 from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
 from .spec import pooled_size
 from .triton.bsb import bsb_launch
+from .triton.concat_conv import concat_conv_launch, same_layout
 from .triton.common import interpreting
 from .triton.configs import conv_choice
 from .triton.conv_tc import padded_channels_last
@@ -87,6 +88,26 @@ def conv(*args) -> Tensor:
     x, w_packed, bias, geometry, epilogue = CONV.split(args)
     return conv_launch(wrap_triton, x, w_packed, bias, geometry, epilogue,
                        _conv_output(x, geometry, epilogue))
+
+
+# ---------------------------------------------------------------- concat_conv
+def _alloc_concat_conv(features: list[Tensor], w_packed: Tensor, bias: Tensor, c_out: int, act: int,
+                       residual_mode: int, residual: Optional[Tensor]) -> Tensor:
+    f0 = features[0]
+    return _conv_output(f0, ConvGeometry(c_conv=c_out, c_out=c_out, ksize=1, stride=1, padding=0),
+                        ConvEpilogue())
+
+
+@_define("concat_conv", _alloc_concat_conv)
+def concat_conv(features: list[Tensor], w_packed: Tensor, bias: Tensor, c_out: int, act: int,
+                residual_mode: int, residual: Optional[Tensor]) -> Tensor:
+    """act(1x1 conv of cat(features)) [+ residual, RES_TENSOR or RES_SPAN_ATT], without making
+    the concatenation; semantics in ``esr_kernels.reference.concat_conv``. features: 1 to 6
+    tensors (N, C_f, H, W) of one shape and dtype, any layout (copied to the first's where it
+    differs); w_packed (1, k C_f, CO_pad); output (N, c_out, H, W) in the first feature's layout
+    (as esr::conv's)."""
+    out = _alloc_concat_conv(features, w_packed, bias, c_out, act, residual_mode, residual)
+    return concat_conv_launch(wrap_triton, same_layout(features), w_packed, bias, act, residual_mode, residual, out)
 
 
 # ---------------------------------------------------------------- bsb

@@ -34,7 +34,9 @@ How launches are found: the model runs under ``FakeTensorMode`` (no memory, no a
 
 - fused model (``backend="triton"``): each ``torch.ops.esr.*`` call is one Triton launch,
   except ``esr::esa``, which is three (``triton/esa.py``: down, low, out); any aten op the fused
-  model still makes counts as in eager (IFADNet's concatenation: executed = useful = 0 MACs);
+  model still makes counts as in eager (the concatenation under the v2 conv, which
+  concatenates for its tensor-core conv: executed = useful = 0 MACs; v1's ``esr::concat_conv``
+  reads the features in place);
 - eager reference: every aten op reads its tensor inputs and writes its outputs; views and
   allocations (``empty*``) move nothing; convolutions' MACs are N*C_out*H_out*W_out*C_in/g*k*k.
 
@@ -199,9 +201,13 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
 
     from .op_args import CONV, ESA
 
+    read_all = _unique_bytes(_tensors(args))
+    if op == "concat_conv":  # useful: the reference's 1x1 over the k C_f concatenated channels
+        feats, w_packed, c_out = args[0], args[1], args[3]
+        n, _, h, w = feats[0].shape
+        return [Launch("esr::concat_conv", read_all, nbytes(out), n * h * w * c_out * w_packed.shape[1])]
     x = args[0]
     n, c, h, w = x.shape
-    read_all = _unique_bytes(_tensors(args))
     if op == "conv":
         _, wp, _, geometry, _ = CONV.split(args)
         return [Launch("esr::conv", read_all, nbytes(out), conv_macs(x.shape, wp.shape, geometry))]
@@ -237,7 +243,8 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
 
 
 # ---------------------------------------------------------------- executed work (recorded launches)
-_KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb": "_bsb_kernel",
+_KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::concat_conv": "_concat_conv_kernel",
+              "esr::bsb": "_bsb_kernel",
               "esr::bsb/pw": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb/dw": "_bsb_dw_kernel", "esr::la_reduce": "_la_reduce_kernel",
               "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
               "esr::esa/out": "_esa_out_kernel"}
@@ -284,6 +291,15 @@ def _conv_executed(k) -> tuple[int, int, list[str]]:
     fp = k.grid[1] * (px * s["C_in"] + (x.shape[1] - s["C_in"]) * s["H_out"] * s["W_out"]) * e
     weights = ["w_ptr", "b_ptr"] + (["shift_ptr"] if c["HAS_SHIFT"] else [])
     return macs, fp, weights
+
+
+def _concat_conv_executed(k) -> tuple[int, int, list[str]]:
+    """_concat_conv_kernel: every program runs BLOCK_P pixels x N_FEAT features x C_f rounded up
+    to CI_BLOCK x CO_PAD; a 1x1 reads each feature's pixels once."""
+    c, s, f = k.constexprs, k.scalars, k.tensors["f0_ptr"]
+    programs = k.grid[0] * k.grid[1]
+    macs = programs * c["BLOCK_P"] * c["N_FEAT"] * _ceil_to(s["C_f"], c["CI_BLOCK"]) * c["CO_PAD"]
+    return macs, c["N_FEAT"] * _tbytes(f), ["w_ptr", "b_ptr"]
 
 
 def _halo_extent(out_len: int, tile: int, ksize: int, stride: int, pad: int, in_len: int) -> int:
@@ -370,7 +386,7 @@ def _esa_out_executed(k) -> tuple[int, int, list[str]]:
     return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
 
 
-_EXECUTED = {"_conv_kernel": _conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
+_EXECUTED = {"_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
              "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed}
 
@@ -382,9 +398,10 @@ def executed_work(k) -> tuple[int, int, int, int]:
     program, plus the launch's other inputs once (outputs are counted by the caller)."""
     macs, footprint, weight_args = _EXECUTED[k.kernel](k)
     programs = k.grid[0] * k.grid[1]
-    in_key = {"_esa_low_kernel": "d_ptr", "_bsb_dw_kernel": "t_ptr"}.get(k.kernel, "x_ptr")
+    in_key = {"_esa_low_kernel": "d_ptr", "_bsb_dw_kernel": "t_ptr", "_concat_conv_kernel": "f0_ptr"}.get(k.kernel, "x_ptr")
+    inputs = k.constexprs.get("N_FEAT", 1) * _tbytes(k.tensors[in_key])  # concat_conv: its k features
     weights = sum(_tbytes(k.tensors[a]) for a in weight_args)
-    return macs, footprint + programs * weights, programs, _tbytes(k.tensors[in_key]) + weights
+    return macs, footprint + programs * weights, programs, inputs + weights
 
 
 def attach_executed(launches: list[Launch], recorded, profiles=None) -> None:
@@ -448,10 +465,12 @@ def _loop_trips(k) -> tuple[int, int]:
     K blocks in one loop; la_reduce over the
     pool window; esa_down over 9 taps, then K blocks; esa_low over 9 taps, then the pool window."""
     c, s = k.constexprs, k.scalars
-    k_blocks = -(-s.get("C_in", c.get("C_in", s.get("C", 0))) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
+    # concat_conv: C_f per feature (the features are unrolled, each loop an outer one)
+    k_blocks = -(-s.get("C_in", c.get("C_in", s.get("C", s.get("C_f", 0)))) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
     pool = c.get("POOL_K", 0) ** 2
     taps = c.get("KSIZE", 0) ** 2
     return {"_conv_kernel": (k_blocks, 0), "_conv_tc_kernel": (taps * k_blocks, 0), "_bsb_dw_kernel": (9, 0),
+            "_concat_conv_kernel": (k_blocks, 0),
             "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
             "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),
             "_esa_out_kernel": (0, 0)}[k.kernel]

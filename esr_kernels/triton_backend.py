@@ -13,6 +13,7 @@ from .contract import BsbPack, ConcatConvPack, ConvPack, EsaPack, KernelBackend,
 from .op_args import CONV, ESA, ConvEpilogue, EsaWeights
 from .packing import pack_bias, pack_esa
 from .reference import pack_conv_weight
+from .spec import RES_NONE
 
 Tensor = torch.Tensor
 
@@ -46,7 +47,7 @@ class TritonLaReduce(LaReducePack):
 
 @dataclasses.dataclass(frozen=True)
 class TritonConcatConv(ConcatConvPack):
-    conv: TritonConv  # one 1x1 conv over the materialised concatenation
+    conv: TritonConv  # the 1x1 conv's weights over all the features' channels
 
 
 class TritonBackend(KernelBackend):
@@ -108,4 +109,14 @@ class TritonBackend(KernelBackend):
         return self.ops.la_reduce(x, pack.w, pack.b)
 
     def concat_conv(self, features, pack: TritonConcatConv, residual: Optional[Tensor] = None):
-        return self.conv(torch.cat(list(features), dim=1), pack.conv, residual=residual)
+        """esr::concat_conv reads the features where they lie (v1, up to six features); under
+        the v2 conv (ESR_TRITON_CONV=v2) the concatenation is made and its tensor-core conv
+        runs on it, as before (a multi-input v2 conv is not written yet)."""
+        from .triton.concat_conv import MAX_FEATURES
+        from .triton.configs import conv_choice
+
+        if conv_choice() == "v2" or len(features) > MAX_FEATURES:
+            return self.conv(torch.cat(list(features), dim=1), pack.conv, residual=residual)
+        mode = pack.epilogue.residual_mode if residual is not None else RES_NONE
+        return self.ops.concat_conv(list(features), pack.conv.w, pack.conv.b, pack.c_out, pack.epilogue.act,
+                                    mode, residual)

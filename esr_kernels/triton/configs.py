@@ -49,7 +49,7 @@ def table_arch(arch: int) -> int:
     return rows[-1] if rows else KNOWN_ARCHS[0]
 
 
-KERNELS = ("conv", "conv_tc", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "la_reduce")
+KERNELS = ("conv", "conv_tc", "concat_conv", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "la_reduce")
 
 # Which dense-conv kernel "auto" runs on a GPU (issue 28, item 7: per op, what the last lent GPU
 # measured faster). v2 (conv_tc.py, the tensor-core implicit GEMM) has not run on a GPU yet: the
@@ -143,7 +143,9 @@ def _spills_under_the_register_cap(kernel: str, arch: int, dtype: torch.dtype, s
         # ptxas (Triton 3.9 passes --regAllocOptLevel=2) capped some float32 convs and
         # la_reduce at exactly 128 registers on sm_80/sm_90 and spilled 8-16 bytes (the
         # pixel-shuffle tail on sm_86 likewise).
-        (float32 and kernel in ("conv", "la_reduce"))
+        # Triton 3.6's ptxas did the same to the float32 concat_conv (80 registers, 8 bytes,
+        # IEEE dots, sm_90).
+        (float32 and kernel in ("conv", "concat_conv", "la_reduce"))
         # Triton 3.6's ptxas held RLFN's float32 (TF32) esa_out at 80 registers with an 8-byte
         # stack on sm_90.
         or (float32 and kernel == "esa_out")
@@ -174,6 +176,10 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         if sizes.get("shuffle") and dtype == torch.float32:
             # ptxas capped this one at 96 registers and spilled 16 bytes; allowed 255, it fits.
             return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16, maxnreg=255)
+        return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
+    if kernel == "concat_conv":
+        # v1's 1x1 conv (32 pixels x all output channels, K = 16 per dot) reading its K blocks
+        # from several features.
         return LaunchConfig(block_p=32, num_warps=4, num_stages=1, ci_block=16)
     if kernel == "conv_tc":
         # 8 x 16 output pixels (M = 128: one warpgroup MMA on sm_90, 4 warps x 32 rows of

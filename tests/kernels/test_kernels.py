@@ -218,6 +218,88 @@ def test_esa_without_residual_and_opcheck(device):
     torch.library.opcheck(torch.ops.esr.esa.default, args)
 
 
+# ---------------------------------------------------------------- esr::concat_conv
+def concat_conv_args(k, c_f, c_out, n, h, w, dtype, layout, device, act=ACT_GELU, residual=True, mode=RES_TENSOR):
+    feats = [make_input((n, c_f, h, w), dtype, layout, device) for _ in range(k)]
+    weight = torch.randn(c_out, k * c_f, 1, 1, device=device) / (k * c_f) ** 0.5
+    w_packed = R.pack_conv_weight(weight).to(dtype)
+    bias = torch.zeros(w_packed.shape[-1], device=device)
+    bias[:c_out] = torch.randn(c_out, device=device)
+    res = make_input((n, c_out, h, w), dtype, layout, device) if residual else None
+    return feats, w_packed, bias, c_out, act, mode if residual else RES_NONE, res
+
+
+def concat_conv_ref(feats, w_packed, bias, c_out, act, mode, res):
+    """reference.concat_conv with the packed (rounded) weights; SPAN's attention by reference.conv's rule."""
+    k_cf = w_packed.shape[1]
+    weight = w_packed.float()[0, :, :c_out].t().reshape(c_out, k_cf, 1, 1)
+    if mode == RES_SPAN_ATT:
+        y = R.concat_conv([f.float() for f in feats], weight, bias[:c_out], act)
+        return (y + res.float()) * (torch.sigmoid(y) - 0.5)
+    return R.concat_conv([f.float() for f in feats], weight, bias[:c_out], act, None if res is None else res.float())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", ["ifadnet_fuse", "span_conv_cat", "one_feature_span_att", "narrow_features"])
+def test_concat_conv_matches_reference(case, layout, dtype, device, on_gpu):
+    """IFADNet's fusion (6 x 36 -> 36, GELU + residual: each feature's last K block partly
+    masked), SPAN's (4 x 48 -> 48, nothing fused), one odd-width feature with SPAN's attention
+    residual, 5 features of 6 channels; odd sizes, batch 2."""
+    h, w = size(on_gpu, (13, 17), (67, 131))
+    k, c_f, c_out, act, residual, mode = {"ifadnet_fuse": (6, 36, 36, ACT_GELU, True, RES_TENSOR),
+                                          "span_conv_cat": (4, 48, 48, ACT_NONE, False, RES_NONE),
+                                          "one_feature_span_att": (1, 37, 29, ACT_SILU, True, RES_SPAN_ATT),
+                                          "narrow_features": (5, 6, 20, ACT_LEAKY, True, RES_TENSOR)}[case]
+    args = concat_conv_args(k, c_f, c_out, 2, h, w, dtype, layout, device, act, residual, mode)
+    out = ops().concat_conv(*args)
+    ref = concat_conv_ref(*args)
+    assert out.dtype == dtype and out.shape == ref.shape and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= REL_TOL[dtype]
+
+
+def test_concat_conv_reads_features_of_different_layouts_and_refuses_mismatches(device):
+    """The kernel addresses every feature with the first's strides: others are brought to them."""
+    feats, *rest = concat_conv_args(3, 16, 20, 2, 9, 11, torch.float32, "nchw", device)
+    mixed = [feats[0], feats[1].contiguous(memory_format=torch.channels_last),
+             make_input(feats[2].shape, torch.float32, "strided", device).copy_(feats[2])]
+    assert rel_err(ops().concat_conv(mixed, *rest), concat_conv_ref(feats, *rest)) <= REL_TOL[torch.float32]
+    with pytest.raises(ValueError, match="features differ"):
+        ops().concat_conv([feats[0], feats[1][:, :, :8]], *rest)
+    with pytest.raises(ValueError, match="expects 48 input channels, the 2 features have 32"):
+        ops().concat_conv(feats[:2], *rest)
+    with pytest.raises(ValueError, match="1 to 6 features, got 7"):
+        big = concat_conv_args(7, 16, 20, 1, 3, 3, torch.float32, "nchw", device)
+        ops().concat_conv(*big)
+
+
+def test_concat_conv_opcheck(device):
+    torch.library.opcheck(torch.ops.esr.concat_conv.default,
+                          concat_conv_args(6, 16, 24, 2, 5, 7, torch.float32, "nchw", device))
+
+
+def test_triton_backend_concat_conv_reads_the_features_in_place_under_v1(device, monkeypatch):
+    """The fused models' concat_conv (IFADNet's fusion, SPAN's) goes through esr::concat_conv
+    under v1, with no torch.cat; under v2 it still makes the concatenation for conv_tc."""
+    from esr_kernels.triton.configs import conv_kernel as choose
+    from esr_kernels.triton_backend import TritonBackend
+    from esr_kernels.op_args import ConvEpilogue
+
+    backend = TritonBackend()
+    feats = [torch.randn(2, 8, 6, 7, device=device) for _ in range(6)]
+    weight, bias, res = torch.randn(8, 48, 1, 1, device=device), torch.randn(8, device=device), torch.randn(2, 8, 6, 7, device=device)
+    pack = backend.pack_concat_conv(weight, bias, 6, ConvEpilogue(act=ACT_GELU, residual_mode=RES_TENSOR))
+    ref = R.concat_conv(feats, weight, bias, ACT_GELU, res)
+    cats, real_cat = [], torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, *a, **kw: cats.append(len(ts)) or real_cat(ts, *a, **kw))
+    for choice, expect_cat in (("v1", False), ("v2", True)):
+        cats.clear()
+        with choose(choice):
+            out = backend.concat_conv(feats, pack, res)
+        assert rel_err(out, ref) <= REL_TOL[torch.float32], choice
+        assert (6 in cats) == expect_cat, (choice, cats)
+
+
 # ---------------------------------------------------------------- esr::la_reduce
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -260,7 +342,8 @@ def _op_cases(layout, dtype, device):
     bsb, _ = bsb_args(2, 36, 5, 7, dtype, layout, device)
     cases = [(f"conv_{c}", ops().conv.default, conv_args(c, 2, 9, 11, dtype, layout, device))
              for c in ("3x3_gelu", "gated_partial", "stride2_small", "tail_repeat_shuffle")]
-    return cases + [("bsb", ops().bsb.default, bsb), ("esa", ops().esa.default, esa),
+    cat = ("concat_conv", ops().concat_conv.default, concat_conv_args(3, 16, 24, 2, 9, 11, dtype, layout, device))
+    return cases + [cat, ("bsb", ops().bsb.default, bsb), ("esa", ops().esa.default, esa),
                     ("la_reduce", ops().la_reduce.default, (x, w, torch.randn(16, device=device)))]
 
 

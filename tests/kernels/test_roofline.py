@@ -123,7 +123,8 @@ def test_fused_launch_list_matches_the_recorded_triton_launches(name):
     model = esr_models.load(name, fused=True, backend="triton", dtype=torch.float16)
     ours = [l.name for l in roofline.record(model, (1, 3, 40, 48), torch.float16) if l.name.startswith("esr::")]
     triton = record_launches(model, torch.rand(1, 3, 40, 48).half(), arch=90)
-    kernel_of = {"esr::conv": "_conv_kernel", "esr::bsb": "_bsb_kernel", "esr::la_reduce": "_la_reduce_kernel",
+    kernel_of = {"esr::conv": "_conv_kernel", "esr::concat_conv": "_concat_conv_kernel", "esr::bsb": "_bsb_kernel",
+                 "esr::la_reduce": "_la_reduce_kernel",
                  "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
                  "esr::esa/out": "_esa_out_kernel"}
     assert [kernel_of[n] for n in ours] == [l.kernel for l in triton]
