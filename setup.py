@@ -74,7 +74,7 @@ CPU_ISA_LEVELS = {
 }
 # Compiled once per level (into the namespace esr_cpu::<level>); the other csrc/cpu files
 # (dispatch, registration, buffer cache) once, for the baseline target.
-CPU_GENERIC_SOURCES = ("buffer_cache.cpp", "dispatch.cpp", "registration.cpp")
+CPU_GENERIC_SOURCES = ("brgemm_cache.cpp", "buffer_cache.cpp", "dispatch.cpp", "registration.cpp")
 
 
 def _write_if_changed(path: str, text: str) -> None:

@@ -130,8 +130,9 @@ def available_backends() -> dict:
 
 def empty_cache() -> int:
     """Release the CPU extension's cached output buffers (kept for reuse, up to
-    ESR_CPU_CACHE_MB, default 1024, like PyTorch's CUDA caching allocator); returns the bytes
-    released. A no-op without the extension."""
+    ESR_CPU_CACHE_MB, default 1024, like PyTorch's CUDA caching allocator) and the brgemm
+    operands it keeps per bf16 weight (ESR_CPU_GEMM=brgemm); returns the bytes released. A
+    no-op without the extension."""
     if _extension("_C_cpu") is None:
         return 0
     return int(torch.ops.esr_native.empty_cache())

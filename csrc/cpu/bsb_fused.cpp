@@ -88,7 +88,7 @@ at::Tensor bsb_packed(const at::Tensor& x_in, const at::Tensor& pw_in, const at:
   float* O = out.data_ptr<float>();
   const int64_t row_len = W * C;
 
-  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, wpw.data_ptr(), CP, C, {{0, (C + 1) / 2}});
+  const auto brg = make_brgemm(bf16, wpw, CP, C, {{0, (C + 1) / 2}});
 
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     const BrgemmDone brgemm_done(brg != nullptr);

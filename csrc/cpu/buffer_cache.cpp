@@ -1,5 +1,7 @@
 #include "buffer_cache.h"
 
+#include "brgemm_cache.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
@@ -139,7 +141,8 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::Tensor& like) {
   return from_cache(sizes, strides, numel, like);
 }
 
-int64_t empty_cache() { return cache().clear(); }
+// The buffers, and the brgemm operands made once per weight (brgemm_cache.h).
+int64_t empty_cache() { return cache().clear() + brgemm_cache_clear(); }
 
 void set_cache_limit(int64_t bytes) { cache().set_limit(bytes); }
 

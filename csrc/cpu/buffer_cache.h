@@ -19,7 +19,8 @@ at::Tensor cached_empty_nhwc(int64_t n, int64_t c, int64_t h, int64_t w, const a
 // An uninitialised contiguous float32 tensor of the given sizes, from the cache.
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::Tensor& like);
 
-// Frees every cached block; returns the bytes released.
+// Frees every cached block and the brgemm operands kept per weight (brgemm_cache.h); returns
+// the bytes released.
 int64_t empty_cache();
 
 // The cache's byte limit (negative: no limit), and the limit now (-1: none).

@@ -71,7 +71,7 @@ at::Tensor conv1x1(at::TensorList xs_in, const at::Tensor& w_in, const at::Tenso
 
   std::vector<std::pair<int64_t, int64_t>> mats;  // each input's rows of w
   for (size_t i = 0; i < xs.size(); ++i) mats.emplace_back(w_row[i] * 2 * CoutP, (xs[i].size(1) + 1) / 2);
-  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, w.data_ptr(), CoutP, n_cols, std::move(mats));
+  const auto brg = make_brgemm(bf16, w, CoutP, n_cols, std::move(mats));
 
   dispatch_act(act, [&](auto act_c) {
     at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
@@ -148,7 +148,7 @@ at::Tensor esa_gate_1x1(const at::Tensor& x_in, const at::Tensor& w_in, const at
   const float *X = x.data_ptr<float>(), *L = low.data_ptr<float>(), *B = bias.data_ptr<float>();
   const float* R = res.defined() ? res.data_ptr<float>() : nullptr;
   float* O = out.data_ptr<float>();
-  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, w.data_ptr(), cols, n_cols, {{0, (C + 1) / 2}});
+  const auto brg = make_brgemm(bf16, w, cols, n_cols, {{0, (C + 1) / 2}});
   at::parallel_for(0, (P + kBlockPixels - 1) / kBlockPixels, 1, [&](int64_t begin, int64_t end) {
     const BrgemmDone brgemm_done(brg != nullptr);
     std::vector<float> gemm_scratch, ybuf(kBlockPixels * cols), xbuf(input_conv ? kBlockPixels * C : 0);

@@ -17,6 +17,7 @@
 #include <memory>
 #include <utility>
 
+#include "brgemm_cache.h"
 #include "gemm.h"
 
 #if ESR_CPU_LEVEL >= ESR_LEVEL_AVX512_BF16
@@ -102,11 +103,13 @@ inline void gemm_bf16_rows(const float* A, int64_t lda, int64_t rows, const bf16
 // The same products with float32 accumulation as gemm_bf16_8rows, by
 // at::native::cpublas::brgemm: AMX tiles on a CPU that has them, vdpbf16ps otherwise (there it
 // reads this file's B layout as is: oneDNN's VNNI pairs). Where oneDNN wants B repacked
-// (cpublas::could_pack: AMX) each matrix is packed once per op call by cpublas::pack, in panels
-// of at most 64 columns (its leading dimensions are 16, 32, 48 or 64).
+// (cpublas::could_pack: AMX) each matrix is packed by cpublas::pack, in panels of at most 64
+// columns (its leading dimensions are 16, 32, 48 or 64), once per weight tensor
+// (brgemm_cache.h).
 
-// The B operands of one op's bf16 GEMMs: matrices of this file's layout (K2 pair-rows of
-// 2 * ldn bf16, `n_cols` columns used), made once per op call and shared by its threads.
+// The B operands of one weight's bf16 GEMMs: matrices of this file's layout (K2 pair-rows of
+// 2 * ldn bf16, `n_cols` columns used), made once per weight (make_brgemm) and shared by the
+// threads of every op call that uses it.
 class BrgemmWeights {
  public:
   static constexpr int64_t kPanel = 64;  // columns per brgemm call
@@ -117,6 +120,8 @@ class BrgemmWeights {
         packed_(at::native::cpublas::could_pack(at::kBFloat16)) {
     if (packed_) pack_all();
   }
+
+  int64_t bytes() const { return static_cast<int64_t>(packs_.size() * sizeof(bf16_t)); }
 
   // C[M x n_cols] (+)= A[M x 2 K2] @ matrix m, A bf16 rows at stride lda (the odd channel past
   // K zero, as for gemm_bf16_8rows), C float32 rows at stride ldc.
@@ -183,14 +188,22 @@ struct BrgemmWeights {
 };
 #endif
 
-// The brgemm B operands of an op's bf16 weight (B, ldn, n_cols and mats as BrgemmWeights'),
+// The brgemm B operands of an op's bf16 weight `w` (ldn, n_cols and mats as BrgemmWeights'),
 // when ESR_CPU_GEMM chose brgemm (isa.h: bf16_gemm) and the weight is bf16; null otherwise (the
-// op runs gemm_bf16.h's own micro-kernel, or float32).
-inline std::unique_ptr<BrgemmWeights> make_brgemm(bool bf16, const void* B, int64_t ldn, int64_t n_cols,
-                                                  std::vector<std::pair<int64_t, int64_t>> mats) {
+// op runs gemm_bf16.h's own micro-kernel, or float32). Made once per weight tensor and kept
+// (brgemm_cache.h): on AMX the repacking is not paid again on every call.
+inline std::shared_ptr<const BrgemmWeights> make_brgemm(bool bf16, const at::Tensor& w, int64_t ldn, int64_t n_cols,
+                                                        std::vector<std::pair<int64_t, int64_t>> mats) {
 #if defined(ESR_HAVE_BF16_ENGINE)
-  if (bf16 && bf16_gemm() == kBf16GemmBrgemm)
-    return std::make_unique<BrgemmWeights>(static_cast<const uint16_t*>(B), ldn, n_cols, std::move(mats));
+  if (bf16 && bf16_gemm() == kBf16GemmBrgemm) {
+    const BrgemmKey key{ESR_CPU_LEVEL, ldn, n_cols, mats};
+    const auto* B = static_cast<const uint16_t*>(w.data_ptr());
+    return std::static_pointer_cast<const BrgemmWeights>(brgemm_cached(w, key, [&] {
+      auto made = std::make_shared<const BrgemmWeights>(B, ldn, n_cols, std::move(mats));
+      const int64_t bytes = made->bytes();
+      return std::make_pair(std::static_pointer_cast<const void>(std::move(made)), bytes);
+    }));
+  }
 #endif
   return nullptr;
 }

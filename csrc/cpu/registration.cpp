@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "../common/schemas.h"
+#include "brgemm_cache.h"
 #include "buffer_cache.h"
 #include "isa.h"
 
@@ -38,6 +39,8 @@ TORCH_LIBRARY_FRAGMENT(esr_native, m) {
   m.def("set_bf16_gemm(int kind) -> ()", &esr_cpu::set_bf16_gemm);
   m.def("bf16_gemm() -> int", &esr_cpu::bf16_gemm);
   m.def("brgemm_packs_weights() -> bool", [] { return at::native::cpublas::could_pack(at::kBFloat16); });
+  // How many weights' brgemm operands are kept (made once per weight: brgemm_cache.h).
+  m.def("brgemm_cache_entries() -> int", &esr_cpu::brgemm_cache_entries);
 }
 
 TORCH_LIBRARY_IMPL(esr_native, CPU, m) {

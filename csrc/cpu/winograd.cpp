@@ -198,7 +198,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
 
   std::vector<std::pair<int64_t, int64_t>> mats;  // the 16 positions' GEMMs (u's layout)
   for (int64_t pos = 0; pos < 16; ++pos) mats.emplace_back(pos * ((Cin + 1) / 2) * 2 * CoutP, (Cin + 1) / 2);
-  const std::unique_ptr<BrgemmWeights> brg = make_brgemm(bf16, U, CoutP, n_cols, std::move(mats));
+  const auto brg = make_brgemm(bf16, u, CoutP, n_cols, std::move(mats));
 
   dispatch_act(act, [&](auto act_c) {
     constexpr int64_t ACT = decltype(act_c)::value;

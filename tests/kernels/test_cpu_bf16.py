@@ -278,6 +278,39 @@ def test_brgemm_computes_what_the_own_bf16_gemm_computes(native, gemm_kind):
         assert err(brg, own) <= 1e-5 * own.abs().max().item(), name
 
 
+@needs_bf16
+def test_brgemm_operands_are_made_once_per_weight_and_again_when_it_changes(native, gemm_kind):
+    """Issue 29, item 1: brgemm's B operands (repacked by oneDNN on AMX) are made once per weight
+    tensor and kept (csrc/cpu/brgemm_cache.h), not once per call; a weight changed in place is
+    packed again (its version counter), so a kept operand is never stale; empty_cache drops them."""
+    g = torch.Generator().manual_seed(291)
+    x = torch.randn(2, 36, 13, 17, generator=g)
+    w, b = torch.randn(40, 36, 3, 3, generator=g) / 18, torch.randn(40, generator=g)
+    u, bp = vnni_pairs(pack_winograd_3x3(w)), pad_vector(b, round_up16(40), w)
+    tail = (None, RES_NONE, None, None, SHORTCUT_NONE, 0)
+
+    def run(weight):
+        return native.conv3x3_winograd(x, weight, bp, 40, ACT_NONE, None, 40, *tail)
+
+    gemm_kind(1)
+    native.empty_cache()
+    assert native.brgemm_cache_entries() == 0
+    first = run(u)
+    assert native.brgemm_cache_entries() == 1
+    assert torch.equal(run(u), first) and native.brgemm_cache_entries() == 1  # kept, not made again
+    u.mul_(2)  # in place: the kept operands are stale
+    doubled = run(u)
+    assert native.brgemm_cache_entries() == 1  # replaced, not added
+    gemm_kind(0)
+    own = run(u)  # the own kernel reads the weight itself
+    assert err(doubled, own) <= 1e-5 * own.abs().max().item()
+    assert not torch.equal(doubled, first)
+    gemm_kind(1)
+    run(u.clone())
+    assert native.brgemm_cache_entries() == 2  # another weight tensor, another entry
+    assert native.empty_cache() >= 0 and native.brgemm_cache_entries() == 0
+
+
 def test_esr_cpu_gemm_is_parsed_once_and_checked(monkeypatch):
     from esr_kernels.env import CPU_GEMM_AUTO, cpu_gemm_choice
     from esr_kernels.errors import InvalidValueError
