@@ -27,7 +27,7 @@ def _concat_conv_kernel(
     N_FEAT: tl.constexpr, ACT: tl.constexpr, RES_MODE: tl.constexpr,
     BLOCK_P: tl.constexpr, CI_BLOCK: tl.constexpr, CO_PAD: tl.constexpr, PREC: tl.constexpr,
 ):
-    p, p_mask, oy, ox = program_pixels(BLOCK_P, H * W, W)
+    _, p_mask, oy, ox = program_pixels(BLOCK_P, H * W, W)
     n = tl.program_id(1).to(tl.int64)
     co = tl.arange(0, CO_PAD)
     pix = n * sf_n + oy.to(tl.int64) * sf_h + ox.to(tl.int64) * sf_w  # the same in every feature
