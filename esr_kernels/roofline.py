@@ -624,11 +624,14 @@ def aten_launch(func, args, kwargs, out) -> Launch | None:
 # ---------------------------------------------------------------- tracing
 @contextmanager
 def _traced_forward():
-    """Run a forward as a tracer would: the models' input range check reads a value, which a
-    fake tensor does not have; like torch.compile, skip it (torch.compiler.is_compiling())."""
+    """Run a forward as a tracer would (``torch.compiler.is_compiling()``: no repack check, no
+    CUDA graph) and without the models' input range check, as on the GPU being modelled: the
+    check runs on CPU tensors only (esr_models.arch.layers), and here it would add its five
+    small ops to every forward's launches (it is skipped while exporting: ``is_exporting``)."""
     import torch
 
-    with mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+    with mock.patch.object(torch.compiler, "is_compiling", lambda: True), \
+            mock.patch.object(torch.compiler, "is_exporting", lambda: True):
         yield
 
 
