@@ -134,6 +134,8 @@ def dot_path(dtype_name: str) -> str:
 RECORD_ARCH = 90  # the launch configurations of sm_90 (the lent H200)
 TARGET_RATIO = 1 / 3  # issue #10: fused traffic at most a third of eager's
 _ALLOC_PREFIXES = ("empty", "new_empty", "zeros_like", "full_like")
+# Metadata queries that reach the dispatcher (``x.device`` in a forward): no kernel, no bytes.
+_METADATA = ("device", "dim", "size", "stride", "numel", "sym_size", "sym_stride", "sym_numel", "is_contiguous")
 
 
 @dataclass
@@ -602,7 +604,7 @@ def aten_launch(func, args, kwargs, out) -> Launch | None:
     """One eager op's traffic; None for views and allocations (they move no data)."""
     schema = func._schema
     name = schema.name.split("::")[-1]
-    if name.startswith(_ALLOC_PREFIXES) or name in ("detach", "lift_fresh", "alias"):
+    if name.startswith(_ALLOC_PREFIXES) or name in ("detach", "lift_fresh", "alias") or name in _METADATA:
         return None
     rets = schema.returns
     if rets and all(r.alias_info is not None and not r.alias_info.is_write for r in rets):

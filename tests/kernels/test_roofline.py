@@ -104,7 +104,9 @@ def test_model_totals_positive_and_fused_below_eager(name):
     # Executed work and L2 requests only add to the useful work and the DRAM bytes; the
     # prediction is never below the bound.
     assert f["executed_macs"] > f["macs"] and f["l2_bytes"] > f["bytes"]
-    assert rep["launches_per_forward"] == f["launches"] > rep["kernel_launches"] > 0
+    # v1 (the default): every launch of the modelled GPU forward is a Triton kernel (no
+    # concatenation, no input check, no metadata query counted)
+    assert rep["launches_per_forward"] == f["launches"] == rep["kernel_launches"] > 0
     for dev in roofline.DEVICES:
         assert f["modelled_ms"][dev] > f["bound_ms"][dev]
     # Useful MACs are the reference network's: the eager model's convolutions, up to ESA's
@@ -128,6 +130,19 @@ def test_fused_launch_list_matches_the_recorded_triton_launches(name):
                  "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
                  "esr::esa/out": "_esa_out_kernel"}
     assert [kernel_of[n] for n in ours] == [l.kernel for l in triton]
+
+
+@needs_interpreter
+@pytest.mark.shared
+@pytest.mark.parametrize("name", ["ifadnet", "span"])
+def test_the_modelled_gpu_forward_is_triton_launches_only(name):
+    """What a GPU forward of IFADNet and SPAN launches under v1: Triton kernels and nothing else,
+    neither the concatenation their fusion conv reads in place (esr::concat_conv) nor the input
+    range check (CPU tensors only), which the roofline must not count."""
+    model = esr_models.load(name, fused=True, backend="triton", dtype=torch.float16)
+    names = [l.name for l in roofline.record(model, (1, 3, 40, 48), torch.float16)]
+    assert "esr::concat_conv" in names
+    assert not [n for n in names if not n.startswith("esr::")], names
 
 
 @pytest.mark.shared
