@@ -163,3 +163,56 @@ def concat_conv(features, weight, bias, act: int = ACT_NONE, residual=None):
     if residual is not None:
         y = y + residual.float()
     return y.to(features[0].dtype)
+
+
+# ------------------------------------------------------------------------- int8 (issue 29, item 3)
+# The quantisation an int8 conv kernel implements (VNNI / AMX-INT8 take u8 x s8 products):
+# weights symmetric per output channel in [-127, 127]; the input per tensor, asymmetric u8 with
+# a zero point (the value 0.0 is exact, so zero padding is q = zero point); the products summed
+# exactly in integers, then scaled in float32 and the bias added.
+INT8_WEIGHT_MAX = 127
+U8_MAX = 255
+
+
+def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C_out, C_in, K, K) float -> (int8 of the same shape, float32 scale (C_out,)):
+    w ~= q * scale[co], scale = max |w[co]| / 127 (1 for an all-zero channel), round half to even."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=tuple(range(1, w.dim())))
+    scale = torch.where(amax > 0, amax / INT8_WEIGHT_MAX, torch.ones_like(amax))
+    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX)
+    return q.to(torch.int8), scale
+
+
+def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """(scale, zero point) of the u8 grid over [min(lo, 0), max(hi, 0)] (a calibrated input
+    range): x ~= (q - zero_point) * scale with q in [0, 255]; 0.0 maps to the zero point exactly."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (torch.isfinite(torch.tensor([lo, hi])).all()):
+        raise ValueError(f"activation range [{lo}, {hi}] is not finite")
+    if hi == lo:
+        return 1.0, 0
+    scale = float(torch.tensor((hi - lo) / U8_MAX, dtype=torch.float32))
+    zero_point = int(min(max(round(-lo / scale), 0), U8_MAX))
+    return scale, zero_point
+
+
+def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """x -> uint8 clamp(round(x / scale) + zero_point, 0, 255) (float32 maths, round half to even)."""
+    q = torch.round(x.float() / torch.tensor(scale, dtype=torch.float32)) + zero_point
+    return torch.clamp(q, 0, U8_MAX).to(torch.uint8)
+
+
+def int8_conv(x, w_q, w_scale, bias, x_scale: float, x_zero_point: int, stride: int = 1, padding: int = 0):
+    """Reference of an int8 conv: x (N, C_in, H, W) float; w_q (C_out, C_in, K, K) int8 with
+    float32 ``w_scale`` (C_out,) (``quantize_weight_int8``); ``x_scale`` / ``x_zero_point`` the
+    input's calibrated u8 grid (``activation_qparams``). Returns float32
+    ``acc * (x_scale * w_scale[co]) + bias[co]``, acc = sum of (q(x) - zero_point) * w_q over the
+    window, exact (integers; zero padding contributes 0), the scale product taken in float32."""
+    xq = quantize_u8(x, x_scale, x_zero_point).to(torch.float64) - x_zero_point
+    acc = F.conv2d(xq, w_q.to(torch.float64), None, stride=stride, padding=padding)  # exact below 2^53
+    combined = torch.tensor(x_scale, dtype=torch.float32) * w_scale.float()
+    y = acc.float() * combined.view(1, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.float().view(1, -1, 1, 1)
+    return y
