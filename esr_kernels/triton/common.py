@@ -187,6 +187,14 @@ def dot_precision(dtype) -> int:
 # ---------------------------------------------------------------- the dense convs' epilogue tail
 # (v1 ``conv._conv_kernel`` and v2 ``conv_tc._conv_tc_kernel``: semantics in reference.conv)
 @triton.jit
+def load_tile(ptr, n, oy, ox, co, s_n, s_c, s_h, s_w, mask):
+    """float32 [P, C] of a tensor (strides s_*) at image n, pixels (oy, ox) [P], channels co [C]
+    (int64 offsets): the residual, passthrough and shortcut reads of the dense convs' epilogues."""
+    pix = n * s_n + oy.to(tl.int64) * s_h + ox.to(tl.int64) * s_w  # per pixel, then broadcast
+    return tl.load(ptr + pix[:, None] + co[None, :].to(tl.int64) * s_c, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def add_residual(y, r, RES_MODE: tl.constexpr):
     """y + r, or SPAN's parameter-free attention (y + r) * (sigmoid(y) - 0.5) (RES_SPAN_ATT;
     float32, PyTorch's order)."""

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import add_residual, apply_act, dot_precision, launch_arch, mma, program_pixels, shuffle_store
+from .common import add_residual, apply_act, dot_precision, launch_arch, load_tile, mma, program_pixels, shuffle_store
 from .configs import launch_config
 
 # Features one launch reads (IFADNet has six, SPAN four); more would need another pointer each.
@@ -63,9 +63,7 @@ def _concat_conv_kernel(
     y = apply_act(acc + bias[None, :], ACT)
     out_mask = p_mask[:, None] & (co < C_out)[None, :]
     if RES_MODE != 0:
-        r = tl.load(res_ptr + n * sr_n + oy[:, None].to(tl.int64) * sr_h + ox[:, None].to(tl.int64) * sr_w
-                    + co[None, :].to(tl.int64) * sr_c, mask=out_mask, other=0.0).to(tl.float32)
-        y = add_residual(y, r, RES_MODE)
+        y = add_residual(y, load_tile(res_ptr, n, oy, ox, co, sr_n, sr_c, sr_h, sr_w, out_mask), RES_MODE)
     shuffle_store(y, co, n, oy, ox, out_mask, out_ptr, out_ptr, C_out, so_n, so_c, so_h, so_w,
                   0, 0, 0, 0, 0, 0)
 

@@ -20,7 +20,7 @@ from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT
 from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, bilinear_coords, bilinear_sample, dot_precision,
-                     interpreting, launch_arch, mma, program_pixels, recording, shuffle_store, sigmoid)
+                     interpreting, launch_arch, load_tile, mma, program_pixels, recording, shuffle_store, sigmoid)
 from .configs import conv_version, launch_config
 from .conv_tc import _conv_tc_kernel, conv_tc_launch
 
@@ -94,8 +94,7 @@ def _conv_kernel(
     if PARTIAL:
         # Same-size partial convs: channels >= C_conv pass the (prologued) input through.
         centre = oy.to(tl.int64) * sx_h + ox.to(tl.int64) * sx_w
-        xc = tl.load(x_ptr + x_base + centre[:, None] + co[None, :].to(tl.int64) * sx_c,
-                     mask=out_mask, other=0.0).to(tl.float32)
+        xc = load_tile(x_ptr, n, oy, ox, co, sx_n, sx_c, sx_h, sx_w, out_mask)
         if HAS_SHIFT:
             sh = tl.load(shift_ptr + co, mask=co < C_out, other=0.0).to(tl.float32)
             xc = xc - sh[None, :]
@@ -106,11 +105,10 @@ def _conv_kernel(
                         sa_c, sa_h, sa_w, out_mask)
         y = tl.where((co >= C_conv)[None, :], xc, y)
     if RES_MODE != 0:
-        r_pix = n * sr_n + oy.to(tl.int64) * sr_h + ox.to(tl.int64) * sr_w
-        r = tl.load(res_ptr + r_pix[:, None] + co[None, :].to(tl.int64) * sr_c,
-                    mask=out_mask, other=0.0).to(tl.float32)
+        r = load_tile(res_ptr, n, oy, ox, co, sr_n, sr_c, sr_h, sr_w, out_mask)
         if RES_MODE == _RES_GATED:
             # The residual is the LocalAttention output, recomputed from its input and att.
+            r_pix = n * sr_n + oy.to(tl.int64) * sr_h + ox.to(tl.int64) * sr_w
             r0 = tl.load(res_ptr + r_pix, mask=p_mask, other=0.0).to(tl.float32)
             gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(r0, oy, ox, att_h, att_w, scale_h, scale_w)
             r = _gated(r, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,

@@ -23,7 +23,7 @@ tensor; SPAN's attention), shortcut + pixel shuffle — as v1.
 import triton
 import triton.language as tl
 
-from .common import DOT_IEEE, DOT_TF32, add_residual, apply_act, launch_arch, shuffle_store, tile_pixels
+from .common import DOT_IEEE, DOT_TF32, add_residual, apply_act, launch_arch, load_tile, shuffle_store, tile_pixels
 
 _DOT_IEEE: tl.constexpr = tl.constexpr(DOT_IEEE)
 _DOT_TF32: tl.constexpr = tl.constexpr(DOT_TF32)
@@ -78,7 +78,7 @@ def _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb,
 
 @triton.jit
 def _store_columns(acc, co, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
-                   sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                   sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w,
                    ACT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
                    PARTIAL: tl.constexpr):
@@ -90,13 +90,10 @@ def _store_columns(acc, co, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_
     out_mask = p_ok[:, None] & (co < C_out)[None, :]
     if PARTIAL:
         # channels >= C_conv pass the input through (PFDNLite's ungated partial conv)
-        xc = tl.load(x_ptr + x_base + oy[:, None].to(tl.int64) * sx_h + ox[:, None].to(tl.int64) * sx_w
-                     + co[None, :].to(tl.int64) * sx_c, mask=out_mask & (co >= C_conv)[None, :], other=0.0)
-        y = tl.where((co >= C_conv)[None, :], xc.to(tl.float32), y)
+        xc = load_tile(x_ptr, n, oy, ox, co, sx_n, sx_c, sx_h, sx_w, out_mask & (co >= C_conv)[None, :])
+        y = tl.where((co >= C_conv)[None, :], xc, y)
     if RES_MODE != 0:
-        r = tl.load(res_ptr + n * sr_n + oy[:, None].to(tl.int64) * sr_h + ox[:, None].to(tl.int64) * sr_w
-                    + co[None, :].to(tl.int64) * sr_c, mask=out_mask, other=0.0).to(tl.float32)
-        y = add_residual(y, r, RES_MODE)
+        y = add_residual(y, load_tile(res_ptr, n, oy, ox, co, sr_n, sr_c, sr_h, sr_w, out_mask), RES_MODE)
     shuffle_store(y, co, n, oy, ox, out_mask, out_ptr, sc_ptr, C_out, so_n, so_c, so_h, so_w,
                   ss_n, ss_c, ss_h, ss_w, SHUFFLE, SC_MODE)
 
@@ -162,11 +159,11 @@ def _conv_tc_kernel(
                                    acc_a, acc_b, ca, cb, sx_c, C_in, CI_BLOCK, C_in % CI_BLOCK != 0, HAS_SHIFT,
                                    CO_B, W_LD, PREC)
     _store_columns(acc_a, ca, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
-                   sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                   sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
     if CO_B > 0:
         _store_columns(acc_b, cb, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
-                       sx_c, sx_h, sx_w, x_base, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
+                       sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                        ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
 
 
