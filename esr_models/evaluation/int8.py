@@ -28,6 +28,7 @@ from esr_kernels import reference as R
 from esr_kernels.errors import InvalidValueError
 
 from ..arch.layers import PixelShuffleTail
+from ..io.images import to_uint8
 from .metrics import psnr
 from .protocol import make_lr, modcrop
 
@@ -141,8 +142,6 @@ def hr_pairs(hr_images: Iterable[torch.Tensor], scale: int) -> list[tuple[torch.
 @torch.no_grad()
 def mean_psnr(model: nn.Module, pairs, scale: int) -> float:
     """Mean RGB PSNR (challenge protocol: clamp, round to uint8, border ``scale``)."""
-    from ..io.images import to_uint8
-
     values = [psnr(to_uint8(model(lr)[0].float()), hr, border=scale) for lr, hr in pairs]
     return sum(values) / len(values)
 
