@@ -23,14 +23,17 @@ from benchmarks.int8_accuracy import _data_dir, _hr_images
 
 
 def _fake_quant_forward(conv: nn.Conv2d, grid: tuple[float, int]):
-    """conv._conv_forward with u8 inputs on ``grid`` and per-channel int8 weights, rounded
-    straight-through (the gradient passes the rounding as if it were the identity)."""
+    """conv._conv_forward with u8 inputs on ``grid`` and per-channel int8 weights (the
+    reference's grids, ``esr_kernels.reference``), rounded straight-through (the gradient
+    passes the rounding as if it were the identity)."""
+    from esr_kernels import reference as R
+
     scale, zero_point = grid
 
     def forward(x, w, b):
-        xq = (torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
-        sw = (w.detach().abs().amax(dim=(1, 2, 3), keepdim=True) / 127).clamp_min(1e-12)
-        wq = torch.clamp(torch.round(w / sw), -127, 127) * sw
+        xq = (R.quantize_u8(x, scale, zero_point).float() - zero_point) * scale
+        w_q, w_scale = R.quantize_weight_int8(w)
+        wq = w_q.float() * w_scale.view(-1, 1, 1, 1)
         return nn.Conv2d._conv_forward(conv, x + (xq - x).detach(), w + (wq - w).detach(), b)
     return forward
 

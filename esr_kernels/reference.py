@@ -10,6 +10,8 @@ unpack them. All maths in float32, results in the input's dtype.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -188,7 +190,7 @@ def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
     """(scale, zero point) of the u8 grid over [min(lo, 0), max(hi, 0)] (a calibrated input
     range): x ~= (q - zero_point) * scale with q in [0, 255]; 0.0 maps to the zero point exactly."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if not (torch.isfinite(torch.tensor([lo, hi])).all()):
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"activation range [{lo}, {hi}] is not finite")
     if hi == lo:
         return 1.0, 0

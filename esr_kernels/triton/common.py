@@ -189,7 +189,7 @@ def dot_precision(dtype) -> int:
 @triton.jit
 def load_tile(ptr, n, oy, ox, co, s_n, s_c, s_h, s_w, mask):
     """float32 [P, C] of a tensor (strides s_*) at image n, pixels (oy, ox) [P], channels co [C]
-    (int64 offsets): the residual, passthrough and shortcut reads of the dense convs' epilogues."""
+    (int64 offsets): the residual and passthrough reads of the dense convs' epilogues."""
     pix = n * s_n + oy.to(tl.int64) * s_h + ox.to(tl.int64) * s_w  # per pixel, then broadcast
     return tl.load(ptr + pix[:, None] + co[None, :].to(tl.int64) * s_c, mask=mask, other=0.0).to(tl.float32)
 
