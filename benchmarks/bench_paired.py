@@ -36,7 +36,8 @@ from benchmarks.quality import provider_psnr_change
 SIZES = bench_sizes({"256x256": (256, 256), "540x960": (540, 960)})
 # The fused provider (the denominator) first, then what it is compared with, per device type.
 PAIRINGS = {
-    "cpu": ["fused_fp32", "fused_bf16", "fused_bf16_brgemm", "eager_fp32_channels_last", "compile_fp32", "compile_bf16",
+    "cpu": ["fused_fp32", "fused_bf16", "fused_bf16_brgemm", "fused_bf16_own",
+            "eager_fp32_channels_last", "compile_fp32", "compile_bf16",
             "onnxruntime_fp32", "openvino_fp32", "openvino_default"],
     "cuda": ["fused_fp16_cuda_graph", "fused_fp16", "eager_fp16_channels_last", "compile_fp16"],
 }

@@ -56,7 +56,7 @@ def sweep_reason(provider_name: str, device: torch.device) -> str | None:
     Set5 check), too slow for CI's short share: it runs with ESR_BENCH_FULL=1."""
     if provider_name.startswith("compile") and device.type == "cpu" and not full_sweep():
         return f"{provider_name}: torch.compile on CPU runs with ESR_BENCH_FULL=1 (its compile time)"
-    if provider_name == "fused_bf16_brgemm" and not full_sweep():
+    if provider_name in ("fused_bf16_brgemm", "fused_bf16_own") and not full_sweep():
         return f"{provider_name}: the brgemm A/B (issue 29) runs with ESR_BENCH_FULL=1 (CI's time)"
     return None
 

@@ -80,8 +80,11 @@ PROVIDERS = [
     # "auto" as a user would ask for it; Runner.info says whether native kernels or the
     # reference ran (resolve_backend decides per dtype).
     Provider("fused_bf16", torch.bfloat16, False, cpu_only=True, fused_backend="auto"),
-    # The same, its GEMMs through oneDNN's brgemm (AMX tiles where the CPU has them; issue 29).
+    # The same with each bf16 GEMM named (issue 29's A/B; "auto" above is one of them): oneDNN's
+    # brgemm (AMX tiles where the CPU has them, and there the 3x3 convs direct), and the own
+    # micro-kernel (vdpbf16ps, the 3x3 convs Winograd).
     Provider("fused_bf16_brgemm", torch.bfloat16, False, cpu_only=True, fused_backend="cpu", cpu_gemm="brgemm"),
+    Provider("fused_bf16_own", torch.bfloat16, False, cpu_only=True, fused_backend="cpu", cpu_gemm="own"),
     Provider("fused_fp16", torch.float16, False, needs_cuda=True, fused_backend="auto"),
     Provider("fused_fp16_cuda_graph", torch.float16, False, needs_cuda=True, fused_backend="auto"),
     Provider("onnxruntime_fp32", torch.float32, False, cpu_only=True, needs_module="onnxruntime"),

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .contract import BsbPack, ConcatConvPack, ConvEsaPack, ConvPack, EsaPack, KernelBackend, LaReducePack
-from .extensions import bf16_gemm_available, native_ops
+from .extensions import bf16_direct_3x3, bf16_gemm_available, native_ops
 from .op_args import ConvEpilogue, EsaWeights
-from .packing import (fold_esa_input_conv, pack_bsb_cpu, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16,
+from .packing import (fold_esa_input_conv, pack_bsb_cpu, pack_direct_3x3_bf16, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16,
                       vnni_pairs)
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, SHORTCUT_NONE)
@@ -89,6 +89,7 @@ class CpuConv(ConvPack):
     b: Tensor                 # (C_pad,) float32
     u: Optional[Tensor]       # conv engine, 3x3: Winograd (16, C_in_pad, C_outP), or None
     wi: Optional[Tensor]      # conv engine, 3x3 of < 8 input channels or stride > 1: im2col GEMM (9 C_in, C_outP)
+    wd: Optional[Tensor]      # conv engine, bf16 3x3 beside u: the direct conv's taps (9, C_in / 2, 2 C_outP)
     w1: Optional[Tensor]      # conv engine, 1x1: (C_in_pad, C_outP), or None
     bp: Optional[Tensor]      # the engine's bias (C_outP,), or None
 
@@ -206,7 +207,7 @@ class CpuBackend(KernelBackend):
         """The conv engine's layouts of a (C_out, C_in, k, k) weight of ``stride``, next to
         oneDNN's; with ``bf16``, its GEMM weights as bf16 pairs (a 1x1 over ``chunks``
         concatenated inputs pairs each input's channels on its own)."""
-        none = {"u": None, "wi": None, "w1": None, "bp": None}
+        none = {"u": None, "wi": None, "wd": None, "w1": None, "bp": None}
         if not self.engine or w.shape[-1] not in (1, 3):
             return none
         bp = pad_vector(b, round_up16(w.shape[0]), w)
@@ -217,8 +218,11 @@ class CpuBackend(KernelBackend):
             # the models, the im2col GEMM 1.9 (2 threads).
             return {**none, "wi": pack_im2col_3x3(w), "bp": bp}
         if w.shape[-1] == 3:
+            # bf16: also the direct conv's taps, which run instead where the GEMMs are on AMX
+            # tiles (extensions.bf16_direct_3x3; a few KB per conv).
             u = pack_winograd_3x3(w)
-            return {**none, "u": vnni_pairs(u) if bf16 else u, "bp": bp}
+            return {**none, "u": vnni_pairs(u) if bf16 else u, "wd": pack_direct_3x3_bf16(w) if bf16 else None,
+                    "bp": bp}
         w1 = pack_gemm_1x1(w)
         return {**none, "w1": vnni_pairs(w1, (w.shape[1] // chunks,) * chunks) if bf16 else w1, "bp": bp}
 
@@ -297,6 +301,8 @@ class CpuBackend(KernelBackend):
         if p.wi is not None:
             return self.native.conv3x3_im2col(x, p.wi, p.bp, p.stride, p.padding, c_conv, e.act, *epilogue)
         if p.stride == 1 and p.padding == p.ksize // 2:
+            if p.wd is not None and bf16_direct_3x3():
+                return self.native.conv3x3_im2col(x, p.wd, p.bp, 1, 1, c_conv, e.act, *epilogue)
             if p.u is not None:
                 return self.native.conv3x3_winograd(x, p.u, p.bp, c_conv, e.act, *epilogue)
             if p.w1 is not None:

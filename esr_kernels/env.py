@@ -50,19 +50,20 @@ def triton_conv_choice() -> str:
 CPU_GEMM_VAR = "ESR_CPU_GEMM"
 CPU_GEMM_CHOICES = ("auto", "own", "brgemm")
 # What "auto" runs, by measurement (README, "bf16 GEMM: own micro-kernel or oneDNN's brgemm"):
-# on the AMD EPYC (avx512_bf16, no AMX) brgemm and the own micro-kernel ran the conv GEMMs at
-# the same speed (0.84-1.08x, same bits) and the whole models within noise, so "own" stays;
-# brgemm is what runs AMX tiles, not yet measured on an AMX Xeon, so it is opt-in there too.
-CPU_GEMM_AUTO = "own"
+# brgemm where it runs on AMX tiles (the amx ISA level; Intel Xeon with AMX, 2 threads, 256x256:
+# whole models 1.3-1.8x faster than the own kernel, and the 3x3 convs direct instead of
+# Winograd), the own micro-kernel elsewhere (AMD EPYC, avx512_bf16: it was 2-7% faster than
+# brgemm). esr_kernels.extensions resolves it when the extension loads.
+CPU_GEMM_AUTO = "brgemm on AMX tiles, else own"
 
 
 def cpu_gemm_choice() -> str:
     """The bf16 GEMM of the CPU conv engine, from ESR_CPU_GEMM: "own" (its micro-kernel,
     csrc/cpu/gemm_bf16.h) or "brgemm" (oneDNN's batch-reduce GEMM through ATen: AMX tiles where
-    the CPU has them); "auto" (default) is ``CPU_GEMM_AUTO``. Anything else is an
-    InvalidValueError naming the variable."""
+    the CPU has them) or "auto" (default: ``CPU_GEMM_AUTO``, resolved where the extension
+    loads). Anything else is an InvalidValueError naming the variable."""
     text = os.environ.get(CPU_GEMM_VAR, "").strip().lower() or "auto"
     if text not in CPU_GEMM_CHOICES:
         raise InvalidValueError(f"environment variable {CPU_GEMM_VAR}={os.environ[CPU_GEMM_VAR]!r}: "
                                 f"expected one of {', '.join(CPU_GEMM_CHOICES)}")
-    return CPU_GEMM_AUTO if text == "auto" else text
+    return text

@@ -43,6 +43,10 @@ def _configure_cpu() -> None:
     if hasattr(ops, "set_cache_limit"):  # an extension built before it reads the variable itself
         ops.set_cache_limit(-1 if limit is None else limit)
     if hasattr(ops, "set_bf16_gemm"):
+        if gemm == "auto":  # brgemm where it reaches AMX tiles (env.CPU_GEMM_AUTO says why)
+            # (asked of the ops directly: cpu_isa() would load, and so configure, again)
+            info = dict(item.split("=", 1) for item in ops.cpu_isa_info())
+            gemm = "brgemm" if at_amx_level(info) and bool(ops.brgemm_packs_weights()) else "own"
         ops.set_bf16_gemm(1 if gemm == "brgemm" else 0)
     _CONFIGURED.append(True)
 
@@ -92,6 +96,34 @@ def cpu_bf16_gemm() -> str:
     ``esr_native.set_bf16_gemm`` since); "own" for an extension built before the choice."""
     ops = torch.ops.esr_native
     return "brgemm" if hasattr(ops, "bf16_gemm") and int(ops.bf16_gemm()) == 1 else "own"
+
+
+def at_amx_level(isa: dict) -> bool:
+    """Whether ``isa`` (``cpu_isa()``, or the extension's raw cpu_isa_info) is the amx level:
+    the CPU has AMX and ESR_CPU_ISA forces no lower level. (That level runs the avx512_bf16
+    kernel set, so ``running_level`` says avx512_bf16 there: it has no kernels of its own.)"""
+    return isa.get("cpu") == "amx" and (isa.get("requested") or "auto") in ("auto", "amx")
+
+
+def brgemm_on_amx_tiles() -> bool:
+    """Whether oneDNN's brgemm runs bf16 on AMX tiles here (it repacks B for them:
+    ``cpublas::could_pack``); False without the extension. Asked once per process."""
+    if not _AMX_TILES:
+        ops = torch.ops.esr_native
+        _AMX_TILES.append(load_extension("_C_cpu") is not None and hasattr(ops, "brgemm_packs_weights")
+                          and bool(ops.brgemm_packs_weights()))
+    return _AMX_TILES[0]
+
+
+_AMX_TILES: list[bool] = []
+
+
+def bf16_direct_3x3() -> bool:
+    """Whether the bf16 3x3 convs run as direct convolutions (csrc/cpu/direct_bf16.cpp) rather
+    than Winograd: where the bf16 GEMM is oneDNN's brgemm on AMX tiles, the GEMMs are cheap
+    and Winograd's float32 transforms are the cost (README: *bf16 GEMM: own micro-kernel or
+    oneDNN's brgemm*). Asked at every call: ``esr_native.set_bf16_gemm`` may change the GEMM."""
+    return cpu_bf16_gemm() == "brgemm" and brgemm_on_amx_tiles()
 
 
 def bf16_gemm_available() -> bool:

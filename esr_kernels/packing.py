@@ -97,6 +97,14 @@ def pack_im2col_3x3(weight: torch.Tensor) -> torch.Tensor:
     return out.contiguous()
 
 
+def pack_direct_3x3_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> bfloat16 (9, ceil(C_in / 2), 2 C_outP): tap ky * 3 + kx's (C_in,
+    C_outP) matrix as ``vnni_pairs``, for the CPU engine's direct bf16 3x3 conv
+    (csrc/cpu/direct_bf16.cpp)."""
+    co, ci = weight.shape[:2]
+    return vnni_pairs(pack_im2col_3x3(weight).reshape(9, ci, round_up16(co)))
+
+
 def vnni_pairs(w: torch.Tensor, chunks: tuple[int, ...] | None = None) -> torch.Tensor:
     """A GEMM weight (K, N) -> bfloat16 (K2, 2N) for the CPU engine's bf16 GEMM
     (csrc/cpu/gemm_bf16.h): row k2 holds the pair (w[2 k2, n], w[2 k2 + 1, n]) at columns 2n, 2n + 1.

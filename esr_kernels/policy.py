@@ -16,7 +16,8 @@ from .cpu_backend import CpuBackend
 from .cuda_backend import CudaBackend
 # Extension loading lives in extensions.py, which the backends use too (IMPORT_ERRORS,
 # native_ops: still importable from here).
-from .extensions import (CPU_ISA_LEVELS, IMPORT_ERRORS, bf16_gemm_available, cpu_bf16_gemm,  # noqa: F401
+from .extensions import (CPU_ISA_LEVELS, IMPORT_ERRORS, at_amx_level, bf16_direct_3x3,  # noqa: F401
+                         bf16_gemm_available, brgemm_on_amx_tiles, cpu_bf16_gemm,
                          cpu_isa, extension_error, native_ops)
 from .extensions import load_extension as _extension
 from .triton_backend import TritonBackend
@@ -45,7 +46,8 @@ def cpu_dtype_note(dtype: torch.dtype) -> str | None:
     name = str(dtype).removeprefix("torch.")
     if dtype == torch.bfloat16 and bf16_gemm_available():
         note = ("bfloat16 on CPU: conv GEMMs in bf16 with float32 accumulation ("
-                + ("oneDNN's brgemm, ESR_CPU_GEMM=brgemm" if cpu_bf16_gemm() == "brgemm" else "vdpbf16ps") + "), activations and "
+                + ("oneDNN's brgemm on AMX tiles, 3x3 convs direct" if bf16_direct_3x3()
+                   else "oneDNN's brgemm" if cpu_bf16_gemm() == "brgemm" else "vdpbf16ps") + "), activations and "
                 "residuals in float32, output bfloat16")
         return note + (f"; {BF16_SLOWER_ON_AMX}" if bf16_slower_than_float32() else "")
     if dtype in (torch.bfloat16, torch.float16):
@@ -59,15 +61,15 @@ def cpu_dtype_note(dtype: torch.dtype) -> str | None:
 # Issue 29, item 4: where bf16 was measured slower than float32, a bf16 model says so at load.
 BF16_SLOWER_ON_AMX = (
     "on this CPU (AMX) the own bf16 GEMM measured slower than float32 (Intel Xeon with AMX, 2 threads, "
-    "256x256: IFADNet 191 vs 146 ms, PFDNLite 166 vs 131, RLFN 263 vs 221): float32 is the faster choice "
-    "here; ESR_CPU_GEMM=brgemm runs oneDNN's brgemm on AMX tiles (not yet measured)")
+    "256x256, 2026-12-07: IFADNet 114 vs 86 ms, PFDNLite 86 vs 67, RLFN 133 vs 96): unset ESR_CPU_GEMM "
+    "(auto) or ESR_CPU_GEMM=brgemm runs oneDNN's brgemm on AMX tiles, faster than both")
 
 
 def bf16_slower_than_float32() -> bool:
     """Whether this CPU's bf16 path is the one measured slower than its float32 path: the own
     bf16 GEMM (avx512_bf16 kernels) at the amx level (README, issue 29's table)."""
     isa = cpu_isa() or {}
-    return bf16_gemm_available() and isa.get("running_level") == "amx" and cpu_bf16_gemm() == "own"
+    return bf16_gemm_available() and at_amx_level(isa) and cpu_bf16_gemm() == "own"
 
 
 def cpu_auto_reason() -> str | None:
@@ -113,10 +115,11 @@ def available_backends() -> dict:
         # ESR_CPU_ISA that cannot run is an error for "auto" too).
         "cpu_auto": ("cpu" if auto_reason is None else f"error: {auto_reason}" if cpu and isa["error"]
                      else f"reference: {auto_reason}"),
-        # The conv engine's bf16 GEMM (ESR_CPU_GEMM): "own" or "brgemm", and whether oneDNN
-        # repacks its weights (AMX tiles); None without bf16 GEMMs here.
-        "cpu_bf16_gemm": ({"gemm": cpu_bf16_gemm(),
-                           "brgemm_on_amx_tiles": bool(torch.ops.esr_native.brgemm_packs_weights())}
+        # The conv engine's bf16 GEMM (ESR_CPU_GEMM): "own" or "brgemm", whether oneDNN
+        # repacks its weights (AMX tiles), and whether the 3x3 convs then run direct (not
+        # Winograd); None without bf16 GEMMs here.
+        "cpu_bf16_gemm": ({"gemm": cpu_bf16_gemm(), "brgemm_on_amx_tiles": brgemm_on_amx_tiles(),
+                           "direct_3x3": bf16_direct_3x3()}
                           if cpu_ok and bf16_gemm_available() and hasattr(torch.ops.esr_native, "bf16_gemm") else None),
         # How bfloat16 and float16 models run on the native CPU backend here.
         "cpu_dtypes": {str(d).removeprefix("torch."): cpu_dtype_note(d) for d in (torch.bfloat16, torch.float16)}

@@ -147,6 +147,18 @@ inline at::Tensor as_nhwc(const at::Tensor& t) {
   return t.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// x as float32 channels_last, with its pixel stride in *ldx: a channel slice of a float32
+// channels_last tensor (a partial conv's input) is read in place (pixel stride > channels);
+// anything else is copied by as_nhwc (whose result may carry arbitrary strides on size-1 dims:
+// its pixel stride is the channel count).
+inline at::Tensor nhwc_or_slice(const at::Tensor& x, int64_t* ldx) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const bool slice_ok = x.scalar_type() == at::kFloat && x.stride(1) == 1 && x.stride(3) >= C &&
+                        x.stride(2) == W * x.stride(3) && x.stride(0) == H * W * x.stride(3);
+  *ldx = slice_ok ? x.stride(3) : C;
+  return slice_ok ? x : as_nhwc(x);
+}
+
 // Outputs come from the buffer cache (buffer_cache.h): no page faults on reuse.
 inline at::Tensor empty_nhwc(int64_t n, int64_t c, int64_t h, int64_t w, const at::Tensor& like) {
   return cached_empty_nhwc(n, c, h, w, like);

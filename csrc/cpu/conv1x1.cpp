@@ -232,12 +232,22 @@ static void im2col_3x3(const float* X, const Im2colGeometry& g, int64_t Cin, int
 // with the remaining arguments. For what Winograd does not serve: inputs of a few channels
 // (the RGB heads, whose Winograd transforms would cost as much as 3 channels of GEMM; oneDNN's
 // direct conv measured 2.5-4.6 ms for the 3 -> 48 head at 256x256, 2 threads, this 1.9) and
-// the stride-2 convs of the attention branches.
+// the stride-2 convs of the attention branches. bf16 taps (9, ceil(C_in / 2), 2 CoutP) instead
+// run the direct bf16 conv (direct_bf16.cpp: the bf16 models' 3x3 convs where the GEMMs are on
+// AMX tiles).
 at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t stride,
                           int64_t padding, int64_t c_conv, int64_t act, const c10::optional<at::Tensor>& passthrough,
                           int64_t c_out, const c10::optional<at::Tensor>& residual, int64_t residual_mode,
                           const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
                           int64_t shortcut_mode, int64_t shuffle) {
+  if (w_in.scalar_type() == at::kBFloat16) {
+#if defined(ESR_HAVE_BF16_ENGINE)
+    return conv3x3_direct_bf16(x_in, w_in, bias_in, stride, padding, c_conv, act, passthrough, c_out, residual,
+                               residual_mode, att, shortcut, shortcut_mode, shuffle);
+#else
+    TORCH_CHECK(false, "conv3x3_im2col: bf16 weights need the avx512_bf16 ISA level (see `esr backends`)");
+#endif
+  }
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K = 9 * Cin;
   TORCH_CHECK(stride >= 1 && padding >= 0 && H + 2 * padding >= 3 && W + 2 * padding >= 3,
               "conv3x3_im2col: bad stride or padding for a ", H, "x", W, " input");

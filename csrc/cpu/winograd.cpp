@@ -177,12 +177,8 @@ at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& u_in, cons
                             int64_t shortcut_mode, int64_t shuffle) {
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const auto [CoutP, bf16] = check_winograd_weight(u_in, Cin, c_conv, bias_in.numel());
-  // A channel slice of a channels_last tensor (a partial conv's input) is read in place.
-  const bool slice_ok = x_in.scalar_type() == at::kFloat && x_in.stride(1) == 1 && x_in.stride(3) >= Cin &&
-                        x_in.stride(2) == W * x_in.stride(3) && x_in.stride(0) == H * W * x_in.stride(3);
-  at::Tensor x = slice_ok ? x_in : as_nhwc(x_in);
-  // (as_nhwc's result may carry arbitrary strides on size-1 dims: its pixel stride is Cin.)
-  const int64_t ldx = slice_ok ? x_in.stride(3) : Cin;
+  int64_t ldx = Cin;
+  const at::Tensor x = nhwc_or_slice(x_in, &ldx);  // a partial conv's channel slice: read in place
   at::Tensor u = bf16 ? u_in.contiguous() : u_in.to(at::kFloat).contiguous();
   at::Tensor bias = bias_in.to(at::kFloat).contiguous();
   const ConvEpilogue epi("conv3x3_winograd", N, c_conv, H, W, x, passthrough, c_out, residual, residual_mode, att,

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from esr_kernels import reference as R
-from esr_kernels.packing import pack_bsb_cpu, pack_gemm_1x1, pack_winograd_3x3, pad_vector, round_up16, vnni_pairs
+from esr_kernels.packing import (pack_bsb_cpu, pack_direct_3x3_bf16, pack_gemm_1x1, pack_winograd_3x3, pad_vector,
+                                 round_up16, vnni_pairs)
 from esr_kernels.spec import ACT_GELU, ACT_NONE, RES_NONE, RES_SPAN_ATT, RES_TENSOR, SHORTCUT_NONE
 
 pytestmark = pytest.mark.native_cpu  # skipped unless the extension is built (conftest)
@@ -83,6 +84,37 @@ def test_winograd_bf16_within_twice_the_bf16_convs_error(native, cin, co, mode):
 
 
 @needs_bf16
+@pytest.mark.parametrize("kind", [0, 1], ids=["own", "brgemm"])
+@pytest.mark.parametrize("cin,co,stride,padding,size", [(13, 36, 1, 1, (47, 59)), (48, 80, 1, 1, (9, 70)),
+                                                        (36, 36, 2, 0, (47, 59)), (16, 20, 1, 1, (1, 1)),
+                                                        (9, 16, 2, 1, (3, 3))])
+def test_direct_3x3_bf16_is_the_bf16_rounded_convolution(native, gemm_kind, kind, cin, co, stride, padding, size):
+    """The direct bf16 3x3 conv (csrc/cpu/direct_bf16.cpp, conv3x3_im2col with bf16 taps: what
+    the bf16 models run where the GEMMs are on AMX tiles) computes the products of the
+    bf16-rounded input and weights summed in float32: equal to that convolution done in float64
+    up to float32 summation (1e-5 of the scale), under either GEMM; odd channels, two brgemm
+    panels (80 columns), stride 2, a 1x1 input, batch 2, every input layout (a channel slice
+    read in place), a residual epilogue; and so within twice bf16's own error of the truth."""
+    gemm_kind(kind)
+    g = torch.Generator().manual_seed(cin + co)
+    x = torch.randn(2, cin, *size, generator=g)
+    w, b = torch.randn(co, cin, 3, 3, generator=g) / (3 * cin ** 0.5), torch.randn(co, generator=g)
+    rounded = F.conv2d(x.bfloat16().double(), w.bfloat16().double(), b.double(), stride=stride, padding=padding)
+    res = torch.randn(rounded.shape, generator=g)
+    rounded = rounded + res.double()
+    truth = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=padding) + res.double()
+    own = (F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), stride=stride, padding=padding) + res.bfloat16()).double()
+    wd = pack_direct_3x3_bf16(w)
+    assert wd.dtype == torch.bfloat16 and wd.shape == (9, (cin + 1) // 2, 2 * round_up16(co))
+    for xl in _layouts(x):
+        y = native.conv3x3_im2col(xl, wd, pad_vector(b, round_up16(co), w), stride, padding, co, ACT_NONE, None, co,
+                                  res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
+        assert y.shape == rounded.shape and y.dtype == torch.float32
+        assert err(y, rounded) <= 1e-5 * rounded.abs().max().item()
+        assert err(y, truth) <= 2 * err(own, truth)
+
+
+@needs_bf16
 @pytest.mark.parametrize("mode", [RES_NONE, RES_SPAN_ATT])
 def test_conv1x1_bf16_over_concatenated_inputs_of_odd_widths(native, mode):
     g = torch.Generator().manual_seed(1)
@@ -131,6 +163,7 @@ def test_opcheck_with_bf16_weights(native):
     x, w, b = torch.randn(1, 16, 6, 7), torch.randn(16, 16, 3, 3) / 12, torch.randn(16)
     tail = (16, ACT_GELU, None, 16, None, RES_NONE, None, None, SHORTCUT_NONE, 0)
     torch.library.opcheck(native.conv3x3_winograd.default, (x, vnni_pairs(pack_winograd_3x3(w)), b, *tail))
+    torch.library.opcheck(native.conv3x3_im2col.default, (x, pack_direct_3x3_bf16(w), b, 1, 1, *tail))
     torch.library.opcheck(native.conv1x1.default, ([x], vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, *tail))
     low = torch.randn(1, 16, 2, 3)
     torch.library.opcheck(native.esa_gate_1x1.default, (x, vnni_pairs(pack_gemm_1x1(w[:, :, :1, :1])), b, low, None,
@@ -252,7 +285,12 @@ def _bf16_ops(native, g):
     low = torch.randn(2, 46, 3, 4, generator=g)
     pw, dw, db = torch.randn(36, 36, 1, 1, generator=g) / 6, torch.randn(36, 1, 3, 3, generator=g) * .3, torch.randn(36, generator=g)
     bsb = pack_bsb_cpu(pw, dw, db)
+    wd = pack_direct_3x3_bf16(w3)
     return {
+        "direct_3x3": lambda: native.conv3x3_im2col(x, wd, pad_vector(b3, round_up16(80), w3), 1, 1, 80, ACT_NONE, None,
+                                                    80, *tail),
+        "direct_3x3_stride2": lambda: native.conv3x3_im2col(x, wd, pad_vector(b3, round_up16(80), w3), 2, 0, 80,
+                                                            ACT_NONE, None, 80, *tail),
         "winograd": lambda: native.conv3x3_winograd(x, u, pad_vector(b3, round_up16(80), w3), 80, ACT_NONE, None, 80,
                                                     *tail),
         "conv1x1": lambda: native.conv1x1(xs, w1p, pad_vector(b1, round_up16(20), w1), 20, ACT_NONE, None, 20,
@@ -318,7 +356,7 @@ def test_esr_cpu_gemm_is_parsed_once_and_checked(monkeypatch):
     monkeypatch.setenv("ESR_CPU_GEMM", " BRGEMM ")
     assert cpu_gemm_choice() == "brgemm"
     monkeypatch.setenv("ESR_CPU_GEMM", "")
-    assert cpu_gemm_choice() == CPU_GEMM_AUTO == "own"
+    assert cpu_gemm_choice() == "auto" and "AMX" in CPU_GEMM_AUTO
     monkeypatch.setenv("ESR_CPU_GEMM", "amx")
     with pytest.raises(InvalidValueError, match="ESR_CPU_GEMM='amx': expected one of auto, own, brgemm"):
         cpu_gemm_choice()
@@ -329,7 +367,10 @@ import torch, esr_models
 from esr_kernels.policy import native_ops
 m = esr_models.load("rlfn", dtype=torch.bfloat16, fused=True, backend="cpu")
 from esr_kernels.policy import available_backends
-print("KIND", int(native_ops("_C_cpu").bf16_gemm()), available_backends()["cpu_bf16_gemm"]["gemm"])
+info = available_backends()
+print("KIND", int(native_ops("_C_cpu").bf16_gemm()), info["cpu_bf16_gemm"]["gemm"])
+print("AMX", int(info["cpu_isa_detail"]["cpu"] == "amx" and not info["cpu_isa_detail"]["requested"]
+                and info["cpu_bf16_gemm"]["brgemm_on_amx_tiles"]))
 with torch.inference_mode():
     y = m(torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0)).bfloat16())
 torch.save(y, __import__("sys").argv[1])
@@ -340,16 +381,23 @@ torch.save(y, __import__("sys").argv[1])
 @pytest.mark.shared
 def test_esr_cpu_gemm_brgemm_runs_a_whole_model(tmp_path):
     """The variable reaches the extension when it loads, and a bf16 model runs the same with
-    either GEMM (the subprocess is the user's view: only the environment differs)."""
+    either GEMM (the subprocess is the user's view: only the environment differs); unset
+    ("auto"), brgemm runs exactly where it reaches AMX tiles (the amx level), else the own kernel."""
     outs = {}
-    for choice in ("own", "brgemm"):
+    for choice in ("own", "brgemm", "auto"):
         path = tmp_path / f"{choice}.pt"
+        env = {k: v for k, v in os.environ.items() if k != "ESR_CPU_GEMM"}
         r = subprocess.run([sys.executable, "-c", _BRGEMM_PROCESS, str(path)], capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "ESR_CPU_GEMM": choice})
+                           timeout=300, env={**env, "ESR_CPU_GEMM": choice} if choice != "auto" else env)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert f"KIND {int(choice == 'brgemm')} {choice}" in r.stdout  # as `esr backends` reports it
+        amx = "AMX 1" in r.stdout
+        kind = {"own": 0, "brgemm": 1, "auto": int(amx)}[choice]
+        assert f"KIND {kind} {('own', 'brgemm')[kind]}" in r.stdout  # as `esr backends` reports it
         outs[choice] = torch.load(path)
-    assert err(outs["brgemm"], outs["own"]) <= 1e-2  # one bf16 step of the output's [0, 1] scale
+    # Two bf16 steps of the output's [0, 1] scale: on AMX tiles the 3x3 convs run direct, not
+    # Winograd (each within bf16's own error: test_fused_models_in_low_precision).
+    assert err(outs["brgemm"], outs["own"]) <= 2e-2
+    assert torch.equal(outs["auto"], outs["brgemm" if amx else "own"])
 
 
 @needs_bf16
@@ -362,7 +410,7 @@ def test_bf16_on_an_amx_cpu_says_it_measured_slower_than_float32(monkeypatch, ge
     import esr_kernels.policy as P
 
     real = P.cpu_isa()
-    monkeypatch.setattr(P, "cpu_isa", lambda: {**real, "running_level": "amx"})
+    monkeypatch.setattr(P, "cpu_isa", lambda: {**real, "cpu": "amx", "requested": None})
     for kind, noted in ((0, True), (1, False)):
         gemm_kind(kind)
         with warnings.catch_warnings(record=True) as caught:
@@ -371,7 +419,7 @@ def test_bf16_on_an_amx_cpu_says_it_measured_slower_than_float32(monkeypatch, ge
         said = [str(w.message) for w in caught if "measured slower than float32" in str(w.message)]
         assert bool(said) == noted, kind
         if noted:
-            assert "ESR_CPU_GEMM=brgemm" in said[0] and "IFADNet 191 vs 146 ms" in said[0]
-    monkeypatch.setattr(P, "cpu_isa", lambda: {**real, "running_level": "avx512_bf16"})
+            assert "ESR_CPU_GEMM=brgemm" in said[0] and "IFADNet 114 vs 86 ms" in said[0]
+    monkeypatch.setattr(P, "cpu_isa", lambda: {**real, "cpu": "amx", "requested": "avx512_bf16"})
     gemm_kind(0)
     assert not P.bf16_slower_than_float32() and "measured slower" not in P.cpu_dtype_note(torch.bfloat16)
