@@ -89,7 +89,7 @@ class CpuConv(ConvPack):
     b: Tensor                 # (C_pad,) float32
     u: Optional[Tensor]       # conv engine, 3x3: Winograd (16, C_in_pad, C_outP), or None
     wi: Optional[Tensor]      # conv engine, 3x3 of < 8 input channels or stride > 1: im2col GEMM (9 C_in, C_outP)
-    wd: Optional[Tensor]      # conv engine, bf16 3x3 beside u: the direct conv's taps (9, C_in / 2, 2 C_outP)
+    wd: Optional[Tensor]      # conv engine, bf16 3x3 beside u: the direct conv's taps (3, 9 C_in / 2, 2 C_outP)
     w1: Optional[Tensor]      # conv engine, 1x1: (C_in_pad, C_outP), or None
     bp: Optional[Tensor]      # the engine's bias (C_outP,), or None
 

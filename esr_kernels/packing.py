@@ -98,11 +98,16 @@ def pack_im2col_3x3(weight: torch.Tensor) -> torch.Tensor:
 
 
 def pack_direct_3x3_bf16(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) -> bfloat16 (9, ceil(C_in / 2), 2 C_outP): tap ky * 3 + kx's (C_in,
-    C_outP) matrix as ``vnni_pairs``, for the CPU engine's direct bf16 3x3 conv
-    (csrc/cpu/direct_bf16.cpp)."""
+    """(C_out, C_in, 3, 3) -> bfloat16 (3, 9 ceil(C_in / 2), 2 C_outP) for the CPU engine's
+    direct bf16 3x3 conv (csrc/cpu/direct_bf16.cpp), as ``vnni_pairs``: matrix q's rows are
+    (kx, slot j, channel c padded to even), holding tap (ky = (j - q) mod 3, kx): the input rows
+    sit in slots yp % 3 and an output row whose first input row is yp reads matrix yp % 3."""
     co, ci = weight.shape[:2]
-    return vnni_pairs(pack_im2col_3x3(weight).reshape(9, ci, round_up16(co)))
+    cp = ci + ci % 2
+    taps = torch.zeros(3, 3, cp, round_up16(co), dtype=torch.float32, device=weight.device)  # (ky, kx, c, co)
+    taps[:, :, :ci, :co] = weight.detach().permute(2, 3, 1, 0).float()
+    mats = [taps[[(j - q) % 3 for j in range(3)]].transpose(0, 1).reshape(9 * cp, -1) for q in range(3)]
+    return vnni_pairs(torch.stack(mats))
 
 
 def vnni_pairs(w: torch.Tensor, chunks: tuple[int, ...] | None = None) -> torch.Tensor:

@@ -232,7 +232,7 @@ static void im2col_3x3(const float* X, const Im2colGeometry& g, int64_t Cin, int
 // with the remaining arguments. For what Winograd does not serve: inputs of a few channels
 // (the RGB heads, whose Winograd transforms would cost as much as 3 channels of GEMM; oneDNN's
 // direct conv measured 2.5-4.6 ms for the 3 -> 48 head at 256x256, 2 threads, this 1.9) and
-// the stride-2 convs of the attention branches. bf16 taps (9, ceil(C_in / 2), 2 CoutP) instead
+// the stride-2 convs of the attention branches. bf16 taps (3, 9 ceil(C_in / 2), 2 CoutP) instead
 // run the direct bf16 conv (direct_bf16.cpp: the bf16 models' 3x3 convs where the GEMMs are on
 // AMX tiles).
 at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in, int64_t stride,

@@ -3,10 +3,9 @@
 // Why not Winograd there: on an AMX Xeon oneDNN's brgemm runs the GEMMs so fast that
 // Winograd's float32 transforms become the cost (48 channels at 256x256, 2 threads: our bf16
 // Winograd through brgemm ~3.4 ms, oneDNN's direct bf16 conv 1.5 ms). Here each input row is
-// rounded to bf16 once, into a thread's zero-bordered rows (Bf16Rows), and each output segment
-// is the sum over the 3 kernel rows of (its input pixels, with their 2 right neighbours) @ (the
-// row's 3 taps): 3 GEMMs whose A rows are read in place from those rows (row stride = conv
-// stride x pixel stride), accumulated in float32, then the conv epilogue (epilogue.h). Products of
+// rounded to bf16 once, into a thread's three zero-bordered rows interleaved per pixel
+// (Bf16Rows), so that each output segment is one GEMM over all 9 taps (K = 9 C_in) whose A rows
+// are read in place, accumulated in float32, then the conv epilogue (epilogue.h). Products of
 // bf16-rounded inputs and weights, summed in float32: the rounding of a bf16 direct convolution
 // (oneDNN's, autocast's).
 #include "epilogue.h"
@@ -21,73 +20,67 @@ namespace {
 
 constexpr int64_t kDirectPixels = 32 * kRows;  // output pixels per GEMM (a 256-pixel row in one)
 
-// x's input rows in bf16, for one thread: padded row yp of image n (input row yp - pad; a zero
-// border of `pad` pixels; the odd channel zero) converted when first asked for and kept in slot
-// yp % 3. A GEMM reads 3 consecutive padded rows (distinct slots), and a thread's units are
-// consecutive output rows, so each input row is converted about once and read from cache: no
-// bf16 copy of the whole image goes through memory. Each slot ends in zeros (`slack_pixels`):
-// the own micro-kernel's 8-row blocks may read past a segment's last pixel.
+// Three consecutive padded input rows of image n in bf16, for one thread, interleaved per pixel:
+// pixel p holds (slot 0, slot 1, slot 2), each Cp bf16 (C rounded up to even, the odd channel
+// zero), where slot yp % 3 holds padded row yp (input row yp - pad; a zero border of `pad`
+// pixels). So the 9 taps of output pixel i are one contiguous run of 9 Cp bf16 from pixel
+// i * stride, in the order (kx, slot, channel): an output segment is ONE GEMM with K = 9 Cp and
+// A read in place (rows at stride `stride` pixels, overlapping). A row is converted when first
+// asked for and kept until its slot is needed by row yp + 3; a thread's units are consecutive
+// output rows, so each input row is converted about once, and no bf16 copy of the whole image
+// goes through memory. The buffer ends in zero pixels (`slack_pixels`): the own micro-kernel's
+// 8-row blocks may read past a segment's last pixel.
 class Bf16Rows {
  public:
   Bf16Rows(const float* X, int64_t ldx, int64_t H, int64_t W, int64_t C, int64_t pad, int64_t slack_pixels)
       : X_(X), ldx_(ldx), H_(H), W_(W), C_(C), pad_(pad), Cp_(2 * ((C + 1) / 2)),
-        slot_(((W + 2 * pad) + slack_pixels) * Cp_), data_(3 * slot_, bf16_t{0}) {}
+        data_((W + 2 * pad + slack_pixels) * 3 * Cp_, bf16_t{0}) {}
 
-  int64_t pixel() const { return Cp_; }  // bf16 per pixel
+  int64_t pixel() const { return 3 * Cp_; }  // bf16 per interleaved pixel
 
-  const bf16_t* row(int64_t n, int64_t yp) {
-    const int64_t s = yp % 3;
-    bf16_t* d = data_.data() + s * slot_;
-    if (tag_[s] == std::make_pair(n, yp)) return d;
-    tag_[s] = {n, yp};
-    const int64_t y = yp - pad_, body = (W_ + 2 * pad_) * Cp_;
-    if (y < 0 || y >= H_) {
-      std::fill(d, d + body, bf16_t{0});
-      return d;
-    }
-    const float* src = X_ + (n * H_ + y) * W_ * ldx_;
-    std::fill(d, d + pad_ * Cp_, bf16_t{0});
-    if (ldx_ == C_ && C_ == Cp_)  // the row's pixels are one contiguous run on both sides
-      rows_to_bf16(src, 0, 1, W_ * C_, d + pad_ * Cp_, 0);
-    else
-      rows_to_bf16(src, ldx_, W_, C_, d + pad_ * Cp_, Cp_);
-    std::fill(d + (pad_ + W_) * Cp_, d + body, bf16_t{0});
-    return d;
+  // Makes slot yp % 3 hold padded row yp of image n; returns the buffer.
+  const bf16_t* ensure(int64_t n, int64_t yp) {
+    const int64_t slot = yp % 3, ld = 3 * Cp_, Wp = W_ + 2 * pad_;
+    bf16_t* d = data_.data() + slot * Cp_;
+    if (tag_[slot] == std::make_pair(n, yp)) return data_.data();
+    tag_[slot] = {n, yp};
+    const int64_t y = yp - pad_;
+    const bool inside = y >= 0 && y < H_;
+    for (int64_t p = 0; p < Wp; ++p)  // the border (all of it outside the image's rows)
+      if (!inside || p < pad_ || p >= pad_ + W_) std::fill(d + p * ld, d + p * ld + Cp_, bf16_t{0});
+    if (inside) rows_to_bf16(X_ + (n * H_ + y) * W_ * ldx_, ldx_, W_, C_, d + pad_ * ld, ld);
+    return data_.data();
   }
 
  private:
   const float* X_;
-  int64_t ldx_, H_, W_, C_, pad_, Cp_, slot_;
+  int64_t ldx_, H_, W_, C_, pad_, Cp_;
   std::vector<bf16_t> data_;
   std::pair<int64_t, int64_t> tag_[3] = {{-1, -1}, {-1, -1}, {-1, -1}};
 };
 
-// C[M x n_cols] = sum over the kernel rows ky of A_ky @ W_ky. A_ky's row i is the 3 padded pixels
-// (kx = 0, 1, 2) from rows[ky] + x0 + i * lda (lda = stride * Cp): adjacent, so one run of 3 Cp
-// bf16 read in place (rows overlap where lda < 3 Cp); W_ky is w's taps (ky, 0..2), consecutive
-// (3 K2 pairs, 2 CoutP wide). Three GEMMs of K = 3 Cp rather than nine of Cp: fewer calls
-// (each brgemm call has a fixed cost) and longer K runs for the tiles. Through brgemm when `brg`,
-// else the own micro-kernel in blocks of 8 rows (C and A hold rows up to M rounded up to 8).
-void direct_gemms(const bf16_t* const rows[3], int64_t x0, int64_t lda, int64_t M, const bf16_t* w, int64_t K2,
-                  int64_t CoutP, int64_t n_cols, const BrgemmWeights* brg, float* C) {
-  for (int64_t ky = 0; ky < 3; ++ky) {
-    const bf16_t* a = rows[ky] + x0;
-    if (brg != nullptr) {
-      brg->gemm(ky, a, lda, M, C, CoutP, ky > 0);
-      continue;
-    }
-    for (int64_t r0 = 0; r0 < M; r0 += kRows)
-      gemm_bf16_8rows(a + r0 * lda, lda, w + ky * 3 * K2 * 2 * CoutP, 2 * CoutP, 3 * K2, C + r0 * CoutP, CoutP,
-                      n_cols, ky > 0);
+// C[M x n_cols] = A @ W_q: A's row i is the 9 Cp run from A0 + i * lda (Bf16Rows), W_q is w's
+// matrix q (9 K2 pairs, 2 CoutP wide), the taps in A's order for rows whose slots are rotated by q
+// (esr_kernels.packing.pack_direct_3x3_bf16). Through brgemm when `brg`, else the own
+// micro-kernel in blocks of 8 rows (C and A hold rows up to M rounded up to 8).
+void direct_gemm(const bf16_t* A0, int64_t lda, int64_t M, int64_t q, const bf16_t* w, int64_t K2, int64_t CoutP,
+                 int64_t n_cols, const BrgemmWeights* brg, float* C) {
+  if (brg != nullptr) {
+    brg->gemm(q, A0, lda, M, C, CoutP, false);
+    return;
   }
+  for (int64_t r0 = 0; r0 < M; r0 += kRows)
+    gemm_bf16_8rows(A0 + r0 * lda, lda, w + q * 9 * K2 * 2 * CoutP, 2 * CoutP, 9 * K2, C + r0 * CoutP, CoutP, n_cols,
+                    false);
 }
 
 }  // namespace
 
 // x (N, Cin, H, W) float32 (a channel slice of a channels_last tensor is read in place); w bf16
-// (9, ceil(Cin / 2), 2 CoutP): tap ky * 3 + kx's weight as gemm_bf16.h's pairs
-// (esr_kernels.packing.pack_direct_3x3_bf16); bias (CoutP,) float32; any stride and zero
-// padding. The conv output's c_conv channels go through the epilogue with the other arguments.
+// (3, 9 ceil(Cin / 2), 2 CoutP): for each slot rotation q, the taps in Bf16Rows' order as
+// gemm_bf16.h's pairs (esr_kernels.packing.pack_direct_3x3_bf16); bias (CoutP,) float32; any
+// stride and zero padding. The conv output's c_conv channels go through the epilogue with the
+// other arguments.
 at::Tensor conv3x3_direct_bf16(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in,
                                int64_t stride, int64_t padding, int64_t c_conv, int64_t act,
                                const c10::optional<at::Tensor>& passthrough, int64_t c_out,
@@ -97,8 +90,8 @@ at::Tensor conv3x3_direct_bf16(const at::Tensor& x_in, const at::Tensor& w_in, c
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K2 = (Cin + 1) / 2;
   TORCH_CHECK(stride >= 1 && padding >= 0 && H + 2 * padding >= 3 && W + 2 * padding >= 3,
               "conv3x3_im2col: bad stride or padding for a ", H, "x", W, " input");
-  TORCH_CHECK(w_in.dim() == 3 && w_in.size(0) == 9 && w_in.size(1) == K2 && w_in.size(2) % 32 == 0,
-              "conv3x3_im2col: bf16 w must be (9, ceil(C_in / 2), 2 CoutP) = (9, ", K2, ", 2 CoutP), got ",
+  TORCH_CHECK(w_in.dim() == 3 && w_in.size(0) == 3 && w_in.size(1) == 9 * K2 && w_in.size(2) % 32 == 0,
+              "conv3x3_im2col: bf16 w must be (3, 9 ceil(C_in / 2), 2 CoutP) = (3, ", 9 * K2, ", 2 CoutP), got ",
               w_in.sizes());
   const int64_t CoutP = w_in.size(2) / 2, Ho = (H + 2 * padding - 3) / stride + 1, Wo = (W + 2 * padding - 3) / stride + 1;
   TORCH_CHECK(c_conv <= CoutP && CoutP < c_conv + kLanes && bias_in.numel() == CoutP,
@@ -110,7 +103,7 @@ at::Tensor conv3x3_direct_bf16(const at::Tensor& x_in, const at::Tensor& w_in, c
                          shortcut, shortcut_mode, shuffle);
   const int64_t n_cols = std::min(CoutP, (c_conv + 7) / 8 * 8), segs = (Wo + kDirectPixels - 1) / kDirectPixels;
   std::vector<std::pair<int64_t, int64_t>> mats;
-  for (int64_t ky = 0; ky < 3; ++ky) mats.emplace_back(ky * 3 * K2 * 2 * CoutP, 3 * K2);
+  for (int64_t q = 0; q < 3; ++q) mats.emplace_back(q * 9 * K2 * 2 * CoutP, 9 * K2);
   const auto brg = make_brgemm(true, w, CoutP, n_cols, std::move(mats));
   const auto* Wt = static_cast<const bf16_t*>(w.data_ptr());
   const float *X = x.data_ptr<float>(), *B = bias.data_ptr<float>();
@@ -118,13 +111,16 @@ at::Tensor conv3x3_direct_bf16(const at::Tensor& x_in, const at::Tensor& w_in, c
     at::parallel_for(0, N * Ho * segs, 1, [&](int64_t begin, int64_t end) {
       const BrgemmDone brgemm_done(brg != nullptr);
       Bf16Rows in(X, ldx, H, W, Cin, padding, kRows * stride + 2);
-      const int64_t Cp = in.pixel();
+      const int64_t px = in.pixel();
       std::vector<float> ybuf(kDirectPixels * CoutP), scratch(epi.scratch_floats(kDirectPixels));
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t n = unit / (Ho * segs), oy = unit / segs % Ho, ox0 = unit % segs * kDirectPixels;
-        const int64_t ox1 = std::min(Wo, ox0 + kDirectPixels);
-        const bf16_t* rows[3] = {in.row(n, oy * stride), in.row(n, oy * stride + 1), in.row(n, oy * stride + 2)};
-        direct_gemms(rows, ox0 * stride * Cp, stride * Cp, ox1 - ox0, Wt, K2, CoutP, n_cols, brg.get(), ybuf.data());
+        const int64_t ox1 = std::min(Wo, ox0 + kDirectPixels), y0 = oy * stride;
+        in.ensure(n, y0);
+        in.ensure(n, y0 + 1);
+        const bf16_t* rows = in.ensure(n, y0 + 2);
+        direct_gemm(rows + ox0 * stride * px, stride * px, ox1 - ox0, y0 % 3, Wt, K2, CoutP, n_cols, brg.get(),
+                    ybuf.data());
         epi.segment<decltype(act_c)::value>(n, oy, ox0, ox1, ybuf.data(), CoutP, B, scratch.data());
       }
     });

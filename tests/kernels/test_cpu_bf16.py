@@ -105,7 +105,7 @@ def test_direct_3x3_bf16_is_the_bf16_rounded_convolution(native, gemm_kind, kind
     truth = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=padding) + res.double()
     own = (F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), stride=stride, padding=padding) + res.bfloat16()).double()
     wd = pack_direct_3x3_bf16(w)
-    assert wd.dtype == torch.bfloat16 and wd.shape == (9, (cin + 1) // 2, 2 * round_up16(co))
+    assert wd.dtype == torch.bfloat16 and wd.shape == (3, 9 * ((cin + 1) // 2), 2 * round_up16(co))
     for xl in _layouts(x):
         y = native.conv3x3_im2col(xl, wd, pad_vector(b, round_up16(co), w), stride, padding, co, ACT_NONE, None, co,
                                   res, RES_TENSOR, None, None, SHORTCUT_NONE, 0)
