@@ -223,6 +223,35 @@ def test_fused_models_in_low_precision(golden, name, dtype):
 
 @needs_bf16
 @pytest.mark.shared
+@pytest.mark.parametrize("direct", [False, True], ids=["winograd", "direct"])
+@pytest.mark.parametrize("kind", [0, 1], ids=["own", "brgemm"])
+@pytest.mark.parametrize("name", ["pfdnlite", "span"])
+def test_bf16_models_with_either_gemm_and_3x3_path(monkeypatch, gemm_kind, golden, name, kind, direct):
+    """Every combination of bf16 GEMM and 3x3 path a bf16 model can run, whichever this CPU picks
+    by default ("auto": brgemm and direct on AMX, own and Winograd elsewhere), on real image
+    content at an odd size, batch 2, by the relative rule; with the direct path, Winograd runs
+    only for the float32 tail conv (the profiler counts the ops), without it for the others too."""
+    import esr_models
+    import esr_kernels.cpu_backend as CB
+
+    gemm_kind(kind)
+    monkeypatch.setattr(CB, "bf16_direct_3x3", lambda: direct)
+    x, _ = golden(name, "baby", "cpu")
+    x = torch.cat([x[..., :47, :59], x[..., 7:54, 11:70]]).contiguous(memory_format=torch.channels_last)
+    fused = esr_models.load(name, dtype=torch.bfloat16, fused=True, backend="cpu")
+    with torch.inference_mode():
+        truth = esr_models.load(name)(x)
+        own = esr_models.load(name, dtype=torch.bfloat16)(x.bfloat16())
+        with torch.profiler.profile() as prof:
+            out = fused(x.bfloat16())
+    ops = [e.name for e in prof.events()]
+    # Winograd is left only for the float32 tail conv under the direct path.
+    assert (ops.count("esr_native::conv3x3_winograd") <= 1) == direct
+    assert err(out, truth) <= 2 * err(own, truth)
+
+
+@needs_bf16
+@pytest.mark.shared
 def test_bf16_model_keeps_the_output_conv_in_float32():
     """The tail conv writes the image: its rounding would go straight into the output, so it
     keeps float32 GEMM weights while the body's convs take bf16 pairs."""
