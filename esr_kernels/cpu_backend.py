@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from .contract import BsbPack, ConcatConvPack, ConvEsaPack, ConvPack, EsaPack, KernelBackend, LaReducePack
 from .extensions import bf16_direct_3x3, bf16_gemm_available, native_ops
 from .op_args import ConvEpilogue, EsaWeights
-from .packing import (fold_esa_input_conv, pack_bsb_cpu, pack_direct_3x3_bf16, pack_gemm_1x1, pack_im2col_3x3, pack_winograd_3x3, pad_vector, round_up16,
-                      vnni_pairs)
+from .packing import (fold_esa_input_conv, pack_bsb_cpu, pack_direct_3x3_bf16, pack_gemm_1x1, pack_im2col_3x3,
+                      pack_winograd_3x3, pad_vector, round_up16, vnni_pairs)
 from .spec import (ACT_GELU, ACT_LEAKY, ACT_NONE, ACT_SIGMOID, ACT_SILU, LEAKY_SLOPE, POOL_KERNEL,
                    POOL_STRIDE, RES_NONE, SHORTCUT_NONE)
 
