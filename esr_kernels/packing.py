@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from .contract import EsaWeights
 from .reference import next_pow2_16, pack_conv_weight
@@ -102,10 +103,10 @@ def pack_direct_3x3_bf16(weight: torch.Tensor) -> torch.Tensor:
     direct bf16 3x3 conv (csrc/cpu/direct_bf16.cpp), as ``vnni_pairs``: matrix q's rows are
     (kx, slot j, channel c padded to even), holding tap (ky = (j - q) mod 3, kx): the input rows
     sit in slots yp % 3 and an output row whose first input row is yp reads matrix yp % 3."""
-    co, ci = weight.shape[:2]
+    ci = weight.shape[1]
+    taps = pack_im2col_3x3(weight).reshape(3, 3, ci, -1)  # (ky, kx, c, C_outP)
     cp = ci + ci % 2
-    taps = torch.zeros(3, 3, cp, round_up16(co), dtype=torch.float32, device=weight.device)  # (ky, kx, c, co)
-    taps[:, :, :ci, :co] = weight.detach().permute(2, 3, 1, 0).float()
+    taps = F.pad(taps, (0, 0, 0, cp - ci))  # the odd channel's zero row: pairs never straddle taps
     mats = [taps[[(j - q) % 3 for j in range(3)]].transpose(0, 1).reshape(9 * cp, -1) for q in range(3)]
     return vnni_pairs(torch.stack(mats))
 

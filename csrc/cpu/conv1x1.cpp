@@ -240,6 +240,9 @@ at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const 
                           int64_t c_out, const c10::optional<at::Tensor>& residual, int64_t residual_mode,
                           const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
                           int64_t shortcut_mode, int64_t shuffle) {
+  const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K = 9 * Cin;
+  TORCH_CHECK(stride >= 1 && padding >= 0 && H + 2 * padding >= 3 && W + 2 * padding >= 3,
+              "conv3x3_im2col: bad stride or padding for a ", H, "x", W, " input");
   if (w_in.scalar_type() == at::kBFloat16) {
 #if defined(ESR_HAVE_BF16_ENGINE)
     return conv3x3_direct_bf16(x_in, w_in, bias_in, stride, padding, c_conv, act, passthrough, c_out, residual,
@@ -248,9 +251,6 @@ at::Tensor conv3x3_im2col(const at::Tensor& x_in, const at::Tensor& w_in, const 
     TORCH_CHECK(false, "conv3x3_im2col: bf16 weights need the avx512_bf16 ISA level (see `esr backends`)");
 #endif
   }
-  const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K = 9 * Cin;
-  TORCH_CHECK(stride >= 1 && padding >= 0 && H + 2 * padding >= 3 && W + 2 * padding >= 3,
-              "conv3x3_im2col: bad stride or padding for a ", H, "x", W, " input");
   const Im2colGeometry g{H, W, (H + 2 * padding - 3) / stride + 1, (W + 2 * padding - 3) / stride + 1, stride, padding};
   at::Tensor x = as_nhwc(x_in);
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == K && w_in.scalar_type() == at::kFloat,

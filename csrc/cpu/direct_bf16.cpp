@@ -46,9 +46,16 @@ class Bf16Rows {
     tag_[slot] = {n, yp};
     const int64_t y = yp - pad_;
     const bool inside = y >= 0 && y < H_;
-    for (int64_t p = 0; p < Wp; ++p)  // the border (all of it outside the image's rows)
-      if (!inside || p < pad_ || p >= pad_ + W_) std::fill(d + p * ld, d + p * ld + Cp_, bf16_t{0});
-    if (inside) rows_to_bf16(X_ + (n * H_ + y) * W_ * ldx_, ldx_, W_, C_, d + pad_ * ld, ld);
+    const auto zero = [&](int64_t p0, int64_t p1) {  // this slot of pixels [p0, p1)
+      for (int64_t p = p0; p < p1; ++p) std::fill(d + p * ld, d + p * ld + Cp_, bf16_t{0});
+    };
+    if (!inside) {
+      zero(0, Wp);
+      return data_.data();
+    }
+    zero(0, pad_);
+    rows_to_bf16(X_ + (n * H_ + y) * W_ * ldx_, ldx_, W_, C_, d + pad_ * ld, ld);
+    zero(pad_ + W_, Wp);
     return data_.data();
   }
 
@@ -76,7 +83,8 @@ void direct_gemm(const bf16_t* A0, int64_t lda, int64_t M, int64_t q, const bf16
 
 }  // namespace
 
-// x (N, Cin, H, W) float32 (a channel slice of a channels_last tensor is read in place); w bf16
+// x (N, Cin, H, W) float32 (a channel slice of a channels_last tensor is read in place; stride
+// and padding checked by conv3x3_im2col, which calls this for bf16 weights); w bf16
 // (3, 9 ceil(Cin / 2), 2 CoutP): for each slot rotation q, the taps in Bf16Rows' order as
 // gemm_bf16.h's pairs (esr_kernels.packing.pack_direct_3x3_bf16); bias (CoutP,) float32; any
 // stride and zero padding. The conv output's c_conv channels go through the epilogue with the
@@ -88,8 +96,6 @@ at::Tensor conv3x3_direct_bf16(const at::Tensor& x_in, const at::Tensor& w_in, c
                                const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& shortcut,
                                int64_t shortcut_mode, int64_t shuffle) {
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3), K2 = (Cin + 1) / 2;
-  TORCH_CHECK(stride >= 1 && padding >= 0 && H + 2 * padding >= 3 && W + 2 * padding >= 3,
-              "conv3x3_im2col: bad stride or padding for a ", H, "x", W, " input");
   TORCH_CHECK(w_in.dim() == 3 && w_in.size(0) == 3 && w_in.size(1) == 9 * K2 && w_in.size(2) % 32 == 0,
               "conv3x3_im2col: bf16 w must be (3, 9 ceil(C_in / 2), 2 CoutP) = (3, ", 9 * K2, ", 2 CoutP), got ",
               w_in.sizes());

@@ -177,8 +177,9 @@ inline void brgemm_rows(const BrgemmWeights& bw, int64_t m, const float* A, int6
 }
 
 
-// direct_bf16.cpp: a 3x3 conv of bf16 weights as 9 GEMMs per output segment over a bf16 copy of
-// its input (conv3x3_im2col's arguments; conv3x3_im2col runs it for bf16 weights).
+// direct_bf16.cpp: a 3x3 conv of bf16 weights as one GEMM over the 9 taps per output segment,
+// its input rows rounded to bf16 per thread (conv3x3_im2col's arguments, checked there;
+// conv3x3_im2col runs it for bf16 weights).
 at::Tensor conv3x3_direct_bf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, int64_t stride,
                                int64_t padding, int64_t c_conv, int64_t act, const c10::optional<at::Tensor>& passthrough,
                                int64_t c_out, const c10::optional<at::Tensor>& residual, int64_t residual_mode,
