@@ -85,7 +85,7 @@ import re
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from unittest import mock
@@ -478,9 +478,38 @@ def _loop_trips(k) -> tuple[int, int]:
             "_esa_out_kernel": (0, 0)}[k.kernel]
 
 
+def _path_variants(k) -> list:
+    """The launches compiled instead of ``k`` for its issue count when its kernel takes one of
+    two paths per program: v2's conv, edge tiles (per-pixel masks) and interior tiles."""
+    if k.kernel != "_conv_tc_kernel":
+        return []
+    from .triton.conv_tc import PATHS_EDGE, PATHS_INTERIOR
+
+    return [replace(k, constexprs=k.constexprs | {"PATHS": p}) for p in (PATHS_EDGE, PATHS_INTERIOR)]
+
+
+def _interior_share(k) -> float:
+    """The share of launch ``k``'s programs that take the interior path (``_path_variants``)."""
+    from .triton.conv_tc import interior_fraction
+
+    c, s = k.constexprs, k.scalars
+    return interior_fraction(s["H"], s["W"], s["H_out"], s["W_out"], c["TILE_H"], c["TILE_W"], c["KSIZE"],
+                             c["STRIDE"], c["PAD"])
+
+
 def issued_per_warp(k, prof: dict) -> tuple[int, int]:
     """(warp-instructions, FFMAs) one warp of a program of launch ``k`` issues, from its SASS
-    profile ``prof`` (``sass_loops``) and the loops' trip counts."""
+    profile ``prof`` (``sass_loops``) and the loops' trip counts; for a kernel with two paths
+    (``prof["paths"]``: each compiled alone), the mean over its programs."""
+    if "paths" in prof:
+        f = _interior_share(k)
+        (ei, ef), (ii, i_f) = (_issued_one(k, p) for p in prof["paths"])
+        return round((1 - f) * ei + f * ii), round((1 - f) * ef + f * i_f)
+    return _issued_one(k, prof)
+
+
+def _issued_one(k, prof: dict) -> tuple[int, int]:
+    """``issued_per_warp`` of a kernel compiled with one path."""
     outer_trips, inner_trips = _loop_trips(k)
     loops = prof["loops"]
 
@@ -562,11 +591,15 @@ def sass_profiles(recorded, arch: int = RECORD_ARCH, jobs: int = 2) -> list[dict
 
     from . import gpu_check
 
-    keys = [json.dumps({"spec": k.spec_key(), "arch": arch, "src": _kernel_hash(k), "triton": triton.__version__,
-                        "profile": 2},  # 2: profiles count the tensor-core MMAs
-                       sort_keys=True) for k in recorded]
+    def key_of(k):
+        return json.dumps({"spec": k.spec_key(), "arch": arch, "src": _kernel_hash(k), "triton": triton.__version__,
+                           "profile": 2},  # 2: profiles count the tensor-core MMAs
+                          sort_keys=True)
+
+    keys = [key_of(k) for k in recorded]
+    path_keys = [[key_of(v) for v in _path_variants(k)] for k in recorded]
     todo = {}
-    for key, k in zip(keys, recorded):
+    for key, k in [*zip(keys, recorded), *((key_of(v), v) for k in recorded for v in _path_variants(k))]:
         if key not in todo:
             d = asdict(k) | {"tensors": {n: asdict(v) for n, v in k.tensors.items()}, "arch": arch}
             d["cache"] = str(gpu_check._cache_dir() / "sass" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json")
@@ -585,7 +618,8 @@ def sass_profiles(recorded, arch: int = RECORD_ARCH, jobs: int = 2) -> list[dict
     finally:
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
-    return [profiles[key] for key in keys]
+    return [profiles[key] | ({"paths": [profiles[p] for p in paths]} if paths else {})
+            for key, paths in zip(keys, path_keys)]
 
 
 def _kernel_hash(k) -> str:

@@ -12,6 +12,9 @@ The same op as ``conv._conv_kernel`` (``esr::conv``, semantics in
   32;
 - one flattened K loop over taps x input-channel blocks, software-pipelined (the launch's
   num_stages: cp.async loads of the next blocks while this one multiplies);
+- two K loops, chosen per tile: an interior tile (every pixel and tap inside the images, ~94%
+  of the tiles at 540x960) loads without per-pixel masks, an edge tile with them; pixel offsets
+  within an image in 32 bits (unless WIDE), the image's base once in 64;
 - fp16/bf16 operands on the tensor cores, or float32 as TF32 when PyTorch's flag allows it
   (``common.dot_precision``); IEEE float32 runs too (the interpreter's bf16 workaround and
   tests), but on a GPU the launcher keeps IEEE float32 on v1 (FMA dots need v1's small tiles).
@@ -29,6 +32,11 @@ _DOT_IEEE: tl.constexpr = tl.constexpr(DOT_IEEE)
 _DOT_TF32: tl.constexpr = tl.constexpr(DOT_TF32)
 
 TILE_PIXELS = 128  # TILE_H * TILE_W
+# PATHS: which K loops a compiled kernel holds. Launches: both, chosen per tile (``_interior``);
+# the roofline compiles the edge and the interior path alone to count each one's instructions.
+PATHS_BOTH, PATHS_EDGE, PATHS_INTERIOR = 0, 1, 2
+_PATHS_EDGE: tl.constexpr = tl.constexpr(PATHS_EDGE)
+_PATHS_INTERIOR: tl.constexpr = tl.constexpr(PATHS_INTERIOR)
 
 
 @triton.jit
@@ -44,20 +52,28 @@ def _dot_acc(a, w, acc, PREC: tl.constexpr):
 
 
 @triton.jit
-def _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb, sx_c,
+def _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb, sx_c,
             C_in: tl.constexpr, CI: tl.constexpr, MASKED: tl.constexpr, HAS_SHIFT: tl.constexpr,
-            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr):
+            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, EDGE: tl.constexpr):
     """One K step: input channels [ci0, ci0 + CI) of the pixels at offsets ``pix`` (``valid``:
     inside the image) times their weight rows of ``tap``, into both accumulator column groups.
-    MASKED: some of those channels lie past C_in (else no channel mask: whole-vector loads)."""
+    MASKED: some of those channels lie past C_in (else no channel mask: whole-vector loads).
+    EDGE: some pixels or taps of the tile lie outside the image (else ``valid`` is all true and
+    no pixel mask is computed: an interior tile's loads are unmasked)."""
     ci = ci0 + tl.arange(0, CI)
     if MASKED:
         cm = ci < C_in
-        m = valid[:, None] & cm[None, :]
     else:
         cm = ci >= 0
+    if EDGE:
         m = valid[:, None] & cm[None, :]
-    a = tl.load(x_ptr + pix[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
+        a = tl.load(x_img + pix[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
+    elif MASKED:
+        m = cm[None, :]
+        a = tl.load(x_img + pix[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
+    else:
+        m = cm[None, :]
+        a = tl.load(x_img + pix[:, None] + (ci * sx_c)[None, :])
     if HAS_SHIFT:  # zero padding applies after the shift
         sh = tl.load(shift_ptr + ci, mask=cm, other=0.0).to(tl.float32)
         a = tl.where(m, a.to(tl.float32) - sh[None, :], 0.0)
@@ -73,6 +89,52 @@ def _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb,
         else:
             wb = tl.load(w_ptr + w_row[:, None] + cb[None, :])
         acc_b = _dot_acc(a, wb, acc_b, PREC)
+    return acc_a, acc_b
+
+
+@triton.jit
+def _interior(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, H, W, H_out, W_out, KSIZE: tl.constexpr,
+              STRIDE: tl.constexpr, PAD: tl.constexpr):
+    """Whether this program's tile and every tap of it lie inside the output and input images
+    (``interior_fraction`` counts these tiles on the host)."""
+    tile = tl.program_id(0)
+    ty0 = (tile // tiles_w) * TILE_H
+    tx0 = (tile % tiles_w) * TILE_W
+    return ((ty0 * STRIDE >= PAD) & (tx0 * STRIDE >= PAD) & (ty0 + TILE_H <= H_out) & (tx0 + TILE_W <= W_out)
+            & ((ty0 + TILE_H - 1) * STRIDE - PAD + KSIZE <= H) & ((tx0 + TILE_W - 1) * STRIDE - PAD + KSIZE <= W))
+
+
+@triton.jit
+def _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
+            C_in: tl.constexpr, KSIZE: tl.constexpr, HAS_SHIFT: tl.constexpr, CI_BLOCK: tl.constexpr,
+            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
+            EDGE: tl.constexpr):
+    """The K loop (taps x input channels, pipelined) into both accumulator column groups; EDGE:
+    masked per pixel and tap (a border tile), else no pixel masks (an interior one)."""
+    if K_A > 0:
+        # one step per tap, its channels as a power-of-two part plus 0 or 16 (48 = 32 + 16),
+        # neither masked (16-byte vector loads)
+        for tap in range(0, KSIZE * KSIZE):  # pipelined
+            iy = iy0 + tap // KSIZE
+            ix = ix0 + tap % KSIZE
+            valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            pix = iy * sx_h + ix * sx_w
+            acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, 0, acc_a, acc_b, ca, cb, sx_c,
+                                   C_in, K_A, K_A > C_in, HAS_SHIFT, CO_B, W_LD, PREC, EDGE)
+            if K_B > 0:
+                acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, K_A, acc_a, acc_b, ca, cb, sx_c,
+                                       C_in, K_B, K_A + K_B > C_in, HAS_SHIFT, CO_B, W_LD, PREC, EDGE)
+    else:
+        ci_blocks: tl.constexpr = (C_in + CI_BLOCK - 1) // CI_BLOCK
+        for kk in range(0, KSIZE * KSIZE * ci_blocks):  # taps x input-channel blocks, pipelined
+            tap = kk // ci_blocks
+            iy = iy0 + tap // KSIZE
+            ix = ix0 + tap % KSIZE
+            valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            pix = iy * sx_h + ix * sx_w
+            acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, (kk - tap * ci_blocks) * CI_BLOCK,
+                                   acc_a, acc_b, ca, cb, sx_c, C_in, CI_BLOCK, C_in % CI_BLOCK != 0, HAS_SHIFT,
+                                   CO_B, W_LD, PREC, EDGE)
     return acc_a, acc_b
 
 
@@ -107,7 +169,7 @@ def _conv_tc_kernel(
     HAS_SHIFT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
     PARTIAL: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, CI_BLOCK: tl.constexpr,
     CO_A: tl.constexpr, CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr,
-    ALIGN: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
+    ALIGN: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr, PATHS: tl.constexpr,
 ):
     """x (N, C_in.., H, W) any strides; w (K*K, C_in, W_LD) packed (``reference.pack_conv_weight``);
     grid (tiles, N). WIDE: one image's element offsets may pass 2^31 (int64 pixel offsets).
@@ -123,7 +185,8 @@ def _conv_tc_kernel(
         sx_w = tl.multiple_of(sx_w, ALIGN)
     oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H_out, W_out)
     n = tl.program_id(1).to(tl.int64)
-    x_base = n * sx_n
+    # the image's base once, in 64 bits; the per-pixel offsets within it in 32 (unless WIDE)
+    x_img = x_ptr + n * sx_n
     if WIDE:
         iy0 = oy.to(tl.int64) * STRIDE - PAD
         ix0 = ox.to(tl.int64) * STRIDE - PAD
@@ -134,30 +197,22 @@ def _conv_tc_kernel(
     cb = CO_A + tl.arange(0, CO_B if CO_B > 0 else 16)
     acc_a = tl.zeros((TILE_H * TILE_W, CO_A), dtype=tl.float32)
     acc_b = tl.zeros((TILE_H * TILE_W, CO_B if CO_B > 0 else 16), dtype=tl.float32)  # unused when CO_B == 0
-    if K_A > 0:
-        # one step per tap, its channels as a power-of-two part plus 0 or 16 (48 = 32 + 16),
-        # neither masked (16-byte vector loads)
-        for tap in range(0, KSIZE * KSIZE):  # pipelined
-            iy = iy0 + tap // KSIZE
-            ix = ix0 + tap % KSIZE
-            valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-            pix = x_base + iy * sx_h + ix * sx_w
-            acc_a, acc_b = _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, 0, acc_a, acc_b, ca, cb, sx_c,
-                                   C_in, K_A, K_A > C_in, HAS_SHIFT, CO_B, W_LD, PREC)
-            if K_B > 0:
-                acc_a, acc_b = _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, K_A, acc_a, acc_b, ca, cb, sx_c,
-                                       C_in, K_B, K_A + K_B > C_in, HAS_SHIFT, CO_B, W_LD, PREC)
+    # An interior tile (every pixel and tap inside the images: ~94% of the tiles at 540x960)
+    # loads without per-pixel masks: sm_90 fp16, RLFN's 48 -> 48 3x3 issues ~160 warp-
+    # instructions per tap there against ~250 with the masks. PATHS (``PATHS_*``) keeps one
+    # path only when the roofline compiles each for its issue count; launches take both.
+    if PATHS == _PATHS_EDGE:
+        acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
+                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
+    elif PATHS == _PATHS_INTERIOR:
+        acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
+                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
+    elif _interior(TILE_H, TILE_W, tiles_w, H, W, H_out, W_out, KSIZE, STRIDE, PAD):
+        acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
+                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
     else:
-        ci_blocks: tl.constexpr = (C_in + CI_BLOCK - 1) // CI_BLOCK
-        for kk in range(0, KSIZE * KSIZE * ci_blocks):  # taps x input-channel blocks, pipelined
-            tap = kk // ci_blocks
-            iy = iy0 + tap // KSIZE
-            ix = ix0 + tap % KSIZE
-            valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-            pix = x_base + iy * sx_h + ix * sx_w
-            acc_a, acc_b = _k_part(x_ptr, w_ptr, shift_ptr, pix, valid, tap, (kk - tap * ci_blocks) * CI_BLOCK,
-                                   acc_a, acc_b, ca, cb, sx_c, C_in, CI_BLOCK, C_in % CI_BLOCK != 0, HAS_SHIFT,
-                                   CO_B, W_LD, PREC)
+        acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
+                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
     _store_columns(acc_a, ca, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
                    sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
@@ -165,6 +220,22 @@ def _conv_tc_kernel(
         _store_columns(acc_b, cb, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
                        sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                        ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
+
+
+def _interior_count(tiles: int, tile: int, out_len: int, in_len: int, ksize: int, stride: int, pad: int) -> int:
+    """How many of ``tiles`` tiles along one axis lie, with every tap, inside both images."""
+    return sum(1 for t in range(tiles) if t * tile * stride >= pad and (t + 1) * tile <= out_len
+               and ((t + 1) * tile - 1) * stride - pad + ksize <= in_len)
+
+
+def interior_fraction(h: int, w: int, h_out: int, w_out: int, tile_h: int, tile_w: int, ksize: int, stride: int,
+                      pad: int) -> float:
+    """The fraction of a launch's tiles that take the unmasked interior path (the kernel's
+    ``_interior``, counted on the host: the roofline's issue model weighs the two paths by it)."""
+    tiles_h, tiles_w = -(-h_out // tile_h), -(-w_out // tile_w)
+    inside = (_interior_count(tiles_h, tile_h, h_out, h, ksize, stride, pad)
+              * _interior_count(tiles_w, tile_w, w_out, w, ksize, stride, pad))
+    return inside / (tiles_h * tiles_w)
 
 
 def padded_channels_last(shape, like):
@@ -241,6 +312,7 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
         RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode, PARTIAL=g.c_out > g.c_conv,
         TILE_H=tile_h, TILE_W=tile_w, CI_BLOCK=cfg.ci_block or 16, CO_A=co_a, CO_B=co_b,
         W_LD=w_packed.shape[-1], PREC=prec, WIDE=_wide(x, out, res, sc), ALIGN=_align(x), K_A=k_a, K_B=k_b,
+        PATHS=PATHS_BOTH,
         **cfg.launch_kwargs(),
     )
     return out

@@ -261,7 +261,8 @@ def test_v2_conv_multiplies_on_the_tensor_cores(dtype, arch):
 def test_v2_conv_issues_fewer_instructions_per_pixel_than_v1():
     """sm_90 float16 channels_last, RLFN's 48 -> 48 3x3 at 64x64: the warp-instructions per
     output pixel (SASS loop bodies x trip counts) of v2 are well below v1's (read here with
-    Triton 3.9: v1 173, v2 99; issue 28 asks for 40, not reached yet: see the README)."""
+    Triton 3.9: v1 173, v2 78 (99 before the interior tiles' unmasked path); issue 28 asks for
+    40, not reached yet: see the README)."""
     per_pixel = {}
     for conv in ("v1", "v2"):
         k = _rlfn_48_to_48(conv, torch.float16, 90)
@@ -280,3 +281,43 @@ def test_v2_executes_at_most_1_8x_the_useful_macs(name, monkeypatch):
     monkeypatch.setenv("ESR_TRITON_CONV", "v2")
     (rep,) = build_report(models=(name,), dtype_name="float16", sass=False)["models"]
     assert rep["fused"]["executed_over_useful"] <= 1.8, rep["fused"]["executed_over_useful"]
+
+
+@needs_interpreter
+@pytest.mark.shared
+def test_v2_interior_tiles_issue_fewer_instructions_than_edge_tiles():
+    """v2 compiles two K loops and picks one per tile: the issue model compiles each alone
+    (``roofline._path_variants``) and weighs them by the share of interior tiles. The interior
+    one (no per-pixel masks) issues at most 3/4 of the edge one's instructions (sm_90 float16,
+    RLFN's 48 -> 48 3x3; read here with Triton 3.9: 56.5 against 90.3 per output pixel), and
+    the model's mean lies between the two by that share (64x64: 3/8 of the tiles inside)."""
+    k = _rlfn_48_to_48("v2", torch.float16, 90)
+    (prof,) = roofline.sass_profiles([k], arch=90)
+    assert prof is not None and len(prof["paths"]) == 2
+    edge, inside = (roofline._issued_one(k, p)[0] for p in prof["paths"])
+    assert inside <= 0.75 * edge, (inside, edge)
+    share = roofline._interior_share(k)
+    assert share == pytest.approx(3 / 8)
+    assert roofline.issued_per_warp(k, prof)[0] == round((1 - share) * edge + share * inside)
+
+
+@pytest.mark.parametrize("h,w,ksize,stride,pad", [(64, 64, 3, 1, 1), (47, 59, 3, 1, 1), (19, 37, 3, 2, 1),
+                                                  (540, 960, 3, 1, 1), (40, 40, 1, 1, 0), (7, 9, 3, 1, 1)])
+def test_interior_fraction_counts_the_tiles_whose_taps_all_lie_inside(h, w, ksize, stride, pad):
+    """``conv_tc.interior_fraction`` (the host's count of the kernel's ``_interior`` tiles)
+    against its definition, tile by tile: every output pixel of the 8 x 16 tile inside the
+    output and every tap of it inside the input."""
+    from esr_kernels.triton.conv_tc import interior_fraction
+
+    ho, wo = (h + 2 * pad - ksize) // stride + 1, (w + 2 * pad - ksize) // stride + 1
+    th, tw = 8, 16
+    tiles = [(ty, tx) for ty in range(-(-ho // th)) for tx in range(-(-wo // tw))]
+
+    def inside(ty, tx):
+        rows = [y * stride - pad + d for y in range(ty * th, ty * th + th) for d in range(ksize)]
+        cols = [x * stride - pad + d for x in range(tx * tw, tx * tw + tw) for d in range(ksize)]
+        return ((ty + 1) * th <= ho and (tx + 1) * tw <= wo and min(rows) >= 0 and max(rows) < h
+                and min(cols) >= 0 and max(cols) < w)
+
+    expected = sum(inside(*t) for t in tiles) / len(tiles)
+    assert interior_fraction(h, w, ho, wo, th, tw, ksize, stride, pad) == pytest.approx(expected)
