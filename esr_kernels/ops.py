@@ -1,4 +1,5 @@
-"""The public ops ``esr::conv``, ``esr::concat_conv``, ``esr::bsb``, ``esr::esa``, ``esr::la_reduce``.
+"""The public ops ``esr::conv``, ``esr::concat_conv``, ``esr::bsb``, ``esr::esa``, ``esr::la_reduce``,
+``esr::gate``.
 
 With compiled Triton (a GPU) each is a ``triton_op`` whose kernels are launched through
 ``wrap_triton``, so torch.compile(fullgraph=True) traces into them and CUDA graphs capture
@@ -27,6 +28,7 @@ from .triton.configs import conv_choice
 from .triton.conv_tc import padded_channels_last
 from .triton.conv import conv_launch, conv_out_shape
 from .triton.esa import esa_launch, esa_shapes
+from .triton.gate import _gate_kernel, gate_launch
 from .triton.la_reduce import _la_reduce_kernel, la_reduce_launch
 
 Tensor = torch.Tensor
@@ -155,3 +157,15 @@ def la_reduce(x: Tensor, reduce_w: Tensor, reduce_b: Tensor) -> Tensor:
     """max_pool 7/3 (no padding) of a 1x1 conv; x (N, C, H, W), H, W >= 7 -> (N, C_r, Hp, Wp)."""
     out = _alloc_la_reduce(x, reduce_w, reduce_b)
     return la_reduce_launch(wrap_triton(_la_reduce_kernel), x, reduce_w, reduce_b, reduce_b.shape[0], out)
+
+
+# ---------------------------------------------------------------- gate
+def _alloc_gate(x: Tensor, att: Tensor) -> Tensor:
+    return _like(x, x.shape)
+
+
+@_define("gate", _alloc_gate)
+def gate(x: Tensor, att: Tensor) -> Tensor:
+    """LocalAttention's gate x * up(att) * sigmoid(x[:, :1]) (``reference.gate``); x (N, C, H, W),
+    att (N, C, h, w); output in x's layout (as esr::conv's)."""
+    return gate_launch(wrap_triton(_gate_kernel), x, att, _alloc_gate(x, att))

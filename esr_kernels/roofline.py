@@ -223,6 +223,8 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
             return [Launch("esr::bsb/pw", _unique_bytes([x, pw]), inter, n * h * w * c * c),
                     Launch("esr::bsb/dw", inter + rest, nbytes(out), n * h * w * 9 * c)]
         return [Launch("esr::bsb", read_all, nbytes(out), n * h * w * (c * c + 9 * c))]
+    if op == "gate":  # elementwise: no MACs (the bilinear taps read the small att map)
+        return [Launch("esr::gate", read_all, nbytes(out), 0)]
     if op == "la_reduce":
         # useful: the reference's 1x1 reduction once per full-resolution pixel (pooling: no MACs)
         return [Launch("esr::la_reduce", read_all, nbytes(out), n * h * w * c * args[2].shape[0])]
@@ -249,7 +251,7 @@ _KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::concat_con
               "esr::bsb": "_bsb_kernel",
               "esr::bsb/pw": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb/dw": "_bsb_dw_kernel", "esr::la_reduce": "_la_reduce_kernel",
               "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
-              "esr::esa/out": "_esa_out_kernel"}
+              "esr::esa/out": "_esa_out_kernel", "esr::gate": "_gate_kernel"}
 _ELEM = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -388,7 +390,13 @@ def _esa_out_executed(k) -> tuple[int, int, list[str]]:
     return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
 
 
-_EXECUTED = {"_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
+def _gate_executed(k) -> tuple[int, int, list[str]]:
+    """_gate_kernel: no MACs; x read once (no halo); att, a small low-resolution map, is one of
+    the launch's other inputs, counted once (as v1's gated conv counts it)."""
+    return 0, _tbytes(k.tensors["x_ptr"]), []
+
+
+_EXECUTED = {"_gate_kernel": _gate_executed, "_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
              "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed}
 
@@ -475,7 +483,7 @@ def _loop_trips(k) -> tuple[int, int]:
             "_concat_conv_kernel": (k_blocks, 0),
             "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
             "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),
-            "_esa_out_kernel": (0, 0)}[k.kernel]
+            "_esa_out_kernel": (0, 0), "_gate_kernel": (0, 0)}[k.kernel]
 
 
 def _path_variants(k) -> list:

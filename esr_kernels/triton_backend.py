@@ -60,6 +60,15 @@ class TritonBackend(KernelBackend):
 
         self.ops = torch.ops.esr
 
+    @property
+    def gate_in_conv(self) -> bool:
+        """Read when a model is packed: v1's convs gate their input on load (the gated tensor
+        never hits memory); v2's multiply straight from memory, so with v2 chosen the gate is
+        stored once (esr::gate) and the convs around it are plain v2 ones."""
+        from .triton.configs import conv_choice
+
+        return conv_choice() != "v2"
+
     def supports_conv(self, conv: nn.Conv2d) -> bool:
         return conv.out_channels <= MAX_CONV_OUT_CHANNELS
 
@@ -104,6 +113,9 @@ class TritonBackend(KernelBackend):
 
     def esa(self, x, pack: TritonEsa, residual=None):
         return self.ops.esa(*ESA.join(x, pack.weights, residual))
+
+    def gate(self, x, att):
+        return self.ops.gate(x, att)
 
     def la_reduce(self, x, pack: TritonLaReduce):
         return self.ops.la_reduce(x, pack.w, pack.b)

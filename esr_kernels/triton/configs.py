@@ -49,7 +49,7 @@ def table_arch(arch: int) -> int:
     return rows[-1] if rows else KNOWN_ARCHS[0]
 
 
-KERNELS = ("conv", "conv_tc", "concat_conv", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "la_reduce")
+KERNELS = ("conv", "conv_tc", "concat_conv", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "la_reduce", "gate")
 
 # Which dense-conv kernel "auto" runs on a GPU (issue 28, item 7: per op, what the last lent GPU
 # measured faster). v2 (conv_tc.py, the tensor-core implicit GEMM) has not run on a GPU yet: the
@@ -218,6 +218,10 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         # x, the expansion and the gate as [BLOCK_P, CP] float32 tiles: 64 pixels spilled, and
         # 32 in float32 (IEEE dots) still 8 bytes.
         return LaunchConfig(block_p=16 if dtype == torch.float32 else 32, num_warps=4, num_stages=1)
+    if kernel == "gate":
+        # elementwise with four bilinear taps of att per pixel and channel: 64 pixels x <= 64
+        # channels of float32 per program
+        return LaunchConfig(block_p=64, num_warps=4, num_stages=1)
     if kernel == "esa_low":
         # float32: 64 pixels spilled 2.6 KB; 16 pixels on 4 warps took 255 registers (+8 B),
         # 32 pixels 48 registers (measured on sm_86).

@@ -59,7 +59,14 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
     out = []
     for name in models:
         for dt in dtypes:
-            model = load(name, fused=True, backend="triton", dtype=getattr(torch, dt))
+            packed = {}  # per conv choice: packing follows it (PFDNLite stores its gate under v2)
+
+            def model_for(conv):
+                if conv not in packed:
+                    with conv_kernel(conv):
+                        packed[conv] = load(name, fused=True, backend="triton", dtype=getattr(torch, dt))
+                return packed[conv]
+
             for layout in layouts:
                 checked = parse_sizes(",".join(f"{h}x{w}" for h, w in sizes))  # checks them
                 for i, hw in enumerate(checked):
@@ -67,7 +74,7 @@ def record_models(arch: int, models=MODELS, dtypes=DTYPES, layouts=LAYOUTS, size
                         tag = "" if (conv, tf32) == ("v1", True) else f"/{conv}" + ("" if tf32 else "/ieee")
                         with conv_kernel(conv), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
                                                                            allow_tf32=tf32):
-                            launches = record_launches(model, make_input(dt, layout, hw, batch), arch)
+                            launches = record_launches(model_for(conv), make_input(dt, layout, hw, batch), arch)
                         out += [(launch, f"{name}/{dt}/{layout}/{hw[0]}x{hw[1]}{tag}") for launch in launches]
     return out
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from esr_kernels import reference as R
-from esr_kernels.op_args import CONV, ESA
+from esr_kernels.op_args import CONV, ESA, ConvEpilogue, ConvGeometry
 from esr_kernels.policy import runs
 
 FP32_TOL = 1e-5
@@ -93,12 +93,24 @@ def reference_of(op_name: str, args: tuple) -> torch.Tensor:
         return R.esa(*ESA.split(a))
     if op_name == "la_reduce":
         return R.la_reduce(*a)
+    if op_name == "gate":
+        return R.gate(*a)
+    if op_name == "concat_conv":  # esr::conv's 1x1 on the concatenation (its semantics)
+        feats, w, b, c_out, act, mode, res = a
+        return R.conv(torch.cat(feats, dim=1), w, b, ConvGeometry(c_conv=c_out, c_out=c_out, ksize=1, stride=1,
+                                                                     padding=0),
+                      ConvEpilogue(act=act, residual_mode=mode, residual=res))
     raise KeyError(op_name)
+
+
+def _input_of(args: tuple) -> torch.Tensor:
+    """An esr:: call's input: its first argument, or concat_conv's first feature."""
+    return args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
 
 
 def variant_of(op_name: str, args: tuple) -> str:
     """A short name for the op variant: its integer/bool arguments and optional tensors."""
-    x = args[0]
+    x = _input_of(args)
     layout = "channels_last" if (x.is_contiguous(memory_format=torch.channels_last)
                                  and not x.is_contiguous()) else ("nchw" if x.is_contiguous() else "strided")
     if op_name == "conv":
@@ -135,7 +147,7 @@ class _OpChecker(TorchDispatchMode):
                 ref = reference_of(name, args)
                 err = rel_l2(out, ref) if out.shape == ref.shape else float("inf")
             rec = self.worst.setdefault(key, {"op": name, "calls": 0, "error": 0.0,
-                                              "shape": list(args[0].shape)})
+                                              "shape": list(_input_of(args).shape)})
             rec["calls"] += 1
             if not err <= rec["error"]:  # NaN and Inf count as worst
                 rec["error"] = err

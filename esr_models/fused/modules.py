@@ -283,10 +283,11 @@ class FusedRLFB(_Fused, RLFB):
 
 class FusedPartialBlock(_Fused, PartialBlock):
     """PFDN block. The attention map is computed at low resolution (la_reduce, then two small
-    convs). Where the backend gates in its convs (``gate_in_conv``: the GPU backends), the gated
-    tensor is never materialised: the first conv gates its input on load (and passes gated
-    channels through in the pruned form), the last recomputes it as its residual. Elsewhere the
-    gate is computed once and passed to both."""
+    convs). Where the backend gates in its convs (``gate_in_conv`` when packed: the GPU
+    backends, Triton's under v1), the gated tensor is never materialised: the first conv gates
+    its input on load (and passes gated channels through in the pruned form), the last
+    recomputes it as its residual. Elsewhere (the CPU backend; Triton's with the v2 conv chosen
+    at load) the gate is computed once and passed to both."""
 
     def _pack(self) -> None:
         k, a = self.kernels, self.attn
@@ -307,14 +308,15 @@ class FusedPartialBlock(_Fused, PartialBlock):
     def forward(self, x):
         k, p = self.kernels, self.packs
         att = k.conv(k.conv(k.la_reduce(x, p["la"]), p["down"]), p["expand"])
-        if k.gate_in_conv:
+        gated = p["conv1"].epilogue.gate_input  # what the packs were made for (gate_in_conv at load)
+        if gated:
             t = k.conv(x, p["conv1"], att=att)
         else:
             x = k.gate(x, att)  # the gated input, from here on the block's residual too
             t = k.conv(x, p["conv1"])
         if self.full:
             t = k.conv(t, p["conv2"])
-        return k.conv(t, p["conv3"], residual=x, att=att if k.gate_in_conv else None)
+        return k.conv(t, p["conv3"], residual=x, att=att if gated else None)
 
 
 FUSED_TYPES: dict[type, type] = {

@@ -87,3 +87,33 @@ def test_op_checks_compare_each_esr_call_with_the_reference(device):
     assert sorted(c["variant"] for c in checks) == ["la_reduce[24]nchw", "la_reduce[24]strided"]
     for c in checks:
         assert c["passed"] and c["tolerance"] == REL_TOL[torch.float32] and 0 <= c["error"] <= c["tolerance"]
+
+
+@pytest.mark.triton
+def test_op_checks_know_every_op_the_models_call(device):
+    """IFADNet's fusion (esr::concat_conv, a list of features) and PFDNLite's stored gate
+    (esr::gate, under the v2 conv) are checked like the others; before, the checker had no
+    reference for concat_conv and the forward failed, so a GPU selftest of IFADNet could not pass."""
+    import esr_kernels.ops  # noqa: F401  registers torch.ops.esr
+    from esr_kernels import reference as R
+    from esr_kernels.spec import ACT_GELU, RES_TENSOR
+    from esr_models.cli.selftest_checks import op_checks
+
+    g = torch.Generator(device=device).manual_seed(0)
+
+    class FuseAndGate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = R.pack_conv_weight(torch.randn(8, 24, 1, 1, device=device, generator=g) / 5)
+            self.b = torch.randn(self.w.shape[-1], device=device, generator=g)
+
+        def forward(self, x):
+            feats = [x[:, :8], x[:, 8:16], x[:, 16:]]
+            y = torch.ops.esr.concat_conv(feats, self.w, self.b, 8, ACT_GELU, RES_TENSOR, x[:, :8].contiguous())
+            return torch.ops.esr.gate(y, torch.rand(1, 8, 3, 4, device=device, generator=g))
+
+    x = torch.randn(1, 24, 11, 13, device=device, generator=g)
+    checks = op_checks("toy", FuseAndGate(), x, torch.float32, "triton")
+    assert sorted(c["op"] for c in checks) == ["concat_conv", "gate"], checks
+    for c in checks:
+        assert c["passed"] and 0 <= c["error"] <= c["tolerance"], c

@@ -170,7 +170,7 @@ def test_odd_sizes_reach_the_specialisations_a_square_size_does_not():
 NARROW = {"--arch": "90", "--models": "rlfn", "--dtypes": "float16", "--layouts": "channels_last", "--size": "40",
           "--kernels": "_esa_low_kernel"}
 KERNELS = ("_bsb_dw_kernel", "_bsb_kernel", "_concat_conv_kernel", "_conv_kernel", "_conv_tc_kernel", "_esa_down_kernel", "_esa_low_kernel", "_esa_out_kernel",
-           "_la_reduce_kernel")
+           "_gate_kernel", "_la_reduce_kernel")
 
 
 def _args(**changed) -> list[str]:
@@ -211,7 +211,7 @@ def test_the_known_kernels_are_the_ones_the_models_launch(pfdnlite_launches):
     assert triton_kernels() == KERNELS
     assert {launch.kernel for launch in pfdnlite_launches[90]} <= set(KERNELS)
     for name in KERNELS:
-        module = next(m for m in ("bsb", "concat_conv", "conv", "esa", "la_reduce") if name.startswith(f"_{m}"))
+        module = next(m for m in ("bsb", "concat_conv", "conv", "esa", "gate", "la_reduce") if name.startswith(f"_{m}"))
         assert hasattr(importlib.import_module(f"esr_kernels.triton.{module}"), name)
 
 

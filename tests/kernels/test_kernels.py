@@ -333,6 +333,34 @@ def test_int64_offsets_past_2_31(device):
     assert rel_err(out[..., -3:-1, -3:-1], ref[..., 1:3, 1:3]) <= REL_TOL[torch.float16] * 2
 
 
+# ---------------------------------------------------------------- esr::gate
+def gate_args(n, c, h, w, dtype, layout, device):
+    x = make_input((n, c, h, w), dtype, layout, device)
+    att = torch.rand(n, c, max(h // 6, 1), max(w // 6, 1), device=device).to(dtype)
+    return x, att
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("hw", [(1, 1), (23, 40)], ids=["minimum", "odd"])
+def test_gate_matches_reference(hw, layout, dtype, device):
+    """LocalAttention's gate stored (PFDNLite under the v2 conv): x * up(att) * sigmoid(x[:, 0]),
+    48 and 46 channels (a partial channel block), batch 2."""
+    for c in (48, 46):
+        x, att = gate_args(2, c, *hw, dtype, layout, device)
+        out = ops().gate(x, att)
+        ref = R.gate(x.float(), att.float())
+        assert out.dtype == dtype and out.shape == ref.shape and torch.isfinite(out).all()
+        assert rel_err(out, ref) <= REL_TOL[dtype], c
+
+
+def test_gate_refuses_a_mismatched_map_and_passes_opcheck(device):
+    x, att = gate_args(2, 16, 9, 11, torch.float32, "nchw", device)
+    with pytest.raises(ValueError, match="att must be"):
+        ops().gate(x, att[:, :8])
+    torch.library.opcheck(torch.ops.esr.gate.default, (x, att))
+
+
 # ---------------------------------------------------------------- fakes: dtype, shape, strides
 def _op_cases(layout, dtype, device):
     """(op, args) for every esr:: op, at small odd sizes with batch 2."""
@@ -344,7 +372,8 @@ def _op_cases(layout, dtype, device):
              for c in ("3x3_gelu", "gated_partial", "stride2_small", "tail_repeat_shuffle")]
     cat = ("concat_conv", ops().concat_conv.default, concat_conv_args(3, 16, 24, 2, 9, 11, dtype, layout, device))
     return cases + [cat, ("bsb", ops().bsb.default, bsb), ("esa", ops().esa.default, esa),
-                    ("la_reduce", ops().la_reduce.default, (x, w, torch.randn(16, device=device)))]
+                    ("la_reduce", ops().la_reduce.default, (x, w, torch.randn(16, device=device))),
+                    ("gate", ops().gate.default, gate_args(2, 48, 15, 17, dtype, layout, device))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32], ids=str)

@@ -140,6 +140,43 @@ def test_triton_v2_conv_in_whole_models(refs, golden, name):
     assert_matches_reference(out, refs[name].to(dev), x)
 
 
+def test_pfdnlite_stores_its_gate_when_packed_under_v2_and_runs_under_either_choice(refs, golden):
+    """PFDNLite packed with the v2 conv chosen stores the LocalAttention gate (esr::gate, once
+    per block: v2 cannot gate its input on load) and its convs are plain ones; packed under v1,
+    its convs gate on load and no esr::gate runs. Either model runs under either choice (the
+    packs, not the choice at call time, say where the gate is) with the reference's answer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from esr_kernels.triton.configs import conv_kernel
+
+    dev = _device_for("triton")
+    try:
+        resolve_backend("triton", dev)
+    except RuntimeError as exc:
+        pytest.skip(f"backend 'triton' cannot run here: {exc}")
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "esr":
+                self.names.append(func._schema.name.split("::")[-1])
+            return func(*args, **(kwargs or {}))
+
+    x = image_crops(golden, dev, 1, 19, 23).to(dev)
+    for packed_under in ("v1", "v2"):
+        with conv_kernel(packed_under):
+            model = esr_models.load("pfdnlite", device=dev, fused=True, backend="triton")
+        for run_under in ("v1", "v2"):
+            calls = Calls()
+            with conv_kernel(run_under), torch.inference_mode(), calls:
+                out = model(x)
+            assert calls.names.count("gate") == (4 if packed_under == "v2" else 0), (packed_under, calls.names)
+            assert_matches_reference(out, refs["pfdnlite"].to(dev), x)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_minimum_size(fused, refs, golden, dev, name):
     size = esr_models.min_input_size(refs[name])
