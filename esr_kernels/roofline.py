@@ -348,7 +348,7 @@ def _bsb_dw_executed(k) -> tuple[int, int, list[str]]:
     macs = programs * c["TILE_H"] * c["TILE_W"] * 9 * c["CP"]
     rows = _halo_extent(s["H"], c["TILE_H"], 3, 1, 1, s["H"])
     cols = _halo_extent(s["W"], c["TILE_W"], 3, 1, 1, s["W"])
-    return macs, k.grid[1] * rows * cols * s["C"] * _ELEM[t.dtype], ["dw_ptr", "b_ptr"]
+    return macs, k.grid[1] * rows * cols * c["C"] * _ELEM[t.dtype], ["dw_ptr", "b_ptr"]
 
 
 def _la_reduce_executed(k) -> tuple[int, int, list[str]]:

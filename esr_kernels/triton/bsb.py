@@ -19,10 +19,10 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, dot_precision, launch_arch, mma, program_pixels, tile_pixels
+from .common import apply_act, dot_precision, image_base, launch_arch, mma, pixel_offset, program_pixels, tile_pixels
 from .configs import conv_choice, launch_config
 from .conv import conv_launch
-from .conv_tc import padded_channels_last
+from .conv_tc import _align, _wide, padded_channels_last
 
 
 @triton.jit
@@ -77,29 +77,42 @@ def pack_depthwise(dw_weight: torch.Tensor, co_pad: int) -> torch.Tensor:
 
 @triton.jit
 def _bsb_dw_kernel(
-    t_ptr, dw_ptr, b_ptr, res_ptr, out_ptr, C, H, W, tiles_w,
+    t_ptr, dw_ptr, b_ptr, res_ptr, out_ptr, H, W, tiles_w,
     st_n, st_c, st_h, st_w, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
-    HAS_RES: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, CP: tl.constexpr, ACT: tl.constexpr,
+    C: tl.constexpr, T_CH: tl.constexpr, HAS_RES: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    CP: tl.constexpr, ACT: tl.constexpr, WIDE: tl.constexpr, T_ALIGN: tl.constexpr,
 ):
     """v2's second half: out = act(depthwise3x3_reflect(t) + b) (+ res) over a TILE_H x TILE_W
-    tile, all channels (CP, padded); t, res, out (N, C, H, W) any strides; dw (9, CP) float32."""
+    tile, all channels (CP, padded); t, res, out (N, C, H, W) any strides; dw (9, CP) float32.
+    T_CH: the channels t's storage holds per pixel (v2's padded layout: C rounded up to 8), all
+    loaded, so that a pixel's channels load as whole vectors: a channel's output depends on
+    that channel alone, and those past C are never stored. Offsets within an image in 32 bits,
+    its base in 64 (WIDE: an image's offsets may pass 2^31, all in 64). T_ALIGN: t's image, row
+    and pixel strides are multiples of it, channels innermost (``conv_tc._align``)."""
     oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H, W)
+    if WIDE:
+        oy = oy.to(tl.int64)
+        ox = ox.to(tl.int64)
     n = tl.program_id(1).to(tl.int64)
     c = tl.arange(0, CP)
     m = p_ok[:, None] & (c < C)[None, :]
+    mt = p_ok[:, None] & (c < T_CH)[None, :]
+    t_img = image_base(t_ptr, n, st_n, T_ALIGN)
+    # T_ALIGN > 1: channels innermost (stride 1), so a pixel's channels load as 16-byte vectors
+    t_c = c if T_ALIGN > 1 else c * st_c
     acc = tl.zeros((TILE_H * TILE_W, CP), dtype=tl.float32)
     for tap in range(9):  # a runtime loop: unrolled, the nine taps' loads were all live at once (spills)
         iy = _reflect(oy + tap // 3 - 1, H)
         ix = _reflect(ox + tap % 3 - 1, W)
-        v = tl.load(t_ptr + n * st_n + (iy.to(tl.int64) * st_h + ix.to(tl.int64) * st_w)[:, None]
-                    + c[None, :].to(tl.int64) * st_c, mask=m, other=0.0).to(tl.float32)
-        acc += v * tl.load(dw_ptr + tap * CP + c)[None, :]
+        pix = pixel_offset(iy, ix, st_h, st_w, T_ALIGN)
+        v = tl.load(t_img + pix[:, None] + t_c[None, :], mask=mt, other=0.0)
+        acc += v.to(tl.float32) * tl.load(dw_ptr + tap * CP + c)[None, :]
     y = apply_act(acc + tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :], ACT)
     if HAS_RES:
-        y += tl.load(res_ptr + n * sr_n + (oy.to(tl.int64) * sr_h + ox.to(tl.int64) * sr_w)[:, None]
-                     + c[None, :].to(tl.int64) * sr_c, mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + n * so_n + (oy.to(tl.int64) * so_h + ox.to(tl.int64) * so_w)[:, None]
-             + c[None, :].to(tl.int64) * so_c, y.to(out_ptr.dtype.element_ty), mask=m)
+        y += tl.load(res_ptr + n * sr_n + (oy * sr_h + ox * sr_w)[:, None] + (c * sr_c)[None, :],
+                     mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + n * so_n + (oy * so_h + ox * so_w)[:, None] + (c * so_c)[None, :],
+             y.to(out_ptr.dtype.element_ty), mask=m)
 
 
 def _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
@@ -118,8 +131,9 @@ def _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
     tiles_w = triton.cdiv(w, tile_w)
     res = residual if residual is not None else x
     wrap(_bsb_dw_kernel)[(tiles_w * triton.cdiv(h, tile_h), n)](
-        t, dw_packed, dw_bias, res, out, c, h, w, tiles_w, *t.stride(), *res.stride(), *out.stride(),
-        HAS_RES=residual is not None, TILE_H=tile_h, TILE_W=tile_w, CP=dw_packed.shape[-1], ACT=ACT_GELU,
+        t, dw_packed, dw_bias, res, out, h, w, tiles_w, *t.stride(), *res.stride(), *out.stride(),
+        C=c, T_CH=min(t.stride(3), dw_packed.shape[-1]), HAS_RES=residual is not None, TILE_H=tile_h,
+        TILE_W=tile_w, CP=dw_packed.shape[-1], ACT=ACT_GELU, WIDE=_wide(t, res, out), T_ALIGN=_align(t),
         **cfg.launch_kwargs(),
     )
     return out

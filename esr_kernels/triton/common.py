@@ -40,6 +40,29 @@ def tile_pixels(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, height, wid
 
 
 @triton.jit
+def image_base(ptr, n, s_n, ALIGN: tl.constexpr):
+    """``ptr + n * s_n`` (an image's first element, 64-bit offset) as a [1, 1] block of
+    pointers, said to be a multiple of ALIGN elements when ALIGN > 1. Said on a tensor: Triton
+    keeps ``multiple_of`` only there (on a scalar stride the hint is lost, and a 40-element
+    pixel stride then made every load a scalar one)."""
+    off = tl.zeros((1,), tl.int64) + n * s_n
+    if ALIGN > 1:
+        off = tl.multiple_of(off, ALIGN)
+    return (ptr + off)[:, None]
+
+
+@triton.jit
+def pixel_offset(iy, ix, s_h, s_w, ALIGN: tl.constexpr):
+    """``iy * s_h + ix * s_w`` [P], pixels' offsets within an image, said to be multiples of
+    ALIGN when > 1. Computed here: the hint attaches to the op that makes the value (one made by
+    the caller and passed in would lose it)."""
+    off = iy * s_h + ix * s_w
+    if ALIGN > 1:
+        off = tl.multiple_of(off, ALIGN)
+    return off
+
+
+@triton.jit
 def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 

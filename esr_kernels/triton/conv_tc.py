@@ -26,7 +26,8 @@ tensor; SPAN's attention), shortcut + pixel shuffle — as v1.
 import triton
 import triton.language as tl
 
-from .common import DOT_IEEE, DOT_TF32, add_residual, apply_act, launch_arch, load_tile, shuffle_store, tile_pixels
+from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, image_base, launch_arch, load_tile, pixel_offset,
+                     shuffle_store, tile_pixels)
 
 _DOT_IEEE: tl.constexpr = tl.constexpr(DOT_IEEE)
 _DOT_TF32: tl.constexpr = tl.constexpr(DOT_TF32)
@@ -106,7 +107,7 @@ def _interior(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, H, W, H_out, 
 
 @triton.jit
 def _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-            C_in: tl.constexpr, KSIZE: tl.constexpr, HAS_SHIFT: tl.constexpr, CI_BLOCK: tl.constexpr,
+            ALIGN: tl.constexpr, C_in: tl.constexpr, KSIZE: tl.constexpr, HAS_SHIFT: tl.constexpr, CI_BLOCK: tl.constexpr,
             CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
             EDGE: tl.constexpr):
     """The K loop (taps x input channels, pipelined) into both accumulator column groups; EDGE:
@@ -118,7 +119,7 @@ def _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc
             iy = iy0 + tap // KSIZE
             ix = ix0 + tap % KSIZE
             valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-            pix = iy * sx_h + ix * sx_w
+            pix = pixel_offset(iy, ix, sx_h, sx_w, ALIGN)
             acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, 0, acc_a, acc_b, ca, cb, sx_c,
                                    C_in, K_A, K_A > C_in, HAS_SHIFT, CO_B, W_LD, PREC, EDGE)
             if K_B > 0:
@@ -131,7 +132,7 @@ def _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc
             iy = iy0 + tap // KSIZE
             ix = ix0 + tap % KSIZE
             valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-            pix = iy * sx_h + ix * sx_w
+            pix = pixel_offset(iy, ix, sx_h, sx_w, ALIGN)
             acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, (kk - tap * ci_blocks) * CI_BLOCK,
                                    acc_a, acc_b, ca, cb, sx_c, C_in, CI_BLOCK, C_in % CI_BLOCK != 0, HAS_SHIFT,
                                    CO_B, W_LD, PREC, EDGE)
@@ -179,14 +180,10 @@ def _conv_tc_kernel(
     is a division by a constant and the channel mask vanishes when CI_BLOCK divides C_in.
     K_A > 0 (C_in a multiple of 16, <= 64): the K loop is over taps only, each tap's channels as
     K_A (a power of two) + K_B (0 or 16), else CI_BLOCK-channel blocks."""
-    if ALIGN > 1:
-        sx_n = tl.multiple_of(sx_n, ALIGN)
-        sx_h = tl.multiple_of(sx_h, ALIGN)
-        sx_w = tl.multiple_of(sx_w, ALIGN)
     oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H_out, W_out)
     n = tl.program_id(1).to(tl.int64)
     # the image's base once, in 64 bits; the per-pixel offsets within it in 32 (unless WIDE)
-    x_img = x_ptr + n * sx_n
+    x_img = image_base(x_ptr, n, sx_n, ALIGN)
     if WIDE:
         iy0 = oy.to(tl.int64) * STRIDE - PAD
         ix0 = ox.to(tl.int64) * STRIDE - PAD
@@ -203,16 +200,16 @@ def _conv_tc_kernel(
     # path only when the roofline compiles each for its issue count; launches take both.
     if PATHS == _PATHS_EDGE:
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
     elif PATHS == _PATHS_INTERIOR:
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
     elif _interior(TILE_H, TILE_W, tiles_w, H, W, H_out, W_out, KSIZE, STRIDE, PAD):
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
     else:
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
     _store_columns(acc_a, ca, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
                    sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
