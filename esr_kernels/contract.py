@@ -139,7 +139,9 @@ class KernelBackend(ABC):
     #: through memory. False: the block stores ``gate(x, att)`` once and passes it as the first
     #: conv's input and the last one's plain residual (the CPU backend: its gate prologue
     #: stores the gated tensor anyway, and reading it back costs less than recomputing it).
-    gate_in_conv: ClassVar[bool] = True
+    #: Read when a block is packed (Triton's answer follows the conv kernel chosen then: its
+    #: v2 conv cannot gate on load); the packs then say which way the block runs.
+    gate_in_conv: bool = True
 
     def __deepcopy__(self, memo):
         # Stateless (packs live in the modules) and holds torch.ops handles, which cannot be

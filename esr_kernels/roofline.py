@@ -396,9 +396,10 @@ def _gate_executed(k) -> tuple[int, int, list[str]]:
     return 0, _tbytes(k.tensors["x_ptr"]), []
 
 
-_EXECUTED = {"_gate_kernel": _gate_executed, "_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv_executed, "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
+_EXECUTED = {"_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv_executed,
+             "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
-             "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed}
+             "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed, "_gate_kernel": _gate_executed}
 
 
 def executed_work(k) -> tuple[int, int, int, int]:

@@ -107,8 +107,8 @@ def _interior(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, H, W, H_out, 
 
 @triton.jit
 def _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-            ALIGN: tl.constexpr, C_in: tl.constexpr, KSIZE: tl.constexpr, HAS_SHIFT: tl.constexpr, CI_BLOCK: tl.constexpr,
-            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
+            ALIGN: tl.constexpr, C_in: tl.constexpr, KSIZE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+            CI_BLOCK: tl.constexpr, CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
             EDGE: tl.constexpr):
     """The K loop (taps x input channels, pipelined) into both accumulator column groups; EDGE:
     masked per pixel and tap (a border tile), else no pixel masks (an interior one)."""
