@@ -76,14 +76,38 @@ def pack_depthwise(dw_weight: torch.Tensor, co_pad: int) -> torch.Tensor:
 
 
 @triton.jit
+def _dw_tap(t_img, pix, c, p_ok, st_c, dw_ptr, tap, T_CH: tl.constexpr, CP: tl.constexpr, T_ALIGN: tl.constexpr):
+    """One tap's products for channels c [G] of pixels at offsets ``pix`` [P] of t: t's
+    channels up to T_CH loaded whole (see ``_bsb_dw_kernel``)."""
+    t_c = c if T_ALIGN > 1 else c * st_c  # T_ALIGN > 1: channels innermost (stride 1): vector loads
+    v = tl.load(t_img + pix[:, None] + t_c[None, :], mask=p_ok[:, None] & (c < T_CH)[None, :], other=0.0)
+    return v.to(tl.float32) * tl.load(dw_ptr + tap * CP + c)[None, :]
+
+
+@triton.jit
+def _dw_store(acc, c, oy, ox, p_ok, n, b_ptr, res_ptr, out_ptr, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
+              C: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr):
+    """Bias, activation, residual and the store of channels c [G] (< C) of pixels (oy, ox)."""
+    m = p_ok[:, None] & (c < C)[None, :]
+    y = apply_act(acc + tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :], ACT)
+    if HAS_RES:
+        y += tl.load(res_ptr + n * sr_n + (oy * sr_h + ox * sr_w)[:, None] + (c * sr_c)[None, :],
+                     mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + n * so_n + (oy * so_h + ox * so_w)[:, None] + (c * so_c)[None, :],
+             y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _bsb_dw_kernel(
     t_ptr, dw_ptr, b_ptr, res_ptr, out_ptr, H, W, tiles_w,
     st_n, st_c, st_h, st_w, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
     C: tl.constexpr, T_CH: tl.constexpr, HAS_RES: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    CP: tl.constexpr, ACT: tl.constexpr, WIDE: tl.constexpr, T_ALIGN: tl.constexpr,
+    CP: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, ACT: tl.constexpr, WIDE: tl.constexpr,
+    T_ALIGN: tl.constexpr,
 ):
     """v2's second half: out = act(depthwise3x3_reflect(t) + b) (+ res) over a TILE_H x TILE_W
-    tile, all channels (CP, padded); t, res, out (N, C, H, W) any strides; dw (9, CP) float32.
+    tile, all channels as CA (a power of two) + CB (0 or a power of two) columns, T_CH or more
+    (36 channels: 32 + 8, not 64); t, res, out (N, C, H, W) any strides; dw (9, CP) float32.
     T_CH: the channels t's storage holds per pixel (v2's padded layout: C rounded up to 8), all
     loaded, so that a pixel's channels load as whole vectors: a channel's output depends on
     that channel alone, and those past C are never stored. Offsets within an image in 32 bits,
@@ -94,25 +118,35 @@ def _bsb_dw_kernel(
         oy = oy.to(tl.int64)
         ox = ox.to(tl.int64)
     n = tl.program_id(1).to(tl.int64)
-    c = tl.arange(0, CP)
-    m = p_ok[:, None] & (c < C)[None, :]
-    mt = p_ok[:, None] & (c < T_CH)[None, :]
+    ca = tl.arange(0, CA)
+    cb = CA + tl.arange(0, CB if CB > 0 else 1)
     t_img = image_base(t_ptr, n, st_n, T_ALIGN)
-    # T_ALIGN > 1: channels innermost (stride 1), so a pixel's channels load as 16-byte vectors
-    t_c = c if T_ALIGN > 1 else c * st_c
-    acc = tl.zeros((TILE_H * TILE_W, CP), dtype=tl.float32)
+    acc_a = tl.zeros((TILE_H * TILE_W, CA), dtype=tl.float32)
+    acc_b = tl.zeros((TILE_H * TILE_W, CB if CB > 0 else 1), dtype=tl.float32)  # unused when CB == 0
     for tap in range(9):  # a runtime loop: unrolled, the nine taps' loads were all live at once (spills)
         iy = _reflect(oy + tap // 3 - 1, H)
         ix = _reflect(ox + tap % 3 - 1, W)
         pix = pixel_offset(iy, ix, st_h, st_w, T_ALIGN)
-        v = tl.load(t_img + pix[:, None] + t_c[None, :], mask=mt, other=0.0)
-        acc += v.to(tl.float32) * tl.load(dw_ptr + tap * CP + c)[None, :]
-    y = apply_act(acc + tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :], ACT)
-    if HAS_RES:
-        y += tl.load(res_ptr + n * sr_n + (oy * sr_h + ox * sr_w)[:, None] + (c * sr_c)[None, :],
-                     mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + n * so_n + (oy * so_h + ox * so_w)[:, None] + (c * so_c)[None, :],
-             y.to(out_ptr.dtype.element_ty), mask=m)
+        acc_a += _dw_tap(t_img, pix, ca, p_ok, st_c, dw_ptr, tap, T_CH, CP, T_ALIGN)
+        if CB > 0:
+            acc_b += _dw_tap(t_img, pix, cb, p_ok, st_c, dw_ptr, tap, T_CH, CP, T_ALIGN)
+    _dw_store(acc_a, ca, oy, ox, p_ok, n, b_ptr, res_ptr, out_ptr, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h, so_w,
+              C, HAS_RES, ACT)
+    if CB > 0:
+        _dw_store(acc_b, cb, oy, ox, p_ok, n, b_ptr, res_ptr, out_ptr, sr_n, sr_c, sr_h, sr_w, so_n, so_c, so_h,
+                  so_w, C, HAS_RES, ACT)
+
+
+def dw_column_groups(t_ch: int, cp: int) -> tuple[int, int]:
+    """(CA, CB) for ``_bsb_dw_kernel``: ``t_ch`` channels (at most ``cp``, a power of two) as a
+    power of two plus 0 or a smaller power of two (40 = 32 + 8, 48 = 32 + 16), else cp alone."""
+    a = 1
+    while a * 2 <= t_ch:
+        a *= 2
+    b = t_ch - a
+    if b == 0 or (b & (b - 1)) == 0:
+        return a, b
+    return cp, 0
 
 
 def _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
@@ -130,10 +164,13 @@ def _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
     tile_h = max(cfg.block_p // tile_w, 1)
     tiles_w = triton.cdiv(w, tile_w)
     res = residual if residual is not None else x
+    cp = dw_packed.shape[-1]
+    t_ch = min(t.stride(3), cp)  # t is v2's padded channels-last: its pixels hold C rounded up to 8
+    ca, cb = dw_column_groups(t_ch, cp)
     wrap(_bsb_dw_kernel)[(tiles_w * triton.cdiv(h, tile_h), n)](
         t, dw_packed, dw_bias, res, out, h, w, tiles_w, *t.stride(), *res.stride(), *out.stride(),
-        C=c, T_CH=min(t.stride(3), dw_packed.shape[-1]), HAS_RES=residual is not None, TILE_H=tile_h,
-        TILE_W=tile_w, CP=dw_packed.shape[-1], ACT=ACT_GELU, WIDE=_wide(t, res, out), T_ALIGN=_align(t),
+        C=c, T_CH=t_ch, HAS_RES=residual is not None, TILE_H=tile_h, TILE_W=tile_w, CP=cp, CA=ca, CB=cb,
+        ACT=ACT_GELU, WIDE=_wide(t, res, out), T_ALIGN=_align(t),
         **cfg.launch_kwargs(),
     )
     return out

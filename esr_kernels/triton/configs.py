@@ -204,10 +204,11 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
             return LaunchConfig(block_p=128, num_warps=8, num_stages=3, ci_block=ci_block, maxnreg=128)
         return LaunchConfig(block_p=128, num_warps=4, num_stages=3, ci_block=ci_block)
     if kernel == "bsb_dw":
-        # v2's depthwise half: 4 x 16 pixels x all channels (<= 64) float32 accumulators, the
-        # taps as a runtime loop. 8 x 16 pixels took 255 registers and spilled 100-180 B with the
-        # residual (4 warps; 8 warps with the taps unrolled: 152 B).
-        return LaunchConfig(block_p=64, num_warps=4, num_stages=1)
+        # v2's depthwise half: 8 x 16 pixels x the channels as 32 + 8 (IFADNet's 36) float32
+        # accumulators, the taps as a runtime loop: 104-127 registers, no spill on sm_80-90;
+        # sm_90 fp16 106 warp-instructions per pixel against 128 at 4 x 16. (With all 64 padded
+        # channels, 8 x 16 pixels took 255 registers and spilled 100-180 B with the residual.)
+        return LaunchConfig(block_p=128, num_warps=4, num_stages=1)
     if kernel == "bsb":
         # The pointwise conv is recomputed per tap into a second [BLOCK_P, CO_PAD] float32
         # tile beside the accumulator: 64 input channels at a time took 255 registers + spills.

@@ -106,12 +106,16 @@ def test_conv_v2_gpu_tiles(dtype, device):
 
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
 def test_bsb_v2_gpu_tiles(dtype, device):
-    """v2's BSB (the 1x1 on v2's tiles, then the 4x16-pixel depthwise kernel) with the GPU's
-    configuration: partial tiles both ways, the reflected borders."""
+    """v2's BSB (the 1x1 on v2's tiles, then the 8x16-pixel depthwise kernel, its 36 channels
+    as 32 + 8 columns read from the 40 of each padded pixel) with the GPU's configuration:
+    partial tiles both ways, the reflected borders."""
+    from esr_kernels.triton.bsb import dw_column_groups
     from esr_kernels.triton.common import target_arch
     from esr_kernels.triton.configs import conv_kernel, launch_config
 
-    assert launch_config("bsb_dw", 90, dtype, c_in=36).block_p == 64
+    assert launch_config("bsb_dw", 90, dtype, c_in=36).block_p == 128
+    assert dw_column_groups(40, 64) == (32, 8) and dw_column_groups(48, 64) == (32, 16)
+    assert dw_column_groups(64, 64) == (64, 0) and dw_column_groups(56, 64) == (64, 0)
     args, dw = bsb_args(2, 36, 19, 37, dtype, "channels_last", device)
     x, pw, _, bias, res = args
     with target_arch(90), conv_kernel("v2"):
