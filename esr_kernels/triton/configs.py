@@ -197,12 +197,13 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         c_in = int(sizes.get("c_in", 16))
         cap = 32 if dtype == torch.float32 else 64
         ci_block = min(max(16, 1 << max(c_in - 1, 1).bit_length()), cap) if c_in % 8 == 0 or c_in < 16 else 16
-        if arch < 90:
+        if arch < 90 and c_in < 16:
             # the interior tiles' unmasked K loop (conv_tc.py) is unrolled: on sm_80 ptxas gave
             # PFDNLite's and RLFN's stem convs (C_in 3) 64 registers and a 16-byte spill;
-            # allowed 128 (8 warps: the register file holds them), none spill
+            # allowed 128 (8 warps: the register file holds them), none spill. Not the others:
+            # capped at 128, Triton 3.6 spilled 8 B in RLFN's 48-channel convs on sm_86.
             return LaunchConfig(block_p=128, num_warps=8, num_stages=3, ci_block=ci_block, maxnreg=128)
-        return LaunchConfig(block_p=128, num_warps=4, num_stages=3, ci_block=ci_block)
+        return LaunchConfig(block_p=128, num_warps=4 if arch >= 90 else 8, num_stages=3, ci_block=ci_block)
     if kernel == "bsb_dw":
         # v2's depthwise half: 8 x 16 pixels x the channels as 32 + 8 (IFADNet's 36) float32
         # accumulators, the taps as a runtime loop: 104-127 registers, no spill on sm_80-90;
