@@ -22,7 +22,7 @@ from ..spec import ACT_GELU
 from .common import apply_act, dot_precision, image_base, launch_arch, mma, pixel_offset, program_pixels, tile_pixels
 from .configs import conv_choice, launch_config
 from .conv import conv_launch
-from .conv_tc import _align, _wide, padded_channels_last
+from .conv_tc import padded_channels_last, pixel_alignment, wide_offsets
 
 
 @triton.jit
@@ -112,7 +112,7 @@ def _bsb_dw_kernel(
     loaded, so that a pixel's channels load as whole vectors: a channel's output depends on
     that channel alone, and those past C are never stored. Offsets within an image in 32 bits,
     its base in 64 (WIDE: an image's offsets may pass 2^31, all in 64). T_ALIGN: t's image, row
-    and pixel strides are multiples of it, channels innermost (``conv_tc._align``)."""
+    and pixel strides are multiples of it, channels innermost (``conv_tc.pixel_alignment``)."""
     oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H, W)
     if WIDE:
         oy = oy.to(tl.int64)
@@ -170,7 +170,7 @@ def _bsb_split_launch(wrap, x, pw_packed, dw_packed, dw_bias, residual, out):
     wrap(_bsb_dw_kernel)[(tiles_w * triton.cdiv(h, tile_h), n)](
         t, dw_packed, dw_bias, res, out, h, w, tiles_w, *t.stride(), *res.stride(), *out.stride(),
         C=c, T_CH=t_ch, HAS_RES=residual is not None, TILE_H=tile_h, TILE_W=tile_w, CP=cp, CA=ca, CB=cb,
-        ACT=ACT_GELU, WIDE=_wide(t, res, out), T_ALIGN=_align(t),
+        ACT=ACT_GELU, WIDE=wide_offsets(t, res, out), T_ALIGN=pixel_alignment(t),
         **cfg.launch_kwargs(),
     )
     return out

@@ -103,6 +103,26 @@ def bilinear_sample(base_ptr, chan_off, y0, y1, ly, x0, x1, lx, s_h, s_w, mask):
     return (1.0 - ly) * ((1.0 - lx) * p00 + lx * p01) + ly * ((1.0 - lx) * p10 + lx * p11)
 
 
+# the LocalAttention gate (v1's gated conv prologue / residual, and esr::gate)
+@triton.jit
+def gate_at(x0, oy, ox, att_h, att_w, scale_h, scale_w):
+    """What the gate needs per pixel, computed once per pixel (per tap), not per channel block:
+    the bilinear taps of up(att) at pixels (oy, ox) [P] and sigmoid(x0), x0 = x[:, 0] there."""
+    y0, y1, ly = bilinear_coords(oy, scale_h, att_h)
+    xa, xb, lx = bilinear_coords(ox, scale_w, att_w)
+    return y0, y1, ly, xa, xb, lx, sigmoid(x0)
+
+
+@triton.jit
+def gated(x, att_ptr, att_base, c, y0, y1, ly, xa, xb, lx, sig0, sa_c, sa_h, sa_w, mask):
+    """gate(x) = x * up(att) * sigmoid(x0) for channels c [C]: x [P, C]; the per-pixel terms
+    come from ``gate_at``."""
+    up = bilinear_sample(att_ptr + att_base, c[None, :].to(tl.int64) * sa_c,
+                         y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
+                         sa_h, sa_w, mask)
+    return x * up * sig0[:, None]
+
+
 def interpreting() -> bool:
     import os
 

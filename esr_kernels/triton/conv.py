@@ -19,31 +19,12 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT
-from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, bilinear_coords, bilinear_sample, dot_precision,
-                     interpreting, launch_arch, load_tile, mma, program_pixels, recording, shuffle_store, sigmoid)
+from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, dot_precision, gate_at, gated, interpreting,
+                     launch_arch, load_tile, mma, program_pixels, recording, shuffle_store)
 from .configs import conv_version, launch_config
 from .conv_tc import _conv_tc_kernel, conv_tc_launch
 
 _RES_GATED: tl.constexpr = tl.constexpr(RES_GATED_INPUT)
-
-
-@triton.jit
-def _gate_at(x0, oy, ox, att_h, att_w, scale_h, scale_w):
-    """What the gate needs per pixel, computed once per pixel (per tap), not per channel block:
-    the bilinear taps of up(att) at pixels (oy, ox) [P] and sigmoid(x0), x0 = x[:, 0] there."""
-    y0, y1, ly = bilinear_coords(oy, scale_h, att_h)
-    xa, xb, lx = bilinear_coords(ox, scale_w, att_w)
-    return y0, y1, ly, xa, xb, lx, sigmoid(x0)
-
-
-@triton.jit
-def _gated(x, att_ptr, att_base, c, y0, y1, ly, xa, xb, lx, sig0, sa_c, sa_h, sa_w, mask):
-    """gate(x) = x * up(att) * sigmoid(x0) for channels c [C]: x [P, C]; the per-pixel terms
-    come from ``_gate_at``."""
-    up = bilinear_sample(att_ptr + att_base, c[None, :].to(tl.int64) * sa_c,
-                         y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
-                         sa_h, sa_w, mask)
-    return x * up * sig0[:, None]
 
 
 @triton.jit
@@ -71,7 +52,7 @@ def _conv_kernel(
         pix = iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w
         if HAS_GATE:
             x0 = tl.load(x_ptr + x_base + pix, mask=valid, other=0.0).to(tl.float32)
-            gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(x0, iy, ix, att_h, att_w, scale_h, scale_w)
+            gy0, gy1, gly, gx0, gx1, glx, gs = gate_at(x0, iy, ix, att_h, att_w, scale_h, scale_w)
         for ci0 in range(0, C_in, CI_BLOCK):
             ci = ci0 + tl.arange(0, CI_BLOCK)
             m = valid[:, None] & (ci < C_in)[None, :]
@@ -81,7 +62,7 @@ def _conv_kernel(
                 sh = tl.load(shift_ptr + ci, mask=ci < C_in, other=0.0).to(tl.float32)
                 xv = tl.where(m, xv - sh[None, :], 0.0)
             if HAS_GATE:
-                xv = _gated(xv, att_ptr, att_base, ci, gy0, gy1, gly, gx0, gx1, glx, gs,
+                xv = gated(xv, att_ptr, att_base, ci, gy0, gy1, gly, gx0, gx1, glx, gs,
                             sa_c, sa_h, sa_w, m)
             w = tl.load(w_ptr + (tap * C_in + ci[:, None]) * CO_PAD + co[None, :],
                         mask=(ci < C_in)[:, None], other=0.0)
@@ -100,8 +81,8 @@ def _conv_kernel(
             xc = xc - sh[None, :]
         if HAS_GATE:
             x0c = tl.load(x_ptr + x_base + centre, mask=p_mask, other=0.0).to(tl.float32)
-            gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(x0c, oy, ox, att_h, att_w, scale_h, scale_w)
-            xc = _gated(xc, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
+            gy0, gy1, gly, gx0, gx1, glx, gs = gate_at(x0c, oy, ox, att_h, att_w, scale_h, scale_w)
+            xc = gated(xc, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
                         sa_c, sa_h, sa_w, out_mask)
         y = tl.where((co >= C_conv)[None, :], xc, y)
     if RES_MODE != 0:
@@ -110,8 +91,8 @@ def _conv_kernel(
             # The residual is the LocalAttention output, recomputed from its input and att.
             r_pix = n * sr_n + oy.to(tl.int64) * sr_h + ox.to(tl.int64) * sr_w
             r0 = tl.load(res_ptr + r_pix, mask=p_mask, other=0.0).to(tl.float32)
-            gy0, gy1, gly, gx0, gx1, glx, gs = _gate_at(r0, oy, ox, att_h, att_w, scale_h, scale_w)
-            r = _gated(r, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
+            gy0, gy1, gly, gx0, gx1, glx, gs = gate_at(r0, oy, ox, att_h, att_w, scale_h, scale_w)
+            r = gated(r, att_ptr, att_base, co, gy0, gy1, gly, gx0, gx1, glx, gs,
                        sa_c, sa_h, sa_w, out_mask)
         y = add_residual(y, r, RES_MODE)
     shuffle_store(y, co, n, oy, ox, out_mask, out_ptr, sc_ptr, C_out, so_n, so_c, so_h, so_w,

@@ -260,13 +260,13 @@ def column_groups(c_out: int) -> tuple[int, int]:
     return a, b
 
 
-def _wide(*tensors) -> bool:
+def wide_offsets(*tensors) -> bool:
     """Whether an element offset within one image of these tensors can reach 2^31."""
     return any(t is not None and t.dim() == 4 and sum((s - 1) * st for s, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31
                for t in tensors)
 
 
-def _align(x) -> int:
+def pixel_alignment(x) -> int:
     """8 when x's channels are innermost and its image, row and pixel strides are multiples of 8
     elements (``ops._padded_channels_last``), else 1. (The start's 16-byte alignment is Triton's
     own pointer specialisation.)"""
@@ -308,8 +308,8 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
         C_in=c_in, KSIZE=g.ksize, STRIDE=g.stride, PAD=g.padding, ACT=e.act, HAS_SHIFT=e.shift is not None,
         RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode, PARTIAL=g.c_out > g.c_conv,
         TILE_H=tile_h, TILE_W=tile_w, CI_BLOCK=cfg.ci_block or 16, CO_A=co_a, CO_B=co_b,
-        W_LD=w_packed.shape[-1], PREC=prec, WIDE=_wide(x, out, res, sc), ALIGN=_align(x), K_A=k_a, K_B=k_b,
-        PATHS=PATHS_BOTH,
+        W_LD=w_packed.shape[-1], PREC=prec, WIDE=wide_offsets(x, out, res, sc), ALIGN=pixel_alignment(x),
+        K_A=k_a, K_B=k_b, PATHS=PATHS_BOTH,
         **cfg.launch_kwargs(),
     )
     return out

@@ -4,13 +4,12 @@ v2 multiplies on the tensor cores straight from memory, so the gate cannot ride 
 loads as it does in v1's (``conv._conv_kernel``, HAS_GATE / RES_GATED_INPUT); it is computed
 once per pixel here, and the gated tensor feeds the first conv and is the last one's residual.
 Each program owns BLOCK_P pixels x all channels; the per-pixel bilinear taps and the sigmoid are
-v1's (``conv._gate_at`` / ``_gated``)."""
+v1's (``common.gate_at`` / ``gated``)."""
 import triton
 import triton.language as tl
 
-from .common import launch_arch, program_pixels
+from .common import gate_at, gated, launch_arch, program_pixels
 from .configs import launch_config
-from .conv import _gate_at, _gated
 
 
 @triton.jit
@@ -27,8 +26,8 @@ def _gate_kernel(
     x_pix = n * sx_n + oy.to(tl.int64) * sx_h + ox.to(tl.int64) * sx_w
     x = tl.load(x_ptr + x_pix[:, None] + c[None, :].to(tl.int64) * sx_c, mask=m, other=0.0).to(tl.float32)
     x0 = tl.load(x_ptr + x_pix, mask=p_mask, other=0.0).to(tl.float32)
-    y0, y1, ly, xa, xb, lx, sig0 = _gate_at(x0, oy, ox, att_h, att_w, scale_h, scale_w)
-    y = _gated(x, att_ptr, n * sa_n, c, y0, y1, ly, xa, xb, lx, sig0, sa_c, sa_h, sa_w, m)
+    y0, y1, ly, xa, xb, lx, sig0 = gate_at(x0, oy, ox, att_h, att_w, scale_h, scale_w)
+    y = gated(x, att_ptr, n * sa_n, c, y0, y1, ly, xa, xb, lx, sig0, sa_c, sa_h, sa_w, m)
     dst = n * so_n + oy.to(tl.int64) * so_h + ox.to(tl.int64) * so_w
     tl.store(out_ptr + dst[:, None] + c[None, :].to(tl.int64) * so_c, y.to(out_ptr.dtype.element_ty), mask=m)
 
