@@ -319,10 +319,12 @@ def _halo_extent(out_len: int, tile: int, ksize: int, stride: int, pad: int, in_
 
 def _conv_tc_executed(k) -> tuple[int, int, list[str]]:
     """_conv_tc_kernel (v2): every program runs TILE_H x TILE_W pixels x KSIZE^2 taps x C_in
-    rounded up to CI_BLOCK x (CO_A + CO_B); it reads its tile's halo of the input."""
+    rounded up to CI_BLOCK (or K_A + K_B per tap: ``conv_tc.tap_parts``) x (CO_A + CO_B); it
+    reads its tile's halo of the input."""
     c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
     programs, taps = k.grid[0] * k.grid[1], c["KSIZE"] ** 2
-    macs = programs * c["TILE_H"] * c["TILE_W"] * taps * _ceil_to(c["C_in"], c["CI_BLOCK"]) * (c["CO_A"] + c["CO_B"])
+    k_tap = c["K_A"] + c["K_B"] if c.get("K_A") else _ceil_to(c["C_in"], c["CI_BLOCK"])
+    macs = programs * c["TILE_H"] * c["TILE_W"] * taps * k_tap * (c["CO_A"] + c["CO_B"])
     rows = _halo_extent(s["H_out"], c["TILE_H"], c["KSIZE"], c["STRIDE"], c["PAD"], s["H"])
     cols = _halo_extent(s["W_out"], c["TILE_W"], c["KSIZE"], c["STRIDE"], c["PAD"], s["W"])
     e = _ELEM[x.dtype]
@@ -480,7 +482,9 @@ def _loop_trips(k) -> tuple[int, int]:
     k_blocks = -(-s.get("C_in", c.get("C_in", s.get("C", s.get("C_f", 0)))) // c["CI_BLOCK"]) if "CI_BLOCK" in c else 0
     pool = c.get("POOL_K", 0) ** 2
     taps = c.get("KSIZE", 0) ** 2
-    return {"_conv_kernel": (k_blocks, 0), "_conv_tc_kernel": (taps * k_blocks, 0), "_bsb_dw_kernel": (9, 0),
+    # conv v2 with K_A > 0 (``conv_tc.tap_parts``): one step per tap, its parts unrolled
+    tc_steps = taps if c.get("K_A") else taps * k_blocks
+    return {"_conv_kernel": (k_blocks, 0), "_conv_tc_kernel": (tc_steps, 0), "_bsb_dw_kernel": (9, 0),
             "_concat_conv_kernel": (k_blocks, 0),
             "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
             "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),

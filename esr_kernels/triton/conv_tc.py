@@ -11,7 +11,10 @@ The same op as ``conv._conv_kernel`` (``esr::conv``, semantics in
   CO_B (0 or 16) accumulator columns: 48 channels are 32 + 16 (v1 pads 36/46/48 to 64), 28 are
   32;
 - one flattened K loop over taps x input-channel blocks, software-pipelined (the launch's
-  num_stages: cp.async loads of the next blocks while this one multiplies);
+  num_stages: cp.async loads of the next blocks while this one multiplies); on sm_90, up to 64
+  input channels as one step per tap (``tap_parts``: 36 = 32 + the last 16, overlapping, their
+  weights zero there), and a last channel block that overlaps the one before rather than
+  masking channels (masks on channels cost 1.5-2x the instructions of the step);
 - two K loops, chosen per tile: an interior tile (every pixel and tap inside the images, ~94%
   of the tiles at 540x960) loads without per-pixel masks, an edge tile with them; pixel offsets
   within an image in 32 bits (unless WIDE), the image's base once in 64;
@@ -55,17 +58,24 @@ def _dot_acc(a, w, acc, PREC: tl.constexpr):
 @triton.jit
 def _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb, sx_c,
             C_in: tl.constexpr, CI: tl.constexpr, MASKED: tl.constexpr, HAS_SHIFT: tl.constexpr,
-            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, EDGE: tl.constexpr):
+            CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, EDGE: tl.constexpr,
+            W_MASK: tl.constexpr, w_from):
     """One K step: input channels [ci0, ci0 + CI) of the pixels at offsets ``pix`` (``valid``:
     inside the image) times their weight rows of ``tap``, into both accumulator column groups.
     MASKED: some of those channels lie past C_in (else no channel mask: whole-vector loads).
     EDGE: some pixels or taps of the tile lie outside the image (else ``valid`` is all true and
-    no pixel mask is computed: an interior tile's loads are unmasked)."""
+    no pixel mask is computed: an interior tile's loads are unmasked).
+    W_MASK: the channels below ``w_from`` were an earlier step's, so their weight rows count as
+    zero here (the step overlaps the previous one instead of reading past C_in)."""
     ci = ci0 + tl.arange(0, CI)
     if MASKED:
         cm = ci < C_in
     else:
         cm = ci >= 0
+    if W_MASK:
+        wm = ci >= w_from
+    else:
+        wm = cm
     if EDGE:
         m = valid[:, None] & cm[None, :]
         a = tl.load(x_img + pix[:, None] + (ci * sx_c)[None, :], mask=m, other=0.0)
@@ -79,14 +89,14 @@ def _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb,
         sh = tl.load(shift_ptr + ci, mask=cm, other=0.0).to(tl.float32)
         a = tl.where(m, a.to(tl.float32) - sh[None, :], 0.0)
     w_row = (tap * C_in + ci) * W_LD
-    if MASKED:
-        wa = tl.load(w_ptr + w_row[:, None] + ca[None, :], mask=cm[:, None], other=0.0)
+    if MASKED or W_MASK:
+        wa = tl.load(w_ptr + w_row[:, None] + ca[None, :], mask=wm[:, None], other=0.0)
     else:
         wa = tl.load(w_ptr + w_row[:, None] + ca[None, :])
     acc_a = _dot_acc(a, wa, acc_a, PREC)
     if CO_B > 0:
-        if MASKED:
-            wb = tl.load(w_ptr + w_row[:, None] + cb[None, :], mask=cm[:, None], other=0.0)
+        if MASKED or W_MASK:
+            wb = tl.load(w_ptr + w_row[:, None] + cb[None, :], mask=wm[:, None], other=0.0)
         else:
             wb = tl.load(w_ptr + w_row[:, None] + cb[None, :])
         acc_b = _dot_acc(a, wb, acc_b, PREC)
@@ -109,33 +119,44 @@ def _interior(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, H, W, H_out, 
 def _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
             ALIGN: tl.constexpr, C_in: tl.constexpr, KSIZE: tl.constexpr, HAS_SHIFT: tl.constexpr,
             CI_BLOCK: tl.constexpr, CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr,
-            EDGE: tl.constexpr):
+            EDGE: tl.constexpr, OVERLAP: tl.constexpr):
     """The K loop (taps x input channels, pipelined) into both accumulator column groups; EDGE:
     masked per pixel and tap (a border tile), else no pixel masks (an interior one)."""
     if K_A > 0:
-        # one step per tap, its channels as a power-of-two part plus 0 or 16 (48 = 32 + 16),
-        # neither masked (16-byte vector loads)
+        # one step per tap, its channels as a power-of-two part K_A plus 0 or 16 more: the last
+        # 16 channels (48 = 32 + [32, 48); 36 = 32 + [20, 36), channels 20-31 with zero weights
+        # there), so no channel is masked
         for tap in range(0, KSIZE * KSIZE):  # pipelined
             iy = iy0 + tap // KSIZE
             ix = ix0 + tap % KSIZE
             valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
             pix = pixel_offset(iy, ix, sx_h, sx_w, ALIGN)
             acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, 0, acc_a, acc_b, ca, cb, sx_c,
-                                   C_in, K_A, K_A > C_in, HAS_SHIFT, CO_B, W_LD, PREC, EDGE)
+                                   C_in, K_A, False, HAS_SHIFT, CO_B, W_LD, PREC, EDGE, False, 0)
             if K_B > 0:
-                acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, K_A, acc_a, acc_b, ca, cb, sx_c,
-                                       C_in, K_B, K_A + K_B > C_in, HAS_SHIFT, CO_B, W_LD, PREC, EDGE)
+                acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, C_in - K_B, acc_a, acc_b, ca, cb,
+                                       sx_c, C_in, K_B, False, HAS_SHIFT, CO_B, W_LD, PREC, EDGE,
+                                       C_in - K_B < K_A, K_A)
     else:
         ci_blocks: tl.constexpr = (C_in + CI_BLOCK - 1) // CI_BLOCK
+        # OVERLAP (sm_90), C_in > CI_BLOCK and not a multiple of it (IFADNet's 216 = 3 x 64 + 24):
+        # the last block is the last CI_BLOCK channels, overlapping the one before with zero
+        # weights there, instead of a block masked per channel
+        LAST: tl.constexpr = OVERLAP and C_in % CI_BLOCK != 0 and C_in > CI_BLOCK
         for kk in range(0, KSIZE * KSIZE * ci_blocks):  # taps x input-channel blocks, pipelined
             tap = kk // ci_blocks
             iy = iy0 + tap // KSIZE
             ix = ix0 + tap % KSIZE
             valid = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
             pix = pixel_offset(iy, ix, sx_h, sx_w, ALIGN)
-            acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, (kk - tap * ci_blocks) * CI_BLOCK,
-                                   acc_a, acc_b, ca, cb, sx_c, C_in, CI_BLOCK, C_in % CI_BLOCK != 0, HAS_SHIFT,
-                                   CO_B, W_LD, PREC, EDGE)
+            c0 = (kk - tap * ci_blocks) * CI_BLOCK
+            if LAST:
+                ci0 = tl.minimum(c0, C_in - CI_BLOCK)
+            else:
+                ci0 = c0
+            acc_a, acc_b = _k_part(x_img, w_ptr, shift_ptr, pix, valid, tap, ci0, acc_a, acc_b, ca, cb, sx_c, C_in,
+                                   CI_BLOCK, C_in % CI_BLOCK != 0 and not LAST, HAS_SHIFT, CO_B, W_LD, PREC,
+                                   EDGE, LAST, c0)
     return acc_a, acc_b
 
 
@@ -170,7 +191,7 @@ def _conv_tc_kernel(
     HAS_SHIFT: tl.constexpr, RES_MODE: tl.constexpr, SHUFFLE: tl.constexpr, SC_MODE: tl.constexpr,
     PARTIAL: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, CI_BLOCK: tl.constexpr,
     CO_A: tl.constexpr, CO_B: tl.constexpr, W_LD: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr,
-    ALIGN: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr, PATHS: tl.constexpr,
+    ALIGN: tl.constexpr, K_A: tl.constexpr, K_B: tl.constexpr, PATHS: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     """x (N, C_in.., H, W) any strides; w (K*K, C_in, W_LD) packed (``reference.pack_conv_weight``);
     grid (tiles, N). WIDE: one image's element offsets may pass 2^31 (int64 pixel offsets).
@@ -178,8 +199,9 @@ def _conv_tc_kernel(
     launcher checks; 1: nothing known): with 8, a pixel's channels load as 16-byte vectors.
     C_in is a compile-time constant (each layer's own): the K loop's tap / channel-block split
     is a division by a constant and the channel mask vanishes when CI_BLOCK divides C_in.
-    K_A > 0 (C_in a multiple of 16, <= 64): the K loop is over taps only, each tap's channels as
-    K_A (a power of two) + K_B (0 or 16), else CI_BLOCK-channel blocks."""
+    K_A > 0 (``tap_parts``; C_in <= 64): the K loop is over taps only, each tap's channels as
+    K_A (a power of two) + K_B (0 or 16: the last 16 channels), else CI_BLOCK-channel blocks
+    (OVERLAP: the last one overlapping the one before, else masked per channel)."""
     oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H_out, W_out)
     n = tl.program_id(1).to(tl.int64)
     # the image's base once, in 64 bits; the per-pixel offsets within it in 32 (unless WIDE)
@@ -200,16 +222,16 @@ def _conv_tc_kernel(
     # path only when the roofline compiles each for its issue count; launches take both.
     if PATHS == _PATHS_EDGE:
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True, OVERLAP)
     elif PATHS == _PATHS_INTERIOR:
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False, OVERLAP)
     elif _interior(TILE_H, TILE_W, tiles_w, H, W, H_out, W_out, KSIZE, STRIDE, PAD):
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, False, OVERLAP)
     else:
         acc_a, acc_b = _k_loop(x_img, w_ptr, shift_ptr, iy0, ix0, p_ok, H, W, sx_c, sx_h, sx_w, acc_a, acc_b, ca, cb,
-                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True)
+                               ALIGN, C_in, KSIZE, HAS_SHIFT, CI_BLOCK, CO_B, W_LD, PREC, K_A, K_B, True, OVERLAP)
     _store_columns(acc_a, ca, n, oy, ox, p_ok, x_ptr, b_ptr, out_ptr, res_ptr, sc_ptr, C_conv, C_out,
                    sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w, sr_n, sr_c, sr_h, sr_w,
                    ss_n, ss_c, ss_h, ss_w, ACT, RES_MODE, SHUFFLE, SC_MODE, PARTIAL)
@@ -260,6 +282,19 @@ def column_groups(c_out: int) -> tuple[int, int]:
     return a, b
 
 
+def tap_parts(c_in: int) -> tuple[int, int]:
+    """(K_A, K_B): a tap's ``c_in`` input channels as one K step of K_A (the largest power of
+    two <= c_in, at least 16) plus, when channels remain, one of K_B = 16: the last 16 channels,
+    overlapping the first part where c_in - K_A < 16 (the overlap's weights count as zero there).
+    (0, 0) where that does not cover c_in (fewer than 16 channels, or more than K_A + 16): the
+    K loop then runs over CI_BLOCK-channel blocks."""
+    if c_in < 16:
+        return 0, 0
+    a = 1 << (c_in.bit_length() - 1)
+    rest = c_in - a
+    return (a, 16 if rest else 0) if rest <= 16 else (0, 0)
+
+
 def wide_offsets(*tensors) -> bool:
     """Whether an element offset within one image of these tensors can reach 2^31."""
     return any(t is not None and t.dim() == 4 and sum((s - 1) * st for s, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31
@@ -285,16 +320,22 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
     tile_h = cfg.block_p // tile_w
     tiles_w = triton.cdiv(wo, tile_w)
     co_a, co_b = column_groups(g.c_out)
-    # One step per tap when its channels fit and need no mask: C_in a multiple of 16 up to 64
-    # (float32: 32, so that 3 stages of [128 x K] fit sm_86/89's 99 KB of shared memory). From
-    # the sm_90 SASS, fp16, 540x960: RLFN's 48 -> 48 3x3 issues 92 warp-instructions per pixel
-    # this way, 99.5 in 64-channel blocks; with a masked part (46 = 32 + 14) 248, against 163
-    # in 16-channel blocks, so masked channel counts take the blocks.
+    # One step per tap when its channels fit (``tap_parts``), up to 64 (float32 too: 3 stages of
+    # [128 x 64] float32 fit sm_90's 227 KB; TF32, 540x960, RLFN 3663 -> 2980 and IFADNet
+    # 4494 -> 4105 warp-instructions per pixel against a cap of 32). From the sm_90 SASS, fp16,
+    # 540x960: RLFN's 48 -> 48 3x3 issues 92 warp-instructions per pixel this way, 99.5 in
+    # 64-channel blocks; with a part masked per channel (46 = 32 + 14) 248, against 163 in
+    # 16-channel blocks: hence the second part overlapping the first instead of a mask.
     # sm_90 only: with mma.sync (sm_80/86/89) the two parts' operands and 48 accumulator
     # columns took 255 registers and an 88-byte stack on sm_86.
     arch = launch_arch(x)
-    fits = c_in % 16 == 0 and c_in <= (32 if w_packed.dtype.itemsize == 4 else 64) and (arch is None or arch >= 90)
-    k_a, k_b = column_groups(c_in) if fits else (0, 0)
+    # A C_in that is a multiple of 8 but not of 16 (PFDNLite's 24) keeps one block per tap, its
+    # channel mask whole 16-byte vectors (67.5 warp-instructions per pixel against 70.5 as
+    # 16 + 16); one that is not a multiple of 8 (IFADNet's 36, RLFN's 46, SPAN's 28) takes the
+    # parts, overlapping, unmasked (IFADNet's 36 -> 36 3x3: 106 against 183 in 16-channel blocks).
+    sm90 = arch is None or arch >= 90
+    fits = (c_in % 16 == 0 or c_in % 8 != 0) and c_in <= 64 and sm90
+    k_a, k_b = tap_parts(c_in) if fits else (0, 0)
     if co_a + co_b > w_packed.shape[-1]:
         raise ValueError(f"packed weight has {w_packed.shape[-1]} columns, the conv needs {co_a + co_b}")
     res, sc = e.residual, e.shortcut
@@ -309,7 +350,7 @@ def conv_tc_launch(kernel_wrapper, x, w_packed, bias, g, e, out, cfg, c_in: int,
         RES_MODE=e.residual_mode, SHUFFLE=e.shuffle, SC_MODE=e.shortcut_mode, PARTIAL=g.c_out > g.c_conv,
         TILE_H=tile_h, TILE_W=tile_w, CI_BLOCK=cfg.ci_block or 16, CO_A=co_a, CO_B=co_b,
         W_LD=w_packed.shape[-1], PREC=prec, WIDE=wide_offsets(x, out, res, sc), ALIGN=pixel_alignment(x),
-        K_A=k_a, K_B=k_b, PATHS=PATHS_BOTH,
+        K_A=k_a, K_B=k_b, PATHS=PATHS_BOTH, OVERLAP=sm90,
         **cfg.launch_kwargs(),
     )
     return out

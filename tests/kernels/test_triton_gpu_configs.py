@@ -83,9 +83,14 @@ def test_every_arch_is_covered():
 
 
 # v2 (conv_tc.py): one configuration for every arch, 8 x 16 tiles; 19 x 37 output pixels make
-# partial tiles in both directions, and the 216-channel 1x1 a partial last channel block.
-V2_CASES = (("head_shift", "nchw"), ("1x1_wide_residual", "channels_last"), ("stride2_small", "strided"),
-            ("partial_24in", "channels_last"), ("span_att", "channels_last"), ("tail_repeat_shuffle", "nchw"))
+# partial tiles in both directions; the 216-channel 1x1 a partial last channel block (on sm_90
+# the last 64 channels, overlapping the block before; masked per channel on sm_80); 36, 46 and
+# 28 input channels one K step per tap on sm_90 as 32 + 16, 32 + 16 and 16 + 16 channels, the
+# second part overlapping the first (``conv_tc.tap_parts``).
+V2_CASES = (("head_shift", "nchw", 90), ("1x1_wide_residual", "channels_last", 90),
+            ("1x1_wide_residual", "channels_last", 80), ("stride2_small", "strided", 90),
+            ("partial_24in", "channels_last", 90), ("span_att", "channels_last", 90),
+            ("3x3_gelu", "channels_last", 90), ("leaky_residual", "nchw", 90), ("tail_repeat_shuffle", "nchw", 90))
 
 
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
@@ -95,13 +100,34 @@ def test_conv_v2_gpu_tiles(dtype, device):
 
     cfg = launch_config("conv_tc", 90, dtype, c_in=216)
     assert cfg.block_p == 128 and 216 % cfg.ci_block != 0
-    for case, layout in V2_CASES:
+    for case, layout, arch in V2_CASES:
         args = conv_args(case, 2, 19, 37, dtype, layout, device)
-        with target_arch(90), conv_kernel("v2"):
+        with target_arch(arch), conv_kernel("v2"):
             out = torch.ops.esr.conv(*args)
         ref = R.conv(*CONV.split(upcast(*args)))
         assert out.shape == ref.shape and torch.isfinite(out).all()
-        assert rel_err(out, ref) <= REL_TOL[dtype], (case, layout)
+        assert rel_err(out, ref) <= REL_TOL[dtype], (case, layout, arch)
+
+
+def test_tap_parts_cover_every_channel_once():
+    """``conv_tc.tap_parts``: a tap's channels as K_A (a power of two) plus the last K_B = 16
+    channels, the overlap's weights zero in the second part: each channel counted exactly once;
+    too few (< 16) or too many (> K_A + 16) channels fall back to channel blocks."""
+    from esr_kernels.triton.conv_tc import tap_parts
+
+    assert [tap_parts(c) for c in (3, 15, 16, 28, 36, 46, 48, 64, 80)] == [
+        (0, 0), (0, 0), (16, 0), (16, 16), (32, 16), (32, 16), (32, 16), (64, 0), (64, 16)]
+    assert tap_parts(56) == (0, 0)  # 32 + 24: not one 16-channel part
+    for c_in in range(16, 129):
+        k_a, k_b = tap_parts(c_in)
+        if k_a == 0:
+            continue
+        counted = [0] * c_in
+        for ci in range(k_a):
+            counted[ci] += 1
+        for ci in range(c_in - k_b, c_in) if k_b else ():
+            counted[ci] += ci >= k_a  # the kernel's weight mask (W_MASK) in the second part
+        assert counted == [1] * c_in, c_in
 
 
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)

@@ -121,26 +121,35 @@ def test_batch2_channels_last_noncontiguous(fused, refs, golden, dev, name):
         assert_matches_reference(fused[name](wide[..., 3:40]), refs[name], x, ref)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in VARIANTS])
-def test_triton_v2_conv_in_whole_models(refs, golden, name):
-    """Issue 28: the tensor-core dense conv (v2, ``ESR_TRITON_CONV=v2``) in whole models, from
-    an NCHW image: the same bar as v1. From the first conv on the activations are channels-last
-    with 16-byte aligned pixels (v2's layout), and the output is the NCHW image."""
-    from esr_kernels.triton.configs import conv_kernel
-
+def _triton_device() -> torch.device:
+    """The device the Triton backend runs on here, or a skip saying why it cannot run."""
     dev = _device_for("triton")
     try:
         resolve_backend("triton", dev)
     except RuntimeError as exc:
         pytest.skip(f"backend 'triton' cannot run here: {exc}")
+    return dev
+
+
+# The two tests below run the Triton backend whatever the ``backend`` fixture says, so they load
+# their references themselves: through the ``refs`` fixture they were parametrised by backend
+# and ran twice (and once more at each forced CPU level, whose subprocess selects "cpu" ids).
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in VARIANTS])
+def test_triton_v2_conv_in_whole_models(golden, name):
+    """Issue 28: the tensor-core dense conv (v2, ``ESR_TRITON_CONV=v2``) in whole models, from
+    an NCHW image: the same bar as v1. From the first conv on the activations are channels-last
+    with 16-byte aligned pixels (v2's layout), and the output is the NCHW image."""
+    from esr_kernels.triton.configs import conv_kernel
+
+    dev = _triton_device()
     x = image_crops(golden, dev, 1, 19, 23).to(dev)
     with conv_kernel("v2"), torch.inference_mode():
         out = esr_models.load(name, device=dev, fused=True, backend="triton")(x)
     assert out.shape == (1, 3, 76, 92) and out.is_contiguous()
-    assert_matches_reference(out, refs[name].to(dev), x)
+    assert_matches_reference(out, esr_models.load(name, device=dev), x)
 
 
-def test_pfdnlite_stores_its_gate_when_packed_under_v2_and_runs_under_either_choice(refs, golden):
+def test_pfdnlite_stores_its_gate_when_packed_under_v2_and_runs_under_either_choice(golden):
     """PFDNLite packed with the v2 conv chosen stores the LocalAttention gate (esr::gate, once
     per block: v2 cannot gate its input on load) and its convs are plain ones; packed under v1,
     its convs gate on load and no esr::gate runs. Either model runs under either choice (the
@@ -149,11 +158,7 @@ def test_pfdnlite_stores_its_gate_when_packed_under_v2_and_runs_under_either_cho
 
     from esr_kernels.triton.configs import conv_kernel
 
-    dev = _device_for("triton")
-    try:
-        resolve_backend("triton", dev)
-    except RuntimeError as exc:
-        pytest.skip(f"backend 'triton' cannot run here: {exc}")
+    dev = _triton_device()
 
     class Calls(TorchDispatchMode):
         def __init__(self):
@@ -166,6 +171,7 @@ def test_pfdnlite_stores_its_gate_when_packed_under_v2_and_runs_under_either_cho
             return func(*args, **(kwargs or {}))
 
     x = image_crops(golden, dev, 1, 19, 23).to(dev)
+    ref = esr_models.load("pfdnlite", device=dev)
     for packed_under in ("v1", "v2"):
         with conv_kernel(packed_under):
             model = esr_models.load("pfdnlite", device=dev, fused=True, backend="triton")
@@ -174,7 +180,7 @@ def test_pfdnlite_stores_its_gate_when_packed_under_v2_and_runs_under_either_cho
             with conv_kernel(run_under), torch.inference_mode(), calls:
                 out = model(x)
             assert calls.names.count("gate") == (4 if packed_under == "v2" else 0), (packed_under, calls.names)
-            assert_matches_reference(out, refs["pfdnlite"].to(dev), x)
+            assert_matches_reference(out, ref, x)
 
 
 @pytest.mark.parametrize("name", NAMES)
