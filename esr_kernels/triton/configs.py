@@ -188,10 +188,11 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         # bookkeeping (~130 warp-instructions at K = 16, ~270 at K = 64) is what the issue count
         # is made of, so a 48 -> 48 3x3 issued 110 warp-instructions per pixel at K = 16 and 76
         # (+ 23 outside the loop) at K = 64: all input channels up to 64 in one step per tap.
-        # Not when the channel count is not a multiple of 8 (RLFN's 46): its pixels are not
-        # 16-byte aligned, every load is a scalar one, and K = 64's channel masks then cost more
-        # than three steps of 16 (234 against 166). float32 (TF32): at most 32, so that 3 stages
-        # of [128 x K] fp32 fit sm_86/89's 99 KB.
+        # CI_BLOCK is the channel block of the launches that do not take one step per tap
+        # (``conv_tc.tap_parts``: sm_80/86/89, more than 64 channels, multiples of 8 but not of
+        # 16): 16 when the count is not a multiple of 8 (a block masked per channel at K = 64
+        # cost more than three steps of 16: 234 against 166). float32 (TF32): at most 32, so that
+        # 3 stages of [128 x K] fp32 fit sm_86/89's 99 KB.
         # sm_80/86/89 (mma.sync: operands through registers): 8 warps, where 4 took 128-255
         # registers and spilled 8-64 bytes in some of PFDNLite's and IFADNet's convs.
         c_in = int(sizes.get("c_in", 16))
