@@ -23,11 +23,12 @@ from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
 from .spec import pooled_size
 from .triton.bsb import bsb_launch
 from .triton.concat_conv import concat_conv_launch, same_layout
-from .triton.common import interpreting
-from .triton.configs import conv_choice
+from .triton.common import DOT_IEEE, dot_precision, dots_arch, interpreting
+from .triton.configs import conv_choice, esa_version
 from .triton.conv_tc import padded_channels_last
 from .triton.conv import conv_launch, conv_out_shape
 from .triton.esa import esa_launch, esa_shapes
+from .triton.esa_tc import esa_tc_launch
 from .triton.gate import _gate_kernel, gate_launch
 from .triton.la_reduce import _la_reduce_kernel, la_reduce_launch
 
@@ -135,14 +136,17 @@ def _alloc_esa(*args) -> Tensor:
 def esa(*args) -> Tensor:
     """ESA [+ residual] on x (N, C, H, W), H, W >= 15, its weights (``EsaWeights``) packed by
     ``packing.pack_esa``: ``skip_w``/``skip_b`` are the 1x1 branch folded with the reduction
-    (skip(reduce(x)) as one 1x1 conv)."""
+    (skip(reduce(x)) as one 1x1 conv). v1's kernels (triton/esa.py) or, where
+    ``configs.esa_version`` says (the v2 conv chosen), v2's (triton/esa_tc.py)."""
     x, weights, residual = ESA.split(args)
+    out = _like(x, x.shape)
+    if esa_version(dots_arch(x), dot_precision(weights.reduce_w.dtype) == DOT_IEEE) == "v2":
+        return esa_tc_launch(wrap_triton, x, weights, residual, out)
     n, _, h, w = x.shape
     (h2, w2), (hp, wp) = esa_shapes(h, w)
     cr = weights.reduce_w.shape[-1]
     d = torch.empty((n, cr, h2, w2), dtype=torch.float32, device=x.device)
     low = torch.empty((n, cr, hp, wp), dtype=torch.float32, device=x.device)
-    out = _like(x, x.shape)
     return esa_launch(wrap_triton, x, weights, residual, out, d, low)
 
 

@@ -250,8 +250,9 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
 _KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::concat_conv": "_concat_conv_kernel",
               "esr::bsb": "_bsb_kernel",
               "esr::bsb/pw": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb/dw": "_bsb_dw_kernel", "esr::la_reduce": "_la_reduce_kernel",
-              "esr::esa/down": "_esa_down_kernel", "esr::esa/low": "_esa_low_kernel",
-              "esr::esa/out": "_esa_out_kernel", "esr::gate": "_gate_kernel"}
+              "esr::esa/down": ("_esa_down_kernel", "_esa_down_tc_kernel"),
+              "esr::esa/low": ("_esa_low_kernel", "_esa_low_tc_kernel"),
+              "esr::esa/out": ("_esa_out_kernel", "_esa_out_tc_kernel"), "esr::gate": "_gate_kernel"}
 _ELEM = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -392,6 +393,42 @@ def _esa_out_executed(k) -> tuple[int, int, list[str]]:
     return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
 
 
+def _esa_down_tc_executed(k) -> tuple[int, int, list[str]]:
+    """_esa_down_tc_kernel (v2): per half-resolution pixel of its TILE_H x TILE_W tiles and each
+    of 9 taps, the reduction 1x1 (CA + CB x CR) again, then the tap's CR x CR; each tile reads
+    its stride-2 halo of x."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs, cr = k.grid[0] * k.grid[1], c["CR"]
+    macs = programs * c["TILE_H"] * c["TILE_W"] * 9 * ((c["CA"] + c["CB"]) * cr + cr * cr)
+    h, w = x.shape[2], x.shape[3]
+    rows = _halo_extent(s["H2"], c["TILE_H"], 3, 2, 0, h)
+    cols = _halo_extent(s["W2"], c["TILE_W"], 3, 2, 0, w)
+    return macs, k.grid[1] * rows * cols * c["C"] * _ELEM[x.dtype], ["wr_ptr", "br_ptr", "wd_ptr", "bd_ptr"]
+
+
+def _esa_low_tc_executed(k) -> tuple[int, int, list[str]]:
+    """_esa_low_tc_kernel (v2): 9 taps of CR x CR at every pixel of its HALO_H x HALO_W tiles
+    (the ring included); each tile pools its pixels once, reading their windows of d, and
+    reads its scratch block back at each tap."""
+    c, s = k.constexprs, k.scalars
+    programs, cr, tile = k.grid[0] * k.grid[1], c["CR"], c["HALO_H"] * c["HALO_W"]
+    macs = programs * tile * 9 * cr * cr
+    h2, w2 = k.tensors["d_ptr"].shape[2:]
+    rows = _halo_extent(s["Hp"], c["HALO_H"] - 2, c["POOL_K"] + 2 * c["POOL_S"], c["POOL_S"], c["POOL_S"], h2)
+    cols = _halo_extent(s["Wp"], c["HALO_W"] - 2, c["POOL_K"] + 2 * c["POOL_S"], c["POOL_S"], c["POOL_S"], w2)
+    scratch = programs * tile * cr * 4 * 9
+    return macs, k.grid[1] * rows * cols * cr * _ELEM[k.tensors["d_ptr"].dtype] + scratch, ["wl_ptr", "bl_ptr"]
+
+
+def _esa_out_tc_executed(k) -> tuple[int, int, list[str]]:
+    """_esa_out_tc_kernel (v2): the folded skip (CA + CB x CR) and the expansion (CR x CA + CB)
+    per pixel; x is read once (a 1x1: no halo)."""
+    c, x = k.constexprs, k.tensors["x_ptr"]
+    programs = k.grid[0] * k.grid[1]
+    macs = programs * c["BLOCK_P"] * 2 * (c["CA"] + c["CB"]) * c["CR"]
+    return macs, _tbytes(x), ["wsr_ptr", "bsr_ptr", "we_ptr", "be_ptr"]
+
+
 def _gate_executed(k) -> tuple[int, int, list[str]]:
     """_gate_kernel: no MACs; x read once (no halo); att, a small low-resolution map, is one of
     the launch's other inputs, counted once (as v1's gated conv counts it)."""
@@ -401,7 +438,9 @@ def _gate_executed(k) -> tuple[int, int, list[str]]:
 _EXECUTED = {"_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv_executed,
              "_conv_tc_kernel": _conv_tc_executed, "_bsb_dw_kernel": _bsb_dw_executed, "_bsb_kernel": _bsb_executed,
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
-             "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed, "_gate_kernel": _gate_executed}
+             "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed, "_gate_kernel": _gate_executed,
+             "_esa_down_tc_kernel": _esa_down_tc_executed, "_esa_low_tc_kernel": _esa_low_tc_executed,
+             "_esa_out_tc_kernel": _esa_out_tc_executed}
 
 
 def executed_work(k) -> tuple[int, int, int, int]:
@@ -411,7 +450,8 @@ def executed_work(k) -> tuple[int, int, int, int]:
     program, plus the launch's other inputs once (outputs are counted by the caller)."""
     macs, footprint, weight_args = _EXECUTED[k.kernel](k)
     programs = k.grid[0] * k.grid[1]
-    in_key = {"_esa_low_kernel": "d_ptr", "_bsb_dw_kernel": "t_ptr", "_concat_conv_kernel": "f0_ptr"}.get(k.kernel, "x_ptr")
+    in_key = {"_esa_low_kernel": "d_ptr", "_esa_low_tc_kernel": "d_ptr", "_bsb_dw_kernel": "t_ptr",
+              "_concat_conv_kernel": "f0_ptr"}.get(k.kernel, "x_ptr")
     inputs = k.constexprs.get("N_FEAT", 1) * _tbytes(k.tensors[in_key])  # concat_conv: its k features
     weights = sum(_tbytes(k.tensors[a]) for a in weight_args)
     return macs, footprint + programs * weights, programs, inputs + weights
@@ -472,8 +512,9 @@ def sass_loops(sass: str) -> dict:
             "mma": sum(o.startswith(("HGMMA", "HMMA")) for _, o, _ in ins), "loops": loops}
 
 
-def _loop_trips(k) -> tuple[int, int]:
-    """(trips of each outermost loop, trips of a loop nested in one) of recorded launch ``k``,
+def _loop_trips(k) -> tuple:
+    """(trips of each outermost loop, or a tuple of them per outermost loop in code order;
+    trips of a loop nested in one) of recorded launch ``k``,
     from the kernels' sources: conv/BSB loop over K blocks per (unrolled) tap, conv v2 over taps x
     K blocks in one loop; la_reduce over the
     pool window; esa_down over 9 taps, then K blocks; esa_low over 9 taps, then the pool window."""
@@ -488,7 +529,10 @@ def _loop_trips(k) -> tuple[int, int]:
             "_concat_conv_kernel": (k_blocks, 0),
             "_bsb_kernel": (k_blocks, 0), "_la_reduce_kernel": (pool, 0),
             "_esa_down_kernel": (9, k_blocks), "_esa_low_kernel": (9, pool),
-            "_esa_out_kernel": (0, 0), "_gate_kernel": (0, 0)}[k.kernel]
+            "_esa_out_kernel": (0, 0), "_gate_kernel": (0, 0),
+            # v2's ESA: down's taps (K parts unrolled); low's pool window (its 9 taps unrolled)
+            "_esa_down_tc_kernel": (9, 0), "_esa_low_tc_kernel": (pool, 0),
+            "_esa_out_tc_kernel": (0, 0)}[k.kernel]
 
 
 def _path_variants(k) -> list:
@@ -530,15 +574,18 @@ def _issued_one(k, prof: dict) -> tuple[int, int]:
         return a is not b and b[0] <= a[0] and a[1] <= b[1]
 
     # static counts hold every body once: add the outer bodies' other trips, the nested ones'
-    outer = [l for l in loops if not any(inside(l, o) for o in loops)]
+    outer = sorted((l for l in loops if not any(inside(l, o) for o in loops)), key=lambda l: l[0])
+    per_loop = outer_trips if isinstance(outer_trips, tuple) else (outer_trips,) * len(outer)
+    if len(per_loop) != len(outer):
+        raise ValueError(f"{k.kernel}: {len(outer)} outermost loops in the SASS, trip counts for {len(per_loop)}")
     instr, ffma = prof["total"], prof["ffma"]
-    for o in outer:
+    for o, trips in zip(outer, per_loop):
         nested = [l for l in loops if inside(l, o)]
         own_i, own_f = o[2] - sum(n[2] for n in nested), o[3] - sum(n[3] for n in nested)
-        instr += own_i * (outer_trips - 1) - sum(n[2] for n in nested)
-        ffma += own_f * (outer_trips - 1) - sum(n[3] for n in nested)
-        instr += sum(n[2] for n in nested) * outer_trips * inner_trips
-        ffma += sum(n[3] for n in nested) * outer_trips * inner_trips
+        instr += own_i * (trips - 1) - sum(n[2] for n in nested)
+        ffma += own_f * (trips - 1) - sum(n[3] for n in nested)
+        instr += sum(n[2] for n in nested) * trips * inner_trips
+        ffma += sum(n[3] for n in nested) * trips * inner_trips
     return instr, ffma
 
 

@@ -167,6 +167,14 @@ def recording() -> bool:
     return _TARGET.get()[1]
 
 
+def dots_arch(t):
+    """The GPU whose dots a launch on tensor ``t`` runs: ``launch_arch(t)`` for a GPU launch or
+    gpu_check's recording; None for the interpreter's own runs (whose bf16 workaround runs IEEE
+    dots itself)."""
+    arch = launch_arch(t)
+    return arch if arch is not None and (recording() or not interpreting()) else None
+
+
 # How a kernel's dots multiply (the constexpr PREC of every kernel with a dot; ``dot_precision``).
 DOT_NATIVE = 0  # float16/bfloat16 operands on the tensor cores, float32 accumulation
 DOT_IEEE = 1    # operands rounded to the weights' dtype, then multiplied exactly in float32

@@ -49,7 +49,8 @@ def table_arch(arch: int) -> int:
     return rows[-1] if rows else KNOWN_ARCHS[0]
 
 
-KERNELS = ("conv", "conv_tc", "concat_conv", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "la_reduce", "gate")
+KERNELS = ("conv", "conv_tc", "concat_conv", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "esa_down_tc",
+           "esa_low_tc", "esa_out_tc", "la_reduce", "gate")
 
 # Which dense-conv kernel "auto" runs on a GPU (issue 28, item 7: per op, what the last lent GPU
 # measured faster). v2 (conv_tc.py, the tensor-core implicit GEMM) has not run on a GPU yet: the
@@ -96,6 +97,15 @@ def conv_version(gated: bool, gpu_arch: int | None, ieee_dots: bool, tf32_dots: 
     if choice == "v2" and (gated or gpu_fma):
         return "v1"
     return choice
+
+
+def esa_version(gpu_arch: int | None, ieee_dots: bool) -> str:
+    """"v1" (esa.py) or "v2" (esa_tc.py) for one ESA: v2 with the v2 conv chosen, except IEEE
+    float32 dots on a GPU (``gpu_arch`` as in ``conv_version``), which run v1 as the convs do
+    (``esr gpu-check`` compiles v2 in float32 with TF32 dots only)."""
+    if conv_choice() == "v2" and not (gpu_arch is not None and ieee_dots):
+        return "v2"
+    return "v1"
 
 # {kernel: LaunchConfig} forced for GPU launches within ``override`` (launch-configuration
 # sweeps, benchmarks/gpu_session.py); empty otherwise.
@@ -221,6 +231,13 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         # x, the expansion and the gate as [BLOCK_P, CP] float32 tiles: 64 pixels spilled, and
         # 32 in float32 (IEEE dots) still 8 bytes.
         return LaunchConfig(block_p=16 if dtype == torch.float32 else 32, num_warps=4, num_stages=1)
+    if kernel in ("esa_down_tc", "esa_low_tc", "esa_out_tc"):
+        # v2's ESA (esa_tc.py): 128 pixels (8 x 16 tiles for down and low; low's tile includes
+        # its ring of one, so 6 x 14 outputs); no loop worth pipelining. out with a residual: 8
+        # warps (at 4, IFADNet's took 255 registers and spilled 48-184 B on sm_80-90; without
+        # one, 4 warps fit and issue 13% fewer instructions: RLFN's 47.5 per pixel against 54.5).
+        wide = kernel == "esa_out_tc" and bool(sizes.get("has_res"))
+        return LaunchConfig(block_p=128, num_warps=8 if wide else 4, num_stages=1)
     if kernel == "gate":
         # elementwise with four bilinear taps of att per pixel and channel: 64 pixels x <= 64
         # channels of float32 per program

@@ -19,8 +19,8 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import RES_GATED_INPUT
-from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, dot_precision, gate_at, gated, interpreting,
-                     launch_arch, load_tile, mma, program_pixels, recording, shuffle_store)
+from .common import (DOT_IEEE, DOT_TF32, add_residual, apply_act, dot_precision, dots_arch, gate_at, gated,
+                     launch_arch, load_tile, mma, program_pixels, shuffle_store)
 from .configs import conv_version, launch_config
 from .conv_tc import _conv_tc_kernel, conv_tc_launch
 
@@ -125,10 +125,7 @@ def conv_launch(wrap, x, w_packed, bias, g: ConvGeometry, e: ConvEpilogue, out):
     _, _, ho, wo = conv_out_shape(x.shape, g, 0)
     arch, prec = launch_arch(x), dot_precision(w_packed.dtype)
     gated = bool(e.gate_input or e.residual_mode == RES_GATED_INPUT)
-    # The GPU whose dots these are: a launch or gpu-check's recording (not the interpreter's own
-    # run, whose bf16 workaround runs IEEE dots itself).
-    gpu_arch = arch if arch is not None and (recording() or not interpreting()) else None
-    if conv_version(gated, gpu_arch, prec == DOT_IEEE, prec == DOT_TF32) == "v2":
+    if conv_version(gated, dots_arch(x), prec == DOT_IEEE, prec == DOT_TF32) == "v2":
         cfg = launch_config("conv_tc", arch, w_packed.dtype, c_in=c_in, co_pad=w_packed.shape[-1], ksize=g.ksize)
         return conv_tc_launch(wrap(_conv_tc_kernel), x, w_packed, bias, g, e, out, cfg, c_in, prec)
     ci_block = min(next_pow2_16(c_in), 64)

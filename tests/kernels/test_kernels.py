@@ -110,9 +110,9 @@ def conv_args(case, n, h, w, dtype, layout, device):
 
 @pytest.fixture(params=["v1", "v2"])
 def conv_kernel(request):
-    """Each esr::conv and esr::bsb test runs both dense-conv kernels (ESR_TRITON_CONV's v1 and
-    v2; v2 sends the gated cases, and on a GPU IEEE float32, to v1 itself; with v2, BSB is the
-    pointwise conv once and a depthwise kernel)."""
+    """Each esr::conv, esr::bsb and esr::esa test runs both dense-conv kernels (ESR_TRITON_CONV's
+    v1 and v2; v2 sends the gated cases, and on a GPU IEEE float32, to v1 itself; with v2, BSB
+    is the pointwise conv once and a depthwise kernel, ESA v2's kernels: configs.esa_version)."""
     from esr_kernels.triton.configs import conv_kernel as choose
 
     with choose(request.param):
@@ -201,7 +201,9 @@ def esa_args(n, c, h, w, dtype, layout, device, residual=True):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("hw", [(15, 15), (47, 59)], ids=["minimum", "odd"])
-def test_esa_matches_reference_and_module(hw, layout, dtype, device):
+def test_esa_matches_reference_and_module(hw, layout, dtype, device, conv_kernel):
+    """v1's ESA kernels and, with the v2 conv, v2's (triton/esa_tc.py: 36 channels as 32 + 16
+    columns, the pool once per pooled pixel)."""
     args, module = esa_args(2, 36, *hw, dtype, layout, device)
     out = ops().esa(*args)
     ref = R.esa(*ESA.split(upcast(*args)))
@@ -212,7 +214,7 @@ def test_esa_matches_reference_and_module(hw, layout, dtype, device):
         assert rel_err(out, module_ref) <= REL_TOL[torch.float32]
 
 
-def test_esa_without_residual_and_opcheck(device):
+def test_esa_without_residual_and_opcheck(device, conv_kernel):
     args, _ = esa_args(1, 46, 20, 23, torch.float32, "nchw", device, residual=False)
     assert rel_err(ops().esa(*args), R.esa(*ESA.split(args))) <= 1e-6
     torch.library.opcheck(torch.ops.esr.esa.default, args)

@@ -285,6 +285,37 @@ def test_v2_executes_at_most_1_8x_the_useful_macs(name, monkeypatch):
 
 @needs_interpreter
 @pytest.mark.shared
+def test_v2_esa_pools_once_and_issues_fewer_instructions_than_v1():
+    """Issue 28, items 3 and 4: v2's ESA (esa_tc.py) against v1's, RLFN float16 channels_last
+    at 120 x 160, sm_90 SASS, warp-instructions per full-resolution pixel (at 540 x 960, read
+    here with Triton 3.9: down 59 -> 14, low 91 -> 6, out 120 -> 48). low pools each pooled
+    pixel once instead of at each of 9 taps: at most a quarter of v1's; down and out (128-pixel
+    tiles, 46 channels as 32 + 16, vector loads): at most half. All three multiply on the
+    tensor cores; low's executed MACs are its tile's 9 taps (the ring of one included)."""
+    from esr_kernels.gpu_check import make_input, record_launches
+    from esr_kernels.triton.configs import conv_kernel
+
+    model = esr_models.load("rlfn", fused=True, backend="triton", dtype=torch.float16)
+    per_pixel = {}
+    for conv in ("v1", "v2"):
+        with conv_kernel(conv):
+            launches = record_launches(model, make_input("float16", "channels_last", (120, 160), 1), 90)
+        esa = [k for k in launches if k.kernel.startswith("_esa_")][:3]  # the first block's ESA
+        assert [k.kernel for k in esa] == [f"_esa_{p}{'_tc' if conv == 'v2' else ''}_kernel"
+                                           for p in ("down", "low", "out")]
+        profs = roofline.sass_profiles(esa, arch=90)
+        assert all(p is not None and p["mma"] > 0 for p in profs)
+        per_pixel[conv] = [roofline.issued_per_warp(k, p)[0] * k.num_warps * k.grid[0] * k.grid[1] / (120 * 160)
+                           for k, p in zip(esa, profs)]
+        if conv == "v2":
+            low = esa[1]
+            assert roofline.executed_work(low)[0] == low.grid[0] * 8 * 16 * 9 * 16 * 16
+    (down1, low1, out1), (down2, low2, out2) = per_pixel["v1"], per_pixel["v2"]
+    assert low2 <= low1 / 4 and down2 <= down1 / 2 and out2 <= out1 / 2, per_pixel
+
+
+@needs_interpreter
+@pytest.mark.shared
 def test_v2_interior_tiles_issue_fewer_instructions_than_edge_tiles():
     """v2 compiles two K loops and picks one per tile: the issue model compiles each alone
     (``roofline._path_variants``) and weighs them by the share of interior tiles. The interior

@@ -150,6 +150,45 @@ def test_bsb_v2_gpu_tiles(dtype, device):
     assert out.shape == x.shape and rel_err(out, ref) <= REL_TOL[dtype]
 
 
+def _padded(t):
+    """t in v2's padded channels-last layout (``conv_tc.padded_channels_last``), as v2's convs
+    hand it to ESA: 36 channels in 40 per pixel, the 4 past them garbage (NaN)."""
+    from esr_kernels.triton.conv_tc import padded_channels_last
+
+    out = padded_channels_last(t.shape, t)
+    torch.empty(0, dtype=t.dtype, device=t.device).set_(out.untyped_storage()).fill_(float("nan"))
+    return out.copy_(t)
+
+
+@pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
+@pytest.mark.parametrize("c,hw,padded", [(36, (53, 101), True), (46, (53, 117), False)], ids=["36-padded", "46"])
+def test_esa_v2_gpu_tiles(c, hw, padded, dtype, device):
+    """v2's ESA (esa_tc.py) with the GPU's configuration (one for every arch): partial 8 x 16
+    tiles of d both ways, more than one 8 x 16 pooled tile (6 x 14 outputs each: 53 x 101 ->
+    pooled 7 x 15, 2 x 2 tiles, the last ones partial), partial 128-pixel output blocks; x,
+    residual and output in v2's padded layout (vector loads; the padding must not leak in) or
+    channels-last with 46 channels (32 + 16 columns, the last 2 masked)."""
+    from esr_kernels.triton.common import target_arch
+    from esr_kernels.triton.configs import conv_kernel, launch_config
+    from esr_kernels.triton.esa import esa_shapes
+    from esr_kernels.triton.esa_tc import halo_tiles
+
+    kernels = ("esa_down_tc", "esa_low_tc", "esa_out_tc")
+    assert {launch_config(k, a, dtype, c_in=c, cp=64, cr=16).block_p for k in kernels for a in ARCHS} == {128}
+    args, _ = esa_args(2, c, *hw, dtype, "channels_last", device)
+    if padded:
+        args = (_padded(args[0]), *args[1:-1], _padded(args[-1]))
+    x, res = args[0], args[-1]
+    (h2, w2), (hp, wp) = esa_shapes(*hw)
+    assert h2 % 8 and w2 % 16 and min(halo_tiles(hp, wp, 8, 16)) >= 2
+    with target_arch(90), conv_kernel("v2"):
+        out = torch.ops.esr.esa(*args)
+    ref = R.esa(*ESA.split(upcast(*args)))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= REL_TOL[dtype]
+    assert out.stride(1) == 1  # channels innermost, as the input (v2's padded layout: ops._like)
+
+
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
 @pytest.mark.parametrize("arch", DISTINCT_ARCHS)
 def test_conv_gpu_configs(arch, dtype, device):
