@@ -24,13 +24,13 @@ from .spec import pooled_size
 from .triton.bsb import bsb_launch
 from .triton.concat_conv import concat_conv_launch, same_layout
 from .triton.common import DOT_IEEE, dot_precision, dots_arch, interpreting
-from .triton.configs import conv_choice, esa_version
+from .triton.configs import conv_choice, aux_version
 from .triton.conv_tc import padded_channels_last
 from .triton.conv import conv_launch, conv_out_shape
 from .triton.esa import esa_launch, esa_shapes
 from .triton.esa_tc import esa_tc_launch
 from .triton.gate import _gate_kernel, gate_launch
-from .triton.la_reduce import _la_reduce_kernel, la_reduce_launch
+from .triton.la_reduce import la_reduce_launch
 
 Tensor = torch.Tensor
 
@@ -137,10 +137,10 @@ def esa(*args) -> Tensor:
     """ESA [+ residual] on x (N, C, H, W), H, W >= 15, its weights (``EsaWeights``) packed by
     ``packing.pack_esa``: ``skip_w``/``skip_b`` are the 1x1 branch folded with the reduction
     (skip(reduce(x)) as one 1x1 conv). v1's kernels (triton/esa.py) or, where
-    ``configs.esa_version`` says (the v2 conv chosen), v2's (triton/esa_tc.py)."""
+    ``configs.aux_version`` says (the v2 conv chosen), v2's (triton/esa_tc.py)."""
     x, weights, residual = ESA.split(args)
     out = _like(x, x.shape)
-    if esa_version(dots_arch(x), dot_precision(weights.reduce_w.dtype) == DOT_IEEE) == "v2":
+    if aux_version(dots_arch(x), dot_precision(weights.reduce_w.dtype) == DOT_IEEE) == "v2":
         return esa_tc_launch(wrap_triton, x, weights, residual, out)
     n, _, h, w = x.shape
     (h2, w2), (hp, wp) = esa_shapes(h, w)
@@ -160,7 +160,7 @@ def _alloc_la_reduce(x: Tensor, reduce_w: Tensor, reduce_b: Tensor) -> Tensor:
 def la_reduce(x: Tensor, reduce_w: Tensor, reduce_b: Tensor) -> Tensor:
     """max_pool 7/3 (no padding) of a 1x1 conv; x (N, C, H, W), H, W >= 7 -> (N, C_r, Hp, Wp)."""
     out = _alloc_la_reduce(x, reduce_w, reduce_b)
-    return la_reduce_launch(wrap_triton(_la_reduce_kernel), x, reduce_w, reduce_b, reduce_b.shape[0], out)
+    return la_reduce_launch(wrap_triton, x, reduce_w, reduce_b, reduce_b.shape[0], out)
 
 
 # ---------------------------------------------------------------- gate

@@ -249,7 +249,8 @@ def esr_launches(op: str, args: tuple, out) -> list[Launch]:
 # ---------------------------------------------------------------- executed work (recorded launches)
 _KERNEL_OF = {"esr::conv": ("_conv_kernel", "_conv_tc_kernel"), "esr::concat_conv": "_concat_conv_kernel",
               "esr::bsb": "_bsb_kernel",
-              "esr::bsb/pw": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb/dw": "_bsb_dw_kernel", "esr::la_reduce": "_la_reduce_kernel",
+              "esr::bsb/pw": ("_conv_kernel", "_conv_tc_kernel"), "esr::bsb/dw": "_bsb_dw_kernel",
+              "esr::la_reduce": ("_la_reduce_kernel", "_la_reduce_tc_kernel"),
               "esr::esa/down": ("_esa_down_kernel", "_esa_down_tc_kernel"),
               "esr::esa/low": ("_esa_low_kernel", "_esa_low_tc_kernel"),
               "esr::esa/out": ("_esa_out_kernel", "_esa_out_tc_kernel"), "esr::gate": "_gate_kernel"}
@@ -364,6 +365,20 @@ def _la_reduce_executed(k) -> tuple[int, int, list[str]]:
     return macs, k.grid[1] * px * s["C"] * _ELEM[x.dtype], ["wr_ptr", "br_ptr"]
 
 
+def _la_reduce_tc_executed(k) -> tuple[int, int, list[str]]:
+    """_la_reduce_tc_kernel (v2): per TP_H x TP_W pooled tile, the 1x1 (CA + CB x CR) once at
+    each of its IN_H x IN_W input pixels (those past the image read nothing); the program's
+    scratch block goes to L2 and comes back once (as an input footprint counts each pixel once
+    per program: a program's repeated reads of a line are taken as L1 hits)."""
+    c, s, x = k.constexprs, k.scalars, k.tensors["x_ptr"]
+    programs, tile = k.grid[0] * k.grid[1], c["IN_H"] * c["IN_W"]
+    macs = programs * tile * (c["CA"] + c["CB"]) * c["CR"]
+    rows = sum(min(c["IN_H"], s["H"] - t * c["POOL_S"]) for t in range(0, s["Hp"], c["TP_H"]))
+    cols = sum(min(c["IN_W"], s["W"] - t * c["POOL_S"]) for t in range(0, s["Wp"], c["TP_W"]))
+    scratch = 2 * programs * tile * c["CR"] * 4  # written, then read back (the windows' overlaps: L1)
+    return macs, k.grid[1] * rows * cols * c["C"] * _ELEM[x.dtype] + scratch, ["wr_ptr", "br_ptr"]
+
+
 def _esa_down_executed(k) -> tuple[int, int, list[str]]:
     """_esa_down_kernel: per half-resolution pixel and each of 9 taps, the reduction 1x1
     (C rounded up to CI_BLOCK x CR) again, then the tap's CR x CR."""
@@ -408,15 +423,15 @@ def _esa_down_tc_executed(k) -> tuple[int, int, list[str]]:
 
 def _esa_low_tc_executed(k) -> tuple[int, int, list[str]]:
     """_esa_low_tc_kernel (v2): 9 taps of CR x CR at every pixel of its HALO_H x HALO_W tiles
-    (the ring included); each tile pools its pixels once, reading their windows of d, and
-    reads its scratch block back at each tap."""
+    (the ring included); each tile pools its pixels once, reading their windows of d, and its
+    scratch block goes to L2 and comes back once (the taps' repeated reads: L1, as for inputs)."""
     c, s = k.constexprs, k.scalars
     programs, cr, tile = k.grid[0] * k.grid[1], c["CR"], c["HALO_H"] * c["HALO_W"]
     macs = programs * tile * 9 * cr * cr
     h2, w2 = k.tensors["d_ptr"].shape[2:]
     rows = _halo_extent(s["Hp"], c["HALO_H"] - 2, c["POOL_K"] + 2 * c["POOL_S"], c["POOL_S"], c["POOL_S"], h2)
     cols = _halo_extent(s["Wp"], c["HALO_W"] - 2, c["POOL_K"] + 2 * c["POOL_S"], c["POOL_S"], c["POOL_S"], w2)
-    scratch = programs * tile * cr * 4 * 9
+    scratch = 2 * programs * tile * cr * 4  # written, then read back (its 9 taps' repeats: L1)
     return macs, k.grid[1] * rows * cols * cr * _ELEM[k.tensors["d_ptr"].dtype] + scratch, ["wl_ptr", "bl_ptr"]
 
 
@@ -440,7 +455,7 @@ _EXECUTED = {"_conv_kernel": _conv_executed, "_concat_conv_kernel": _concat_conv
              "_la_reduce_kernel": _la_reduce_executed, "_esa_down_kernel": _esa_down_executed,
              "_esa_low_kernel": _esa_low_executed, "_esa_out_kernel": _esa_out_executed, "_gate_kernel": _gate_executed,
              "_esa_down_tc_kernel": _esa_down_tc_executed, "_esa_low_tc_kernel": _esa_low_tc_executed,
-             "_esa_out_tc_kernel": _esa_out_tc_executed}
+             "_esa_out_tc_kernel": _esa_out_tc_executed, "_la_reduce_tc_kernel": _la_reduce_tc_executed}
 
 
 def executed_work(k) -> tuple[int, int, int, int]:
@@ -532,7 +547,7 @@ def _loop_trips(k) -> tuple:
             "_esa_out_kernel": (0, 0), "_gate_kernel": (0, 0),
             # v2's ESA: down's taps (K parts unrolled); low's pool window (its 9 taps unrolled)
             "_esa_down_tc_kernel": (9, 0), "_esa_low_tc_kernel": (pool, 0),
-            "_esa_out_tc_kernel": (0, 0)}[k.kernel]
+            "_esa_out_tc_kernel": (0, 0), "_la_reduce_tc_kernel": (c.get("POOL_K", 0), 0)}[k.kernel]
 
 
 def _path_variants(k) -> list:

@@ -19,7 +19,8 @@ import triton.language as tl
 from ..op_args import ConvEpilogue, ConvGeometry
 from ..reference import next_pow2_16
 from ..spec import ACT_GELU
-from .common import apply_act, dot_precision, image_base, launch_arch, mma, pixel_offset, program_pixels, tile_pixels
+from .common import (apply_act, dot_precision, image_base, launch_arch, mma, pixel_offset, program_pixels, tile_pixels,
+                     widened)
 from .configs import conv_choice, launch_config
 from .conv import conv_launch
 from .conv_tc import padded_channels_last, pixel_alignment, wide_offsets
@@ -114,9 +115,7 @@ def _bsb_dw_kernel(
     its base in 64 (WIDE: an image's offsets may pass 2^31, all in 64). T_ALIGN: t's image, row
     and pixel strides are multiples of it, channels innermost (``conv_tc.pixel_alignment``)."""
     oy, ox, p_ok = tile_pixels(TILE_H, TILE_W, tiles_w, H, W)
-    if WIDE:
-        oy = oy.to(tl.int64)
-        ox = ox.to(tl.int64)
+    oy, ox = widened(oy, ox, WIDE)
     n = tl.program_id(1).to(tl.int64)
     ca = tl.arange(0, CA)
     cb = CA + tl.arange(0, CB if CB > 0 else 1)

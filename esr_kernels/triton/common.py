@@ -40,6 +40,16 @@ def tile_pixels(TILE_H: tl.constexpr, TILE_W: tl.constexpr, tiles_w, height, wid
 
 
 @triton.jit
+def widened(oy, ox, WIDE: tl.constexpr):
+    """(oy, ox) as int64 when WIDE (an image's element offsets may pass 2^31:
+    ``conv_tc.wide_offsets``), else as they are (32-bit offsets within an image)."""
+    if WIDE:
+        oy = oy.to(tl.int64)
+        ox = ox.to(tl.int64)
+    return oy, ox
+
+
+@triton.jit
 def image_base(ptr, n, s_n, ALIGN: tl.constexpr):
     """``ptr + n * s_n`` (an image's first element, 64-bit offset) as a [1, 1] block of
     pointers, said to be a multiple of ALIGN elements when ALIGN > 1. Said on a tensor: Triton
@@ -121,6 +131,51 @@ def gated(x, att_ptr, att_base, c, y0, y1, ly, xa, xb, lx, sig0, sa_c, sa_h, sa_
                          y0[:, None], y1[:, None], ly[:, None], xa[:, None], xb[:, None], lx[:, None],
                          sa_h, sa_w, mask)
     return x * up * sig0[:, None]
+
+
+# x's channels as two column groups, a power of two CA plus CB (0 or a power of two): 36 or 46
+# channels as 32 + 16 columns, not 64 (v2's ESA and LocalAttention reduction)
+@triton.jit
+def load_cols(x_img, pix, c, ok, sx_c, C: tl.constexpr, X_ALIGN: tl.constexpr):
+    """[P, G] of x (its dtype: kept so until the gate, half the registers of float32) at pixel
+    offsets ``pix`` [P], channels ``c`` [G] (those >= C read as 0: the padding of v2's layout is
+    not data). X_ALIGN > 1: channels innermost, vector loads."""
+    xc = c if X_ALIGN > 1 else c * sx_c
+    return tl.load(x_img + pix[:, None] + xc[None, :], mask=ok[:, None] & (c < C)[None, :], other=0.0)
+
+
+@triton.jit
+def _rows(w_ptr, c, cr, C: tl.constexpr, CR: tl.constexpr):
+    """Rows ``c`` [G] of a (C, CR) weight (rows >= C: 0), [G, CR]."""
+    return tl.load(w_ptr + c[:, None] * CR + cr[None, :], mask=(c < C)[:, None], other=0.0)
+
+
+@triton.jit
+def weight_rows(w_ptr, C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, CR: tl.constexpr):
+    """A (C, CR) 1x1 weight as the rows of x's two column groups: (wa [CA, CR], wb [CB, CR];
+    wb is wa when CB == 0)."""
+    cr = tl.arange(0, CR)
+    wa = _rows(w_ptr, tl.arange(0, CA), cr, C, CR)
+    wb = wa
+    if CB > 0:
+        wb = _rows(w_ptr, CA + tl.arange(0, CB), cr, C, CR)
+    return wa, wb
+
+
+@triton.jit
+def project_cols(x_img, pix, ok, sx_c, wa, wb, C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr,
+             PREC: tl.constexpr, X_ALIGN: tl.constexpr):
+    """x's channels at pixel offsets ``pix`` [P] as two column groups (xa [P, CA], xb [P, CB]; xb
+    is xa when CB == 0) and their 1x1 projection x @ w [P, CR] float32 (w's rows as
+    ``weight_rows`` gives them)."""
+    xa = load_cols(x_img, pix, tl.arange(0, CA), ok, sx_c, C, X_ALIGN)
+    r = mma(xa, wa, PREC)
+    xb = xa
+    if CB > 0:
+        xb = load_cols(x_img, pix, CA + tl.arange(0, CB), ok, sx_c, C, X_ALIGN)
+        r += mma(xb, wb, PREC)
+    return xa, xb, r
+
 
 
 def interpreting() -> bool:

@@ -50,7 +50,7 @@ def table_arch(arch: int) -> int:
 
 
 KERNELS = ("conv", "conv_tc", "concat_conv", "bsb", "bsb_dw", "esa_down", "esa_low", "esa_out", "esa_down_tc",
-           "esa_low_tc", "esa_out_tc", "la_reduce", "gate")
+           "esa_low_tc", "esa_out_tc", "la_reduce", "la_reduce_tc", "gate")
 
 # Which dense-conv kernel "auto" runs on a GPU (issue 28, item 7: per op, what the last lent GPU
 # measured faster). v2 (conv_tc.py, the tensor-core implicit GEMM) has not run on a GPU yet: the
@@ -99,10 +99,11 @@ def conv_version(gated: bool, gpu_arch: int | None, ieee_dots: bool, tf32_dots: 
     return choice
 
 
-def esa_version(gpu_arch: int | None, ieee_dots: bool) -> str:
-    """"v1" (esa.py) or "v2" (esa_tc.py) for one ESA: v2 with the v2 conv chosen, except IEEE
-    float32 dots on a GPU (``gpu_arch`` as in ``conv_version``), which run v1 as the convs do
-    (``esr gpu-check`` compiles v2 in float32 with TF32 dots only)."""
+def aux_version(gpu_arch: int | None, ieee_dots: bool) -> str:
+    """"v1" or "v2" for one ESA (esa.py or esa_tc.py) or LocalAttention reduction (la_reduce.py's
+    two kernels): v2 with the v2 conv chosen, except IEEE float32 dots on a GPU (``gpu_arch`` as
+    in ``conv_version``), which run v1 as the convs do (``esr gpu-check`` compiles v2 in float32
+    with TF32 dots only)."""
     if conv_choice() == "v2" and not (gpu_arch is not None and ieee_dots):
         return "v2"
     return "v1"
@@ -238,6 +239,10 @@ def _gpu_config_table(kernel: str, arch: int, dtype: torch.dtype, sizes: dict) -
         # one, 4 warps fit and issue 13% fewer instructions: RLFN's 47.5 per pixel against 54.5).
         wide = kernel == "esa_out_tc" and bool(sizes.get("has_res"))
         return LaunchConfig(block_p=128, num_warps=8 if wide else 4, num_stages=1)
+    if kernel == "la_reduce_tc":
+        # v2's LocalAttention reduction: 4 x 4 pooled pixels, the 1x1 at their 16 x 16 input
+        # pixels (M = 256), one warpgroup
+        return LaunchConfig(block_p=16, num_warps=4, num_stages=1)
     if kernel == "gate":
         # elementwise with four bilinear taps of att per pixel and channel: 64 pixels x <= 64
         # channels of float32 per program

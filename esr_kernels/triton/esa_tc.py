@@ -13,7 +13,7 @@ computed once per pooled pixel instead of at each of the 3x3 conv's 9 taps.
 3. ``_esa_out_tc_kernel``: as v1's (bilinear up of low + the folded 1x1 branch -> expansion ->
    sigmoid gate of x, + residual) over BLOCK_P pixels; low's four taps as 16-channel vectors.
 
-Semantics: ``reference.esa``. Which ESA runs: ``configs.esa_version``.
+Semantics: ``reference.esa``. Which ESA runs: ``configs.aux_version``.
 """
 import torch
 import triton
@@ -22,52 +22,10 @@ import triton.language as tl
 from ..op_args import EsaWeights
 from ..spec import POOL_KERNEL, POOL_STRIDE
 from .common import (bilinear_coords, bilinear_sample, dot_precision, image_base, launch_arch, mma, pixel_offset,
-                     program_pixels, sigmoid, tile_pixels)
+                     program_pixels, project_cols, sigmoid, tile_pixels, weight_rows, widened)
 from .configs import launch_config
 from .conv_tc import column_groups, pixel_alignment, wide_offsets
 from .esa import esa_shapes
-
-
-@triton.jit
-def _x_cols(x_img, pix, c, ok, sx_c, C: tl.constexpr, X_ALIGN: tl.constexpr):
-    """[P, G] of x (its dtype: kept so until the gate, half the registers of float32) at pixel
-    offsets ``pix`` [P], channels ``c`` [G] (those >= C read as 0: the padding of v2's layout is
-    not data). X_ALIGN > 1: channels innermost, vector loads."""
-    xc = c if X_ALIGN > 1 else c * sx_c
-    return tl.load(x_img + pix[:, None] + xc[None, :], mask=ok[:, None] & (c < C)[None, :], other=0.0)
-
-
-@triton.jit
-def _rows(w_ptr, c, cr, C: tl.constexpr, CR: tl.constexpr):
-    """Rows ``c`` [G] of a (C, CR) weight (rows >= C: 0), [G, CR]."""
-    return tl.load(w_ptr + c[:, None] * CR + cr[None, :], mask=(c < C)[:, None], other=0.0)
-
-
-@triton.jit
-def _weight_rows(w_ptr, C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, CR: tl.constexpr):
-    """A (C, CR) 1x1 weight as the rows of x's two column groups: (wa [CA, CR], wb [CB, CR];
-    wb is wa when CB == 0)."""
-    cr = tl.arange(0, CR)
-    wa = _rows(w_ptr, tl.arange(0, CA), cr, C, CR)
-    wb = wa
-    if CB > 0:
-        wb = _rows(w_ptr, CA + tl.arange(0, CB), cr, C, CR)
-    return wa, wb
-
-
-@triton.jit
-def _project(x_img, pix, ok, sx_c, wa, wb, C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr,
-             PREC: tl.constexpr, X_ALIGN: tl.constexpr):
-    """x's channels at pixel offsets ``pix`` [P] as two column groups (xa [P, CA], xb [P, CB]; xb
-    is xa when CB == 0) and their 1x1 projection x @ w [P, CR] float32 (w's rows as
-    ``_weight_rows`` gives them)."""
-    xa = _x_cols(x_img, pix, tl.arange(0, CA), ok, sx_c, C, X_ALIGN)
-    r = mma(xa, wa, PREC)
-    xb = xa
-    if CB > 0:
-        xb = _x_cols(x_img, pix, CA + tl.arange(0, CB), ok, sx_c, C, X_ALIGN)
-        r += mma(xb, wb, PREC)
-    return xa, xb, r
 
 
 @triton.jit
@@ -81,18 +39,16 @@ def _esa_down_tc_kernel(
     3x3, the 1x1 reduction of x's channels (CA + CB columns) then the tap's CR x CR; x (N, C,
     H, W) any strides, d channels-last (channel stride 1) float32."""
     oy, ox, ok = tile_pixels(TILE_H, TILE_W, tiles_w, H2, W2)
-    if WIDE:
-        oy = oy.to(tl.int64)
-        ox = ox.to(tl.int64)
+    oy, ox = widened(oy, ox, WIDE)
     n = tl.program_id(1).to(tl.int64)
     cr = tl.arange(0, CR)
     x_img = image_base(x_ptr, n, sx_n, X_ALIGN)
-    wa, wb = _weight_rows(wr_ptr, C, CA, CB, CR)
+    wa, wb = weight_rows(wr_ptr, C, CA, CB, CR)
     br = tl.load(br_ptr + cr).to(tl.float32)[None, :]
     acc = tl.zeros((TILE_H * TILE_W, CR), dtype=tl.float32)
     for tap in range(9):  # a runtime loop, as v1's (unrolled, the taps' loads are all live at once)
         pix = pixel_offset(oy * 2 + tap // 3, ox * 2 + tap % 3, sx_h, sx_w, X_ALIGN)
-        _, _, r = _project(x_img, pix, ok, sx_c, wa, wb, C, CA, CB, PREC, X_ALIGN)
+        _, _, r = project_cols(x_img, pix, ok, sx_c, wa, wb, C, CA, CB, PREC, X_ALIGN)
         acc += mma(r + br, tl.load(wd_ptr + (tap * CR + cr[:, None]) * CR + cr[None, :]), PREC)
     d = acc + tl.load(bd_ptr + cr).to(tl.float32)[None, :]
     tl.store(d_ptr + n * sd_n + (oy * sd_h + ox * sd_w)[:, None] + cr[None, :], d, mask=ok[:, None])
@@ -103,7 +59,7 @@ def _esa_low_tc_kernel(
     d_ptr, wl_ptr, bl_ptr, low_ptr, scratch_ptr, Hp, Wp, tiles_w,
     sd_n, sd_h, sd_w, sl_n, sl_h, sl_w,
     CR: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr, PREC: tl.constexpr,
-    POOL_K: tl.constexpr, POOL_S: tl.constexpr,
+    POOL_K: tl.constexpr, POOL_S: tl.constexpr, WIDE: tl.constexpr,
 ):
     """low = conv3x3(maxpool(d), padding 1) for the (HALO_H - 2) x (HALO_W - 2) pooled pixels
     inside this program's HALO_H x HALO_W tile: every pixel of the tile is pooled once (those
@@ -115,8 +71,7 @@ def _esa_low_tc_kernel(
     r = tl.arange(0, HALO_H * HALO_W)
     ry = r // HALO_W
     rx = r % HALO_W
-    qy = (tile // tiles_w) * (HALO_H - 2) + ry - 1
-    qx = (tile % tiles_w) * (HALO_W - 2) + rx - 1
+    qy, qx = widened((tile // tiles_w) * (HALO_H - 2) + ry - 1, (tile % tiles_w) * (HALO_W - 2) + rx - 1, WIDE)
     cr = tl.arange(0, CR)
     in_map = (qy >= 0) & (qy < Hp) & (qx >= 0) & (qx < Wp)
     d_img = d_ptr + n * sd_n
@@ -171,15 +126,13 @@ def _esa_out_tc_kernel(
     skip (C, CR) and expand (CR, CP) packed by ``packing.pack_esa``. ``*_ALIGN``: as
     ``conv_tc.pixel_alignment`` says of x, res and out."""
     p, ok, oy, ox = program_pixels(BLOCK_P, H * W, W)
-    if WIDE:
-        oy = oy.to(tl.int64)
-        ox = ox.to(tl.int64)
+    oy, ox = widened(oy, ox, WIDE)
     n = tl.program_id(1).to(tl.int64)
     cr = tl.arange(0, CR)
     x_img = image_base(x_ptr, n, sx_n, X_ALIGN)
     pix = pixel_offset(oy, ox, sx_h, sx_w, X_ALIGN)
-    wa, wb = _weight_rows(wsr_ptr, C, CA, CB, CR)
-    xa, xb, t = _project(x_img, pix, ok, sx_c, wa, wb, C, CA, CB, PREC, X_ALIGN)
+    wa, wb = weight_rows(wsr_ptr, C, CA, CB, CR)
+    xa, xb, t = project_cols(x_img, pix, ok, sx_c, wa, wb, C, CA, CB, PREC, X_ALIGN)
     t += tl.load(bsr_ptr + cr).to(tl.float32)[None, :]
     y0, y1, ly = bilinear_coords(oy, scale_h, Hp)
     xl, xr, lx = bilinear_coords(ox, scale_w, Wp)
@@ -243,7 +196,7 @@ def esa_tc_launch(wrap, x, weights: EsaWeights, residual, out):
     wrap(_esa_low_tc_kernel)[(rows * cols, n)](
         d, wt.low_w, wt.low_b, low, scratch, hp, wp, cols, d.stride(0), d.stride(2), d.stride(3),
         low.stride(0), low.stride(2), low.stride(3), CR=cr, HALO_H=hh, HALO_W=hw, PREC=prec,
-        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, **cfg.launch_kwargs())
+        POOL_K=POOL_KERNEL, POOL_S=POOL_STRIDE, WIDE=wide, **cfg.launch_kwargs())
 
     cfg = launch_config("esa_out_tc", arch, wt.reduce_w.dtype, c_in=c, cp=cp, cr=cr, has_res=residual is not None)
     wrap(_esa_out_tc_kernel)[(triton.cdiv(h * w, cfg.block_p), n)](

@@ -171,7 +171,7 @@ NARROW = {"--arch": "90", "--models": "rlfn", "--dtypes": "float16", "--layouts"
           "--kernels": "_esa_low_kernel"}
 KERNELS = ("_bsb_dw_kernel", "_bsb_kernel", "_concat_conv_kernel", "_conv_kernel", "_conv_tc_kernel", "_esa_down_kernel",
            "_esa_down_tc_kernel", "_esa_low_kernel", "_esa_low_tc_kernel", "_esa_out_kernel", "_esa_out_tc_kernel",
-           "_gate_kernel", "_la_reduce_kernel")
+           "_gate_kernel", "_la_reduce_kernel", "_la_reduce_tc_kernel")
 
 
 def _args(**changed) -> list[str]:

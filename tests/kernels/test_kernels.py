@@ -110,9 +110,10 @@ def conv_args(case, n, h, w, dtype, layout, device):
 
 @pytest.fixture(params=["v1", "v2"])
 def conv_kernel(request):
-    """Each esr::conv, esr::bsb and esr::esa test runs both dense-conv kernels (ESR_TRITON_CONV's
+    """Each esr::conv, esr::bsb, esr::esa and esr::la_reduce test runs both dense-conv kernels (ESR_TRITON_CONV's
     v1 and v2; v2 sends the gated cases, and on a GPU IEEE float32, to v1 itself; with v2, BSB
-    is the pointwise conv once and a depthwise kernel, ESA v2's kernels: configs.esa_version)."""
+    is the pointwise conv once and a depthwise kernel, ESA and la_reduce v2's kernels:
+    configs.aux_version)."""
     from esr_kernels.triton.configs import conv_kernel as choose
 
     with choose(request.param):
@@ -306,7 +307,8 @@ def test_triton_backend_concat_conv_reads_the_features_in_place_under_v1(device,
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("hw", [(7, 7), (23, 40)], ids=["minimum", "odd"])
-def test_la_reduce_matches_reference(hw, layout, dtype, device):
+def test_la_reduce_matches_reference(hw, layout, dtype, device, conv_kernel):
+    """v1's kernel and, with the v2 conv, v2's (the 1x1 once per input pixel of a pooled tile)."""
     x = make_input((2, 48, *hw), dtype, layout, device)
     w = R.pack_conv_weight(torch.randn(16, 48, 1, 1, device=device) / 7).to(dtype)
     b = torch.randn(16, device=device)
@@ -315,7 +317,7 @@ def test_la_reduce_matches_reference(hw, layout, dtype, device):
     assert out.shape == ref.shape and rel_err(out, ref) <= REL_TOL[dtype]
 
 
-def test_la_reduce_opcheck(device):
+def test_la_reduce_opcheck(device, conv_kernel):
     x = torch.randn(2, 48, 10, 13, device=device)
     w = R.pack_conv_weight(torch.randn(16, 48, 1, 1, device=device))
     torch.library.opcheck(torch.ops.esr.la_reduce.default, (x, w, torch.randn(16, device=device)))

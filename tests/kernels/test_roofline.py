@@ -316,6 +316,33 @@ def test_v2_esa_pools_once_and_issues_fewer_instructions_than_v1():
 
 @needs_interpreter
 @pytest.mark.shared
+def test_v2_la_reduce_computes_its_1x1_about_once():
+    """Issue 28, item 3: PFDNLite's LocalAttention reduction under v2 (la_reduce.py's v2 kernel)
+    computes the 1x1 once per input pixel of a 4 x 4 pooled tile (16 x 16: 1.8x the 9 input
+    pixels a pooled one owns) instead of at all 49 window positions (5.4x), and issues at most
+    half of v1's warp-instructions per pixel (float16 channels_last 120 x 160, sm_90; at 540 x
+    960, read here with Triton 3.9: 47.1 -> 19.3)."""
+    from esr_kernels.gpu_check import make_input, record_launches
+    from esr_kernels.triton.configs import conv_kernel
+
+    model = esr_models.load("pfdnlite", fused=True, backend="triton", dtype=torch.float16)
+    per_pixel, ratio = {}, {}
+    for conv in ("v1", "v2"):
+        with conv_kernel(conv):
+            launches = record_launches(model, make_input("float16", "channels_last", (120, 160), 1), 90)
+        k = next(k for k in launches if k.kernel.startswith("_la_reduce"))
+        assert k.kernel == ("_la_reduce_tc_kernel" if conv == "v2" else "_la_reduce_kernel")
+        (prof,) = roofline.sass_profiles([k], arch=90)
+        assert prof is not None and prof["mma"] > 0
+        per_pixel[conv] = roofline.issued_per_warp(k, prof)[0] * k.num_warps * k.grid[0] * k.grid[1] / (120 * 160)
+        c_in, cr = k.tensors["x_ptr"].shape[1], 16
+        ratio[conv] = roofline.executed_work(k)[0] / (120 * 160 * c_in * cr)  # per input pixel's 1x1
+    assert ratio["v1"] > 5 and ratio["v2"] < 2.2, ratio  # 48 channels as 32 + 16: no padding to 64
+    assert per_pixel["v2"] <= per_pixel["v1"] / 2, per_pixel
+
+
+@needs_interpreter
+@pytest.mark.shared
 def test_v2_interior_tiles_issue_fewer_instructions_than_edge_tiles():
     """v2 compiles two K loops and picks one per tile: the issue model compiles each alone
     (``roofline._path_variants``) and weighs them by the share of interior tiles. The interior

@@ -190,6 +190,53 @@ def test_esa_v2_gpu_tiles(c, hw, padded, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
+def test_la_reduce_v2_gpu_tiles(dtype, device):
+    """v2's LocalAttention reduction with the GPU's configuration (one for every arch): 4 x 4
+    pooled tiles, the 1x1 at their 16 x 16 input pixels; 40 x 59 -> pooled 12 x 18: partial
+    tiles of rows (of input, 16 past row 40) and of pooled columns; 48 channels as 32 + 16."""
+    from esr_kernels.triton.common import target_arch
+    from esr_kernels.triton.configs import conv_kernel, launch_config
+
+    assert {launch_config("la_reduce_tc", a, dtype, c_in=48, cr=16).block_p for a in ARCHS} == {16}
+    x = torch.randn(2, 48, 40, 59, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = R.pack_conv_weight(torch.randn(12, 48, 1, 1, device=device) / 7).to(dtype)
+    b = torch.randn(12, device=device)
+    with target_arch(90), conv_kernel("v2"):
+        out = torch.ops.esr.la_reduce(x, w, b)
+    ref = R.la_reduce(x.float(), w.float(), b)
+    assert out.shape == ref.shape == (2, 12, 12, 18) and rel_err(out, ref) <= REL_TOL[dtype]
+
+
+def test_v2_64_bit_offsets_give_the_same_answers(device, monkeypatch):
+    """Images whose element offsets pass 2^31 take 64-bit offsets within an image (WIDE): too
+    big to run here, so ``wide_offsets`` is made to say so for small ones, and v2's conv, BSB
+    depthwise, ESA and LocalAttention reduction must give the same answers on that path."""
+    import esr_kernels.triton.bsb as bsb
+    import esr_kernels.triton.conv_tc as conv_tc
+    import esr_kernels.triton.esa_tc as esa_tc
+    import esr_kernels.triton.la_reduce as la_reduce
+    from esr_kernels.triton.common import target_arch
+    from esr_kernels.triton.configs import conv_kernel
+
+    calls = []
+    for module in (bsb, conv_tc, esa_tc, la_reduce):
+        monkeypatch.setattr(module, "wide_offsets", lambda *t: calls.append(len(t)) or True)
+    dtype = torch.float16
+    with target_arch(90), conv_kernel("v2"):
+        args, dw = bsb_args(1, 36, 19, 37, dtype, "channels_last", device)
+        x, pw, _, bias, res = args
+        assert rel_err(torch.ops.esr.bsb(*args), R.bsb(x.float(), pw.float(), dw, bias[:36], res.float())) \
+            <= REL_TOL[dtype]
+        args, _ = esa_args(1, 36, 53, 101, dtype, "channels_last", device)
+        assert rel_err(torch.ops.esr.esa(*args), R.esa(*ESA.split(upcast(*args)))) <= REL_TOL[dtype]
+        x = torch.randn(1, 48, 40, 59, device=device).to(dtype)
+        w = R.pack_conv_weight(torch.randn(16, 48, 1, 1, device=device) / 7).to(dtype)
+        b = torch.randn(16, device=device)
+        assert rel_err(torch.ops.esr.la_reduce(x, w, b), R.la_reduce(x.float(), w.float(), b)) <= REL_TOL[dtype]
+    assert len(calls) >= 4  # every launcher asked (BSB's 1x1 through conv_tc's)
+
+
+@pytest.mark.parametrize("dtype", list(REL_TOL), ids=str)
 @pytest.mark.parametrize("arch", DISTINCT_ARCHS)
 def test_conv_gpu_configs(arch, dtype, device):
     from esr_kernels.triton.common import target_arch
