@@ -23,8 +23,8 @@ from .op_args import CONV, ESA, ConvEpilogue, ConvGeometry, OpSignature
 from .spec import pooled_size
 from .triton.bsb import bsb_launch
 from .triton.concat_conv import concat_conv_launch, same_layout
-from .triton.common import DOT_IEEE, dot_precision, dots_arch, interpreting
-from .triton.configs import conv_choice, aux_version
+from .triton.common import interpreting
+from .triton.configs import aux_version, conv_choice
 from .triton.conv_tc import padded_channels_last
 from .triton.conv import conv_launch, conv_out_shape
 from .triton.esa import esa_launch, esa_shapes
@@ -140,7 +140,7 @@ def esa(*args) -> Tensor:
     ``configs.aux_version`` says (the v2 conv chosen), v2's (triton/esa_tc.py)."""
     x, weights, residual = ESA.split(args)
     out = _like(x, x.shape)
-    if aux_version(dots_arch(x), dot_precision(weights.reduce_w.dtype) == DOT_IEEE) == "v2":
+    if aux_version(x, weights.reduce_w.dtype) == "v2":
         return esa_tc_launch(wrap_triton, x, weights, residual, out)
     n, _, h, w = x.shape
     (h2, w2), (hp, wp) = esa_shapes(h, w)

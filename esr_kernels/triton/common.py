@@ -164,7 +164,7 @@ def weight_rows(w_ptr, C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, CR: 
 
 @triton.jit
 def project_cols(x_img, pix, ok, sx_c, wa, wb, C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr,
-             PREC: tl.constexpr, X_ALIGN: tl.constexpr):
+                 PREC: tl.constexpr, X_ALIGN: tl.constexpr):
     """x's channels at pixel offsets ``pix`` [P] as two column groups (xa [P, CA], xb [P, CB]; xb
     is xa when CB == 0) and their 1x1 projection x @ w [P, CR] float32 (w's rows as
     ``weight_rows`` gives them)."""
@@ -175,7 +175,6 @@ def project_cols(x_img, pix, ok, sx_c, wa, wb, C: tl.constexpr, CA: tl.constexpr
         xb = load_cols(x_img, pix, CA + tl.arange(0, CB), ok, sx_c, C, X_ALIGN)
         r += mma(xb, wb, PREC)
     return xa, xb, r
-
 
 
 def interpreting() -> bool:

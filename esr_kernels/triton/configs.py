@@ -99,14 +99,15 @@ def conv_version(gated: bool, gpu_arch: int | None, ieee_dots: bool, tf32_dots: 
     return choice
 
 
-def aux_version(gpu_arch: int | None, ieee_dots: bool) -> str:
+def aux_version(x: torch.Tensor, weight_dtype: torch.dtype) -> str:
     """"v1" or "v2" for one ESA (esa.py or esa_tc.py) or LocalAttention reduction (la_reduce.py's
-    two kernels): v2 with the v2 conv chosen, except IEEE float32 dots on a GPU (``gpu_arch`` as
-    in ``conv_version``), which run v1 as the convs do (``esr gpu-check`` compiles v2 in float32
-    with TF32 dots only)."""
-    if conv_choice() == "v2" and not (gpu_arch is not None and ieee_dots):
-        return "v2"
-    return "v1"
+    two kernels) on input ``x`` with weights of ``weight_dtype``: v2 with the v2 conv chosen,
+    except IEEE float32 dots on a GPU (``common.dots_arch``), which run v1 as the convs do
+    (``esr gpu-check`` compiles v2 in float32 with TF32 dots only)."""
+    from .common import DOT_IEEE, dot_precision, dots_arch
+
+    ieee_on_gpu = dots_arch(x) is not None and dot_precision(weight_dtype) == DOT_IEEE
+    return "v2" if conv_choice() == "v2" and not ieee_on_gpu else "v1"
 
 # {kernel: LaunchConfig} forced for GPU launches within ``override`` (launch-configuration
 # sweeps, benchmarks/gpu_session.py); empty otherwise.

@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from ..spec import POOL_KERNEL, POOL_STRIDE
-from .common import (DOT_IEEE, dot_precision, dots_arch, image_base, launch_arch, mma, pixel_offset,
-                     program_pixels, project_cols, weight_rows, widened)
+from .common import (dot_precision, image_base, launch_arch, mma, pixel_offset, program_pixels, project_cols,
+                     weight_rows, widened)
 from .configs import aux_version, launch_config
 from .conv_tc import column_groups, pixel_alignment, wide_offsets
 
@@ -116,7 +116,7 @@ def _la_reduce_tc_launch(wrap, x, wr, br, c_red, out):
 def la_reduce_launch(wrap, x, wr, br, c_red, out):
     """esr::la_reduce through ``wrap`` (maps a kernel to its launcher): v1's kernel, or v2's
     where ``configs.aux_version`` says."""
-    if aux_version(dots_arch(x), dot_precision(wr.dtype) == DOT_IEEE) == "v2":
+    if aux_version(x, wr.dtype) == "v2":
         return _la_reduce_tc_launch(wrap, x, wr, br, c_red, out)
     kernel_wrapper = wrap(_la_reduce_kernel)
     n, c, h, w = x.shape

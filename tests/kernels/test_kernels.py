@@ -110,10 +110,10 @@ def conv_args(case, n, h, w, dtype, layout, device):
 
 @pytest.fixture(params=["v1", "v2"])
 def conv_kernel(request):
-    """Each esr::conv, esr::bsb, esr::esa and esr::la_reduce test runs both dense-conv kernels (ESR_TRITON_CONV's
-    v1 and v2; v2 sends the gated cases, and on a GPU IEEE float32, to v1 itself; with v2, BSB
-    is the pointwise conv once and a depthwise kernel, ESA and la_reduce v2's kernels:
-    configs.aux_version)."""
+    """Each esr::conv, esr::bsb, esr::esa and esr::la_reduce test runs both dense-conv kernels
+    (ESR_TRITON_CONV's v1 and v2; v2 sends the gated cases, and on a GPU IEEE float32, to v1
+    itself; with v2, BSB is the pointwise conv once and a depthwise kernel, ESA and la_reduce
+    v2's kernels: configs.aux_version)."""
     from esr_kernels.triton.configs import conv_kernel as choose
 
     with choose(request.param):
